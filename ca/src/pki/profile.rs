@@ -1,0 +1,126 @@
+//! The device certificate profile: a valid X.509-SVID with the device's zone.
+//!
+//! - Subject: `O=<trust domain>, OU=<zone>, CN=<device id>`. The zone lives in the subject's
+//!   organizational unit, so `openssl x509 -subject` shows it and SPIFFE verifiers, which ignore
+//!   the subject, are unaffected.
+//! - Subject alternative name: exactly one URI, `spiffe://<trust domain>/device/<device id>`.
+//! - basicConstraints CA:FALSE (critical), keyUsage digitalSignature (critical),
+//!   extendedKeyUsage serverAuth + clientAuth, subject and authority key identifiers,
+//!   a CRL distribution point, a random 128-bit serial.
+
+use super::authority::Authority;
+use super::PkiError;
+use crate::ids::{DeviceId, Serial, TrustDomain, Zone};
+use rcgen::{
+    CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Backdating of `notBefore`, so that a device whose clock is slightly behind accepts a
+/// certificate it has just received.
+pub const BACKDATE: Duration = Duration::minutes(5);
+
+/// Everything that goes into one device certificate.
+#[derive(Debug)]
+pub struct DeviceCertificateSpec<'a> {
+    /// The device the certificate names.
+    pub device_id: &'a DeviceId,
+    /// The trust domain of its SPIFFE ID.
+    pub trust_domain: &'a TrustDomain,
+    /// The device's zone.
+    pub zone: &'a Zone,
+    /// The serial number (drawn by the caller, unique in the registry).
+    pub serial: &'a Serial,
+    /// Issue time.
+    pub now: OffsetDateTime,
+    /// Lifetime from `now`.
+    pub lifetime: Duration,
+    /// Where the CRL is published (`https://.../v1/crl`).
+    pub crl_url: &'a str,
+}
+
+/// A signed device certificate.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// DER bytes.
+    pub der: Vec<u8>,
+    /// PEM text.
+    pub pem: String,
+    /// Start of validity (backdated).
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// Issues a device certificate for `public_key`, signed by the issuing CA.
+pub fn issue_device_certificate(
+    ca: &Authority,
+    spec: &DeviceCertificateSpec<'_>,
+    public_key: &impl rcgen::PublicKeyData,
+) -> Result<IssuedCertificate, PkiError> {
+    let not_before = spec.now - BACKDATE;
+    let not_after = spec.now + spec.lifetime;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, spec.trust_domain.as_str());
+    dn.push(DnType::OrganizationalUnitName, spec.zone.as_str());
+    dn.push(DnType::CommonName, spec.device_id.as_str());
+    params.distinguished_name = dn;
+    let uri = spec.device_id.spiffe_id(spec.trust_domain);
+    params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.crl_distribution_points = vec![CrlDistributionPoint {
+        uris: vec![spec.crl_url.to_owned()],
+    }];
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(spec.serial.bytes()));
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let (issuer, issuer_key) = ca.issuer();
+    let cert = params.signed_by(public_key, issuer, issuer_key)?;
+    Ok(IssuedCertificate {
+        der: cert.der().to_vec(),
+        pem: cert.pem(),
+        not_before,
+        not_after,
+    })
+}
+
+/// Issues the server's own TLS certificate for `hostnames` (DNS names or IP addresses).
+pub fn issue_server_certificate(
+    ca: &Authority,
+    hostnames: &[String],
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<(IssuedCertificate, rcgen::KeyPair), PkiError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(hostnames.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "vouch server");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    let serial = crate::ids::Serial::random(&crate::ids::system_rng()).map_err(|_| PkiError::Random)?;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial.bytes()));
+    params.not_before = now - BACKDATE;
+    params.not_after = now + lifetime;
+    let (issuer, issuer_key) = ca.issuer();
+    let cert = params.signed_by(&key, issuer, issuer_key)?;
+    Ok((
+        IssuedCertificate {
+            der: cert.der().to_vec(),
+            pem: cert.pem(),
+            not_before: now - BACKDATE,
+            not_after: now + lifetime,
+        },
+        key,
+    ))
+}

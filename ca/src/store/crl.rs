@@ -1,0 +1,86 @@
+//! The CRL number sequence and the latest signed CRL, shared by every replica.
+
+use super::{col, Registry, StoreError};
+use crate::ids::Serial;
+use crate::pki::crl::RevokedEntry;
+use time::OffsetDateTime;
+
+/// The latest stored CRL.
+#[derive(Debug, Clone)]
+pub struct StoredCrl {
+    /// CRL number.
+    pub number: i64,
+    /// When it was signed (Unix seconds).
+    pub this_update: i64,
+    /// DER bytes.
+    pub der: Vec<u8>,
+}
+
+impl Registry {
+    /// The latest stored CRL, if one was ever signed.
+    pub async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError> {
+        let row = sqlx::query("SELECT crl_number, this_update, der FROM crl_state WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let der: Option<Vec<u8>> = col(&row, "der")?;
+        let this_update: Option<i64> = col(&row, "this_update")?;
+        Ok(match (der, this_update) {
+            (Some(der), Some(this_update)) => Some(StoredCrl {
+                number: col(&row, "crl_number")?,
+                this_update,
+                der,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Signs and stores a new CRL under the next CRL number. `sign` gets the number and the
+    /// revoked, unexpired certificates; it runs inside the transaction that takes the number,
+    /// so numbers increase in the order CRLs are stored, across replicas.
+    pub async fn publish_crl<F, E>(&self, now: i64, sign: F) -> Result<Result<StoredCrl, E>, StoreError>
+    where
+        F: FnOnce(u64, &[RevokedEntry]) -> Result<Vec<u8>, E>,
+    {
+        let mut tx = self.pool.begin().await?;
+        let number: i64 = sqlx::query_scalar(
+            "UPDATE crl_state SET crl_number = crl_number + 1 WHERE id = 1 RETURNING crl_number",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT serial, revoked_at FROM certificates \
+             WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY serial",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut revoked = Vec::with_capacity(rows.len());
+        for (serial, at) in rows {
+            revoked.push(RevokedEntry {
+                serial: Serial::from_hex(&serial)
+                    .ok_or_else(|| StoreError::Corrupt(format!("serial `{serial}`")))?,
+                revoked_at: OffsetDateTime::from_unix_timestamp(at)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            });
+        }
+        let der = match sign(u64::try_from(number).unwrap_or(0), &revoked) {
+            Ok(der) => der,
+            Err(e) => {
+                tx.rollback().await?;
+                return Ok(Err(e));
+            }
+        };
+        sqlx::query("UPDATE crl_state SET this_update = $1, der = $2 WHERE id = 1")
+            .bind(now)
+            .bind(der.clone())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(StoredCrl {
+            number,
+            this_update: now,
+            der,
+        }))
+    }
+}

@@ -1,0 +1,226 @@
+//! Reading devices and revoking them.
+
+use super::audit::append;
+use super::{col, Registry, StoreError};
+use serde_json::json;
+use sqlx::any::AnyRow;
+use std::collections::BTreeMap;
+
+/// A device's standing in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Enrolled and in good standing.
+    Active,
+    /// Revoked: its certificates are on the CRL and it cannot renew.
+    Revoked,
+}
+
+impl DeviceStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// Parses a stored or requested name.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "active" => Some(Self::Active),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DeviceRecord {
+    /// Device id.
+    pub id: String,
+    /// SPIFFE ID in its certificates.
+    pub spiffe_id: String,
+    /// Zone.
+    pub zone: String,
+    /// Device class.
+    pub device_class: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Standing.
+    pub status: DeviceStatus,
+    /// Enrollment time (Unix seconds).
+    pub created_at: i64,
+    /// Last change (Unix seconds).
+    pub updated_at: i64,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<i64>,
+    /// Revocation reason, if revoked.
+    pub revocation_reason: Option<String>,
+    /// Serial of the newest certificate.
+    pub current_serial: Option<String>,
+    /// Expiry of the newest certificate (Unix seconds).
+    pub current_not_after: Option<i64>,
+}
+
+/// Filter and page for [`Registry::list_devices`].
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    /// Only this zone.
+    pub zone: Option<String>,
+    /// Only this status.
+    pub status: Option<DeviceStatus>,
+    /// Only ids after this one (the cursor of the previous page).
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// Revoked now; these certificate serials were revoked with it.
+    Revoked(Vec<String>),
+    /// Was already revoked; nothing changed.
+    AlreadyRevoked,
+    /// No such device.
+    NotFound,
+}
+
+const DEVICE_COLUMNS: &str = "d.id, d.spiffe_id, d.zone, d.device_class, d.labels, d.status, \
+    d.created_at, d.updated_at, d.revoked_at, d.revocation_reason, \
+    (SELECT c.serial FROM certificates c WHERE c.device_id = d.id ORDER BY c.issued_at DESC, c.not_after DESC LIMIT 1) AS current_serial, \
+    (SELECT MAX(c.not_after) FROM certificates c WHERE c.device_id = d.id) AS current_not_after";
+
+fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
+    let labels: String = col(row, "labels")?;
+    let status: String = col(row, "status")?;
+    Ok(DeviceRecord {
+        id: col(row, "id")?,
+        spiffe_id: col(row, "spiffe_id")?,
+        zone: col(row, "zone")?,
+        device_class: col(row, "device_class")?,
+        labels: serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        status: DeviceStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("device status `{status}`")))?,
+        created_at: col(row, "created_at")?,
+        updated_at: col(row, "updated_at")?,
+        revoked_at: col(row, "revoked_at")?,
+        revocation_reason: col(row, "revocation_reason")?,
+        current_serial: col(row, "current_serial")?,
+        current_not_after: col(row, "current_not_after")?,
+    })
+}
+
+impl Registry {
+    /// One device by id.
+    pub async fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    /// The device that holds certificate `serial`.
+    pub async fn device_by_serial(&self, serial: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d JOIN certificates k ON k.device_id = d.id \
+             WHERE k.serial = $1"
+        );
+        let row = sqlx::query(&sql).bind(serial).fetch_optional(&self.pool).await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    /// A page of devices ordered by id.
+    pub async fn list_devices(&self, filter: &DeviceFilter) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut clauses = Vec::new();
+        let mut binds: Vec<String> = Vec::new();
+        if let Some(zone) = &filter.zone {
+            binds.push(zone.clone());
+            clauses.push(format!("d.zone = ${}", binds.len()));
+        }
+        if let Some(status) = filter.status {
+            binds.push(status.as_str().to_owned());
+            clauses.push(format!("d.status = ${}", binds.len()));
+        }
+        if let Some(after) = &filter.after {
+            binds.push(after.clone());
+            clauses.push(format!("d.id > ${}", binds.len()));
+        }
+        let where_clause = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d {where_clause} ORDER BY d.id LIMIT ${}",
+            binds.len() + 1
+        );
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = query.bind(b);
+        }
+        let rows = query.bind(filter.limit).fetch_all(&self.pool).await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    /// Revokes a device and all its certificates, with an audit record, in one transaction.
+    pub async fn revoke_device(
+        &self,
+        id: &str,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<RevokeOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE devices SET status = 'revoked', revoked_at = $1, revocation_reason = $2, updated_at = $1 \
+             WHERE id = $3 AND status <> 'revoked'",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed != 1 {
+            let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM devices WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            return Ok(if exists.is_some() {
+                RevokeOutcome::AlreadyRevoked
+            } else {
+                RevokeOutcome::NotFound
+            });
+        }
+        let serials: Vec<(String,)> = sqlx::query_as(
+            "SELECT serial FROM certificates WHERE device_id = $1 AND revoked_at IS NULL ORDER BY serial",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
+             WHERE device_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let serials: Vec<String> = serials.into_iter().map(|(s,)| s).collect();
+        append(
+            &mut tx,
+            now,
+            actor,
+            "device.revoked",
+            id,
+            &json!({"reason": reason, "serials": serials}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(RevokeOutcome::Revoked(serials))
+    }
+}

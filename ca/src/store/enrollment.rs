@@ -1,0 +1,258 @@
+//! Bootstrap tokens, enrollment and renewal: the writes that create identities.
+
+use super::audit::append;
+use super::{Registry, StoreError};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+/// A bootstrap token to record when it is created.
+#[derive(Debug, Clone)]
+pub struct NewBootstrapToken {
+    /// Token id (the JWT `jti`).
+    pub jti: String,
+    /// Zone it enrolls into.
+    pub zone: String,
+    /// Labels for the device.
+    pub labels: BTreeMap<String, String>,
+    /// Device class.
+    pub device_class: Option<String>,
+    /// Who created it (`operator:<sub>`).
+    pub created_by: String,
+    /// Creation time (Unix seconds).
+    pub created_at: i64,
+    /// Expiry (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// A device to register at enrollment.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// Device id.
+    pub id: String,
+    /// SPIFFE ID.
+    pub spiffe_id: String,
+    /// Zone.
+    pub zone: String,
+    /// Device class.
+    pub device_class: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A certificate to record.
+#[derive(Debug, Clone)]
+pub struct NewCertificate {
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// Start of validity (Unix seconds).
+    pub not_before: i64,
+    /// End of validity (Unix seconds).
+    pub not_after: i64,
+}
+
+/// Why an enrollment was refused by the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnrollRefusal {
+    /// The token was already used.
+    #[error("bootstrap token has already been used")]
+    TokenUsed,
+    /// The token has expired.
+    #[error("bootstrap token has expired")]
+    TokenExpired,
+    /// The registry has no such token.
+    #[error("bootstrap token is not known")]
+    TokenUnknown,
+}
+
+/// Why a renewal was refused by the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RenewRefusal {
+    /// No device holds the presented certificate.
+    #[error("certificate is not known to the registry")]
+    UnknownCertificate,
+    /// The device is revoked.
+    #[error("device is revoked")]
+    DeviceRevoked,
+    /// The presented certificate is revoked.
+    #[error("certificate is revoked")]
+    CertificateRevoked,
+}
+
+impl Registry {
+    /// Records a new bootstrap token and its audit record.
+    pub async fn create_bootstrap_token(&self, t: &NewBootstrapToken) -> Result<(), StoreError> {
+        let labels = serde_json::to_string(&t.labels)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO bootstrap_tokens (jti, zone, labels, device_class, created_by, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&t.jti)
+        .bind(&t.zone)
+        .bind(labels)
+        .bind(t.device_class.clone())
+        .bind(&t.created_by)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        append(
+            &mut tx,
+            t.created_at,
+            &t.created_by,
+            "token.created",
+            &t.jti,
+            &json!({"zone": t.zone, "labels": t.labels, "device_class": t.device_class, "expires_at": t.expires_at}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Consumes bootstrap token `jti` and registers `device` with its first certificate, in
+    /// one transaction. Of two concurrent enrollments with one token, exactly one succeeds;
+    /// a refused enrollment writes nothing.
+    pub async fn enroll(
+        &self,
+        jti: &str,
+        device: &NewDevice,
+        cert: &NewCertificate,
+        now: i64,
+    ) -> Result<Result<(), EnrollRefusal>, StoreError> {
+        let labels = serde_json::to_string(&device.labels)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        // INVARIANT: this conditional UPDATE is the only place a token becomes used; its row
+        // count decides which of several concurrent enrollments wins.
+        let consumed = sqlx::query(
+            "UPDATE bootstrap_tokens SET used_at = $1, device_id = $2 \
+             WHERE jti = $3 AND used_at IS NULL AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(&device.id)
+        .bind(jti)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if consumed != 1 {
+            tx.rollback().await?;
+            return Ok(Err(self.token_refusal(jti).await?));
+        }
+        sqlx::query(
+            "INSERT INTO devices (id, spiffe_id, zone, device_class, labels, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $6)",
+        )
+        .bind(&device.id)
+        .bind(&device.spiffe_id)
+        .bind(&device.zone)
+        .bind(device.device_class.clone())
+        .bind(labels)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_certificate(&mut tx, &device.id, cert, now).await?;
+        let token_actor = format!("bootstrap-token:{jti}");
+        append(&mut tx, now, &token_actor, "token.used", jti, &json!({"device_id": device.id}))
+            .await?;
+        append(
+            &mut tx,
+            now,
+            &token_actor,
+            "device.enrolled",
+            &device.id,
+            &json!({"spiffe_id": device.spiffe_id, "zone": device.zone, "serial": cert.serial}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    async fn token_refusal(&self, jti: &str) -> Result<EnrollRefusal, StoreError> {
+        let row: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT used_at FROM bootstrap_tokens WHERE jti = $1")
+                .bind(jti)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            None => EnrollRefusal::TokenUnknown,
+            Some((Some(_),)) => EnrollRefusal::TokenUsed,
+            Some((None,)) => EnrollRefusal::TokenExpired,
+        })
+    }
+
+    /// Records a renewed certificate for the device that holds certificate `old_serial`.
+    /// Refused if that certificate or its device is revoked or unknown. Returns the device id.
+    pub async fn renew(
+        &self,
+        old_serial: &str,
+        cert: &NewCertificate,
+        now: i64,
+    ) -> Result<Result<String, RenewRefusal>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Begin with a write (see the module docs): touch the device of the old certificate,
+        // only while both are in good standing.
+        let touched = sqlx::query(
+            "UPDATE devices SET updated_at = $1 WHERE status = 'active' AND id = \
+             (SELECT device_id FROM certificates WHERE serial = $2 AND revoked_at IS NULL)",
+        )
+        .bind(now)
+        .bind(old_serial)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let row: Option<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT d.id, d.status, c.revoked_at FROM certificates c \
+             JOIN devices d ON d.id = c.device_id WHERE c.serial = $1",
+        )
+        .bind(old_serial)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = match row {
+            None => Err(RenewRefusal::UnknownCertificate),
+            Some((_, status, _)) if status != "active" => Err(RenewRefusal::DeviceRevoked),
+            Some((_, _, Some(_))) => Err(RenewRefusal::CertificateRevoked),
+            Some((id, _, None)) if touched == 1 => Ok(id),
+            Some(_) => Err(RenewRefusal::UnknownCertificate),
+        };
+        let device_id = match outcome {
+            Ok(id) => id,
+            Err(refusal) => {
+                tx.rollback().await?;
+                return Ok(Err(refusal));
+            }
+        };
+        insert_certificate(&mut tx, &device_id, cert, now).await?;
+        append(
+            &mut tx,
+            now,
+            &format!("device:{device_id}"),
+            "certificate.renewed",
+            &device_id,
+            &json!({"old_serial": old_serial, "serial": cert.serial}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(device_id))
+    }
+}
+
+async fn insert_certificate(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    device_id: &str,
+    cert: &NewCertificate,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO certificates (serial, device_id, not_before, not_after, issued_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&cert.serial)
+    .bind(device_id)
+    .bind(cert.not_before)
+    .bind(cert.not_after)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
