@@ -51,6 +51,8 @@ pub enum DataFile {
     BootstrapTokenKey,
     /// HMAC key for operator tokens (secret).
     OperatorTokenKey,
+    /// The SPIFFE trust domain (text).
+    TrustDomain,
     /// The default SQLite registry.
     Database,
 }
@@ -65,6 +67,7 @@ impl DataFile {
             Self::IssuingKey => "issuing.key",
             Self::BootstrapTokenKey => "bootstrap-token.key",
             Self::OperatorTokenKey => "operator-token.key",
+            Self::TrustDomain => "trust-domain",
             Self::Database => "vouch.db",
         }
     }

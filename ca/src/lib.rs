@@ -9,13 +9,14 @@
 //! - [`server`]: the HTTPS/mTLS listener that serves the router.
 #![forbid(unsafe_code)]
 
-// pub mod api;
+pub mod api;
+pub mod app;
 pub mod clock;
-// pub mod config;
+pub mod config;
 pub mod datadir;
 pub mod ids;
-// pub mod metrics;
+pub mod metrics;
 pub mod pki;
-// pub mod server;
+pub mod server;
 pub mod store;
 pub mod tokens;

@@ -1,1 +1,148 @@
-fn main() {}
+//! `vouch`: the server and operator command line. See `vouch --help`.
+
+use clap::Parser;
+use std::process::ExitCode;
+use std::sync::Arc;
+use vouch_ca::app;
+use vouch_ca::clock::{Clock, SystemClock};
+use vouch_ca::config::{self, CaCommand, Cli, Command, EXIT_USAGE};
+use vouch_ca::datadir::DataDir;
+use vouch_ca::ids::TrustDomain;
+use vouch_ca::pki::authority::CaFiles;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::Ca(CaCommand::Init(args)) => ca_init(&args),
+        Command::Ca(CaCommand::Import(args)) => ca_import(&args),
+        Command::AdminToken(args) => admin_token(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(errors)) => {
+            for e in errors {
+                eprintln!("vouch: {e}");
+            }
+            ExitCode::from(EXIT_USAGE as u8)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("vouch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Usage(Vec<String>),
+    Runtime(String),
+}
+
+impl From<app::AppError> for Failure {
+    fn from(e: app::AppError) -> Self {
+        Self::Runtime(e.to_string())
+    }
+}
+
+fn trust_domain(value: &str) -> Result<TrustDomain, Failure> {
+    TrustDomain::parse(value).map_err(|e| Failure::Usage(vec![format!("--trust-domain: {e}")]))
+}
+
+fn ca_init(args: &config::CaInitArgs) -> Result<(), Failure> {
+    let td = trust_domain(&args.trust_domain)?;
+    let dir = DataDir::new(&args.data_dir);
+    app::init_ca(&dir, &td, SystemClock.now())?;
+    println!("created CA for trust domain `{td}` in {}", dir.path().display());
+    Ok(())
+}
+
+fn read(path: &std::path::Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Failure::Runtime(format!("`{}`: {e}", path.display())))
+}
+
+fn ca_import(args: &config::CaImportArgs) -> Result<(), Failure> {
+    let td = trust_domain(&args.trust_domain)?;
+    let files = CaFiles {
+        root_cert_pem: read(&args.root_cert)?,
+        root_key_pem: None,
+        issuing_cert_pem: read(&args.issuing_cert)?,
+        issuing_key_pem: read(&args.issuing_key)?,
+    };
+    let dir = DataDir::new(&args.data_dir);
+    app::import_ca(&dir, &td, &files)?;
+    println!("imported CA for trust domain `{td}` into {}", dir.path().display());
+    Ok(())
+}
+
+fn admin_token(args: &config::AdminTokenArgs) -> Result<(), Failure> {
+    let mut errors = Vec::new();
+    let role = config::parse_role(&args.role).map_err(|e| errors.push(e)).ok();
+    let ttl = config::parse_seconds("ttl", &args.ttl).map_err(|e| errors.push(e)).ok();
+    if args.subject.is_empty() || args.subject.len() > 128 {
+        errors.push("--subject must be 1 to 128 characters".into());
+    }
+    let (Some(role), Some(ttl), true) = (role, ttl, errors.is_empty()) else {
+        return Err(Failure::Usage(errors));
+    };
+    let dir = DataDir::new(&args.data_dir);
+    let token = app::mint_operator_token(&dir, role, &args.subject, ttl, SystemClock.unix())?;
+    println!("{token}");
+    Ok(())
+}
+
+fn serve(args: &config::ServeArgs) -> Result<(), Failure> {
+    let (config, td) = args.validate().map_err(Failure::Usage)?;
+    if !app::is_initialised(&config.data_dir) {
+        let Some(td) = td else {
+            return Err(Failure::Usage(vec![format!(
+                "data directory `{}` holds no CA: give --trust-domain to create one, or run `vouch ca init`",
+                config.data_dir.path().display()
+            )]));
+        };
+        app::init_ca(&config.data_dir, &td, SystemClock.now())?;
+        tracing::info!(trust_domain = %td, data_dir = %config.data_dir.path().display(), "created CA");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let mut server = app::start(&config, Arc::new(SystemClock)).await?;
+        tracing::info!(addr = %server.addr, "listening");
+        // A line on stdout that scripts and tests can wait for.
+        println!("listening on {}", server.addr);
+        let shutdown = server.take_shutdown();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            if let Some(tx) = shutdown {
+                let _ = tx.send(());
+            }
+        });
+        server.wait().await;
+        Ok::<(), Failure>(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

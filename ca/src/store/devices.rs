@@ -36,7 +36,7 @@ impl DeviceStatus {
 }
 
 /// A registered device.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DeviceRecord {
     /// Device id.
     pub id: String,

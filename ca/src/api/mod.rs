@@ -1,0 +1,165 @@
+//! The provisioning API: routes, shared state and the OpenAPI document.
+
+pub mod auth;
+mod devices;
+mod enroll;
+mod ops;
+pub mod problem;
+
+use crate::clock::SharedClock;
+use crate::ids::TrustDomain;
+use crate::metrics::Metrics;
+use crate::pki::authority::Authority;
+use crate::store::Registry;
+use crate::tokens::TokenKey;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use ring::rand::SystemRandom;
+use std::sync::Arc;
+use utoipa::OpenApi;
+
+pub use devices::{DeviceList, RevokeRequest, RevokeResponse};
+pub use enroll::{
+    CreateTokenRequest, CreateTokenResponse, EnrollRequest, EnrollResponse, RenewRequest,
+};
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Settings the handlers need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Lifetime of device certificates, seconds.
+    pub cert_lifetime_secs: i64,
+    /// Bootstrap token lifetime when the request gives none, seconds.
+    pub default_token_ttl_secs: i64,
+    /// Longest bootstrap token lifetime accepted, seconds.
+    pub max_token_ttl_secs: i64,
+    /// Clock skew tolerated on every expiry check, seconds.
+    pub clock_skew_secs: i64,
+    /// URL of the CRL, put into device certificates.
+    pub crl_url: String,
+    /// Validity of each CRL (nextUpdate - thisUpdate), seconds.
+    pub crl_validity_secs: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            cert_lifetime_secs: 24 * 3600,
+            default_token_ttl_secs: 3600,
+            max_token_ttl_secs: 30 * 24 * 3600,
+            clock_skew_secs: 60,
+            crl_url: "https://localhost:8443/v1/crl".into(),
+            crl_validity_secs: 24 * 3600,
+        }
+    }
+}
+
+/// Everything a handler may use; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+/// The contents of [`AppState`].
+pub struct AppInner {
+    /// The issuing CA.
+    pub ca: Authority,
+    /// The SPIFFE trust domain.
+    pub trust_domain: TrustDomain,
+    /// The registry.
+    pub registry: Registry,
+    /// The clock.
+    pub clock: SharedClock,
+    /// Randomness for ids and serials.
+    pub rng: SystemRandom,
+    /// Key of bootstrap tokens.
+    pub bootstrap_key: TokenKey,
+    /// Key of operator tokens.
+    pub operator_key: TokenKey,
+    /// Settings.
+    pub settings: Settings,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// Wraps the parts.
+    pub fn new(inner: AppInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/bootstrap-tokens", post(enroll::create_bootstrap_token))
+        .route("/v1/enroll", post(enroll::enroll))
+        .route("/v1/renew", post(enroll::renew))
+        .route("/v1/devices", get(devices::list_devices))
+        .route("/v1/devices/{id}", get(devices::get_device))
+        .route("/v1/devices/{id}/revoke", post(devices::revoke_device))
+        .route("/v1/crl", get(ops::crl))
+        .route("/v1/trust-bundle", get(ops::trust_bundle))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The OpenAPI document, generated from the handlers and types.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Vouch provisioning API", description = "Registration CA and device registry"),
+    paths(
+        enroll::create_bootstrap_token,
+        enroll::enroll,
+        enroll::renew,
+        devices::list_devices,
+        devices::get_device,
+        devices::revoke_device,
+        ops::crl,
+        ops::trust_bundle,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+    ),
+    components(schemas(problem::Problem, crate::store::DeviceRecord, crate::store::DeviceStatus)),
+    modifiers(&SecuritySchemes)
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "operator_jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "device_mtls",
+            SecurityScheme::MutualTls {
+                description: Some("the device's certificate issued by this CA".into()),
+                extensions: None,
+            },
+        );
+    }
+}

@@ -1,0 +1,100 @@
+//! Public PKI endpoints (CRL, trust bundle) and operations endpoints (health, readiness,
+//! metrics, the OpenAPI document).
+
+use super::problem::ApiError;
+use super::AppState;
+use crate::pki::crl::build_crl;
+use crate::store::StoredCrl;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use time::Duration;
+use utoipa::OpenApi;
+
+/// Signs and stores a new CRL under the next number.
+pub async fn publish_crl(state: &AppState) -> Result<StoredCrl, ApiError> {
+    let now = state.clock.now();
+    let validity = Duration::seconds(state.settings.crl_validity_secs);
+    let ca = &state.ca;
+    let crl = state
+        .registry
+        .publish_crl(now.unix_timestamp(), |number, revoked| {
+            build_crl(ca, number, revoked, now, validity)
+        })
+        .await?
+        .map_err(|e| ApiError::internal(&e))?;
+    tracing::info!(crl_number = crl.number, "CRL published");
+    Ok(crl)
+}
+
+/// The current CRL (DER), signed by the issuing CA. A new one is signed on every revocation
+/// and when the stored one has used a quarter of its validity.
+#[utoipa::path(get, path = "/v1/crl",
+    responses((status = 200, content_type = "application/pkix-crl", body = Vec<u8>)))]
+pub async fn crl(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let now = state.clock.unix();
+    let refresh_after = state.settings.crl_validity_secs / 4;
+    let crl = match state.registry.latest_crl().await? {
+        Some(crl) if now - crl.this_update < refresh_after => crl,
+        _ => publish_crl(&state).await?,
+    };
+    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], crl.der))
+}
+
+/// The root CA certificate (PEM): what devices and relying parties trust.
+#[utoipa::path(get, path = "/v1/trust-bundle",
+    responses((status = 200, content_type = "application/pem-certificate-chain", body = String)))]
+pub async fn trust_bundle(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+        state.ca.root_pem().to_owned(),
+    )
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/readyz",
+    responses((status = 200, body = String), (status = 503, body = super::problem::Problem)))]
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    match state.registry.ping().await {
+        Ok(()) => Ok("ready"),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "database is not reachable",
+            ))
+        }
+    }
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let text = state.metrics.encode().map_err(|e| ApiError::internal(&e))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    ))
+}
+
+/// The OpenAPI document, generated from the code.
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(super::ApiDoc::openapi())
+}
+
+/// Unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+

@@ -1,0 +1,269 @@
+//! Assembling a server from a data directory and a configuration: CA initialisation and
+//! import, loading, minting operator tokens, and starting the listener.
+
+use crate::api::{self, AppInner, AppState, Settings};
+use crate::clock::SharedClock;
+use crate::datadir::{DataDir, DataDirError, DataFile};
+use crate::ids::{system_rng, TrustDomain};
+use crate::metrics::Metrics;
+use crate::pki::authority::{self, Authority, CaFiles};
+use crate::pki::PkiError;
+use crate::server::{self, TlsSetupError};
+use crate::store::{Registry, StoreError};
+use crate::tokens::{random_jti, OperatorClaims, Role, TokenKey, ISSUER, OPERATOR_AUDIENCE};
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Errors assembling or starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Data directory problem.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// CA material problem.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// Registry problem.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// TLS setup problem.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// The data directory is not initialised.
+    #[error("data directory `{0}` holds no CA; run `vouch ca init` first (or start `vouch serve` with `--trust-domain`)")]
+    NotInitialised(String),
+    /// The data directory is already initialised.
+    #[error("data directory `{0}` already holds a CA")]
+    AlreadyInitialised(String),
+    /// A file holds something unusable.
+    #[error("`{0}` is not valid: {1}")]
+    Invalid(String, String),
+    /// Binding the listener failed.
+    #[error("cannot listen on `{0}`: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// The random number generator failed.
+    #[error("random number generator failed")]
+    Random,
+}
+
+/// Whether `data_dir` holds a CA.
+pub fn is_initialised(data_dir: &DataDir) -> bool {
+    data_dir.exists(DataFile::IssuingCert)
+}
+
+/// Creates a new root and issuing CA and the token keys in `data_dir`.
+pub fn init_ca(
+    data_dir: &DataDir,
+    trust_domain: &TrustDomain,
+    now: time::OffsetDateTime,
+) -> Result<(), AppError> {
+    let files = authority::generate(trust_domain.as_str(), now)?;
+    write_ca(data_dir, trust_domain, &files)
+}
+
+/// Imports an existing root certificate and issuing CA certificate and key into `data_dir`
+/// (the root key stays wherever it is kept), and makes new token keys.
+pub fn import_ca(
+    data_dir: &DataDir,
+    trust_domain: &TrustDomain,
+    files: &CaFiles,
+) -> Result<(), AppError> {
+    Authority::load(files)?;
+    write_ca(data_dir, trust_domain, files)
+}
+
+fn write_ca(data_dir: &DataDir, trust_domain: &TrustDomain, files: &CaFiles) -> Result<(), AppError> {
+    data_dir.create()?;
+    if is_initialised(data_dir) {
+        return Err(AppError::AlreadyInitialised(data_dir.path().display().to_string()));
+    }
+    let rng = system_rng();
+    let (_, bootstrap_text) = TokenKey::generate(&rng).map_err(|_| AppError::Random)?;
+    let (_, operator_text) = TokenKey::generate(&rng).map_err(|_| AppError::Random)?;
+    data_dir.write_secret(DataFile::BootstrapTokenKey, bootstrap_text.as_bytes())?;
+    data_dir.write_secret(DataFile::OperatorTokenKey, operator_text.as_bytes())?;
+    if let Some(root_key) = &files.root_key_pem {
+        data_dir.write_secret(DataFile::RootKey, root_key.as_bytes())?;
+    }
+    data_dir.write_secret(DataFile::IssuingKey, files.issuing_key_pem.as_bytes())?;
+    data_dir.write_public(DataFile::RootCert, files.root_cert_pem.as_bytes())?;
+    data_dir.write_public(DataFile::TrustDomain, trust_domain.as_str().as_bytes())?;
+    // Written last: its presence marks the directory as initialised.
+    data_dir.write_public(DataFile::IssuingCert, files.issuing_cert_pem.as_bytes())?;
+    Ok(())
+}
+
+/// What a running server loads from its data directory.
+pub struct Loaded {
+    /// The issuing CA.
+    pub ca: Authority,
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// Bootstrap token key.
+    pub bootstrap_key: TokenKey,
+    /// Operator token key.
+    pub operator_key: TokenKey,
+}
+
+fn text(data_dir: &DataDir, file: DataFile, secret: bool) -> Result<String, AppError> {
+    let bytes = if secret {
+        data_dir.read_secret(file)?
+    } else {
+        data_dir.read_public(file)?
+    };
+    String::from_utf8(bytes).map_err(|_| {
+        AppError::Invalid(
+            data_dir.file(file).display().to_string(),
+            "not UTF-8 text".into(),
+        )
+    })
+}
+
+fn token_key(data_dir: &DataDir, file: DataFile) -> Result<TokenKey, AppError> {
+    TokenKey::from_file_text(&data_dir.read_secret(file)?).ok_or_else(|| {
+        AppError::Invalid(
+            data_dir.file(file).display().to_string(),
+            "expected 32 bytes of base64".into(),
+        )
+    })
+}
+
+/// Loads the CA, trust domain and token keys from `data_dir`.
+pub fn load(data_dir: &DataDir) -> Result<Loaded, AppError> {
+    if !is_initialised(data_dir) {
+        return Err(AppError::NotInitialised(data_dir.path().display().to_string()));
+    }
+    let files = CaFiles {
+        root_cert_pem: text(data_dir, DataFile::RootCert, false)?,
+        root_key_pem: None,
+        issuing_cert_pem: text(data_dir, DataFile::IssuingCert, false)?,
+        issuing_key_pem: text(data_dir, DataFile::IssuingKey, true)?,
+    };
+    let td_text = text(data_dir, DataFile::TrustDomain, false)?;
+    let trust_domain = TrustDomain::parse(td_text.trim()).map_err(|e| {
+        AppError::Invalid(
+            data_dir.file(DataFile::TrustDomain).display().to_string(),
+            e.to_string(),
+        )
+    })?;
+    Ok(Loaded {
+        ca: Authority::load(&files)?,
+        trust_domain,
+        bootstrap_key: token_key(data_dir, DataFile::BootstrapTokenKey)?,
+        operator_key: token_key(data_dir, DataFile::OperatorTokenKey)?,
+    })
+}
+
+/// Mints an operator token from the data directory's operator key.
+pub fn mint_operator_token(
+    data_dir: &DataDir,
+    role: Role,
+    subject: &str,
+    ttl_secs: i64,
+    now: i64,
+) -> Result<String, AppError> {
+    let key = token_key(data_dir, DataFile::OperatorTokenKey)?;
+    let claims = OperatorClaims {
+        iss: ISSUER.into(),
+        aud: OPERATOR_AUDIENCE.into(),
+        sub: subject.to_owned(),
+        role,
+        iat: now,
+        exp: now.saturating_add(ttl_secs),
+        jti: random_jti(&system_rng()).map_err(|_| AppError::Random)?,
+    };
+    key.sign(&claims)
+        .map_err(|e| AppError::Invalid("operator token".into(), e.to_string()))
+}
+
+/// Everything `vouch serve` needs, already validated.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Data directory.
+    pub data_dir: DataDir,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Database URL (default: SQLite in the data directory).
+    pub database_url: String,
+    /// DNS names / IPs for the server certificate.
+    pub hostnames: Vec<String>,
+    /// Database pool size.
+    pub max_connections: u32,
+    /// Handler settings.
+    pub settings: Settings,
+}
+
+/// The default SQLite URL for a data directory.
+pub fn default_database_url(data_dir: &DataDir) -> String {
+    format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.file(DataFile::Database).display()
+    )
+}
+
+/// A server that is listening.
+pub struct RunningServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The server's state (tests read the registry through it).
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections and waits for the accept loop to end.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the server stops (it runs until [`RunningServer::stop`] or a signal).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+
+    /// The shutdown trigger, for a signal handler.
+    pub fn take_shutdown(&mut self) -> Option<oneshot::Sender<()>> {
+        self.shutdown.take()
+    }
+}
+
+/// Loads everything, connects the registry, binds the listener and starts serving.
+pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningServer, AppError> {
+    let loaded = load(&config.data_dir)?;
+    let registry = Registry::connect(&config.database_url, config.max_connections).await?;
+    let tls = server::tls_config(&loaded.ca, &config.hostnames, clock.now())?;
+    let state = AppState::new(AppInner {
+        ca: loaded.ca,
+        trust_domain: loaded.trust_domain,
+        registry,
+        clock,
+        rng: system_rng(),
+        bootstrap_key: loaded.bootstrap_key,
+        operator_key: loaded.operator_key,
+        settings: config.settings.clone(),
+        metrics: Metrics::new(),
+    });
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| AppError::Bind(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| AppError::Bind(config.listen, e))?;
+    let (tx, rx) = oneshot::channel();
+    let router = api::router(state.clone());
+    let task = tokio::spawn(server::serve(listener, tls, router, async move {
+        let _ = rx.await;
+    }));
+    Ok(RunningServer {
+        addr,
+        state,
+        shutdown: Some(tx),
+        task,
+    })
+}

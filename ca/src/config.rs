@@ -1,0 +1,286 @@
+//! The `vouch` command line, and validation of `serve` options into a [`ServeConfig`].
+//!
+//! Every option is a plain string until [`ServeArgs::validate`], which checks all of them and
+//! reports every problem at once, before any file is written or port bound. `vouch` exits
+//! with code 64 (EX_USAGE) on a bad configuration.
+
+use crate::api::Settings;
+use crate::app::{default_database_url, ServeConfig};
+use crate::datadir::DataDir;
+use crate::ids::TrustDomain;
+use crate::tokens::Role;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Exit code for a bad configuration or usage (sysexits EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+/// Vouch: registration CA, device registry and provisioning API for edge fleets.
+#[derive(Debug, Parser)]
+#[command(name = "vouch", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `vouch` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the provisioning API server (HTTPS). On first start with `--trust-domain` and an
+    /// empty data directory it creates the CA.
+    Serve(ServeArgs),
+    /// Manage the certificate authority in a data directory.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Mint an operator token (a JWT for `Authorization: Bearer`) from the data directory's
+    /// operator key. Whoever can read the data directory can do this.
+    AdminToken(AdminTokenArgs),
+}
+
+/// `vouch ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a new root CA and issuing CA (ECDSA P-256) and the token keys.
+    Init(CaInitArgs),
+    /// Import an existing root certificate and issuing CA (certificate and key).
+    Import(CaImportArgs),
+}
+
+/// Options of `vouch ca init`.
+#[derive(Debug, Args)]
+pub struct CaInitArgs {
+    /// Data directory (created with mode 0700).
+    #[arg(long, env = "VOUCH_DATA_DIR", default_value = "vouch-data")]
+    pub data_dir: PathBuf,
+    /// SPIFFE trust domain, e.g. `fleet.example`.
+    #[arg(long, env = "VOUCH_TRUST_DOMAIN")]
+    pub trust_domain: String,
+}
+
+/// Options of `vouch ca import`.
+#[derive(Debug, Args)]
+pub struct CaImportArgs {
+    /// Data directory (created with mode 0700).
+    #[arg(long, env = "VOUCH_DATA_DIR", default_value = "vouch-data")]
+    pub data_dir: PathBuf,
+    /// SPIFFE trust domain, e.g. `fleet.example`.
+    #[arg(long, env = "VOUCH_TRUST_DOMAIN")]
+    pub trust_domain: String,
+    /// Root CA certificate, PEM.
+    #[arg(long)]
+    pub root_cert: PathBuf,
+    /// Issuing (intermediate) CA certificate, PEM, signed by the root.
+    #[arg(long)]
+    pub issuing_cert: PathBuf,
+    /// Issuing CA private key, PKCS#8 PEM.
+    #[arg(long)]
+    pub issuing_key: PathBuf,
+}
+
+/// Options of `vouch admin-token`.
+#[derive(Debug, Args)]
+pub struct AdminTokenArgs {
+    /// Data directory.
+    #[arg(long, env = "VOUCH_DATA_DIR", default_value = "vouch-data")]
+    pub data_dir: PathBuf,
+    /// Role: `admin`, `operator` or `auditor` (read only).
+    #[arg(long)]
+    pub role: String,
+    /// Lifetime, e.g. `1h`, `30m`, `7d`.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// Who the token is for (recorded in the audit log).
+    #[arg(long, default_value = "cli")]
+    pub subject: String,
+}
+
+/// Options of `vouch serve`.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Data directory: CA keys (0600), token keys and the default SQLite database.
+    #[arg(long, env = "VOUCH_DATA_DIR", default_value = "vouch-data")]
+    pub data_dir: PathBuf,
+    /// Address to listen on (HTTPS).
+    #[arg(long, env = "VOUCH_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: String,
+    /// Database URL: `sqlite://PATH?mode=rwc` or `postgres://USER:PASS@HOST/DB`.
+    /// Default: `vouch.db` in the data directory.
+    #[arg(long, env = "VOUCH_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Trust domain; with an empty data directory the CA is created for it.
+    #[arg(long, env = "VOUCH_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Base URL devices use to reach this server; the CRL URL in certificates derives from
+    /// it. Default: `https://localhost:<port>`.
+    #[arg(long, env = "VOUCH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// DNS name or IP address for the server's TLS certificate (repeatable).
+    #[arg(long = "hostname", default_values = ["localhost", "127.0.0.1"])]
+    pub hostnames: Vec<String>,
+    /// Lifetime of device certificates.
+    #[arg(long, default_value = "24h")]
+    pub cert_lifetime: String,
+    /// Default lifetime of bootstrap tokens.
+    #[arg(long, default_value = "1h")]
+    pub token_ttl: String,
+    /// Longest lifetime a bootstrap token may be given.
+    #[arg(long, default_value = "30d")]
+    pub max_token_ttl: String,
+    /// Clock skew tolerated on every expiry check.
+    #[arg(long, default_value = "60s")]
+    pub clock_skew: String,
+    /// Validity of each CRL.
+    #[arg(long, default_value = "24h")]
+    pub crl_validity: String,
+    /// Database connection pool size.
+    #[arg(long, default_value_t = 8)]
+    pub db_max_connections: u32,
+}
+
+fn seconds(name: &str, value: &str, errors: &mut Vec<String>) -> i64 {
+    match humantime::parse_duration(value) {
+        Ok(d) if d.as_secs() > 0 => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Ok(_) => {
+            errors.push(format!("--{name} must be at least one second"));
+            0
+        }
+        Err(e) => {
+            errors.push(format!("--{name} `{value}`: {e}"));
+            0
+        }
+    }
+}
+
+/// Parses a duration option such as `1h` into seconds.
+pub fn parse_seconds(name: &str, value: &str) -> Result<i64, String> {
+    let mut errors = Vec::new();
+    let s = seconds(name, value, &mut errors);
+    errors.pop().map_or(Ok(s), Err)
+}
+
+/// Parses a role name.
+pub fn parse_role(value: &str) -> Result<Role, String> {
+    Role::parse(value)
+        .ok_or_else(|| format!("--role `{value}` must be `admin`, `operator` or `auditor`"))
+}
+
+impl ServeArgs {
+    /// Checks every option and returns the configuration, or every problem found.
+    pub fn validate(&self) -> Result<(ServeConfig, Option<TrustDomain>), Vec<String>> {
+        let mut errors = Vec::new();
+        let listen: Option<SocketAddr> = match self.listen.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(format!("--listen `{}` is not an address like `127.0.0.1:8443`", self.listen));
+                None
+            }
+        };
+        let trust_domain = match self.trust_domain.as_deref().map(TrustDomain::parse) {
+            None => None,
+            Some(Ok(td)) => Some(td),
+            Some(Err(e)) => {
+                errors.push(format!("--trust-domain: {e}"));
+                None
+            }
+        };
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+                errors.push("--database-url must start with `sqlite:` or `postgres:`".into());
+            }
+        }
+        let public_url = match (&self.public_url, listen) {
+            (Some(u), _) => {
+                let u = u.trim_end_matches('/').to_owned();
+                if !u.starts_with("https://") || u.len() > 200 {
+                    errors.push("--public-url must be an `https://` URL of at most 200 characters".into());
+                }
+                u
+            }
+            (None, Some(a)) => format!("https://localhost:{}", a.port()),
+            (None, None) => String::new(),
+        };
+        if self.hostnames.is_empty() {
+            errors.push("at least one --hostname is needed".into());
+        }
+        let settings = Settings {
+            cert_lifetime_secs: seconds("cert-lifetime", &self.cert_lifetime, &mut errors),
+            default_token_ttl_secs: seconds("token-ttl", &self.token_ttl, &mut errors),
+            max_token_ttl_secs: seconds("max-token-ttl", &self.max_token_ttl, &mut errors),
+            clock_skew_secs: match humantime::parse_duration(&self.clock_skew) {
+                Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                Err(e) => {
+                    errors.push(format!("--clock-skew `{}`: {e}", self.clock_skew));
+                    0
+                }
+            },
+            crl_url: format!("{public_url}/v1/crl"),
+            crl_validity_secs: seconds("crl-validity", &self.crl_validity, &mut errors),
+        };
+        if settings.default_token_ttl_secs > settings.max_token_ttl_secs {
+            errors.push("--token-ttl must not exceed --max-token-ttl".into());
+        }
+        if self.db_max_connections == 0 {
+            errors.push("--db-max-connections must be at least 1".into());
+        }
+        let data_dir = DataDir::new(&self.data_dir);
+        match (errors.is_empty(), listen) {
+            (true, Some(listen)) => Ok((
+                ServeConfig {
+                    database_url: self
+                        .database_url
+                        .clone()
+                        .unwrap_or_else(|| default_database_url(&data_dir)),
+                    data_dir,
+                    listen,
+                    hostnames: self.hostnames.clone(),
+                    max_connections: self.db_max_connections,
+                    settings,
+                },
+                trust_domain,
+            )),
+            _ => Err(errors),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let mut all = vec!["vouch", "serve"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).unwrap().command {
+            Command::Serve(s) => s,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errors = serve(&[
+            "--listen",
+            "nowhere",
+            "--trust-domain",
+            "Bad Domain",
+            "--cert-lifetime",
+            "forever",
+            "--database-url",
+            "mysql://x",
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let (config, td) = serve(&[]).validate().unwrap();
+        assert_eq!(config.settings.cert_lifetime_secs, 24 * 3600);
+        assert_eq!(config.settings.crl_url, "https://localhost:8443/v1/crl");
+        assert!(config.database_url.starts_with("sqlite://"));
+        assert!(td.is_none());
+    }
+}

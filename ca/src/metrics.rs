@@ -1,0 +1,85 @@
+//! Prometheus metrics, kept in the server state (no global registry).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Label of an outcome: `issued` or the problem code of the refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The outcome.
+    pub outcome: String,
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    enrollments: Family<OutcomeLabels, Counter>,
+    renewals: Family<OutcomeLabels, Counter>,
+    /// Devices revoked.
+    pub revocations: Counter,
+    /// Bootstrap tokens created.
+    pub tokens_created: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("vouch");
+        let enrollments = Family::<OutcomeLabels, Counter>::default();
+        let renewals = Family::<OutcomeLabels, Counter>::default();
+        let revocations = Counter::default();
+        let tokens_created = Counter::default();
+        registry.register(
+            "enrollments",
+            "Enrollment attempts by outcome",
+            enrollments.clone(),
+        );
+        registry.register("renewals", "Renewal attempts by outcome", renewals.clone());
+        registry.register("revocations", "Devices revoked", revocations.clone());
+        registry.register(
+            "bootstrap_tokens_created",
+            "Bootstrap tokens created",
+            tokens_created.clone(),
+        );
+        Self {
+            registry,
+            enrollments,
+            renewals,
+            revocations,
+            tokens_created,
+        }
+    }
+
+    /// Counts an enrollment attempt.
+    pub fn enrollment(&self, outcome: &str) {
+        self.enrollments
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a renewal attempt.
+    pub fn renewal(&self, outcome: &str) {
+        self.renewals
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
