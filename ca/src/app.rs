@@ -74,10 +74,16 @@ pub fn import_ca(
     write_ca(data_dir, trust_domain, files)
 }
 
-fn write_ca(data_dir: &DataDir, trust_domain: &TrustDomain, files: &CaFiles) -> Result<(), AppError> {
+fn write_ca(
+    data_dir: &DataDir,
+    trust_domain: &TrustDomain,
+    files: &CaFiles,
+) -> Result<(), AppError> {
     data_dir.create()?;
     if is_initialised(data_dir) {
-        return Err(AppError::AlreadyInitialised(data_dir.path().display().to_string()));
+        return Err(AppError::AlreadyInitialised(
+            data_dir.path().display().to_string(),
+        ));
     }
     let rng = system_rng();
     let (_, bootstrap_text) = TokenKey::generate(&rng).map_err(|_| AppError::Random)?;
@@ -133,7 +139,9 @@ fn token_key(data_dir: &DataDir, file: DataFile) -> Result<TokenKey, AppError> {
 /// Loads the CA, trust domain and token keys from `data_dir`.
 pub fn load(data_dir: &DataDir) -> Result<Loaded, AppError> {
     if !is_initialised(data_dir) {
-        return Err(AppError::NotInitialised(data_dir.path().display().to_string()));
+        return Err(AppError::NotInitialised(
+            data_dir.path().display().to_string(),
+        ));
     }
     let files = CaFiles {
         root_cert_pem: text(data_dir, DataFile::RootCert, false)?,

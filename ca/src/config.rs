@@ -173,7 +173,10 @@ impl ServeArgs {
         let listen: Option<SocketAddr> = match self.listen.parse() {
             Ok(a) => Some(a),
             Err(_) => {
-                errors.push(format!("--listen `{}` is not an address like `127.0.0.1:8443`", self.listen));
+                errors.push(format!(
+                    "--listen `{}` is not an address like `127.0.0.1:8443`",
+                    self.listen
+                ));
                 None
             }
         };
@@ -186,7 +189,10 @@ impl ServeArgs {
             }
         };
         if let Some(url) = &self.database_url {
-            if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres:")
+                || url.starts_with("postgresql:"))
+            {
                 errors.push("--database-url must start with `sqlite:` or `postgres:`".into());
             }
         }
@@ -194,7 +200,9 @@ impl ServeArgs {
             (Some(u), _) => {
                 let u = u.trim_end_matches('/').to_owned();
                 if !u.starts_with("https://") || u.len() > 200 {
-                    errors.push("--public-url must be an `https://` URL of at most 200 characters".into());
+                    errors.push(
+                        "--public-url must be an `https://` URL of at most 200 characters".into(),
+                    );
                 }
                 u
             }

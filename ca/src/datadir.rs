@@ -18,7 +18,9 @@ pub enum DataDirError {
         source: std::io::Error,
     },
     /// A secret file is readable by group or others.
-    #[error("`{path}` has mode {mode:o}: secret files must be readable by their owner only (chmod 600)")]
+    #[error(
+        "`{path}` has mode {mode:o}: secret files must be readable by their owner only (chmod 600)"
+    )]
     Permissions {
         /// The file.
         path: PathBuf,
@@ -155,11 +157,9 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirError
 #[cfg(unix)]
 fn set_mode(path: &Path, mode: u32) -> Result<(), DataDirError> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
-        DataDirError::Io {
-            path: path.to_owned(),
-            source,
-        }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
     })
 }
 
@@ -203,7 +203,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dd.file(DataFile::RootKey)).unwrap().permissions().mode();
+            let mode = fs::metadata(dd.file(DataFile::RootKey))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(matches!(
@@ -220,8 +223,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dd = DataDir::new(dir.path());
         dd.write_secret(DataFile::IssuingKey, b"k").unwrap();
-        fs::set_permissions(dd.file(DataFile::IssuingKey), fs::Permissions::from_mode(0o640))
-            .unwrap();
+        fs::set_permissions(
+            dd.file(DataFile::IssuingKey),
+            fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
         assert!(matches!(
             dd.read_secret(DataFile::IssuingKey),
             Err(DataDirError::Permissions { .. })

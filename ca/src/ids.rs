@@ -276,6 +276,8 @@ mod tests {
         assert_eq!(DeviceId::parse("../etc"), None);
         assert_eq!(DeviceId::parse(&id.as_str().to_uppercase()), None);
         let td = TrustDomain::parse("fleet.example").unwrap();
-        assert!(id.spiffe_id(&td).starts_with("spiffe://fleet.example/device/"));
+        assert!(id
+            .spiffe_id(&td)
+            .starts_with("spiffe://fleet.example/device/"));
     }
 }

@@ -59,7 +59,10 @@ fn ca_init(args: &config::CaInitArgs) -> Result<(), Failure> {
     let td = trust_domain(&args.trust_domain)?;
     let dir = DataDir::new(&args.data_dir);
     app::init_ca(&dir, &td, SystemClock.now())?;
-    println!("created CA for trust domain `{td}` in {}", dir.path().display());
+    println!(
+        "created CA for trust domain `{td}` in {}",
+        dir.path().display()
+    );
     Ok(())
 }
 
@@ -78,14 +81,21 @@ fn ca_import(args: &config::CaImportArgs) -> Result<(), Failure> {
     };
     let dir = DataDir::new(&args.data_dir);
     app::import_ca(&dir, &td, &files)?;
-    println!("imported CA for trust domain `{td}` into {}", dir.path().display());
+    println!(
+        "imported CA for trust domain `{td}` into {}",
+        dir.path().display()
+    );
     Ok(())
 }
 
 fn admin_token(args: &config::AdminTokenArgs) -> Result<(), Failure> {
     let mut errors = Vec::new();
-    let role = config::parse_role(&args.role).map_err(|e| errors.push(e)).ok();
-    let ttl = config::parse_seconds("ttl", &args.ttl).map_err(|e| errors.push(e)).ok();
+    let role = config::parse_role(&args.role)
+        .map_err(|e| errors.push(e))
+        .ok();
+    let ttl = config::parse_seconds("ttl", &args.ttl)
+        .map_err(|e| errors.push(e))
+        .ok();
     if args.subject.is_empty() || args.subject.len() > 128 {
         errors.push("--subject must be 1 to 128 characters".into());
     }

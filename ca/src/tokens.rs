@@ -172,7 +172,13 @@ impl TokenKey {
 
     /// Verifies a JWT for `audience` and checks expiry against `now` with `skew` seconds of
     /// tolerance. The HMAC comparison inside is constant-time (ring).
-    pub fn verify<T>(&self, token: &str, audience: &str, now: i64, skew: i64) -> Result<T, TokenError>
+    pub fn verify<T>(
+        &self,
+        token: &str,
+        audience: &str,
+        now: i64,
+        skew: i64,
+    ) -> Result<T, TokenError>
     where
         T: for<'de> Deserialize<'de> + Expiring,
     {

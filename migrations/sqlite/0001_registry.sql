@@ -22,7 +22,10 @@ CREATE TABLE devices (
     created_at        BIGINT NOT NULL,
     updated_at        BIGINT NOT NULL,
     revoked_at        BIGINT,
-    revocation_reason TEXT
+    revocation_reason TEXT,
+    -- The newest certificate, set in the transaction that issues it.
+    current_serial    TEXT NOT NULL,
+    current_not_after BIGINT NOT NULL
 );
 CREATE INDEX devices_zone_id ON devices (zone, id);
 CREATE INDEX devices_status_id ON devices (status, id);

@@ -63,16 +63,13 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    "operator endpoints need `Authorization: Bearer <operator token>`",
-                )
-            })?;
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "operator endpoints need `Authorization: Bearer <operator token>`",
+            )
+        })?;
         let token = value
             .to_str()
             .ok()
@@ -103,7 +100,11 @@ pub fn token_problem(e: &TokenError, kind: &str) -> ApiError {
         TokenError::Expired => "token_expired",
         TokenError::Malformed | TokenError::Invalid => "token_invalid",
     };
-    ApiError::new(StatusCode::UNAUTHORIZED, code, format!("{kind} token refused: {e}"))
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        code,
+        format!("{kind} token refused: {e}"),
+    )
 }
 
 /// A device authenticated by its client certificate.

@@ -109,7 +109,9 @@ pub async fn create_bootstrap_token(
 ) -> Result<(StatusCode, Json<CreateTokenResponse>), ApiError> {
     operator.require_write()?;
     let zone = Zone::parse(&req.zone).map_err(|e| invalid(e.to_string()))?;
-    let ttl = req.ttl_seconds.unwrap_or(state.settings.default_token_ttl_secs);
+    let ttl = req
+        .ttl_seconds
+        .unwrap_or(state.settings.default_token_ttl_secs);
     if !(60..=state.settings.max_token_ttl_secs).contains(&ttl) {
         return Err(invalid(format!(
             "ttl_seconds must be between 60 and {}",
@@ -250,7 +252,13 @@ async fn enroll_inner(state: &AppState, req: EnrollRequest) -> Result<EnrollResp
     };
     match state
         .registry
-        .enroll(&claims.jti, &device, &cert, now.unix_timestamp())
+        .enroll(
+            &claims.jti,
+            &device,
+            &cert,
+            now.unix_timestamp(),
+            state.settings.clock_skew_secs,
+        )
         .await?
     {
         Ok(()) => {}

@@ -97,4 +97,3 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
-

@@ -59,11 +59,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Problem {
             kind: "about:blank".into(),
-            title: self
-                .status
-                .canonical_reason()
-                .unwrap_or("Error")
-                .to_owned(),
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             code: self.code.to_owned(),
             detail: self.detail,
@@ -122,7 +118,10 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("request body is larger than {} bytes", super::MAX_BODY_BYTES),
+            format!(
+                "request body is larger than {} bytes",
+                super::MAX_BODY_BYTES
+            ),
         ),
         other => ApiError::new(other.status(), "bad_request", detail),
     }

@@ -74,7 +74,8 @@ fn ca_name(trust_domain: &str, common_name: &str) -> DistinguishedName {
 }
 
 fn random_serial() -> Result<rcgen::SerialNumber, PkiError> {
-    let serial = crate::ids::Serial::random(&crate::ids::system_rng()).map_err(|_| PkiError::Random)?;
+    let serial =
+        crate::ids::Serial::random(&crate::ids::system_rng()).map_err(|_| PkiError::Random)?;
     Ok(rcgen::SerialNumber::from_slice(serial.bytes()))
 }
 
@@ -105,8 +106,9 @@ impl Authority {
         let issuing_der = single_cert_der(&files.issuing_cert_pem, "issuing certificate")?;
         check_issued_by(&issuing_der, &root_der)?;
 
-        let issuing_key = KeyPair::from_pem(&files.issuing_key_pem)
-            .map_err(|_| PkiError::InvalidCa("issuing key is not a PKCS#8 PEM key rcgen can use".into()))?;
+        let issuing_key = KeyPair::from_pem(&files.issuing_key_pem).map_err(|_| {
+            PkiError::InvalidCa("issuing key is not a PKCS#8 PEM key rcgen can use".into())
+        })?;
         let params = CertificateParams::from_ca_cert_pem(&files.issuing_cert_pem)
             .map_err(|e| PkiError::InvalidCa(format!("issuing certificate: {e}")))?;
         // `from_ca_cert_pem` keeps the subject and the subject key identifier. Re-signing the
@@ -120,8 +122,8 @@ impl Authority {
                 "issuing key does not match the issuing certificate".into(),
             ));
         }
-        let root_pem = pem::encode(&pem::Pem::new("CERTIFICATE", root_der.clone()));
-        let issuing_pem = pem::encode(&pem::Pem::new("CERTIFICATE", issuing_der.clone()));
+        let root_pem = cert_pem(&root_der);
+        let issuing_pem = cert_pem(&issuing_der);
         Ok(Self {
             root_fingerprint: fingerprint_sha256(&root_der),
             chain_pem: format!("{issuing_pem}{root_pem}"),
@@ -162,6 +164,14 @@ impl Authority {
     pub fn root_fingerprint(&self) -> &str {
         &self.root_fingerprint
     }
+}
+
+/// PEM text of a DER certificate, with LF line endings.
+pub fn cert_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 fn single_cert_der(pem_text: &str, what: &str) -> Result<Vec<u8>, PkiError> {

@@ -10,8 +10,7 @@ use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::oid_registry::{
     Oid, OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_PKCS1_SHA256WITHRSA, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384,
-    OID_SIG_ED25519,
+    OID_PKCS1_SHA256WITHRSA, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
@@ -38,7 +37,9 @@ pub enum CsrError {
     #[error("CSR has trailing data after the request")]
     TrailingData,
     /// The key type or curve is not accepted.
-    #[error("CSR key type is not accepted ({0}); use ECDSA P-256 or P-384, Ed25519, or RSA 2048-4096")]
+    #[error(
+        "CSR key type is not accepted ({0}); use ECDSA P-256 or P-384, Ed25519, or RSA 2048-4096"
+    )]
     UnsupportedKey(String),
     /// An RSA key of a size outside 2048-4096 bits.
     #[error("RSA key of {bits} bits is not accepted; use 2048 to 4096 bits")]
@@ -101,39 +102,50 @@ pub fn check_csr_der(der: &[u8]) -> Result<CsrPublicKey, CsrError> {
     let sig_oid = &csr.signature_algorithm.algorithm;
     let key_oid = &spki.algorithm.algorithm;
 
-    let (ring_alg, rcgen_alg): (&'static dyn VerificationAlgorithm, &'static SignatureAlgorithm) =
-        if *key_oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .ok_or_else(|| CsrError::UnsupportedKey("EC key without a named curve".into()))?;
-            if curve == OID_EC_P256 {
-                expect_sig(sig_oid, &OID_SIG_ECDSA_WITH_SHA256)?;
-                (&signature::ECDSA_P256_SHA256_ASN1, &rcgen::PKCS_ECDSA_P256_SHA256)
-            } else if curve == OID_NIST_EC_P384 {
-                expect_sig(sig_oid, &OID_SIG_ECDSA_WITH_SHA384)?;
-                (&signature::ECDSA_P384_SHA384_ASN1, &rcgen::PKCS_ECDSA_P384_SHA384)
-            } else {
-                return Err(CsrError::UnsupportedKey(format!("EC curve {curve}")));
-            }
-        } else if *key_oid == OID_SIG_ED25519 {
-            expect_sig(sig_oid, &OID_SIG_ED25519)?;
-            (&signature::ED25519, &rcgen::PKCS_ED25519)
-        } else if *key_oid == OID_PKCS1_RSAENCRYPTION {
-            let bits = match spki.parsed() {
-                Ok(PublicKey::RSA(rsa)) => rsa.key_size(),
-                _ => return Err(CsrError::Malformed),
-            };
-            if !(2048..=4096).contains(&bits) {
-                return Err(CsrError::RsaKeySize { bits });
-            }
-            expect_sig(sig_oid, &OID_PKCS1_SHA256WITHRSA)?;
-            (&signature::RSA_PKCS1_2048_8192_SHA256, &rcgen::PKCS_RSA_SHA256)
+    let (ring_alg, rcgen_alg): (
+        &'static dyn VerificationAlgorithm,
+        &'static SignatureAlgorithm,
+    ) = if *key_oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .ok_or_else(|| CsrError::UnsupportedKey("EC key without a named curve".into()))?;
+        if curve == OID_EC_P256 {
+            expect_sig(sig_oid, &OID_SIG_ECDSA_WITH_SHA256)?;
+            (
+                &signature::ECDSA_P256_SHA256_ASN1,
+                &rcgen::PKCS_ECDSA_P256_SHA256,
+            )
+        } else if curve == OID_NIST_EC_P384 {
+            expect_sig(sig_oid, &OID_SIG_ECDSA_WITH_SHA384)?;
+            (
+                &signature::ECDSA_P384_SHA384_ASN1,
+                &rcgen::PKCS_ECDSA_P384_SHA384,
+            )
         } else {
-            return Err(CsrError::UnsupportedKey(format!("algorithm {key_oid}")));
+            return Err(CsrError::UnsupportedKey(format!("EC curve {curve}")));
+        }
+    } else if *key_oid == OID_SIG_ED25519 {
+        expect_sig(sig_oid, &OID_SIG_ED25519)?;
+        (&signature::ED25519, &rcgen::PKCS_ED25519)
+    } else if *key_oid == OID_PKCS1_RSAENCRYPTION {
+        let bits = match spki.parsed() {
+            Ok(PublicKey::RSA(rsa)) => rsa.key_size(),
+            _ => return Err(CsrError::Malformed),
         };
+        if !(2048..=4096).contains(&bits) {
+            return Err(CsrError::RsaKeySize { bits });
+        }
+        expect_sig(sig_oid, &OID_PKCS1_SHA256WITHRSA)?;
+        (
+            &signature::RSA_PKCS1_2048_8192_SHA256,
+            &rcgen::PKCS_RSA_SHA256,
+        )
+    } else {
+        return Err(CsrError::UnsupportedKey(format!("algorithm {key_oid}")));
+    };
 
     UnparsedPublicKey::new(ring_alg, key_bits)
         .verify(info.raw, &csr.signature_value.data)
@@ -199,7 +211,10 @@ mod tests {
         }
         let mut trailing = der.clone();
         trailing.push(0);
-        assert_eq!(check_csr_der(&trailing).unwrap_err(), CsrError::TrailingData);
+        assert_eq!(
+            check_csr_der(&trailing).unwrap_err(),
+            CsrError::TrailingData
+        );
         assert_eq!(check_csr_pem("hello").unwrap_err(), CsrError::NotPem);
         let two = format!("{pem_text}{pem_text}");
         assert_eq!(check_csr_pem(&two).unwrap_err(), CsrError::NotPem);

@@ -59,8 +59,10 @@ pub fn issue_device_certificate(
     spec: &DeviceCertificateSpec<'_>,
     public_key: &impl rcgen::PublicKeyData,
 ) -> Result<IssuedCertificate, PkiError> {
-    let not_before = spec.now - BACKDATE;
-    let not_after = spec.now + spec.lifetime;
+    // Certificates carry whole seconds; so do the times we record and report.
+    let now = spec.now.replace_nanosecond(0).unwrap_or(spec.now);
+    let not_before = now - BACKDATE;
+    let not_after = now + spec.lifetime;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, spec.trust_domain.as_str());
@@ -108,7 +110,8 @@ pub fn issue_server_certificate(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
-    let serial = crate::ids::Serial::random(&crate::ids::system_rng()).map_err(|_| PkiError::Random)?;
+    let serial =
+        crate::ids::Serial::random(&crate::ids::system_rng()).map_err(|_| PkiError::Random)?;
     params.serial_number = Some(rcgen::SerialNumber::from_slice(serial.bytes()));
     params.not_before = now - BACKDATE;
     params.not_after = now + lifetime;

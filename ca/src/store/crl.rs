@@ -38,7 +38,11 @@ impl Registry {
     /// Signs and stores a new CRL under the next CRL number. `sign` gets the number and the
     /// revoked, unexpired certificates; it runs inside the transaction that takes the number,
     /// so numbers increase in the order CRLs are stored, across replicas.
-    pub async fn publish_crl<F, E>(&self, now: i64, sign: F) -> Result<Result<StoredCrl, E>, StoreError>
+    pub async fn publish_crl<F, E>(
+        &self,
+        now: i64,
+        sign: F,
+    ) -> Result<Result<StoredCrl, E>, StoreError>
     where
         F: FnOnce(u64, &[RevokedEntry]) -> Result<Vec<u8>, E>,
     {

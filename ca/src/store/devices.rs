@@ -7,7 +7,9 @@ use sqlx::any::AnyRow;
 use std::collections::BTreeMap;
 
 /// A device's standing in the registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceStatus {
     /// Enrolled and in good standing.
@@ -59,9 +61,9 @@ pub struct DeviceRecord {
     /// Revocation reason, if revoked.
     pub revocation_reason: Option<String>,
     /// Serial of the newest certificate.
-    pub current_serial: Option<String>,
+    pub current_serial: String,
     /// Expiry of the newest certificate (Unix seconds).
-    pub current_not_after: Option<i64>,
+    pub current_not_after: i64,
 }
 
 /// Filter and page for [`Registry::list_devices`].
@@ -89,9 +91,7 @@ pub enum RevokeOutcome {
 }
 
 const DEVICE_COLUMNS: &str = "d.id, d.spiffe_id, d.zone, d.device_class, d.labels, d.status, \
-    d.created_at, d.updated_at, d.revoked_at, d.revocation_reason, \
-    (SELECT c.serial FROM certificates c WHERE c.device_id = d.id ORDER BY c.issued_at DESC, c.not_after DESC LIMIT 1) AS current_serial, \
-    (SELECT MAX(c.not_after) FROM certificates c WHERE c.device_id = d.id) AS current_not_after";
+    d.created_at, d.updated_at, d.revoked_at, d.revocation_reason, d.current_serial, d.current_not_after";
 
 fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
     let labels: String = col(row, "labels")?;
@@ -117,7 +117,10 @@ impl Registry {
     /// One device by id.
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(device_from_row).transpose()
     }
 
@@ -127,12 +130,18 @@ impl Registry {
             "SELECT {DEVICE_COLUMNS} FROM devices d JOIN certificates k ON k.device_id = d.id \
              WHERE k.serial = $1"
         );
-        let row = sqlx::query(&sql).bind(serial).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(serial)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(device_from_row).transpose()
     }
 
     /// A page of devices ordered by id.
-    pub async fn list_devices(&self, filter: &DeviceFilter) -> Result<Vec<DeviceRecord>, StoreError> {
+    pub async fn list_devices(
+        &self,
+        filter: &DeviceFilter,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
         let mut clauses = Vec::new();
         let mut binds: Vec<String> = Vec::new();
         if let Some(zone) = &filter.zone {

@@ -81,8 +81,8 @@ pub enum RenewRefusal {
 impl Registry {
     /// Records a new bootstrap token and its audit record.
     pub async fn create_bootstrap_token(&self, t: &NewBootstrapToken) -> Result<(), StoreError> {
-        let labels = serde_json::to_string(&t.labels)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let labels =
+            serde_json::to_string(&t.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO bootstrap_tokens (jti, zone, labels, device_class, created_by, created_at, expires_at) \
@@ -111,14 +111,16 @@ impl Registry {
     }
 
     /// Consumes bootstrap token `jti` and registers `device` with its first certificate, in
-    /// one transaction. Of two concurrent enrollments with one token, exactly one succeeds;
-    /// a refused enrollment writes nothing.
+    /// one transaction. The token must be unused and not expired more than `skew` seconds
+    /// ago. Of two concurrent enrollments with one token, exactly one succeeds; a refused
+    /// enrollment writes nothing.
     pub async fn enroll(
         &self,
         jti: &str,
         device: &NewDevice,
         cert: &NewCertificate,
         now: i64,
+        skew: i64,
     ) -> Result<Result<(), EnrollRefusal>, StoreError> {
         let labels = serde_json::to_string(&device.labels)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -127,11 +129,12 @@ impl Registry {
         // count decides which of several concurrent enrollments wins.
         let consumed = sqlx::query(
             "UPDATE bootstrap_tokens SET used_at = $1, device_id = $2 \
-             WHERE jti = $3 AND used_at IS NULL AND expires_at > $1",
+             WHERE jti = $3 AND used_at IS NULL AND expires_at > $4",
         )
         .bind(now)
         .bind(&device.id)
         .bind(jti)
+        .bind(now.saturating_sub(skew))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -140,8 +143,8 @@ impl Registry {
             return Ok(Err(self.token_refusal(jti).await?));
         }
         sqlx::query(
-            "INSERT INTO devices (id, spiffe_id, zone, device_class, labels, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'active', $6, $6)",
+            "INSERT INTO devices (id, spiffe_id, zone, device_class, labels, status, created_at, updated_at, \
+             current_serial, current_not_after) VALUES ($1, $2, $3, $4, $5, 'active', $6, $6, $7, $8)",
         )
         .bind(&device.id)
         .bind(&device.spiffe_id)
@@ -149,12 +152,21 @@ impl Registry {
         .bind(device.device_class.clone())
         .bind(labels)
         .bind(now)
+        .bind(&cert.serial)
+        .bind(cert.not_after)
         .execute(&mut *tx)
         .await?;
         insert_certificate(&mut tx, &device.id, cert, now).await?;
         let token_actor = format!("bootstrap-token:{jti}");
-        append(&mut tx, now, &token_actor, "token.used", jti, &json!({"device_id": device.id}))
-            .await?;
+        append(
+            &mut tx,
+            now,
+            &token_actor,
+            "token.used",
+            jti,
+            &json!({"device_id": device.id}),
+        )
+        .await?;
         append(
             &mut tx,
             now,
@@ -190,14 +202,17 @@ impl Registry {
         now: i64,
     ) -> Result<Result<String, RenewRefusal>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // Begin with a write (see the module docs): touch the device of the old certificate,
-        // only while both are in good standing.
+        // Begin with a write (see the module docs): point the device of the old certificate at
+        // the new one, only while both are in good standing.
         let touched = sqlx::query(
-            "UPDATE devices SET updated_at = $1 WHERE status = 'active' AND id = \
+            "UPDATE devices SET updated_at = $1, current_serial = $3, current_not_after = $4 \
+             WHERE status = 'active' AND id = \
              (SELECT device_id FROM certificates WHERE serial = $2 AND revoked_at IS NULL)",
         )
         .bind(now)
         .bind(old_serial)
+        .bind(&cert.serial)
+        .bind(cert.not_after)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -16,9 +16,7 @@ mod enrollment;
 
 pub use audit::AuditRecord;
 pub use devices::{DeviceFilter, DeviceRecord, DeviceStatus, RevokeOutcome};
-pub use enrollment::{
-    EnrollRefusal, NewBootstrapToken, NewCertificate, NewDevice, RenewRefusal,
-};
+pub use enrollment::{EnrollRefusal, NewBootstrapToken, NewCertificate, NewDevice, RenewRefusal};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;

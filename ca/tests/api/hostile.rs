@@ -1,0 +1,291 @@
+//! Acceptance 3: malformed, oversized, wrong-algorithm or bad-signature CSRs, malformed JSON
+//! and unknown fields get 4xx problem responses; no panic, no row written, and the token is
+//! still good afterwards.
+
+use crate::support::*;
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// Sends `body` (raw bytes, JSON content type) to `/v1/enroll` and checks the problem, that
+/// nothing was written, and that the server still answers.
+async fn refused_raw(
+    app: &TestApp,
+    body: Vec<u8>,
+    content_type: Option<&str>,
+    status: StatusCode,
+    code: &str,
+) {
+    let before = app.counts().await;
+    let mut r = app.client.post(app.url("/v1/enroll")).body(body);
+    if let Some(ct) = content_type {
+        r = r.header("content-type", ct);
+    }
+    let (s, p) = problem(r.send().await.unwrap()).await;
+    assert_eq!((s, p["code"].as_str().unwrap()), (status, code), "{p}");
+    assert_eq!(app.counts().await, before);
+    assert_eq!(app.get("/healthz", None).await.status(), StatusCode::OK);
+}
+
+async fn refused_csr(app: &TestApp, token: &str, csr: &str, status: StatusCode, code: &str) {
+    let body = serde_json::to_vec(&json!({"token": token, "csr_pem": csr})).unwrap();
+    refused_raw(app, body, Some("application/json"), status, code).await;
+}
+
+fn der_to_pem(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der.to_vec()))
+}
+
+#[tokio::test]
+async fn hostile_csrs_are_refused_and_write_nothing() {
+    let app = spawn_app(Db::Sqlite).await;
+    let dir = app.dir.path();
+    let token = app.bootstrap_token("factory-1").await;
+    let (good, _) = openssl_csr(dir, "ec", &["ec_paramgen_curve:P-256"]);
+    let good_der = pem::parse(&good).unwrap().into_contents();
+
+    // Not PEM, wrong label, two blocks, garbage DER, truncated DER, trailing bytes.
+    refused_csr(
+        &app,
+        &token,
+        "hello",
+        StatusCode::BAD_REQUEST,
+        "csr_malformed",
+    )
+    .await;
+    let cert_label = pem::encode(&pem::Pem::new("CERTIFICATE", good_der.clone()));
+    refused_csr(
+        &app,
+        &token,
+        &cert_label,
+        StatusCode::BAD_REQUEST,
+        "csr_malformed",
+    )
+    .await;
+    refused_csr(
+        &app,
+        &token,
+        &format!("{good}{good}"),
+        StatusCode::BAD_REQUEST,
+        "csr_malformed",
+    )
+    .await;
+    refused_csr(
+        &app,
+        &token,
+        &der_to_pem(b"\x30\x82\xff\xff garbage"),
+        StatusCode::BAD_REQUEST,
+        "csr_malformed",
+    )
+    .await;
+    refused_csr(
+        &app,
+        &token,
+        &der_to_pem(&good_der[..good_der.len() / 2]),
+        StatusCode::BAD_REQUEST,
+        "csr_malformed",
+    )
+    .await;
+    let mut trailing = good_der.clone();
+    trailing.extend_from_slice(b"\0\0");
+    refused_csr(
+        &app,
+        &token,
+        &der_to_pem(&trailing),
+        StatusCode::BAD_REQUEST,
+        "csr_malformed",
+    )
+    .await;
+
+    // Oversized CSR inside an acceptable body; oversized body.
+    let big = format!("{good}{}", "A".repeat(20 * 1024));
+    refused_csr(
+        &app,
+        &token,
+        &big,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "csr_too_large",
+    )
+    .await;
+    let huge =
+        serde_json::to_vec(&json!({"token": token, "csr_pem": "A".repeat(100 * 1024)})).unwrap();
+    refused_raw(
+        &app,
+        huge,
+        Some("application/json"),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    )
+    .await;
+
+    // Wrong algorithm or key size: RSA-1024, P-521, P-256 signed with SHA-384.
+    let (rsa1024, _) = openssl_csr(dir, "rsa:1024", &[]);
+    refused_csr(
+        &app,
+        &token,
+        &rsa1024,
+        StatusCode::BAD_REQUEST,
+        "csr_unsupported_key",
+    )
+    .await;
+    let (p521, _) = openssl_csr(dir, "ec", &["ec_paramgen_curve:P-521"]);
+    refused_csr(
+        &app,
+        &token,
+        &p521,
+        StatusCode::BAD_REQUEST,
+        "csr_unsupported_key",
+    )
+    .await;
+    let key = write(
+        dir,
+        "k.pem",
+        openssl_csr(dir, "ec", &["ec_paramgen_curve:P-256"])
+            .1
+            .as_bytes(),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            key.to_str().unwrap(),
+            "-sha384",
+            "-subj",
+            "/CN=x",
+            "-out",
+            "sha384.csr",
+        ],
+    );
+    let sha384 = std::fs::read_to_string(dir.join("sha384.csr")).unwrap();
+    refused_csr(
+        &app,
+        &token,
+        &sha384,
+        StatusCode::BAD_REQUEST,
+        "csr_unsupported_algorithm",
+    )
+    .await;
+
+    // Bad signature: change one byte of the signed subject, keep the signature.
+    let mut tampered = good_der.clone();
+    let at = tampered.windows(7).position(|w| w == b"ignored").unwrap();
+    tampered[at] = b'J';
+    refused_csr(
+        &app,
+        &token,
+        &der_to_pem(&tampered),
+        StatusCode::BAD_REQUEST,
+        "csr_bad_signature",
+    )
+    .await;
+
+    // Every refusal left the token usable.
+    let r = app
+        .post(
+            "/v1/enroll",
+            None,
+            &json!({"token": token, "csr_pem": good}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn malformed_json_and_unknown_fields_are_refused() {
+    let app = spawn_app(Db::Sqlite).await;
+    let token = app.bootstrap_token("factory-1").await;
+    let ct = Some("application/json");
+    refused_raw(
+        &app,
+        b"{\"token\": ".to_vec(),
+        ct,
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    )
+    .await;
+    refused_raw(
+        &app,
+        b"\xff\xfe".to_vec(),
+        ct,
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    )
+    .await;
+    let unknown =
+        serde_json::to_vec(&json!({"token": token, "generate_key": true, "admin": true})).unwrap();
+    refused_raw(
+        &app,
+        unknown,
+        ct,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    )
+    .await;
+    let wrong_type = serde_json::to_vec(&json!({"token": 5, "generate_key": true})).unwrap();
+    refused_raw(
+        &app,
+        wrong_type,
+        ct,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    )
+    .await;
+    let both =
+        serde_json::to_vec(&json!({"token": token, "generate_key": true, "csr_pem": "x"})).unwrap();
+    refused_raw(
+        &app,
+        both,
+        ct,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    )
+    .await;
+    let neither = serde_json::to_vec(&json!({"token": token})).unwrap();
+    refused_raw(
+        &app,
+        neither,
+        ct,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    )
+    .await;
+    let ok = serde_json::to_vec(&json!({"token": token, "generate_key": true})).unwrap();
+    refused_raw(
+        &app,
+        ok,
+        None,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+
+    // Operator bodies too.
+    let before = app.counts().await;
+    for body in [
+        json!({"zone": "z", "extra": 1}),
+        json!({"zone": "Bad Zone"}),
+        json!({"zone": "z", "ttl_seconds": 10}),
+        json!({"zone": "z", "labels": {"k": "v\n"}}),
+        json!({"zone": "z", "device_class": "x/y"}),
+    ] {
+        let (s, p) = problem(
+            app.post("/v1/bootstrap-tokens", Some(&app.admin), &body)
+                .await,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body} {p}");
+    }
+    assert_eq!(app.counts().await, before);
+    let (s, p) = problem(app.get("/v1/devices?limit=0", Some(&app.admin)).await).await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::BAD_REQUEST, "invalid_query")
+    );
+    let (s, _) = problem(app.get("/v1/devices?cursor=../x", Some(&app.admin)).await).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = problem(app.get("/v1/devices/not-an-id", Some(&app.admin)).await).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = problem(app.get("/no/such/route", None).await).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

@@ -1,0 +1,18 @@
+//! Integration tests of the `vouch` server: a real HTTPS server on a loopback port, a real
+//! SQLite file or PostgreSQL database, real `openssl` for interoperability, and the real
+//! `vouch` binary where processes matter (replicas, logs, exit codes).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod enroll;
+mod hostile;
+mod processes;
+mod renew_revoke;
+mod roles;
+mod storage;
+mod support;
+mod tokens;

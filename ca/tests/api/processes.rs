@@ -1,0 +1,324 @@
+//! Tests of the real `vouch` binary: two replicas on one PostgreSQL (acceptance 6), key files
+//! and logs (acceptance 7), and configuration errors.
+
+use crate::support::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const VOUCH: &str = env!("CARGO_BIN_EXE_vouch");
+
+struct ServerProcess {
+    child: Child,
+    base: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `vouch serve` on port 0 and waits for its `listening on` line.
+fn start_server(data_dir: &Path, extra: &[&str], stderr: Stdio, rust_log: &str) -> ServerProcess {
+    let mut child = Command::new(VOUCH)
+        .env("RUST_LOG", rust_log)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server printed `listening on`");
+    ServerProcess {
+        child,
+        base: format!("https://{addr}"),
+    }
+}
+
+fn vouch(args: &[&str]) -> std::process::Output {
+    Command::new(VOUCH).args(args).output().unwrap()
+}
+
+fn admin_token(data_dir: &Path, role: &str) -> String {
+    let out = vouch(&[
+        "admin-token",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--role",
+        role,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn create_token(client: &reqwest::Client, base: &str, admin: &str) -> String {
+    let r = client
+        .post(format!("{base}/v1/bootstrap-tokens"))
+        .bearer_auth(admin)
+        .json(&json!({"zone": "z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn enroll(client: &reqwest::Client, base: &str, token: &str) -> reqwest::Response {
+    let (csr, _) = rcgen_csr();
+    client
+        .post(format!("{base}/v1/enroll"))
+        .json(&json!({"token": token, "csr_pem": csr}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_postgres_behave_as_one_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = vouch(&[
+        "ca",
+        "init",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--trust-domain",
+        TRUST_DOMAIN,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let url = fresh_postgres_database().await;
+    let a = start_server(&data, &["--database-url", &url], Stdio::null(), "warn");
+    let b = start_server(&data, &["--database-url", &url], Stdio::null(), "warn");
+    let root = std::fs::read(data.join("root.pem")).unwrap();
+    let client = client_for(&root, None);
+    let admin = admin_token(&data, "admin");
+
+    // A token made on A and consumed on A is refused on B.
+    let token = create_token(&client, &a.base, &admin).await;
+    assert_eq!(
+        enroll(&client, &a.base, &token).await.status(),
+        StatusCode::CREATED
+    );
+    let (s, p) = problem(enroll(&client, &b.base, &token).await).await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::FORBIDDEN, "token_used")
+    );
+
+    // One token raced across both replicas gives one device.
+    for _ in 0..5 {
+        let token = create_token(&client, &b.base, &admin).await;
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let base = if i % 2 == 0 {
+                a.base.clone()
+            } else {
+                b.base.clone()
+            };
+            let (client, token) = (client.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                enroll(&client, &base, &token).await.status()
+            }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            if t.await.unwrap() == StatusCode::CREATED {
+                created += 1;
+            }
+        }
+        assert_eq!(created, 1);
+    }
+
+    // Concurrent issuance across both: serials unique, registry agrees.
+    let mut tokens = Vec::new();
+    for _ in 0..20 {
+        tokens.push(create_token(&client, &a.base, &admin).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let base = if i % 2 == 0 {
+            a.base.clone()
+        } else {
+            b.base.clone()
+        };
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = enroll(&client, &base, &token).await;
+            assert_eq!(r.status(), StatusCode::CREATED);
+            r.json::<Value>().await.unwrap()["serial"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }));
+    }
+    let mut serials = HashSet::new();
+    for t in tasks {
+        assert!(serials.insert(t.await.unwrap()));
+    }
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT serial) FROM certificates")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1 + 5 + 20);
+    // Both replicas list the same registry.
+    let list = |base: String| {
+        let (client, admin) = (client.clone(), admin.clone());
+        async move {
+            let v: Value = client
+                .get(format!("{base}/v1/devices?limit=1000"))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["devices"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(list(a.base.clone()).await, 26);
+    assert_eq!(list(b.base.clone()).await, 26);
+}
+
+#[tokio::test]
+async fn key_files_are_0600_and_logs_hold_no_key_material() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = start_server(
+        &data,
+        &["--trust-domain", TRUST_DOMAIN],
+        Stdio::from(log),
+        "debug",
+    );
+    let root = std::fs::read(data.join("root.pem")).unwrap();
+    let client = client_for(&root, None);
+    let admin = admin_token(&data, "admin");
+
+    let keygen_token = create_token(&client, &server.base, &admin).await;
+    let r = client
+        .post(format!("{}/v1/enroll", server.base))
+        .json(&json!({"token": keygen_token, "generate_key": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    let device_key = body["private_key_pem"].as_str().unwrap().to_owned();
+    let csr_token = create_token(&client, &server.base, &admin).await;
+    assert_eq!(
+        enroll(&client, &server.base, &csr_token).await.status(),
+        StatusCode::CREATED
+    );
+    let r = client
+        .post(format!(
+            "{}/v1/devices/{}/revoke",
+            server.base,
+            body["device_id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin)
+        .json(&json!({"reason": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+
+    // Key files are 0600, the directory 0700.
+    let dir_mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    let mut secrets = vec![device_key];
+    for name in [
+        "root.key",
+        "issuing.key",
+        "bootstrap-token.key",
+        "operator-token.key",
+    ] {
+        let path = data.join(name);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+        secrets.push(std::fs::read_to_string(&path).unwrap());
+    }
+
+    // The debug log says what happened, and holds no key or token.
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logs.contains("device enrolled"), "{logs}");
+    assert!(logs.contains("device revoked"));
+    assert!(!logs.contains("PRIVATE KEY"));
+    for secret in secrets {
+        for line in secret
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        {
+            assert!(!logs.contains(line), "key material in the log");
+        }
+    }
+    for token in [&admin, &keygen_token, &csr_token] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!logs.contains(signature), "a token in the log");
+    }
+}
+
+#[test]
+fn bad_configuration_exits_64_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = vouch(&[
+        "serve",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "nowhere",
+        "--cert-lifetime",
+        "forever",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--listen") && err.contains("--cert-lifetime"),
+        "{err}"
+    );
+    // Nothing was created.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    let out = vouch(&[
+        "admin-token",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--role",
+        "root",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    let out = vouch(&[
+        "serve",
+        "--data-dir",
+        dir.path().join("empty").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(64), "no CA and no trust domain");
+}

@@ -1,0 +1,195 @@
+//! Acceptance 4: renewal over mTLS; a revoked device cannot renew; revoked serials appear in
+//! the CRL as `openssl crl` parses it.
+
+use crate::support::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn renew(app: &TestApp, identity: Option<&[u8]>) -> reqwest::Response {
+    let client = client_for(&app.root_pem(), identity);
+    let (csr, _) = rcgen_csr();
+    client
+        .post(app.url("/v1/renew"))
+        .json(&json!({"csr_pem": csr}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Uppercase hex as `openssl crl -text` prints serials.
+fn openssl_serial(hex_serial: &str) -> String {
+    hex_serial.to_uppercase()
+}
+
+#[tokio::test]
+async fn renewal_revocation_and_crl() {
+    let app = spawn_app(Db::Sqlite).await;
+    let device = app.enroll("factory-1").await;
+
+    // Renewal needs the device certificate.
+    let (s, p) = problem(renew(&app, None).await).await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::UNAUTHORIZED, "client_certificate_required")
+    );
+
+    let r = renew(&app, Some(&device.identity_pem())).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let renewed: Value = r.json().await.unwrap();
+    assert_eq!(renewed["device_id"].as_str(), Some(device.device_id()));
+    assert_ne!(renewed["serial"].as_str(), Some(device.serial()));
+
+    // Revoke (as an operator), then neither certificate renews.
+    let r = app
+        .post(
+            &format!("/v1/devices/{}/revoke", device.device_id()),
+            Some(&app.admin),
+            &json!({"reason": "stolen"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let revoked: Value = r.json().await.unwrap();
+    let serials: Vec<String> = revoked["revoked_serials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(serials.len(), 2);
+    let before = app.counts().await;
+    let (s, p) = problem(renew(&app, Some(&device.identity_pem())).await).await;
+    assert_eq!(
+        (s, p["code"].as_str().unwrap()),
+        (StatusCode::FORBIDDEN, "device_revoked")
+    );
+    assert_eq!(app.counts().await, before);
+    let (s, _) = problem(
+        app.post(
+            &format!("/v1/devices/{}/revoke", device.device_id()),
+            Some(&app.admin),
+            &json!({"reason": "again"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+
+    // The CRL lists both serials, parses with openssl and verifies against the issuing CA.
+    let r = app.get("/v1/crl", None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/pkix-crl");
+    let der = r.bytes().await.unwrap();
+    let dir = app.dir.path();
+    write(dir, "crl.der", &der);
+    write(
+        dir,
+        "chain.pem",
+        device.body["ca_chain_pem"].as_str().unwrap().as_bytes(),
+    );
+    let text = openssl(
+        dir,
+        &["crl", "-inform", "DER", "-in", "crl.der", "-noout", "-text"],
+    );
+    for serial in &serials {
+        assert!(
+            text.contains(&openssl_serial(serial)),
+            "{serial} not in\n{text}"
+        );
+    }
+    assert!(text.contains("X509v3 CRL Number"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "crl.der",
+            "-CAfile",
+            "chain.pem",
+            "-noout",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("verify OK"),
+        "{out:?}"
+    );
+
+    // The registry shows the device revoked.
+    let r = app
+        .get(
+            &format!("/v1/devices/{}", device.device_id()),
+            Some(&app.admin),
+        )
+        .await;
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(d["status"], "revoked");
+    assert_eq!(d["revocation_reason"], "stolen");
+}
+
+#[tokio::test]
+async fn crl_numbers_increase_and_an_empty_crl_parses() {
+    let app = spawn_app(Db::Sqlite).await;
+    let first = app.get("/v1/crl", None).await.bytes().await.unwrap();
+    write(app.dir.path(), "empty.der", &first);
+    let text = openssl(
+        app.dir.path(),
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "empty.der",
+            "-noout",
+            "-text",
+        ],
+    );
+    assert!(text.contains("No Revoked Certificates"), "{text}");
+    let device = app.enroll("z").await;
+    app.post(
+        &format!("/v1/devices/{}/revoke", device.device_id()),
+        Some(&app.admin),
+        &json!({"reason": "r"}),
+    )
+    .await;
+    let second = app
+        .server
+        .state
+        .registry
+        .latest_crl()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second.number >= 2);
+    // The stored CRL is served until a quarter of its validity has passed, then re-signed.
+    let served = app.get("/v1/crl", None).await.bytes().await.unwrap();
+    assert_eq!(served.as_ref(), second.der.as_slice());
+    app.clock.advance(7 * 3600);
+    app.get("/v1/crl", None).await;
+    let third = app
+        .server
+        .state
+        .registry
+        .latest_crl()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.number, second.number + 1);
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_another_ca_is_refused() {
+    let app = spawn_app(Db::Sqlite).await;
+    let other = spawn_app(Db::Sqlite).await;
+    let foreign = other.enroll("z").await;
+    let client = client_for(&app.root_pem(), Some(&foreign.identity_pem()));
+    let (csr, _) = rcgen_csr();
+    let result = client
+        .post(app.url("/v1/renew"))
+        .json(&json!({"csr_pem": csr}))
+        .send()
+        .await;
+    assert!(result.is_err(), "the TLS handshake must fail: {result:?}");
+}

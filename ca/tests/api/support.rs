@@ -1,0 +1,293 @@
+//! `spawn_app`: a real server on a loopback port with a fresh SQLite file or a fresh
+//! PostgreSQL database, an injected clock, and HTTPS clients that trust its root.
+
+use reqwest::{Client, Identity, Response, StatusCode};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use tempfile::TempDir;
+use vouch_ca::api::Settings;
+use vouch_ca::app::{self, RunningServer, ServeConfig};
+use vouch_ca::clock::ManualClock;
+use vouch_ca::datadir::{DataDir, DataFile};
+use vouch_ca::ids::TrustDomain;
+use vouch_ca::tokens::Role;
+
+pub const TRUST_DOMAIN: &str = "fleet.example";
+
+/// Which registry backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server the tests use: `VOUCH_TEST_POSTGRES_URL`, by default the role that
+/// `tests/postgres.sh` creates. Each test gets a fresh database with a random name.
+pub fn postgres_admin_url() -> String {
+    std::env::var("VOUCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://vouch:vouch@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates a fresh PostgreSQL database and returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is needed for this test (run tests/postgres.sh): {admin}: {e}")
+        });
+    let name = format!("vouch_test_{}", random_hex(8));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
+    format!("{base}/{name}")
+}
+
+pub fn random_hex(n: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut b = vec![0u8; n];
+    ring::rand::SystemRandom::new().fill(&mut b).unwrap();
+    hex::encode(b)
+}
+
+pub struct TestApp {
+    pub server: RunningServer,
+    pub dir: TempDir,
+    pub clock: ManualClock,
+    pub base: String,
+    pub client: Client,
+    pub admin: String,
+    pub database_url: String,
+}
+
+pub fn settings() -> Settings {
+    Settings {
+        crl_url: "https://localhost/v1/crl".into(),
+        ..Settings::default()
+    }
+}
+
+pub async fn spawn_app(db: Db) -> TestApp {
+    spawn_app_with(db, settings()).await
+}
+
+pub async fn spawn_app_with(db: Db, settings: Settings) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = DataDir::new(dir.path().join("data"));
+    let td = TrustDomain::parse(TRUST_DOMAIN).unwrap();
+    let clock = ManualClock::starting_now();
+    use vouch_ca::clock::Clock;
+    app::init_ca(&data_dir, &td, clock.now()).unwrap();
+    let database_url = match db {
+        Db::Sqlite => app::default_database_url(&data_dir),
+        Db::Postgres => fresh_postgres_database().await,
+    };
+    let config = ServeConfig {
+        data_dir: data_dir.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: database_url.clone(),
+        hostnames: vec!["localhost".into(), "127.0.0.1".into()],
+        max_connections: 8,
+        settings,
+    };
+    let server = app::start(&config, Arc::new(clock.clone())).await.unwrap();
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    let root = std::fs::read(data_dir.file(DataFile::RootCert)).unwrap();
+    let client = client_for(&root, None);
+    let admin =
+        app::mint_operator_token(&data_dir, Role::Admin, "test-admin", 3600, clock.unix()).unwrap();
+    TestApp {
+        server,
+        dir,
+        clock,
+        base,
+        client,
+        admin,
+        database_url,
+    }
+}
+
+/// An HTTPS client trusting `root_pem`, optionally presenting a client identity
+/// (certificate chain and key, PEM).
+pub fn client_for(root_pem: &[u8], identity_pem: Option<&[u8]>) -> Client {
+    let mut b = Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(root_pem).unwrap());
+    if let Some(id) = identity_pem {
+        b = b.identity(Identity::from_pem(id).unwrap());
+    }
+    b.build().unwrap()
+}
+
+/// A device's credentials after enrollment.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub body: Value,
+    pub key_pem: String,
+}
+
+impl Enrolled {
+    pub fn device_id(&self) -> &str {
+        self.body["device_id"].as_str().unwrap()
+    }
+    pub fn serial(&self) -> &str {
+        self.body["serial"].as_str().unwrap()
+    }
+    pub fn identity_pem(&self) -> Vec<u8> {
+        format!(
+            "{}{}{}",
+            self.body["certificate_pem"].as_str().unwrap(),
+            self.body["ca_chain_pem"].as_str().unwrap(),
+            self.key_pem
+        )
+        .into_bytes()
+    }
+}
+
+impl TestApp {
+    pub fn data_dir(&self) -> DataDir {
+        DataDir::new(self.dir.path().join("data"))
+    }
+
+    pub fn root_pem(&self) -> Vec<u8> {
+        std::fs::read(self.data_dir().file(DataFile::RootCert)).unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn token_for(&self, role: Role) -> String {
+        use vouch_ca::clock::Clock;
+        app::mint_operator_token(&self.data_dir(), role, "test", 3600, self.clock.unix()).unwrap()
+    }
+
+    pub async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> Response {
+        let mut r = self.client.post(self.url(path)).json(body);
+        if let Some(t) = bearer {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> Response {
+        let mut r = self.client.get(self.url(path));
+        if let Some(t) = bearer {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.unwrap()
+    }
+
+    /// Creates a bootstrap token for `zone` as admin.
+    pub async fn bootstrap_token(&self, zone: &str) -> String {
+        let r = self
+            .post(
+                "/v1/bootstrap-tokens",
+                Some(&self.admin),
+                &json!({"zone": zone, "labels": {"line": "a"}, "device_class": "sensor"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let v: Value = r.json().await.unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Enrolls a device in `zone` with a fresh P-256 CSR.
+    pub async fn enroll(&self, zone: &str) -> Enrolled {
+        let token = self.bootstrap_token(zone).await;
+        let (csr, key_pem) = rcgen_csr();
+        let r = self
+            .post("/v1/enroll", None, &json!({"token": token, "csr_pem": csr}))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        Enrolled {
+            body: r.json().await.unwrap(),
+            key_pem,
+        }
+    }
+
+    pub async fn counts(&self) -> vouch_ca::store::TableCounts {
+        self.server.state.registry.counts().await.unwrap()
+    }
+}
+
+/// A P-256 CSR and its key (PKCS#8 PEM), made with rcgen.
+pub fn rcgen_csr() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec!["ignored.example".into()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    (csr, key.serialize_pem())
+}
+
+/// Runs `openssl` with `args` in `dir`, returning stdout; fails the test on a non-zero exit.
+pub fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An openssl-made CSR for a key of `newkey` (e.g. `ec`, `rsa:2048`) with extra `-pkeyopt`s.
+/// Returns (CSR PEM, key PEM).
+pub fn openssl_csr(dir: &Path, newkey: &str, pkeyopts: &[&str]) -> (String, String) {
+    let name = random_hex(4);
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let mut args = vec!["req", "-new", "-newkey", newkey];
+    for o in pkeyopts {
+        args.push("-pkeyopt");
+        args.push(o);
+    }
+    args.extend_from_slice(&[
+        "-nodes",
+        "-keyout",
+        &key,
+        "-subj",
+        "/CN=ignored",
+        "-out",
+        &csr,
+    ]);
+    openssl(dir, &args);
+    (
+        std::fs::read_to_string(dir.join(&csr)).unwrap(),
+        std::fs::read_to_string(dir.join(&key)).unwrap(),
+    )
+}
+
+pub async fn problem(r: Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert_eq!(ct, "application/problem+json", "status {status}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"].as_u64(), Some(u64::from(status.as_u16())));
+    assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    (status, v)
+}
+
+pub fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}
