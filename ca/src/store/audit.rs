@@ -2,7 +2,7 @@
 //! describe (see the callers); the schema refuses updates and deletes.
 
 use super::{col, Registry, StoreError};
-use sqlx::{Any, Transaction};
+use sqlx::AnyConnection;
 
 /// One audit record.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -22,7 +22,7 @@ pub struct AuditRecord {
 }
 
 pub(super) async fn append(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     at: i64,
     actor: &str,
     action: &str,
@@ -37,7 +37,7 @@ pub(super) async fn append(
     .bind(action)
     .bind(subject)
     .bind(detail.to_string())
-    .execute(&mut **tx)
+    .execute(conn)
     .await?;
     Ok(())
 }

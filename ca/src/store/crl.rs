@@ -46,7 +46,7 @@ impl Registry {
     where
         F: FnOnce(u64, &[RevokedEntry]) -> Result<Vec<u8>, E>,
     {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let number: i64 = sqlx::query_scalar(
             "UPDATE crl_state SET crl_number = crl_number + 1 WHERE id = 1 RETURNING crl_number",
         )

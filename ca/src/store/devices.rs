@@ -181,7 +181,7 @@ impl Registry {
         actor: &str,
         now: i64,
     ) -> Result<RevokeOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let changed = sqlx::query(
             "UPDATE devices SET status = 'revoked', revoked_at = $1, revocation_reason = $2, updated_at = $1 \
              WHERE id = $3 AND status <> 'revoked'",

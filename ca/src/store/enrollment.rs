@@ -1,9 +1,11 @@
 //! Bootstrap tokens, enrollment and renewal: the writes that create identities.
 
 use super::audit::append;
+use super::batch::EnrollJob;
 use super::{Registry, StoreError};
 use serde_json::json;
 use std::collections::BTreeMap;
+use tokio::sync::oneshot;
 
 /// A bootstrap token to record when it is created.
 #[derive(Debug, Clone)]
@@ -83,7 +85,7 @@ impl Registry {
     pub async fn create_bootstrap_token(&self, t: &NewBootstrapToken) -> Result<(), StoreError> {
         let labels =
             serde_json::to_string(&t.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO bootstrap_tokens (jti, zone, labels, device_class, created_by, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -111,7 +113,8 @@ impl Registry {
     }
 
     /// Consumes bootstrap token `jti` and registers `device` with its first certificate, in
-    /// one transaction. The token must be unused and not expired more than `skew` seconds
+    /// one transaction (committed together with other enrollments queued at the same time,
+    /// see `batch`). The token must be unused and not expired more than `skew` seconds
     /// ago. Of two concurrent enrollments with one token, exactly one succeeds; a refused
     /// enrollment writes nothing.
     pub async fn enroll(
@@ -122,75 +125,28 @@ impl Registry {
         now: i64,
         skew: i64,
     ) -> Result<Result<(), EnrollRefusal>, StoreError> {
-        let labels = serde_json::to_string(&device.labels)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.pool.begin().await?;
-        // INVARIANT: this conditional UPDATE is the only place a token becomes used; its row
-        // count decides which of several concurrent enrollments wins.
-        let consumed = sqlx::query(
-            "UPDATE bootstrap_tokens SET used_at = $1, device_id = $2 \
-             WHERE jti = $3 AND used_at IS NULL AND expires_at > $4",
-        )
-        .bind(now)
-        .bind(&device.id)
-        .bind(jti)
-        .bind(now.saturating_sub(skew))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if consumed != 1 {
-            tx.rollback().await?;
-            return Ok(Err(self.token_refusal(jti).await?));
+        let job = EnrollJob {
+            jti: jti.to_owned(),
+            device: device.clone(),
+            cert: cert.clone(),
+            now,
+            skew,
+        };
+        match &self.enroll_writer {
+            Some(writer) => {
+                let (reply, outcome) = oneshot::channel();
+                writer
+                    .send((job, reply))
+                    .await
+                    .map_err(|_| StoreError::WriterGone)?;
+                outcome.await.map_err(|_| StoreError::WriterGone)?
+            }
+            None => Ok(self
+                .enroll_batch(std::slice::from_ref(&job))
+                .await?
+                .pop()
+                .unwrap_or(Err(EnrollRefusal::TokenUnknown))),
         }
-        sqlx::query(
-            "INSERT INTO devices (id, spiffe_id, zone, device_class, labels, status, created_at, updated_at, \
-             current_serial, current_not_after) VALUES ($1, $2, $3, $4, $5, 'active', $6, $6, $7, $8)",
-        )
-        .bind(&device.id)
-        .bind(&device.spiffe_id)
-        .bind(&device.zone)
-        .bind(device.device_class.clone())
-        .bind(labels)
-        .bind(now)
-        .bind(&cert.serial)
-        .bind(cert.not_after)
-        .execute(&mut *tx)
-        .await?;
-        insert_certificate(&mut tx, &device.id, cert, now).await?;
-        let token_actor = format!("bootstrap-token:{jti}");
-        append(
-            &mut tx,
-            now,
-            &token_actor,
-            "token.used",
-            jti,
-            &json!({"device_id": device.id}),
-        )
-        .await?;
-        append(
-            &mut tx,
-            now,
-            &token_actor,
-            "device.enrolled",
-            &device.id,
-            &json!({"spiffe_id": device.spiffe_id, "zone": device.zone, "serial": cert.serial}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Ok(()))
-    }
-
-    async fn token_refusal(&self, jti: &str) -> Result<EnrollRefusal, StoreError> {
-        let row: Option<(Option<i64>,)> =
-            sqlx::query_as("SELECT used_at FROM bootstrap_tokens WHERE jti = $1")
-                .bind(jti)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(match row {
-            None => EnrollRefusal::TokenUnknown,
-            Some((Some(_),)) => EnrollRefusal::TokenUsed,
-            Some((None,)) => EnrollRefusal::TokenExpired,
-        })
     }
 
     /// Records a renewed certificate for the device that holds certificate `old_serial`.
@@ -201,7 +157,7 @@ impl Registry {
         cert: &NewCertificate,
         now: i64,
     ) -> Result<Result<String, RenewRefusal>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Begin with a write (see the module docs): point the device of the old certificate at
         // the new one, only while both are in good standing.
         let touched = sqlx::query(
@@ -253,7 +209,7 @@ impl Registry {
 }
 
 async fn insert_certificate(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     device_id: &str,
     cert: &NewCertificate,
     now: i64,
@@ -267,7 +223,7 @@ async fn insert_certificate(
     .bind(cert.not_before)
     .bind(cert.not_after)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(conn)
     .await?;
     Ok(())
 }

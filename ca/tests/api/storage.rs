@@ -152,3 +152,16 @@ async fn concurrent_single_token_on_postgres() {
         assert_eq!(crate::tokens::race_one_token(&[&app], &token, 8).await, 1);
     }
 }
+
+#[tokio::test]
+async fn sqlite_connections_use_wal_and_normal_sync() {
+    let app = spawn_app(Db::Sqlite).await;
+    let registry = &app.server.state.registry;
+    assert_eq!(registry.sqlite_pragma("journal_mode").await.unwrap(), "wal");
+    assert_eq!(registry.sqlite_pragma("synchronous").await.unwrap(), "1");
+    assert_eq!(registry.sqlite_pragma("foreign_keys").await.unwrap(), "1");
+    assert_eq!(
+        registry.sqlite_pragma("busy_timeout").await.unwrap(),
+        "10000"
+    );
+}
