@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Quick start: build `vouch`, start it on the embedded SQLite registry, and take one device
+# through its life: bootstrap token, CA pinning, enrollment by CSR, openssl verification,
+# renewal over mTLS, revocation and the CRL. Prints every step. Leaves nothing running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for tool in curl jq openssl; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" ca-certificates >/dev/null
+fi
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "build vouch (release)"
+cargo build --release --bin vouch
+VOUCH=$PWD/target/release/vouch
+
+WORK=$(mktemp -d)
+DATA=$WORK/data
+cd "$WORK"
+cleanup() { [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+step "start the server: new CA for trust domain fleet.example, SQLite registry in $DATA"
+"$VOUCH" serve --data-dir "$DATA" --trust-domain fleet.example --listen 127.0.0.1:0 \
+    > server.out 2> server.log &
+SERVER_PID=$!
+for _ in $(seq 1 100); do grep -q '^listening on ' server.out 2>/dev/null && break; sleep 0.1; done
+ADDR=$(sed -n 's/^listening on //p' server.out)
+[ -n "$ADDR" ] || { cat server.log; exit 1; }
+PORT=${ADDR##*:}
+URL=https://localhost:$PORT
+echo "listening on $URL"
+ls -l "$DATA"
+
+step "operator: mint an admin token from the data directory"
+ADMIN=$("$VOUCH" admin-token --data-dir "$DATA" --role admin --ttl 15m --subject quickstart)
+echo "${ADMIN:0:24}..."
+
+step "operator: create a one-time bootstrap token for zone factory-1"
+curl -sS --fail-with-body --cacert "$DATA/root.pem" -H "Authorization: Bearer $ADMIN" \
+    -H 'content-type: application/json' -d '{"zone":"factory-1","labels":{"line":"a"},"device_class":"sensor"}' \
+    "$URL/v1/bootstrap-tokens" > token.json
+jq '{token_id, expires_at, ca_sha256}' token.json
+TOKEN=$(jq -r .token token.json)
+
+step "device: fetch the trust bundle without trusting anyone, and pin it to the token's fingerprint"
+curl -sS --fail-with-body --insecure "$URL/v1/trust-bundle" > bundle.pem
+GOT=$(openssl x509 -in bundle.pem -outform DER | openssl dgst -sha256 -r | cut -d' ' -f1)
+WANT=$(jq -r .ca_sha256 token.json)
+echo "trust bundle sha256 $GOT"
+[ "$GOT" = "$WANT" ] && echo "matches the token: CA pinned" || { echo "CA fingerprint mismatch"; exit 1; }
+
+step "device: make a P-256 key and a CSR (the key never leaves the device)"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout device.key \
+    -subj /CN=whatever -out device.csr 2>/dev/null
+chmod 600 device.key
+
+step "device: enroll with the token and the CSR"
+jq -n --arg token "$TOKEN" --rawfile csr device.csr '{token: $token, csr_pem: $csr}' |
+    curl -sS --fail-with-body --cacert bundle.pem -H 'content-type: application/json' -d @- \
+    "$URL/v1/enroll" > enroll.json
+jq '{device_id, spiffe_id, zone, serial, not_after}' enroll.json
+jq -r .certificate_pem enroll.json > device.pem
+jq -r .ca_chain_pem enroll.json > chain.pem
+cat device.pem chain.pem > device-chain.pem
+
+step "check the certificate with openssl"
+openssl verify -CAfile bundle.pem -untrusted chain.pem device.pem
+openssl x509 -in device.pem -noout -subject -ext subjectAltName,keyUsage,extendedKeyUsage
+
+step "the token is single-use: a second enrollment is refused"
+jq -n --arg token "$TOKEN" --rawfile csr device.csr '{token: $token, csr_pem: $csr}' |
+    curl -sS --cacert bundle.pem -H 'content-type: application/json' -d @- "$URL/v1/enroll" | jq .
+echo
+
+step "device: renew over mutual TLS with its current certificate"
+openssl req -new -key device.key -subj /CN=whatever -out renew.csr 2>/dev/null
+jq -n --rawfile csr renew.csr '{csr_pem: $csr}' |
+    curl -sS --fail-with-body --cacert bundle.pem --cert device-chain.pem --key device.key \
+    -H 'content-type: application/json' -d @- "$URL/v1/renew" > renew.json
+jq '{device_id, serial, not_after}' renew.json
+
+step "operator: revoke the device"
+DEVICE=$(jq -r .device_id enroll.json)
+curl -sS --fail-with-body --cacert bundle.pem -H "Authorization: Bearer $ADMIN" \
+    -H 'content-type: application/json' -d '{"reason":"quickstart"}' \
+    "$URL/v1/devices/$DEVICE/revoke" | jq .
+
+step "the CRL lists both certificates (openssl crl)"
+curl -sS --fail-with-body --cacert bundle.pem "$URL/v1/crl" > crl.der
+openssl crl -inform DER -in crl.der -CAfile chain.pem -noout -text 2>&1 | grep -E -A1 "verify|CRL Number|Serial Number" | grep -v "^--"
+
+step "a revoked device cannot renew"
+jq -n --rawfile csr renew.csr '{csr_pem: $csr}' |
+    curl -sS --cacert bundle.pem --cert device-chain.pem --key device.key \
+    -H 'content-type: application/json' -d @- "$URL/v1/renew" | jq .
+
+step "done: files are in $WORK (server log: $WORK/server.log)"
