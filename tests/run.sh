@@ -22,4 +22,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== benchmark smoke run (exits non-zero if an enrollment fails)"
 VOUCH_BENCH_N=500 cargo bench -p vouch-ca --bench enroll
 echo "== cargo test"
-cargo test --workspace
+log=$(mktemp)
+set +e
+cargo test --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run: the sum over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"

@@ -98,62 +98,142 @@ pub fn check_csr_der(der: &[u8]) -> Result<CsrPublicKey, CsrError> {
         return Err(CsrError::Malformed);
     }
     let spki = &info.subject_pki;
+    // DER BIT STRINGs of keys and signatures are whole bytes; anything else is a malleable
+    // encoding of the same request.
+    if spki.subject_public_key.unused_bits != 0 || csr.signature_value.unused_bits != 0 {
+        return Err(CsrError::Malformed);
+    }
     let key_bits: &[u8] = &spki.subject_public_key.data;
     let sig_oid = &csr.signature_algorithm.algorithm;
     let key_oid = &spki.algorithm.algorithm;
 
-    let (ring_alg, rcgen_alg): (
-        &'static dyn VerificationAlgorithm,
-        &'static SignatureAlgorithm,
-    ) = if *key_oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .ok_or_else(|| CsrError::UnsupportedKey("EC key without a named curve".into()))?;
-        if curve == OID_EC_P256 {
-            expect_sig(sig_oid, &OID_SIG_ECDSA_WITH_SHA256)?;
-            (
-                &signature::ECDSA_P256_SHA256_ASN1,
-                &rcgen::PKCS_ECDSA_P256_SHA256,
-            )
-        } else if curve == OID_NIST_EC_P384 {
-            expect_sig(sig_oid, &OID_SIG_ECDSA_WITH_SHA384)?;
-            (
-                &signature::ECDSA_P384_SHA384_ASN1,
-                &rcgen::PKCS_ECDSA_P384_SHA384,
-            )
+    let (kind, rcgen_alg): (KeyKind, &'static SignatureAlgorithm) =
+        if *key_oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .ok_or_else(|| CsrError::UnsupportedKey("EC key without a named curve".into()))?;
+            if curve == OID_EC_P256 {
+                expect_sig(sig_oid, &OID_SIG_ECDSA_WITH_SHA256)?;
+                (KeyKind::EcdsaP256, &rcgen::PKCS_ECDSA_P256_SHA256)
+            } else if curve == OID_NIST_EC_P384 {
+                expect_sig(sig_oid, &OID_SIG_ECDSA_WITH_SHA384)?;
+                (KeyKind::EcdsaP384, &rcgen::PKCS_ECDSA_P384_SHA384)
+            } else {
+                return Err(CsrError::UnsupportedKey(format!("EC curve {curve}")));
+            }
+        } else if *key_oid == OID_SIG_ED25519 {
+            expect_sig(sig_oid, &OID_SIG_ED25519)?;
+            (KeyKind::Ed25519, &rcgen::PKCS_ED25519)
+        } else if *key_oid == OID_PKCS1_RSAENCRYPTION {
+            let bits = match spki.parsed() {
+                Ok(PublicKey::RSA(rsa)) => rsa.key_size(),
+                _ => return Err(CsrError::Malformed),
+            };
+            if !(2048..=4096).contains(&bits) {
+                return Err(CsrError::RsaKeySize { bits });
+            }
+            expect_sig(sig_oid, &OID_PKCS1_SHA256WITHRSA)?;
+            (KeyKind::Rsa, &rcgen::PKCS_RSA_SHA256)
         } else {
-            return Err(CsrError::UnsupportedKey(format!("EC curve {curve}")));
-        }
-    } else if *key_oid == OID_SIG_ED25519 {
-        expect_sig(sig_oid, &OID_SIG_ED25519)?;
-        (&signature::ED25519, &rcgen::PKCS_ED25519)
-    } else if *key_oid == OID_PKCS1_RSAENCRYPTION {
-        let bits = match spki.parsed() {
-            Ok(PublicKey::RSA(rsa)) => rsa.key_size(),
-            _ => return Err(CsrError::Malformed),
+            return Err(CsrError::UnsupportedKey(format!("algorithm {key_oid}")));
         };
-        if !(2048..=4096).contains(&bits) {
-            return Err(CsrError::RsaKeySize { bits });
-        }
-        expect_sig(sig_oid, &OID_PKCS1_SHA256WITHRSA)?;
-        (
-            &signature::RSA_PKCS1_2048_8192_SHA256,
-            &rcgen::PKCS_RSA_SHA256,
-        )
-    } else {
-        return Err(CsrError::UnsupportedKey(format!("algorithm {key_oid}")));
-    };
 
-    UnparsedPublicKey::new(ring_alg, key_bits)
-        .verify(info.raw, &csr.signature_value.data)
-        .map_err(|_| CsrError::BadSignature)?;
+    // x509-parser is lenient about tags outside the signed part (it accepts, for example, a
+    // primitive SEQUENCE or a context-class BIT STRING). Those bytes are not covered by the
+    // signature, so require them to be exactly the DER of what was parsed: one encoding per
+    // request, nothing malleable.
+    let expected = outer_der(info.raw, algorithm_der(kind), &csr.signature_value.data);
+    if expected.as_slice() != der {
+        return Err(CsrError::Malformed);
+    }
+    verify_signature(kind, key_bits, info.raw, &csr.signature_value.data)?;
     Ok(CsrPublicKey {
         raw: key_bits.to_vec(),
         alg: rcgen_alg,
     })
+}
+
+/// The key and signature kinds a CSR may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// ECDSA P-256, SHA-256, DER signature.
+    EcdsaP256,
+    /// ECDSA P-384, SHA-384, DER signature.
+    EcdsaP384,
+    /// Ed25519.
+    Ed25519,
+    /// RSA PKCS#1 v1.5 with SHA-256 (2048 bits and more; the caller bounds the size).
+    Rsa,
+}
+
+/// Verifies `signature` over `message` with `public_key` (the subjectPublicKey bytes) using
+/// ring. The Wycheproof vectors in `../shared/testdata` run through this function.
+pub fn verify_signature(
+    kind: KeyKind,
+    public_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), CsrError> {
+    let alg: &'static dyn VerificationAlgorithm = match kind {
+        KeyKind::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
+        KeyKind::EcdsaP384 => &signature::ECDSA_P384_SHA384_ASN1,
+        KeyKind::Ed25519 => &signature::ED25519,
+        KeyKind::Rsa => &signature::RSA_PKCS1_2048_8192_SHA256,
+    };
+    UnparsedPublicKey::new(alg, public_key)
+        .verify(message, signature)
+        .map_err(|_| CsrError::BadSignature)
+}
+
+/// DER of the signatureAlgorithm AlgorithmIdentifier for each accepted kind (RFC 5758,
+/// RFC 8410, RFC 4055: RSA with explicit NULL parameters).
+fn algorithm_der(kind: KeyKind) -> &'static [u8] {
+    match kind {
+        KeyKind::EcdsaP256 => &[
+            0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+        ],
+        KeyKind::EcdsaP384 => &[
+            0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03,
+        ],
+        KeyKind::Ed25519 => &[0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70],
+        KeyKind::Rsa => &[
+            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05,
+            0x00,
+        ],
+    }
+}
+
+/// DER length octets.
+fn der_length(len: usize) -> Vec<u8> {
+    if len < 0x80 {
+        return vec![len as u8];
+    }
+    let bytes: Vec<u8> = len
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|b| *b == 0)
+        .collect();
+    let mut out = vec![0x80 | bytes.len() as u8];
+    out.extend(bytes);
+    out
+}
+
+/// DER of `SEQUENCE { info, algorithm, BIT STRING signature }`.
+fn outer_der(info: &[u8], algorithm: &[u8], signature: &[u8]) -> Vec<u8> {
+    let mut bit_string = vec![0x03];
+    bit_string.extend(der_length(signature.len() + 1));
+    bit_string.push(0);
+    bit_string.extend_from_slice(signature);
+    let body_len = info.len() + algorithm.len() + bit_string.len();
+    let mut out = vec![0x30];
+    out.extend(der_length(body_len));
+    out.extend_from_slice(info);
+    out.extend_from_slice(algorithm);
+    out.extend(bit_string);
+    out
 }
 
 fn expect_sig(actual: &Oid<'_>, expected: &Oid<'static>) -> Result<(), CsrError> {
@@ -200,6 +280,28 @@ mod tests {
         // Flipping the last byte of an ECDSA signature either breaks the DER of the signature
         // value or the signature itself: both must be refused, never accepted.
         assert!(check_csr_der(&der).is_err());
+    }
+
+    #[test]
+    fn no_single_bit_flip_is_accepted() {
+        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ED25519] {
+            let der = pem::parse(csr_for(alg)).unwrap().into_contents();
+            assert!(check_csr_der(&der).is_ok());
+            let mut accepted = Vec::new();
+            for byte in 0..der.len() {
+                for bit in 0..8 {
+                    let mut flipped = der.clone();
+                    flipped[byte] ^= 1 << bit;
+                    if check_csr_der(&flipped).is_ok() {
+                        accepted.push((byte, bit, der[byte]));
+                    }
+                }
+            }
+            assert!(
+                accepted.is_empty(),
+                "accepted flips (byte, bit, original): {accepted:?}"
+            );
+        }
     }
 
     #[test]

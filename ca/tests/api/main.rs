@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+mod conformance;
 mod enroll;
 mod hostile;
 mod processes;

@@ -322,3 +322,151 @@ fn bad_configuration_exits_64_with_every_problem() {
     ]);
     assert_eq!(out.status.code(), Some(64), "no CA and no trust domain");
 }
+
+#[tokio::test]
+async fn an_openssl_made_ca_can_be_imported_and_issues_verifiable_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A root and an intermediate made by openssl, the way an existing PKI would hand them over.
+    write(d, "ext.cnf", b"[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nO = Acme\nCN = Acme Root\n[v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n[v3_int]\nbasicConstraints = critical,CA:TRUE,pathlen:0\nkeyUsage = critical,keyCertSign,cRLSign,digitalSignature\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n");
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "root.key",
+            "-out",
+            "root.pem",
+            "-days",
+            "30",
+            "-config",
+            "ext.cnf",
+            "-extensions",
+            "v3_ca",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "int.key",
+            "-out",
+            "int.csr",
+            "-subj",
+            "/O=Acme/CN=Acme Devices CA",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "int.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-out",
+            "int.pem",
+            "-days",
+            "30",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            "v3_int",
+        ],
+    );
+    let data = d.join("data");
+    let s = |p: &str| d.join(p).to_str().unwrap().to_owned();
+
+    // A key that does not belong to the certificate is refused, and nothing is written.
+    let out = vouch(&[
+        "ca",
+        "import",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--trust-domain",
+        "acme.example",
+        "--root-cert",
+        &s("root.pem"),
+        "--issuing-cert",
+        &s("int.pem"),
+        "--issuing-key",
+        &s("root.key"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match"),
+        "{out:?}"
+    );
+    assert!(!data.join("issuing.pem").exists());
+
+    let out = vouch(&[
+        "ca",
+        "import",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--trust-domain",
+        "acme.example",
+        "--root-cert",
+        &s("root.pem"),
+        "--issuing-cert",
+        &s("int.pem"),
+        "--issuing-key",
+        &s("int.key"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !data.join("root.key").exists(),
+        "the root key stays where it was"
+    );
+
+    let server = start_server(&data, &[], Stdio::null(), "warn");
+    let client = client_for(&std::fs::read(d.join("root.pem")).unwrap(), None);
+    let admin = admin_token(&data, "operator");
+    let token = create_token(&client, &server.base, &admin).await;
+    let r = enroll(&client, &server.base, &token).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["spiffe_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("spiffe://acme.example/device/"));
+    write(
+        d,
+        "device.pem",
+        body["certificate_pem"].as_str().unwrap().as_bytes(),
+    );
+    write(
+        d,
+        "chain.pem",
+        body["ca_chain_pem"].as_str().unwrap().as_bytes(),
+    );
+    let out = openssl(
+        d,
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "chain.pem",
+            "device.pem",
+        ],
+    );
+    assert!(out.contains("device.pem: OK"));
+}
