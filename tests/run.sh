@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine as root: installs what the tests use
 # (openssl for interoperability checks, PostgreSQL), starts PostgreSQL, then checks
-# formatting and lints, smoke-runs the benchmark, and runs every test.
+# formatting and lints, smoke-runs the benchmark and the fuzz targets, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== benchmark smoke run (exits non-zero if an enrollment fails)"
 VOUCH_BENCH_N=500 cargo bench -p vouch-ca --bench enroll
+echo "== fuzz targets, briefly"
+bash tests/fuzz-smoke.sh
 echo "== cargo test"
 log=$(mktemp)
 set +e
