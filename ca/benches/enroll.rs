@@ -13,6 +13,9 @@
 //!    concurrent HTTPS requests (keep-alive connections). The load generator runs on the same
 //!    cores as the server.
 //!
+//! 3. The transport floor: as many `GET /healthz` requests over the same connections, to
+//!    show how much of the machine HTTPS and the load generator take by themselves.
+//!
 //! Exits non-zero if any enrollment fails.
 #![allow(
     clippy::unwrap_used,
@@ -92,7 +95,7 @@ fn raw_cost(ca: &Authority, csrs: &[String], td: &TrustDomain) -> f64 {
 
 fn main() {
     let n = env_usize("VOUCH_BENCH_N", 20_000);
-    let concurrency = env_usize("VOUCH_BENCH_CONCURRENCY", 64);
+    let concurrency = env_usize("VOUCH_BENCH_CONCURRENCY", 256);
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -199,10 +202,30 @@ fn main() {
             counts.devices, n as i64,
             "every enrollment is in the registry"
         );
+
+        // The transport floor: the same number of requests to an endpoint that does nothing
+        // (GET /healthz) over the same client and connections.
+        let next = Arc::new(AtomicUsize::new(0));
+        let floor_start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (client, base, next) = (client.clone(), base.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    let r = client.get(format!("{base}/healthz")).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    let _ = r.bytes().await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let floor = n as f64 / floor_start.elapsed().as_secs_f64();
         server.stop().await;
-        (n as f64 / elapsed, cpu)
+        (n as f64 / elapsed, cpu, floor)
     });
-    let (rate, cpu) = rate;
+    let (rate, cpu, floor) = rate;
 
     println!("enroll benchmark ({cores} cores, SQLite, HTTPS keep-alive, {concurrency} concurrent clients, N={n})");
     println!(
@@ -216,6 +239,7 @@ fn main() {
         "  ratio end-to-end / raw ceiling:        {:.1}%",
         100.0 * rate / ceiling
     );
+    println!("  HTTPS floor (GET /healthz, same client): {floor:.0} requests/s");
     if let Some(cpu) = cpu {
         println!(
             "  CPU busy during the run (server + load generator): {:.0}% of {cores} cores",

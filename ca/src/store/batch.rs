@@ -8,9 +8,10 @@
 //! one token, in one batch, in two batches or on two replicas, give exactly one device.
 
 use super::enrollment::{EnrollRefusal, NewCertificate, NewDevice};
-use super::{Registry, StoreError};
+use super::{connect_pool, Backend, Registry, StoreError};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most enrollments committed in one transaction.
@@ -36,73 +37,132 @@ enum Param {
     Int(i64),
 }
 
-fn bind_all<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    params: Vec<Param>,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    for p in params {
-        q = match p {
-            Param::Text(s) => q.bind(s),
-            Param::OptText(s) => q.bind(s),
-            Param::Int(i) => q.bind(i),
-        };
+/// Parameters of one generated statement, with placeholders in order of appearance: `?` for
+/// SQLite (anonymous parameters bind by position; named or numbered ones cost a linear
+/// name lookup each in SQLite, quadratic over a batch) and `$n` for PostgreSQL.
+struct Params {
+    backend: Backend,
+    values: Vec<Param>,
+}
+
+impl Params {
+    fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            values: Vec::new(),
+        }
     }
-    q
+
+    /// Adds a value and returns its placeholder.
+    fn add(&mut self, value: Param) -> String {
+        self.values.push(value);
+        match self.backend {
+            Backend::Sqlite => "?".to_owned(),
+            Backend::Postgres => format!("${}", self.values.len()),
+        }
+    }
+
+    /// `(p, p, ...)` for one row of values.
+    fn row(&mut self, values: impl IntoIterator<Item = Param>) -> String {
+        let placeholders: Vec<String> = values.into_iter().map(|v| self.add(v)).collect();
+        format!("({})", placeholders.join(", "))
+    }
+
+    fn bind<'q>(
+        self,
+        mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        for p in self.values {
+            q = match p {
+                Param::Text(s) => q.bind(s),
+                Param::OptText(s) => q.bind(s),
+                Param::Int(i) => q.bind(i),
+            };
+        }
+        q
+    }
 }
 
-/// Builds `($1, $2, ...), ($n, ...)` for `rows` rows of `width` parameters after `offset`.
-fn placeholders(rows: usize, width: usize, offset: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let cols: Vec<String> = (0..width)
-                .map(|c| format!("${}", offset + r * width + c + 1))
-                .collect();
-            format!("({})", cols.join(", "))
+/// Starts the enrollment writer on a thread of its own, with its own single-threaded runtime
+/// and its own connection pool, and returns its queue. It ends when every sender is dropped.
+///
+/// Why a thread: on the shared runtime, each of the writer's awaits (one per statement)
+/// queued behind hundreds of request tasks doing signature work, so batches took several
+/// times longer than their database work and the CPU sat partly idle (measured with
+/// `benches/enroll.rs`).
+pub(super) async fn spawn_writer(
+    url: String,
+    backend: Backend,
+    sqlite_writer: Option<Arc<tokio::sync::Mutex<()>>>,
+) -> Result<mpsc::Sender<EnrollRequest>, StoreError> {
+    let (tx, rx) = mpsc::channel::<EnrollRequest>(MAX_BATCH * 16);
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Batch(format!("cannot start the enrollment writer: {e}")))?;
+    std::thread::Builder::new()
+        .name("vouch-enroll-writer".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let pool = match connect_pool(&url, backend, 2).await {
+                    Ok(pool) => pool,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let registry = Registry {
+                    pool: pool.clone(),
+                    backend,
+                    sqlite_writer,
+                    enroll_writer: None,
+                };
+                run_writer(registry, rx).await;
+                pool.close().await;
+            });
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map_err(|e| StoreError::Batch(format!("cannot start the enrollment writer: {e}")))?;
+    ready_rx.await.map_err(|_| StoreError::WriterGone)??;
+    Ok(tx)
 }
 
-/// Starts the writer task for `registry`; it ends when every sender is dropped.
-pub(super) fn spawn_writer(registry: Registry) -> mpsc::Sender<EnrollRequest> {
-    let (tx, mut rx) = mpsc::channel::<EnrollRequest>(MAX_BATCH * 16);
-    tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(more) => batch.push(more),
-                    Err(_) => break,
+async fn run_writer(registry: Registry, mut rx: mpsc::Receiver<EnrollRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let jobs: Vec<EnrollJob> = batch.iter().map(|(j, _)| j.clone()).collect();
+        match registry.enroll_batch(&jobs).await {
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
                 }
             }
-            let jobs: Vec<EnrollJob> = batch.iter().map(|(j, _)| j.clone()).collect();
-            match registry.enroll_batch(&jobs).await {
-                Ok(outcomes) => {
-                    for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
-                        let _ = reply.send(Ok(outcome));
-                    }
+            // The batch as a whole failed (nothing was committed): commit each on its own,
+            // so one bad enrollment cannot fail its neighbours.
+            Err(_) if batch.len() > 1 => {
+                for (job, reply) in batch {
+                    let outcome = registry
+                        .enroll_batch(std::slice::from_ref(&job))
+                        .await
+                        .map(|mut o| o.pop().unwrap_or(Err(EnrollRefusal::TokenUnknown)));
+                    let _ = reply.send(outcome);
                 }
-                // The batch as a whole failed (nothing was committed): commit each on its
-                // own, so one bad enrollment cannot fail its neighbours.
-                Err(_) if batch.len() > 1 => {
-                    for (job, reply) in batch {
-                        let outcome = registry
-                            .enroll_batch(std::slice::from_ref(&job))
-                            .await
-                            .map(|mut o| o.pop().unwrap_or(Err(EnrollRefusal::TokenUnknown)));
-                        let _ = reply.send(outcome);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "enrollment commit failed");
-                    for (_, reply) in batch {
-                        let _ = reply.send(Err(StoreError::Batch(e.to_string())));
-                    }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "enrollment commit failed");
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::Batch(e.to_string())));
                 }
             }
         }
-    });
-    tx
+    }
 }
 
 impl Registry {
@@ -120,25 +180,31 @@ impl Registry {
             })
             .collect();
 
-        let mut tx = self.begin_write().await?;
-        // INVARIANT: this conditional UPDATE is the only place a token becomes used; a token
-        // row is returned to at most one enrollment, ever.
+        let unique_jobs: Vec<&EnrollJob> = unique.iter().filter_map(|&i| jobs.get(i)).collect();
+        let mut p = Params::new(self.backend);
         let mut used_case = String::new();
+        for job in &unique_jobs {
+            let (when, then) = (
+                p.add(Param::Text(job.jti.clone())),
+                p.add(Param::Int(job.now)),
+            );
+            used_case.push_str(&format!(" WHEN {when} THEN {then}"));
+        }
         let mut device_case = String::new();
+        for job in &unique_jobs {
+            let when = p.add(Param::Text(job.jti.clone()));
+            let then = p.add(Param::Text(job.device.id.clone()));
+            device_case.push_str(&format!(" WHEN {when} THEN {then}"));
+        }
+        let in_list: Vec<String> = unique_jobs
+            .iter()
+            .map(|job| p.add(Param::Text(job.jti.clone())))
+            .collect();
         let mut expiry_case = String::new();
-        let mut in_list = Vec::new();
-        let mut params = Vec::new();
-        for &i in &unique {
-            let Some(job) = jobs.get(i) else { continue };
-            let n = params.len();
-            used_case.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 2));
-            device_case.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 3));
-            expiry_case.push_str(&format!(" WHEN ${} THEN ${}", n + 1, n + 4));
-            in_list.push(format!("${}", n + 1));
-            params.push(Param::Text(job.jti.clone()));
-            params.push(Param::Int(job.now));
-            params.push(Param::Text(job.device.id.clone()));
-            params.push(Param::Int(job.now.saturating_sub(job.skew)));
+        for job in &unique_jobs {
+            let when = p.add(Param::Text(job.jti.clone()));
+            let then = p.add(Param::Int(job.now.saturating_sub(job.skew)));
+            expiry_case.push_str(&format!(" WHEN {when} THEN {then}"));
         }
         let sql = format!(
             "UPDATE bootstrap_tokens SET used_at = CASE jti{used_case} END, \
@@ -147,9 +213,11 @@ impl Registry {
              RETURNING jti",
             in_list.join(", ")
         );
-        let rows = bind_all(sqlx::query(&sql), params)
-            .fetch_all(&mut *tx)
-            .await?;
+
+        let mut tx = self.begin_write().await?;
+        // INVARIANT: this conditional UPDATE is the only place a token becomes used; a token
+        // row is returned to at most one enrollment, ever.
+        let rows = p.bind(sqlx::query(&sql)).fetch_all(&mut *tx).await?;
         let won: HashSet<String> = rows
             .iter()
             .map(|r| sqlx::Row::try_get::<String, _>(r, 0))
@@ -161,7 +229,7 @@ impl Registry {
             .filter(|j| won.contains(&j.jti))
             .collect();
         if !winners.is_empty() {
-            insert_winners(&mut tx, &winners).await?;
+            insert_winners(&mut tx, self.backend, &winners).await?;
         }
         tx.commit().await?;
 
@@ -217,88 +285,74 @@ impl Registry {
 
 async fn insert_winners(
     conn: &mut sqlx::AnyConnection,
+    backend: Backend,
     winners: &[&EnrollJob],
 ) -> Result<(), StoreError> {
-    let mut devices = Vec::new();
-    let mut certs = Vec::new();
-    let mut audit = Vec::new();
+    let mut devices = Params::new(backend);
+    let mut device_rows = Vec::new();
+    let mut certs = Params::new(backend);
+    let mut cert_rows = Vec::new();
+    let mut audit = Params::new(backend);
+    let mut audit_rows = Vec::new();
     for job in winners {
         let d = &job.device;
         let labels =
             serde_json::to_string(&d.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        devices.extend([
+        device_rows.push(devices.row([
             Param::Text(d.id.clone()),
             Param::Text(d.spiffe_id.clone()),
             Param::Text(d.zone.clone()),
             Param::OptText(d.device_class.clone()),
             Param::Text(labels),
+            Param::Text("active".into()),
+            Param::Int(job.now),
             Param::Int(job.now),
             Param::Text(job.cert.serial.clone()),
             Param::Int(job.cert.not_after),
-        ]);
-        certs.extend([
+        ]));
+        cert_rows.push(certs.row([
             Param::Text(job.cert.serial.clone()),
             Param::Text(d.id.clone()),
             Param::Int(job.cert.not_before),
             Param::Int(job.cert.not_after),
             Param::Int(job.now),
-        ]);
+        ]));
         let actor = format!("bootstrap-token:{}", job.jti);
-        audit.extend([
+        audit_rows.push(audit.row([
             Param::Int(job.now),
             Param::Text(actor.clone()),
             Param::Text("token.used".into()),
             Param::Text(job.jti.clone()),
             Param::Text(json!({"device_id": d.id}).to_string()),
-            Param::Int(job.now),
-            Param::Text(actor),
-            Param::Text("device.enrolled".into()),
-            Param::Text(d.id.clone()),
-            Param::Text(
-                json!({"spiffe_id": d.spiffe_id, "zone": d.zone, "serial": job.cert.serial})
-                    .to_string(),
-            ),
-        ]);
+        ]));
+        audit_rows.push(
+            audit.row([
+                Param::Int(job.now),
+                Param::Text(actor),
+                Param::Text("device.enrolled".into()),
+                Param::Text(d.id.clone()),
+                Param::Text(
+                    json!({"spiffe_id": d.spiffe_id, "zone": d.zone, "serial": job.cert.serial})
+                        .to_string(),
+                ),
+            ]),
+        );
     }
-    // Devices: status 'active', created_at = updated_at.
-    let rows: Vec<String> = (0..winners.len())
-        .map(|r| {
-            let b = r * 8;
-            format!(
-                "(${}, ${}, ${}, ${}, ${}, 'active', ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 6,
-                b + 7,
-                b + 8
-            )
-        })
-        .collect();
     let sql = format!(
         "INSERT INTO devices (id, spiffe_id, zone, device_class, labels, status, created_at, \
          updated_at, current_serial, current_not_after) VALUES {}",
-        rows.join(", ")
+        device_rows.join(", ")
     );
-    bind_all(sqlx::query(&sql), devices)
-        .execute(&mut *conn)
-        .await?;
+    devices.bind(sqlx::query(&sql)).execute(&mut *conn).await?;
     let sql = format!(
         "INSERT INTO certificates (serial, device_id, not_before, not_after, issued_at) VALUES {}",
-        placeholders(winners.len(), 5, 0)
+        cert_rows.join(", ")
     );
-    bind_all(sqlx::query(&sql), certs)
-        .execute(&mut *conn)
-        .await?;
+    certs.bind(sqlx::query(&sql)).execute(&mut *conn).await?;
     let sql = format!(
         "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES {}",
-        placeholders(winners.len() * 2, 5, 0)
+        audit_rows.join(", ")
     );
-    bind_all(sqlx::query(&sql), audit)
-        .execute(&mut *conn)
-        .await?;
+    audit.bind(sqlx::query(&sql)).execute(&mut *conn).await?;
     Ok(())
 }

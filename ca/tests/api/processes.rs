@@ -395,20 +395,23 @@ async fn an_openssl_made_ca_can_be_imported_and_issues_verifiable_certificates()
     let s = |p: &str| d.join(p).to_str().unwrap().to_owned();
 
     // A key that does not belong to the certificate is refused, and nothing is written.
-    let out = vouch(&[
-        "ca",
-        "import",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--trust-domain",
-        "acme.example",
-        "--root-cert",
-        &s("root.pem"),
-        "--issuing-cert",
-        &s("int.pem"),
-        "--issuing-key",
-        &s("root.key"),
-    ]);
+    let import = |issuing_key: &str| {
+        vouch(&[
+            "ca",
+            "import",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--trust-domain",
+            "acme.example",
+            "--root-cert",
+            &s("root.pem"),
+            "--issuing-cert",
+            &s("int.pem"),
+            "--issuing-key",
+            &s(issuing_key),
+        ])
+    };
+    let out = import("root.key");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("does not match"),
@@ -416,20 +419,7 @@ async fn an_openssl_made_ca_can_be_imported_and_issues_verifiable_certificates()
     );
     assert!(!data.join("issuing.pem").exists());
 
-    let out = vouch(&[
-        "ca",
-        "import",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--trust-domain",
-        "acme.example",
-        "--root-cert",
-        &s("root.pem"),
-        "--issuing-cert",
-        &s("int.pem"),
-        "--issuing-key",
-        &s("int.key"),
-    ]);
+    let out = import("int.key");
     assert!(out.status.success(), "{out:?}");
     assert!(
         !data.join("root.key").exists(),
