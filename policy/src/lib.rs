@@ -1,1 +1,12 @@
-//! placeholder
+//! Vouch policy: a default-deny Cedar policy engine for zones, trust levels, data types and
+//! protocols.
+//!
+//! - [`index`]: the scope index that lets a decision evaluate only the policies that can
+//!   apply, with decisions identical to Cedar's full evaluation.
+//! - [`engine`]: decisions: Cedar's authorizer over the indexed subset, with the deciding
+//!   policies, errors and annotations (such as `@rate_limit`) in the answer.
+#![forbid(unsafe_code)]
+
+pub mod engine;
+pub mod index;
+pub mod synthetic;
