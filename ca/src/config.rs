@@ -37,6 +37,26 @@ pub enum Command {
     /// Mint an operator token (a JWT for `Authorization: Bearer`) from the data directory's
     /// operator key. Whoever can read the data directory can do this.
     AdminToken(AdminTokenArgs),
+    /// Check and test a policy directory (schema, policies, fleet.json, tests).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `vouch policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Parse and validate a policy directory strictly against its schema. Prints every
+    /// problem as `file:line:column: message` and exits 1 if there is any.
+    Check {
+        /// The policy directory.
+        dir: PathBuf,
+    },
+    /// Validate a policy directory, then run its `tests/*.json` cases. Exits 1 if any case
+    /// fails. This is what a policy repository's CI runs.
+    Test {
+        /// The policy directory.
+        dir: PathBuf,
+    },
 }
 
 /// `vouch ca` subcommands.

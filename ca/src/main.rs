@@ -24,6 +24,8 @@ fn main() -> ExitCode {
         Command::Ca(CaCommand::Init(args)) => ca_init(&args),
         Command::Ca(CaCommand::Import(args)) => ca_import(&args),
         Command::AdminToken(args) => admin_token(&args),
+        Command::Policy(config::PolicyCommand::Check { dir }) => policy_check(&dir),
+        Command::Policy(config::PolicyCommand::Test { dir }) => policy_test(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +107,57 @@ fn admin_token(args: &config::AdminTokenArgs) -> Result<(), Failure> {
     let dir = DataDir::new(&args.data_dir);
     let token = app::mint_operator_token(&dir, role, &args.subject, ttl, SystemClock.unix())?;
     println!("{token}");
+    Ok(())
+}
+
+fn load_policies(dir: &std::path::Path) -> Result<vouch_policy::bundle::Bundle, Failure> {
+    vouch_policy::bundle::load_dir(dir).map_err(|errors| {
+        for p in &errors.0 {
+            eprintln!("{p}");
+        }
+        Failure::Runtime(format!(
+            "`{}` does not load: {} problem(s)",
+            dir.display(),
+            errors.0.len()
+        ))
+    })
+}
+
+fn policy_check(dir: &std::path::Path) -> Result<(), Failure> {
+    let bundle = load_policies(dir)?;
+    println!(
+        "ok: {} policies, version {}",
+        bundle.policies.policies().count(),
+        bundle.content_hash
+    );
+    Ok(())
+}
+
+fn policy_test(dir: &std::path::Path) -> Result<(), Failure> {
+    let bundle = load_policies(dir)?;
+    let results = vouch_policy::cases::run_dir(dir, &bundle).map_err(|problems| {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        Failure::Runtime(format!("{} test file(s) do not load", problems.len()))
+    })?;
+    let mut failed = 0;
+    for r in &results {
+        match &r.failure {
+            None => println!("ok    {}", r.name),
+            Some(why) => {
+                failed += 1;
+                println!("FAIL  {}\n      {why}", r.name);
+            }
+        }
+    }
+    println!(
+        "policy tests: {} passed, {failed} failed",
+        results.len() - failed
+    );
+    if failed > 0 {
+        return Err(Failure::Runtime(format!("{failed} policy test(s) failed")));
+    }
     Ok(())
 }
 

@@ -7,6 +7,9 @@
 //!   policies, errors and annotations (such as `@rate_limit`) in the answer.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
+pub mod cases;
 pub mod engine;
 pub mod index;
+pub mod model;
 pub mod synthetic;

@@ -460,3 +460,38 @@ async fn an_openssl_made_ca_can_be_imported_and_issues_verifiable_certificates()
     );
     assert!(out.contains("device.pem: OK"));
 }
+
+#[test]
+fn policy_check_and_test_commands() {
+    let example = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    let out = vouch(&["policy", "check", example.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 4 policies"));
+    let out = vouch(&["policy", "test", example.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("policy tests: 12 passed, 0 failed"));
+
+    // A broken copy: check names the file, line and column, and both commands fail.
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["", "policies", "tests"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for e in std::fs::read_dir(example.join(sub)).unwrap().flatten() {
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), dir.path().join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    std::fs::write(
+        dir.path().join("policies/bad.cedar"),
+        "permit (principal, action, resource)\nwhen { context.tls && };\n",
+    )
+    .unwrap();
+    for cmd in ["check", "test"] {
+        let out = vouch(&["policy", cmd, dir.path().to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("policies/bad.cedar:2:23:"),
+            "{out:?}"
+        );
+    }
+}

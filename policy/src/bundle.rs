@@ -1,0 +1,274 @@
+//! Loading a policy directory: parse everything, validate strictly against the schema, and
+//! report every problem as `file:line:column: message`. A directory that fails to load
+//! yields no bundle, so a running set is never replaced by a broken one.
+//!
+//! Layout:
+//! ```text
+//! schema.cedarschema      the Cedar schema
+//! fleet.json              zones and data types
+//! policies/*.cedar        policies; each needs a unique `@id("...")` or gets `<file>.<n>`
+//! tests/*.json            policy test cases (see `cases`)
+//! ```
+
+use crate::model::FleetDefs;
+use cedar_policy::{Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use miette::Diagnostic;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+/// Largest file read from a policy directory.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Most policy files in a directory.
+pub const MAX_POLICY_FILES: usize = 1000;
+
+/// One problem, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file, relative to the policy directory.
+    pub file: String,
+    /// 1-based line (0 when the problem is about the whole file).
+    pub line: usize,
+    /// 1-based column (0 when the problem is about the whole file).
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+/// Every problem found while loading.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy directory does not load ({} problem(s)):\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct LoadErrors(pub Vec<Problem>);
+
+/// A loaded, validated policy directory.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The schema.
+    pub schema: Schema,
+    /// The policies, with their ids.
+    pub policies: PolicySet,
+    /// Zones and data types.
+    pub fleet: FleetDefs,
+    /// Which file each policy came from.
+    pub origins: BTreeMap<String, String>,
+    /// SHA-256 over every file's name and contents (hex): the version when the directory
+    /// is not a Git work tree.
+    pub content_hash: String,
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Problems from a Cedar diagnostic, located with its first label in `text`.
+fn located(file: &str, text: &str, diag: &dyn Diagnostic) -> Problem {
+    let offset = diag
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|l| l.offset());
+    let (line, column) = offset.map_or((0, 0), |o| line_col(text, o));
+    let mut message = diag.to_string();
+    if let Some(help) = diag.help() {
+        message.push_str(&format!(" ({help})"));
+    }
+    Problem {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+fn whole(file: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        message: message.into(),
+    }
+}
+
+fn read(dir: &Path, rel: &str, problems: &mut Vec<Problem>) -> Option<String> {
+    let path = dir.join(rel);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() > MAX_FILE_BYTES => {
+            problems.push(whole(rel, format!("larger than {MAX_FILE_BYTES} bytes")));
+            return None;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            problems.push(whole(rel, e.to_string()));
+            return None;
+        }
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push(whole(rel, e.to_string()));
+            None
+        }
+    }
+}
+
+/// The policy files of `dir`, sorted by name.
+fn policy_files(dir: &Path, problems: &mut Vec<Problem>) -> Vec<String> {
+    let mut files = Vec::new();
+    match std::fs::read_dir(dir.join("policies")) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".cedar") {
+                    files.push(format!("policies/{name}"));
+                }
+            }
+        }
+        Err(e) => problems.push(whole("policies", e.to_string())),
+    }
+    files.sort();
+    if files.len() > MAX_POLICY_FILES {
+        problems.push(whole(
+            "policies",
+            format!("more than {MAX_POLICY_FILES} policy files"),
+        ));
+        files.truncate(MAX_POLICY_FILES);
+    }
+    files
+}
+
+/// Loads and validates the policy directory `dir`.
+pub fn load_dir(dir: &Path) -> Result<Bundle, LoadErrors> {
+    let mut problems = Vec::new();
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut hash_file = |name: &str, text: &str| {
+        hasher.update(&(name.len() as u64).to_be_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update(&(text.len() as u64).to_be_bytes());
+        hasher.update(text.as_bytes());
+    };
+
+    let schema_text = read(dir, "schema.cedarschema", &mut problems);
+    let schema = schema_text.as_deref().and_then(|text| {
+        hash_file("schema.cedarschema", text);
+        match Schema::from_cedarschema_str(text) {
+            Ok((schema, _warnings)) => Some(schema),
+            Err(e) => {
+                problems.push(located("schema.cedarschema", text, &e));
+                None
+            }
+        }
+    });
+
+    let fleet = read(dir, "fleet.json", &mut problems).and_then(|text| {
+        hash_file("fleet.json", &text);
+        match serde_json::from_str::<FleetDefs>(&text) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                problems.push(Problem {
+                    file: "fleet.json".into(),
+                    line: e.line(),
+                    column: e.column(),
+                    message: e.to_string(),
+                });
+                None
+            }
+        }
+    });
+
+    // Parse each file on its own so that every location is relative to its file.
+    let mut policies = PolicySet::new();
+    let mut origins: BTreeMap<String, String> = BTreeMap::new();
+    let mut texts: BTreeMap<String, String> = BTreeMap::new();
+    for file in policy_files(dir, &mut problems) {
+        let Some(text) = read(dir, &file, &mut problems) else {
+            continue;
+        };
+        hash_file(&file, &text);
+        let parsed = match text.parse::<PolicySet>() {
+            Ok(set) => set,
+            Err(e) => {
+                for err in e.iter() {
+                    problems.push(located(&file, &text, err));
+                }
+                continue;
+            }
+        };
+        let stem = file
+            .trim_start_matches("policies/")
+            .trim_end_matches(".cedar")
+            .to_owned();
+        // Cedar names them `policy0`, `policy1`, ... in source order.
+        let mut in_order: Vec<(usize, Policy)> = parsed
+            .policies()
+            .map(|p| {
+                let n = p
+                    .id()
+                    .to_string()
+                    .trim_start_matches("policy")
+                    .parse()
+                    .unwrap_or(usize::MAX);
+                (n, p.clone())
+            })
+            .collect();
+        in_order.sort_by_key(|(n, _)| *n);
+        for (n, policy) in in_order {
+            let id = policy
+                .annotation("id")
+                .map_or_else(|| format!("{stem}.{n}"), str::to_owned);
+            if let Some(first) = origins.get(&id) {
+                problems.push(whole(
+                    &file,
+                    format!("duplicate policy id `{id}` (also in {first})"),
+                ));
+                continue;
+            }
+            let policy: Policy = policy.new_id(PolicyId::new(&id));
+            if let Err(e) = policies.add(policy) {
+                problems.push(whole(&file, e.to_string()));
+                continue;
+            }
+            origins.insert(id, file.clone());
+        }
+        texts.insert(file, text);
+    }
+
+    if let Some(schema) = &schema {
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let file = origins
+                .get(&e.policy_id().to_string())
+                .cloned()
+                .unwrap_or_default();
+            let text = texts.get(&file).map(String::as_str).unwrap_or("");
+            problems.push(located(&file, text, e));
+        }
+    }
+
+    match (schema, fleet, problems.is_empty()) {
+        (Some(schema), Some(fleet), true) => Ok(Bundle {
+            schema,
+            policies,
+            fleet,
+            origins,
+            content_hash: hex::encode(hasher.finish()),
+        }),
+        _ => Err(LoadErrors(problems)),
+    }
+}

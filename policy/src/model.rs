@@ -1,0 +1,200 @@
+//! The fleet model that policies see: zones, data types and devices as Cedar entities, and
+//! requests built from typed values.
+//!
+//! Entity types (see `examples/policies/schema.cedarschema`):
+//! - `Zone` with `trust` (`low`/`medium`/`high`), `protocols` and `egress` (zones it may talk to);
+//! - `DataType` with `sensitivity`; data types may sit inside other data types;
+//! - `Device`, a member of its `Zone`, with `zone`, `trust`, `device_class`, `capabilities`,
+//!   `status` (`active`, `stale`, `quarantined`, `revoked`), `last_attested` (Unix seconds)
+//!   and its labels as entity tags.
+//!
+//! Actions: `send`, `publish`, `enroll`, `renew`. Context: `data_type`, `protocol`, `tls`,
+//! `mtls`, `size`.
+
+use cedar_policy::{Context, Entities, EntityUid, Request, Schema};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Why entities or a request could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The entities do not fit the schema.
+    #[error("entities: {0}")]
+    Entities(String),
+    /// The request does not fit the schema.
+    #[error("request: {0}")]
+    Request(String),
+}
+
+/// A zone's definition (from the policy repository's `fleet.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneDef {
+    /// `low`, `medium` or `high`.
+    pub trust: String,
+    /// Protocols allowed in the zone, e.g. `mqtt`.
+    #[serde(default)]
+    pub protocols: Vec<String>,
+    /// Zones this zone may send to.
+    #[serde(default)]
+    pub egress: Vec<String>,
+}
+
+/// A data type's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataTypeDef {
+    /// e.g. `low`, `high`.
+    pub sensitivity: String,
+    /// Broader data types this one belongs to.
+    #[serde(default)]
+    pub within: Vec<String>,
+}
+
+/// The zones and data types of a fleet (`fleet.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetDefs {
+    /// Zones by name.
+    pub zones: BTreeMap<String, ZoneDef>,
+    /// Data types by name.
+    pub data_types: BTreeMap<String, DataTypeDef>,
+}
+
+/// What the registry knows of a device at decision time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceFacts {
+    /// The device's zone.
+    pub zone: String,
+    /// `low` (no TPM), `medium` or `high`.
+    #[serde(default = "default_trust")]
+    pub trust: String,
+    /// Device class.
+    #[serde(default)]
+    pub device_class: String,
+    /// Capabilities, e.g. `camera`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// `active`, `stale`, `quarantined` or `revoked`.
+    #[serde(default = "default_status")]
+    pub status: String,
+    /// Last good attestation, Unix seconds (0: never).
+    #[serde(default)]
+    pub last_attested: i64,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_trust() -> String {
+    "low".into()
+}
+
+fn default_status() -> String {
+    "active".into()
+}
+
+/// The request context of a message or call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageContext {
+    /// Data type name.
+    pub data_type: String,
+    /// Protocol, e.g. `mqtt`.
+    pub protocol: String,
+    /// Whether the channel is TLS.
+    pub tls: bool,
+    /// Whether the channel is mutual TLS.
+    pub mtls: bool,
+    /// Message size in bytes.
+    pub size: i64,
+}
+
+fn uid(ty: &str, id: &str) -> Value {
+    json!({"type": ty, "id": id})
+}
+
+/// Builds the entities for `fleet` and `devices` (by id), checked against `schema`.
+pub fn entities(
+    fleet: &FleetDefs,
+    devices: &BTreeMap<String, DeviceFacts>,
+    schema: Option<&Schema>,
+) -> Result<Entities, ModelError> {
+    let mut list = Vec::new();
+    for (name, z) in &fleet.zones {
+        list.push(json!({
+            "uid": uid("Zone", name),
+            "attrs": {
+                "trust": z.trust,
+                "protocols": z.protocols,
+                "egress": z.egress.iter().map(|e| json!({"__entity": uid("Zone", e)})).collect::<Vec<_>>(),
+            },
+            "parents": [],
+        }));
+    }
+    for (name, d) in &fleet.data_types {
+        list.push(json!({
+            "uid": uid("DataType", name),
+            "attrs": {"sensitivity": d.sensitivity},
+            "parents": d.within.iter().map(|w| uid("DataType", w)).collect::<Vec<_>>(),
+        }));
+    }
+    for (id, d) in devices {
+        list.push(json!({
+            "uid": uid("Device", id),
+            "attrs": {
+                "zone": {"__entity": uid("Zone", &d.zone)},
+                "trust": d.trust,
+                "device_class": d.device_class,
+                "capabilities": d.capabilities,
+                "status": d.status,
+                "last_attested": d.last_attested,
+            },
+            "parents": [uid("Zone", &d.zone)],
+            "tags": d.labels,
+        }));
+    }
+    Entities::from_json_value(Value::Array(list), schema)
+        .map_err(|e| ModelError::Entities(e.to_string()))
+}
+
+/// Whom a request is about: a device or a zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Target {
+    /// A device id.
+    Device(String),
+    /// A zone name.
+    Zone(String),
+}
+
+/// Builds a request: `device` does `action` on `target` with `context`, checked against
+/// `schema`.
+pub fn request(
+    device: &str,
+    action: &str,
+    target: &Target,
+    context: &MessageContext,
+    schema: Option<&Schema>,
+) -> Result<Request, ModelError> {
+    let err = |e: &dyn std::fmt::Display| ModelError::Request(e.to_string());
+    let principal = EntityUid::from_json(uid("Device", device)).map_err(|e| err(&e))?;
+    let action = EntityUid::from_json(uid("Action", action)).map_err(|e| err(&e))?;
+    let resource = match target {
+        Target::Device(d) => EntityUid::from_json(uid("Device", d)),
+        Target::Zone(z) => EntityUid::from_json(uid("Zone", z)),
+    }
+    .map_err(|e| err(&e))?;
+    let ctx = json!({
+        "data_type": {"__entity": uid("DataType", &context.data_type)},
+        "protocol": context.protocol,
+        "tls": context.tls,
+        "mtls": context.mtls,
+        "size": context.size,
+    });
+    let context =
+        Context::from_json_value(ctx, schema.map(|s| (s, &action))).map_err(|e| err(&e))?;
+    Request::new(principal, action, resource, context, schema).map_err(|e| err(&e))
+}
