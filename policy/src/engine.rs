@@ -33,17 +33,22 @@ pub struct Decision {
 }
 
 /// A loaded policy set, ready to decide.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Engine {
     full: PolicySet,
     index: ScopeIndex,
+    authorizer: Authorizer,
 }
 
 impl Engine {
     /// Indexes `set`.
     pub fn new(set: PolicySet) -> Result<Self, IndexError> {
         let index = ScopeIndex::new(&set)?;
-        Ok(Self { full: set, index })
+        Ok(Self {
+            full: set,
+            index,
+            authorizer: Authorizer::new(),
+        })
     }
 
     /// The policy set.
@@ -66,10 +71,10 @@ impl Engine {
         let response = match (request.principal(), request.action(), request.resource()) {
             (Some(p), Some(a), Some(r)) => {
                 let subset = self.index.matching_set(p, a, r, entities);
-                Authorizer::new().is_authorized(request, &subset, entities)
+                self.authorizer.is_authorized(request, &subset, entities)
             }
             // Requests with unknowns are not built by Vouch; decide them the slow, sure way.
-            _ => Authorizer::new().is_authorized(request, &self.full, entities),
+            _ => self.authorizer.is_authorized(request, &self.full, entities),
         };
         self.decision(&response)
     }
@@ -77,7 +82,7 @@ impl Engine {
     /// Decides `request` by evaluating every policy (Cedar's own way): the reference the
     /// index is tested and benchmarked against.
     pub fn decide_full(&self, request: &Request, entities: &Entities) -> Decision {
-        let response = Authorizer::new().is_authorized(request, &self.full, entities);
+        let response = self.authorizer.is_authorized(request, &self.full, entities);
         self.decision(&response)
     }
 

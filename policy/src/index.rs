@@ -7,18 +7,18 @@
 //! same decision, the same determining policies and the same errors as evaluating all of
 //! them; `tests/equivalence.rs` checks this on generated policy sets of 10 to 10,000 policies.
 //!
-//! Lookup: a policy is filed under the entity named in its principal constraint (`==`, `in`,
-//! `is .. in`); failing that, under the entity named in its resource constraint; failing
-//! that, under the principal's entity type (`is`); else it is open. A request looks up its
-//! principal and the principal's ancestors, its resource and the resource's ancestors, and
-//! the principal's type, adds the open policies, then checks each candidate's full scope
-//! exactly.
+//! Lookup: a policy that names an entity in both its principal and its resource constraint
+//! (`==`, `in`, `is .. in`) is filed under that pair; one that names only a principal entity,
+//! under it; only a resource entity, under it; failing that, under the principal's entity
+//! type (`is`); else it is open. A request looks up every pair and single key from its
+//! principal's and resource's lineages (the entity and its ancestors) and its principal's
+//! type, adds the open policies, then checks each candidate's full scope exactly.
 
 use cedar_policy::{
     ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
     ResourceConstraint,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Why a policy set cannot be indexed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,6 +35,7 @@ pub struct ScopeIndex {
     /// The scope of each policy, taken apart once (Cedar builds these on every call).
     scopes: Vec<Scope>,
     open: Vec<usize>,
+    by_pair: HashMap<(EntityUid, EntityUid), Vec<usize>>,
     by_principal: HashMap<EntityUid, Vec<usize>>,
     by_resource: HashMap<EntityUid, Vec<usize>>,
     by_type: HashMap<EntityTypeName, Vec<usize>>,
@@ -50,6 +51,7 @@ impl ScopeIndex {
             policies: Vec::new(),
             scopes: Vec::new(),
             open: Vec::new(),
+            by_pair: HashMap::new(),
             by_principal: HashMap::new(),
             by_resource: HashMap::new(),
             by_type: HashMap::new(),
@@ -64,6 +66,14 @@ impl ScopeIndex {
                 resource: resource.clone(),
             });
             match (principal, resource) {
+                (
+                    PrincipalConstraint::Eq(p)
+                    | PrincipalConstraint::In(p)
+                    | PrincipalConstraint::IsIn(_, p),
+                    ResourceConstraint::Eq(r)
+                    | ResourceConstraint::In(r)
+                    | ResourceConstraint::IsIn(_, r),
+                ) => index.by_pair.entry((p, r)).or_default().push(i),
                 (
                     PrincipalConstraint::Eq(uid)
                     | PrincipalConstraint::In(uid)
@@ -114,6 +124,14 @@ impl ScopeIndex {
         for uid in principal_up.selves_and_ancestors() {
             if let Some(list) = self.by_principal.get(uid) {
                 candidates.extend_from_slice(list);
+            }
+            if !self.by_pair.is_empty() {
+                for r in resource_up.selves_and_ancestors() {
+                    // The pair key is owned; look it up without cloning on the fast path.
+                    if let Some(list) = self.by_pair.get(&((*uid).clone(), (*r).clone())) {
+                        candidates.extend_from_slice(list);
+                    }
+                }
             }
         }
         for uid in resource_up.selves_and_ancestors() {
@@ -166,7 +184,8 @@ struct Scope {
 /// An entity and its ancestors (transitively, as `Entities` computes them).
 struct Lineage<'a> {
     uid: &'a EntityUid,
-    ancestors: HashSet<&'a EntityUid>,
+    /// Few in practice (a device's zone, a data type's parents): a Vec beats hashing.
+    ancestors: Vec<&'a EntityUid>,
 }
 
 impl<'a> Lineage<'a> {
@@ -184,7 +203,7 @@ impl<'a> Lineage<'a> {
 
     /// Cedar's `in`: equal, or a descendant.
     fn is_in(&self, target: &EntityUid) -> bool {
-        self.uid == target || self.ancestors.contains(target)
+        self.uid == target || self.ancestors.contains(&target)
     }
 
     fn is_type(&self, ty: &EntityTypeName) -> bool {

@@ -35,6 +35,10 @@ pub struct Fleet {
     pub devices: u64,
     /// Number of zones, `Zone::"z0"` ...; device `dN` is in zone `z(N % zones)`.
     pub zones: u64,
+    /// Whether generated conditions may fail to evaluate (a missing context attribute, an
+    /// attribute a Zone lacks). Strict validation against a schema rejects such policies, so
+    /// a real repository has (almost) none; the equivalence tests want them.
+    pub erroring_conditions: bool,
 }
 
 impl Fleet {
@@ -117,7 +121,8 @@ impl Fleet {
             4 => " is Zone".to_owned(),
             _ => " is Device".to_owned(),
         };
-        let condition = match draw.below(6) {
+        let kinds = if self.erroring_conditions { 6 } else { 4 };
+        let condition = match draw.below(kinds) {
             0 => "true".to_owned(),
             1 => format!("context.size < {}", draw.below(2000)),
             2 => "principal.trust == \"low\"".to_owned(),

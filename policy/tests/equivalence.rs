@@ -15,6 +15,7 @@ fn equivalent(policies: usize, requests: usize, seed: u64) {
     let fleet = Fleet {
         devices: 200,
         zones: 8,
+        erroring_conditions: true,
     };
     let mut draw = Draw::new(seed);
     let engine = Engine::new(fleet.policy_set(policies, &mut draw)).unwrap();

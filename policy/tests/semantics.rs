@@ -15,6 +15,7 @@ use vouch_policy::synthetic::{Draw, Fleet};
 const FLEET: Fleet = Fleet {
     devices: 30,
     zones: 4,
+    erroring_conditions: true,
 };
 
 fn set_of(texts: &[String]) -> PolicySet {
