@@ -19,8 +19,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== benchmark smoke run (exits non-zero if an enrollment fails)"
+echo "== benchmark smoke runs (exit non-zero if an enrollment fails or indexed and full decisions differ)"
 VOUCH_BENCH_N=500 cargo bench -p vouch-ca --bench enroll
+VOUCH_BENCH_QUICK=1 cargo bench -p vouch-policy --bench decide
 echo "== fuzz targets, briefly"
 bash tests/fuzz-smoke.sh
 echo "== cargo test"
