@@ -27,7 +27,7 @@ bash tests/fuzz-smoke.sh
 echo "== cargo test"
 log=$(mktemp)
 set +e
-cargo test --workspace 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run: the sum over every test binary.

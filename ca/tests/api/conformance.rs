@@ -1,4 +1,5 @@
-//! Public hostile-input corpora from `../shared/testdata` (relative to the project root):
+//! Public hostile-input corpora from `../shared/testdata` (relative to the project root, or
+//! `VOUCH_TESTDATA`):
 //! Wycheproof signature vectors through the CSR signature check, and x509-limbo certificates
 //! as hostile input to the CSR parser and to CA import. These tests fail, rather than skip,
 //! when the corpora are missing.
