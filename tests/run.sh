@@ -4,6 +4,8 @@
 # formatting and lints, smoke-runs the benchmark and the fuzz targets, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# rustup installs cargo here; make sure a non-login shell finds it.
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 
 need=()
 command -v openssl >/dev/null || need+=(openssl)
