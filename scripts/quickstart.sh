@@ -4,6 +4,7 @@
 # renewal over mTLS, revocation and the CRL. Prints every step. Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 
 need=()
 for tool in curl jq openssl; do command -v "$tool" >/dev/null || need+=("$tool"); done
