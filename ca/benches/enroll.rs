@@ -129,6 +129,7 @@ fn main() {
             hostnames: vec!["127.0.0.1".into()],
             max_connections: 8,
             settings: Settings::default(),
+            policy: Default::default(),
         };
         let server = app::start(&config, Arc::new(SystemClock)).await.unwrap();
         let base = format!("https://127.0.0.1:{}", server.addr.port());

@@ -2,6 +2,9 @@
 //! import, loading, minting operator tokens, and starting the listener.
 
 use crate::api::{self, AppInner, AppState, Settings};
+use crate::authz::log::DecisionLog;
+use crate::authz::signed::BundleSigning;
+use crate::authz::PolicyService;
 use crate::clock::SharedClock;
 use crate::datadir::{DataDir, DataDirError, DataFile};
 use crate::ids::{system_rng, TrustDomain};
@@ -46,6 +49,14 @@ pub enum AppError {
     /// The random number generator failed.
     #[error("random number generator failed")]
     Random,
+    /// A policy directory does not load.
+    #[error("policy directory `{dir}` does not load:\n  {}", .problems.join("\n  "))]
+    Policy {
+        /// The directory.
+        dir: String,
+        /// Every problem.
+        problems: Vec<String>,
+    },
 }
 
 /// Whether `data_dir` holds a CA.
@@ -201,6 +212,19 @@ pub struct ServeConfig {
     pub max_connections: u32,
     /// Handler settings.
     pub settings: Settings,
+    /// Policy directories.
+    pub policy: PolicyConfig,
+}
+
+/// Where policies come from.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    /// The active policy directory (none: every decision denies).
+    pub dir: Option<std::path::PathBuf>,
+    /// The candidate directory for shadow mode.
+    pub shadow_dir: Option<std::path::PathBuf>,
+    /// How often to look for changes (none: no watcher).
+    pub poll: Option<std::time::Duration>,
 }
 
 /// The default SQLite URL for a data directory.
@@ -241,11 +265,36 @@ impl RunningServer {
     }
 }
 
+/// Re-reads the policy directories every `every` and swaps in what changed (a new commit
+/// or edited files). A directory that fails to load is reported once per change, not on
+/// every tick. Ends with the runtime.
+async fn watch_policies(state: AppState, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if let Err(e) = api::policy::reload_policies(&state, "policy-watcher", false).await {
+            tracing::warn!(code = e.code, detail = %e.detail, "policy watcher could not reload");
+        }
+    }
+}
+
 /// Loads everything, connects the registry, binds the listener and starts serving.
 pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningServer, AppError> {
     let loaded = load(&config.data_dir)?;
     let registry = Registry::connect(&config.database_url, config.max_connections).await?;
     let tls = server::tls_config(&loaded.ca, &config.hostnames, clock.now())?;
+    let policy = PolicyService::load(
+        config.policy.dir.as_deref(),
+        config.policy.shadow_dir.as_deref(),
+        clock.unix(),
+    )
+    .map_err(|(dir, problems)| AppError::Policy {
+        dir: dir.display().to_string(),
+        problems,
+    })?;
+    let decision_log = DecisionLog::spawn(registry.clone());
     let state = AppState::new(AppInner {
         ca: loaded.ca,
         trust_domain: loaded.trust_domain,
@@ -256,7 +305,13 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         operator_key: loaded.operator_key,
         settings: config.settings.clone(),
         metrics: Metrics::new(),
+        policy,
+        decision_log,
+        bundle_signing: BundleSigning::default(),
     });
+    if let (Some(every), true) = (config.policy.poll, state.policy.has_dirs()) {
+        tokio::spawn(watch_policies(state.clone(), every));
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| AppError::Bind(config.listen, e))?;

@@ -5,7 +5,7 @@
 //! with code 64 (EX_USAGE) on a bad configuration.
 
 use crate::api::Settings;
-use crate::app::{default_database_url, ServeConfig};
+use crate::app::{default_database_url, PolicyConfig, ServeConfig};
 use crate::datadir::DataDir;
 use crate::ids::TrustDomain;
 use crate::tokens::Role;
@@ -30,7 +30,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the provisioning API server (HTTPS). On first start with `--trust-domain` and an
     /// empty data directory it creates the CA.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage the certificate authority in a data directory.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -157,6 +157,20 @@ pub struct ServeArgs {
     /// Database connection pool size.
     #[arg(long, default_value_t = 8)]
     pub db_max_connections: u32,
+    /// Policy directory (`schema.cedarschema`, `fleet.json`, `policies/*.cedar`), usually a
+    /// Git work tree. Loaded at start (the server does not start if it does not load) and
+    /// reloaded on change, on SIGHUP and on `POST /v1/policy/reload`. Without it every
+    /// decision is a deny.
+    #[arg(long, env = "VOUCH_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// Candidate policy directory evaluated beside the active one in shadow mode: its
+    /// decisions are logged and differences counted, never enforced.
+    #[arg(long, env = "VOUCH_POLICY_SHADOW_DIR")]
+    pub policy_shadow_dir: Option<PathBuf>,
+    /// How often the policy directories are checked for changes (a new commit or edited
+    /// files); `0s` turns the watcher off.
+    #[arg(long, default_value = "5s")]
+    pub policy_poll: String,
 }
 
 fn seconds(name: &str, value: &str, errors: &mut Vec<String>) -> i64 {
@@ -249,6 +263,21 @@ impl ServeArgs {
         if settings.default_token_ttl_secs > settings.max_token_ttl_secs {
             errors.push("--token-ttl must not exceed --max-token-ttl".into());
         }
+        let policy_poll = match humantime::parse_duration(&self.policy_poll) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) if d < std::time::Duration::from_millis(100) => {
+                errors.push("--policy-poll must be 0s (off) or at least 100ms".into());
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                errors.push(format!("--policy-poll `{}`: {e}", self.policy_poll));
+                None
+            }
+        };
+        if self.policy_shadow_dir.is_some() && self.policy_dir.is_none() {
+            errors.push("--policy-shadow-dir needs --policy-dir".into());
+        }
         if self.db_max_connections == 0 {
             errors.push("--db-max-connections must be at least 1".into());
         }
@@ -265,6 +294,11 @@ impl ServeArgs {
                     hostnames: self.hostnames.clone(),
                     max_connections: self.db_max_connections,
                     settings,
+                    policy: PolicyConfig {
+                        dir: self.policy_dir.clone(),
+                        shadow_dir: self.policy_shadow_dir.clone(),
+                        poll: policy_poll,
+                    },
                 },
                 trust_domain,
             )),
@@ -281,7 +315,7 @@ mod tests {
         let mut all = vec!["vouch", "serve"];
         all.extend_from_slice(args);
         match Cli::try_parse_from(all).unwrap().command {
-            Command::Serve(s) => s,
+            Command::Serve(s) => *s,
             other => panic!("not serve: {other:?}"),
         }
     }

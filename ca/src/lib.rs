@@ -5,12 +5,15 @@
 //!   CRLs. Plain functions over bytes and values; time and randomness come in from the caller.
 //! - [`tokens`]: bootstrap and operator JWTs.
 //! - [`store`]: the device registry over SQLite or PostgreSQL (sqlx).
+//! - [`authz`]: the active and shadow policy sets (reloaded from a directory or Git work
+//!   tree), decisions with registry facts, the decision log writer and signed bundles.
 //! - [`api`]: the axum router, problem responses and authentication extractors.
 //! - [`server`]: the HTTPS/mTLS listener that serves the router.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
+pub mod authz;
 pub mod clock;
 pub mod config;
 pub mod datadir;

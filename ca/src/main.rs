@@ -183,6 +183,7 @@ fn serve(args: &config::ServeArgs) -> Result<(), Failure> {
         // A line on stdout that scripts and tests can wait for.
         println!("listening on {}", server.addr);
         let shutdown = server.take_shutdown();
+        tokio::spawn(reload_on_hangup(server.state.clone()));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down");
@@ -193,6 +194,28 @@ fn serve(args: &config::ServeArgs) -> Result<(), Failure> {
         server.wait().await;
         Ok::<(), Failure>(())
     })
+}
+
+/// SIGHUP re-reads the policy directories (as `POST /v1/policy/reload` does).
+async fn reload_on_hangup(state: vouch_ca::api::AppState) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload policies with the API");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading policies");
+            if let Err(e) =
+                vouch_ca::api::policy::reload_policies(&state, "signal:SIGHUP", true).await
+            {
+                tracing::warn!(code = e.code, detail = %e.detail, "policy reload failed");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 async fn wait_for_signal() {

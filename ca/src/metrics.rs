@@ -21,6 +21,8 @@ pub struct Metrics {
     pub revocations: Counter,
     /// Bootstrap tokens created.
     pub tokens_created: Counter,
+    decisions: Family<OutcomeLabels, Counter>,
+    shadow_differences: Counter,
 }
 
 impl Default for Metrics {
@@ -49,8 +51,22 @@ impl Metrics {
             "Bootstrap tokens created",
             tokens_created.clone(),
         );
+        let decisions = Family::<OutcomeLabels, Counter>::default();
+        let shadow_differences = Counter::default();
+        registry.register(
+            "policy_decisions",
+            "Policy decisions answered (and logged), by outcome (`allow`, `deny`)",
+            decisions.clone(),
+        );
+        registry.register(
+            "policy_shadow_differences",
+            "Decisions where the shadow policy set decided otherwise than the active one",
+            shadow_differences.clone(),
+        );
         Self {
             registry,
+            decisions,
+            shadow_differences,
             enrollments,
             renewals,
             revocations,
@@ -74,6 +90,20 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a decision answered.
+    pub fn decision(&self, outcome: &str) {
+        self.decisions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a decision the shadow set decided otherwise.
+    pub fn shadow_difference(&self) {
+        self.shadow_differences.inc();
     }
 
     /// The OpenMetrics text exposition.

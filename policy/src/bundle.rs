@@ -65,9 +65,11 @@ pub struct Bundle {
     pub fleet: FleetDefs,
     /// Which file each policy came from.
     pub origins: BTreeMap<String, String>,
-    /// SHA-256 over every file's name and contents (hex): the version when the directory
-    /// is not a Git work tree.
+    /// SHA-256 over every file's name and contents (hex, see [`content_hash`]): the version
+    /// when the directory is not a Git work tree.
     pub content_hash: String,
+    /// The files it was loaded from.
+    pub files: PolicyFiles,
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -153,32 +155,97 @@ fn policy_files(dir: &Path, problems: &mut Vec<Problem>) -> Vec<String> {
     files
 }
 
-/// Loads and validates the policy directory `dir`.
-pub fn load_dir(dir: &Path) -> Result<Bundle, LoadErrors> {
+/// The files of a policy directory that make up a policy set, by relative path
+/// (`schema.cedarschema`, `fleet.json`, `policies/*.cedar`): what is hashed, signed and
+/// served as the bundle. Test cases are not part of it.
+pub type PolicyFiles = BTreeMap<String, String>;
+
+/// Reads the files of the policy directory `dir`, each bounded in size.
+pub fn read_dir_files(dir: &Path) -> Result<PolicyFiles, LoadErrors> {
     let mut problems = Vec::new();
+    let mut files = PolicyFiles::new();
+    for rel in ["schema.cedarschema", "fleet.json"] {
+        if let Some(text) = read(dir, rel, &mut problems) {
+            files.insert(rel.to_owned(), text);
+        }
+    }
+    for rel in policy_files(dir, &mut problems) {
+        if let Some(text) = read(dir, &rel, &mut problems) {
+            files.insert(rel, text);
+        }
+    }
+    if problems.is_empty() {
+        Ok(files)
+    } else {
+        Err(LoadErrors(problems))
+    }
+}
+
+/// SHA-256 over every file's name and contents (lengths framed), lowercase hex.
+pub fn content_hash(files: &PolicyFiles) -> String {
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut hash_file = |name: &str, text: &str| {
+    for (name, text) in files {
         hasher.update(&(name.len() as u64).to_be_bytes());
         hasher.update(name.as_bytes());
         hasher.update(&(text.len() as u64).to_be_bytes());
         hasher.update(text.as_bytes());
-    };
+    }
+    hex::encode(hasher.finish())
+}
 
-    let schema_text = read(dir, "schema.cedarschema", &mut problems);
-    let schema = schema_text.as_deref().and_then(|text| {
-        hash_file("schema.cedarschema", text);
-        match Schema::from_cedarschema_str(text) {
+/// Loads and validates the policy directory `dir`.
+pub fn load_dir(dir: &Path) -> Result<Bundle, LoadErrors> {
+    load_files(read_dir_files(dir)?)
+}
+
+/// Loads and validates a policy set from its files (as read by [`read_dir_files`] or
+/// received in a signed bundle). Names must be `schema.cedarschema`, `fleet.json` or
+/// `policies/<name>.cedar`; anything else is a problem.
+pub fn load_files(files: PolicyFiles) -> Result<Bundle, LoadErrors> {
+    let mut problems = Vec::new();
+    if files.len() > MAX_POLICY_FILES + 2 {
+        problems.push(whole(
+            "policies",
+            format!("more than {MAX_POLICY_FILES} policy files"),
+        ));
+        return Err(LoadErrors(problems));
+    }
+    for (name, text) in &files {
+        let known = name == "schema.cedarschema"
+            || name == "fleet.json"
+            || (name.starts_with("policies/")
+                && name.ends_with(".cedar")
+                && !name.trim_start_matches("policies/").contains('/'));
+        if !known {
+            problems.push(whole(name, "not a file of a policy set"));
+        } else if text.len() as u64 > MAX_FILE_BYTES {
+            problems.push(whole(name, format!("larger than {MAX_FILE_BYTES} bytes")));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(LoadErrors(problems));
+    }
+
+    let schema = match files.get("schema.cedarschema") {
+        None => {
+            problems.push(whole("schema.cedarschema", "missing"));
+            None
+        }
+        Some(text) => match Schema::from_cedarschema_str(text) {
             Ok((schema, _warnings)) => Some(schema),
             Err(e) => {
                 problems.push(located("schema.cedarschema", text, &e));
                 None
             }
-        }
-    });
+        },
+    };
 
-    let fleet = read(dir, "fleet.json", &mut problems).and_then(|text| {
-        hash_file("fleet.json", &text);
-        match serde_json::from_str::<FleetDefs>(&text) {
+    let fleet = match files.get("fleet.json") {
+        None => {
+            problems.push(whole("fleet.json", "missing"));
+            None
+        }
+        Some(text) => match serde_json::from_str::<FleetDefs>(text) {
             Ok(f) => Some(f),
             Err(e) => {
                 problems.push(Problem {
@@ -189,23 +256,18 @@ pub fn load_dir(dir: &Path) -> Result<Bundle, LoadErrors> {
                 });
                 None
             }
-        }
-    });
+        },
+    };
 
     // Parse each file on its own so that every location is relative to its file.
     let mut policies = PolicySet::new();
     let mut origins: BTreeMap<String, String> = BTreeMap::new();
-    let mut texts: BTreeMap<String, String> = BTreeMap::new();
-    for file in policy_files(dir, &mut problems) {
-        let Some(text) = read(dir, &file, &mut problems) else {
-            continue;
-        };
-        hash_file(&file, &text);
+    for (file, text) in files.iter().filter(|(n, _)| n.starts_with("policies/")) {
         let parsed = match text.parse::<PolicySet>() {
             Ok(set) => set,
             Err(e) => {
                 for err in e.iter() {
-                    problems.push(located(&file, &text, err));
+                    problems.push(located(file, text, err));
                 }
                 continue;
             }
@@ -234,19 +296,18 @@ pub fn load_dir(dir: &Path) -> Result<Bundle, LoadErrors> {
                 .map_or_else(|| format!("{stem}.{n}"), str::to_owned);
             if let Some(first) = origins.get(&id) {
                 problems.push(whole(
-                    &file,
+                    file,
                     format!("duplicate policy id `{id}` (also in {first})"),
                 ));
                 continue;
             }
             let policy: Policy = policy.new_id(PolicyId::new(&id));
             if let Err(e) = policies.add(policy) {
-                problems.push(whole(&file, e.to_string()));
+                problems.push(whole(file, e.to_string()));
                 continue;
             }
             origins.insert(id, file.clone());
         }
-        texts.insert(file, text);
     }
 
     if let Some(schema) = &schema {
@@ -256,7 +317,7 @@ pub fn load_dir(dir: &Path) -> Result<Bundle, LoadErrors> {
                 .get(&e.policy_id().to_string())
                 .cloned()
                 .unwrap_or_default();
-            let text = texts.get(&file).map(String::as_str).unwrap_or("");
+            let text = files.get(&file).map(String::as_str).unwrap_or("");
             problems.push(located(&file, text, e));
         }
     }
@@ -267,7 +328,8 @@ pub fn load_dir(dir: &Path) -> Result<Bundle, LoadErrors> {
             policies,
             fleet,
             origins,
-            content_hash: hex::encode(hasher.finish()),
+            content_hash: content_hash(&files),
+            files,
         }),
         _ => Err(LoadErrors(problems)),
     }

@@ -4,8 +4,12 @@ pub mod auth;
 mod devices;
 mod enroll;
 mod ops;
+pub mod policy;
 pub mod problem;
 
+use crate::authz::log::DecisionLog;
+use crate::authz::signed::BundleSigning;
+use crate::authz::PolicyService;
 use crate::clock::SharedClock;
 use crate::ids::TrustDomain;
 use crate::metrics::Metrics;
@@ -81,6 +85,12 @@ pub struct AppInner {
     pub settings: Settings,
     /// Metrics.
     pub metrics: Metrics,
+    /// The policy sets (active and shadow).
+    pub policy: PolicyService,
+    /// The decision log writer.
+    pub decision_log: DecisionLog,
+    /// Signs policy bundles for agents.
+    pub bundle_signing: BundleSigning,
 }
 
 impl AppState {
@@ -106,6 +116,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/devices", get(devices::list_devices))
         .route("/v1/devices/{id}", get(devices::get_device))
         .route("/v1/devices/{id}/revoke", post(devices::revoke_device))
+        .route("/v1/authorize", post(policy::authorize))
+        .route("/v1/policy/status", get(policy::status))
+        .route("/v1/policy/reload", post(policy::reload))
+        .route("/v1/policy/bundle", get(policy::bundle))
+        .route("/v1/policy/decisions", get(policy::decisions))
         .route("/v1/crl", get(ops::crl))
         .route("/v1/trust-bundle", get(ops::trust_bundle))
         .route("/healthz", get(ops::healthz))
@@ -128,6 +143,11 @@ pub fn router(state: AppState) -> Router {
         devices::list_devices,
         devices::get_device,
         devices::revoke_device,
+        policy::authorize,
+        policy::decisions,
+        policy::status,
+        policy::reload,
+        policy::bundle,
         ops::crl,
         ops::trust_bundle,
         ops::healthz,

@@ -101,14 +101,53 @@ pub fn issue_server_certificate(
     now: OffsetDateTime,
     lifetime: Duration,
 ) -> Result<(IssuedCertificate, rcgen::KeyPair), PkiError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(hostnames.to_vec())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "vouch server");
     params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    issue_for_fresh_key(ca, params, now, lifetime)
+}
+
+/// The SPIFFE path of the server's policy bundle signer.
+pub const POLICY_SIGNER_PATH: &str = "vouch/policy-signer";
+
+/// The DER value of the `id-kp-codeSigning` extended key usage OID (1.3.6.1.5.5.7.3.3),
+/// which the policy signer's certificate carries and verifiers require.
+pub const CODE_SIGNING_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
+
+/// Issues a certificate for a fresh key that signs policy bundles: SAN
+/// `spiffe://<trust domain>/vouch/policy-signer`, keyUsage digitalSignature, extendedKeyUsage
+/// codeSigning only (so it cannot serve as a TLS identity). The key stays in memory.
+pub fn issue_policy_signer_certificate(
+    ca: &Authority,
+    trust_domain: &TrustDomain,
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<(IssuedCertificate, rcgen::KeyPair), PkiError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain.as_str());
+    dn.push(DnType::CommonName, "vouch policy signer");
+    params.distinguished_name = dn;
+    let uri = format!("spiffe://{}/{POLICY_SIGNER_PATH}", trust_domain.as_str());
+    params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+    issue_for_fresh_key(ca, params, now, lifetime)
+}
+
+/// Completes `params` as an end-entity certificate (digitalSignature, AKI, a random serial,
+/// backdated `notBefore`) for a fresh P-256 key and signs it with the issuing CA.
+fn issue_for_fresh_key(
+    ca: &Authority,
+    mut params: CertificateParams,
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<(IssuedCertificate, rcgen::KeyPair), PkiError> {
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     let serial =
         crate::ids::Serial::random(&crate::ids::system_rng()).map_err(|_| PkiError::Random)?;

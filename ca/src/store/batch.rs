@@ -31,7 +31,7 @@ pub(super) type EnrollOutcome = Result<Result<(), EnrollRefusal>, StoreError>;
 pub(super) type EnrollRequest = (EnrollJob, oneshot::Sender<EnrollOutcome>);
 
 /// A SQL parameter of one of the types the registry uses.
-enum Param {
+pub(super) enum Param {
     Text(String),
     OptText(Option<String>),
     Int(i64),
@@ -40,13 +40,13 @@ enum Param {
 /// Parameters of one generated statement, with placeholders in order of appearance: `?` for
 /// SQLite (anonymous parameters bind by position; named or numbered ones cost a linear
 /// name lookup each in SQLite, quadratic over a batch) and `$n` for PostgreSQL.
-struct Params {
+pub(super) struct Params {
     backend: Backend,
     values: Vec<Param>,
 }
 
 impl Params {
-    fn new(backend: Backend) -> Self {
+    pub(super) fn new(backend: Backend) -> Self {
         Self {
             backend,
             values: Vec::new(),
@@ -54,7 +54,7 @@ impl Params {
     }
 
     /// Adds a value and returns its placeholder.
-    fn add(&mut self, value: Param) -> String {
+    pub(super) fn add(&mut self, value: Param) -> String {
         self.values.push(value);
         match self.backend {
             Backend::Sqlite => "?".to_owned(),
@@ -63,12 +63,12 @@ impl Params {
     }
 
     /// `(p, p, ...)` for one row of values.
-    fn row(&mut self, values: impl IntoIterator<Item = Param>) -> String {
+    pub(super) fn row(&mut self, values: impl IntoIterator<Item = Param>) -> String {
         let placeholders: Vec<String> = values.into_iter().map(|v| self.add(v)).collect();
         format!("({})", placeholders.join(", "))
     }
 
-    fn bind<'q>(
+    pub(super) fn bind<'q>(
         self,
         mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {

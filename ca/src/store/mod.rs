@@ -12,6 +12,8 @@ mod audit;
 mod batch;
 mod crl;
 pub use crl::StoredCrl;
+mod decisions;
+pub use decisions::{DecisionFilter, DecisionRecord, NewDecision, ShadowOutcome};
 mod devices;
 mod enrollment;
 
@@ -191,6 +193,21 @@ impl Registry {
             used_tokens: one("SELECT COUNT(*) FROM bootstrap_tokens WHERE used_at IS NOT NULL")
                 .await?,
         })
+    }
+
+    /// Appends an audit record in a transaction of its own (for changes that live outside
+    /// the registry's tables, such as a new policy set).
+    pub async fn audit(
+        &self,
+        at: i64,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        audit::append(&mut tx, at, actor, action, subject, detail).await?;
+        tx.commit().await
     }
 
     /// Closes the pool.

@@ -11,6 +11,7 @@
 mod conformance;
 mod enroll;
 mod hostile;
+mod policy;
 mod processes;
 mod renew_revoke;
 mod roles;

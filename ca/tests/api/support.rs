@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use tempfile::TempDir;
 use vouch_ca::api::Settings;
-use vouch_ca::app::{self, RunningServer, ServeConfig};
+use vouch_ca::app::{self, PolicyConfig, RunningServer, ServeConfig};
 use vouch_ca::clock::ManualClock;
 use vouch_ca::datadir::{DataDir, DataFile};
 use vouch_ca::ids::TrustDomain;
@@ -77,6 +77,15 @@ pub async fn spawn_app(db: Db) -> TestApp {
 }
 
 pub async fn spawn_app_with(db: Db, settings: Settings) -> TestApp {
+    spawn_app_full(db, settings, PolicyConfig::default()).await
+}
+
+/// A server with policy directories.
+pub async fn spawn_app_with_policies(db: Db, policy: PolicyConfig) -> TestApp {
+    spawn_app_full(db, settings(), policy).await
+}
+
+pub async fn spawn_app_full(db: Db, settings: Settings, policy: PolicyConfig) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = DataDir::new(dir.path().join("data"));
     let td = TrustDomain::parse(TRUST_DOMAIN).unwrap();
@@ -94,6 +103,7 @@ pub async fn spawn_app_with(db: Db, settings: Settings) -> TestApp {
         hostnames: vec!["localhost".into(), "127.0.0.1".into()],
         max_connections: 8,
         settings,
+        policy,
     };
     let server = app::start(&config, Arc::new(clock.clone())).await.unwrap();
     let base = format!("https://127.0.0.1:{}", server.addr.port());

@@ -1,0 +1,212 @@
+//! The policy decision log: one append-only row per decision the server answers, written in
+//! batches by the decision log writer (`authz::log`). The schema refuses updates and deletes.
+
+use super::batch::{Param, Params};
+use super::{col, Registry, StoreError};
+use sqlx::any::AnyRow;
+
+/// What the candidate (shadow) policy set decided beside the active one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct ShadowOutcome {
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// The candidate policies that decided it.
+    pub policies: Vec<String>,
+    /// The candidate set's version.
+    pub policy_version: String,
+}
+
+/// A decision to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDecision {
+    /// When (Unix seconds).
+    pub at: i64,
+    /// Who asked: `operator:<sub>` or `device:<id>`.
+    pub caller: String,
+    /// The principal (a Cedar entity uid, e.g. `Device::"..."`).
+    pub principal: String,
+    /// The action name.
+    pub action: String,
+    /// The resource (a Cedar entity uid).
+    pub resource: String,
+    /// The request context, JSON text.
+    pub context: String,
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// The policies that decided it.
+    pub policies: Vec<String>,
+    /// Evaluation errors.
+    pub errors: Vec<String>,
+    /// The active policy set's version.
+    pub policy_version: String,
+    /// The candidate set's outcome, in shadow mode.
+    pub shadow: Option<ShadowOutcome>,
+}
+
+/// A logged decision.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DecisionRecord {
+    /// Sequence number (increasing).
+    pub id: i64,
+    /// When (Unix seconds).
+    pub at: i64,
+    /// Who asked.
+    pub caller: String,
+    /// The principal.
+    pub principal: String,
+    /// The action.
+    pub action: String,
+    /// The resource.
+    pub resource: String,
+    /// The request context (JSON).
+    #[schema(value_type = Object)]
+    pub context: serde_json::Value,
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// The policies that decided it.
+    pub policies: Vec<String>,
+    /// Evaluation errors.
+    pub errors: Vec<String>,
+    /// The active policy set's version.
+    pub policy_version: String,
+    /// The candidate set's outcome, in shadow mode.
+    pub shadow: Option<ShadowOutcome>,
+}
+
+/// Which decisions to read, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionFilter {
+    /// Only this principal (entity uid).
+    pub principal: Option<String>,
+    /// Only decisions where the shadow set decided otherwise.
+    pub shadow_differs: bool,
+    /// Only ids below this one (the cursor of the previous page).
+    pub before: Option<i64>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// Columns of one row, in insert order.
+const COLUMNS: &str = "at, caller, principal, action, resource, context, decision, policies, \
+    errors, policy_version, shadow_decision, shadow_policies, shadow_version";
+
+fn json_list(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
+}
+
+fn decode_list(text: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn record_from_row(row: &AnyRow) -> Result<DecisionRecord, StoreError> {
+    let context: String = col(row, "context")?;
+    let policies: String = col(row, "policies")?;
+    let errors: String = col(row, "errors")?;
+    let shadow_decision: Option<String> = col(row, "shadow_decision")?;
+    let shadow_policies: Option<String> = col(row, "shadow_policies")?;
+    let shadow_version: Option<String> = col(row, "shadow_version")?;
+    let shadow = match (shadow_decision, shadow_policies, shadow_version) {
+        (Some(decision), Some(policies), Some(policy_version)) => Some(ShadowOutcome {
+            decision,
+            policies: decode_list(&policies)?,
+            policy_version,
+        }),
+        _ => None,
+    };
+    Ok(DecisionRecord {
+        id: col(row, "id")?,
+        at: col(row, "at")?,
+        caller: col(row, "caller")?,
+        principal: col(row, "principal")?,
+        action: col(row, "action")?,
+        resource: col(row, "resource")?,
+        context: serde_json::from_str(&context).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        decision: col(row, "decision")?,
+        policies: decode_list(&policies)?,
+        errors: decode_list(&errors)?,
+        policy_version: col(row, "policy_version")?,
+        shadow,
+    })
+}
+
+impl Registry {
+    /// Appends `decisions` in one transaction (one multi-row statement per chunk): all or
+    /// none are written.
+    pub async fn append_decisions(&self, decisions: &[NewDecision]) -> Result<(), StoreError> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        // 13 parameters a row; 200 rows stay far below both backends' parameter limits.
+        for chunk in decisions.chunks(200) {
+            let mut p = Params::new(self.backend);
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|d| {
+                    let shadow = d.shadow.as_ref();
+                    p.row([
+                        Param::Int(d.at),
+                        Param::Text(d.caller.clone()),
+                        Param::Text(d.principal.clone()),
+                        Param::Text(d.action.clone()),
+                        Param::Text(d.resource.clone()),
+                        Param::Text(d.context.clone()),
+                        Param::Text(d.decision.clone()),
+                        Param::Text(json_list(&d.policies)),
+                        Param::Text(json_list(&d.errors)),
+                        Param::Text(d.policy_version.clone()),
+                        Param::OptText(shadow.map(|s| s.decision.clone())),
+                        Param::OptText(shadow.map(|s| json_list(&s.policies))),
+                        Param::OptText(shadow.map(|s| s.policy_version.clone())),
+                    ])
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO decision_log ({COLUMNS}) VALUES {}",
+                rows.join(", ")
+            );
+            p.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Logged decisions matching `filter`, newest first.
+    pub async fn decisions(
+        &self,
+        filter: &DecisionFilter,
+    ) -> Result<Vec<DecisionRecord>, StoreError> {
+        let mut p = Params::new(self.backend);
+        let mut clauses = Vec::new();
+        if let Some(principal) = &filter.principal {
+            clauses.push(format!(
+                "principal = {}",
+                p.add(Param::Text(principal.clone()))
+            ));
+        }
+        if filter.shadow_differs {
+            clauses.push("shadow_decision IS NOT NULL AND shadow_decision <> decision".into());
+        }
+        if let Some(before) = filter.before {
+            clauses.push(format!("id < {}", p.add(Param::Int(before))));
+        }
+        let predicate = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let limit = p.add(Param::Int(filter.limit));
+        let sql = format!(
+            "SELECT id, {COLUMNS} FROM decision_log {predicate} ORDER BY id DESC LIMIT {limit}"
+        );
+        let rows = p.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// Number of logged decisions.
+    pub async fn decision_count(&self) -> Result<i64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM decision_log")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+}
