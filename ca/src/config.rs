@@ -338,6 +338,21 @@ mod tests {
     }
 
     #[test]
+    fn policy_options_are_checked() {
+        let errors = serve(&["--policy-poll", "1ms", "--policy-shadow-dir", "x"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let (config, _) = serve(&["--policy-dir", "p", "--policy-poll", "0s"])
+            .validate()
+            .unwrap();
+        assert_eq!(config.policy.poll, None);
+        let (config, _) = serve(&[]).validate().unwrap();
+        assert_eq!(config.policy.poll, Some(std::time::Duration::from_secs(5)));
+        assert!(config.policy.dir.is_none());
+    }
+
+    #[test]
     fn defaults_are_valid() {
         let (config, td) = serve(&[]).validate().unwrap();
         assert_eq!(config.settings.cert_lifetime_secs, 24 * 3600);

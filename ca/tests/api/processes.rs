@@ -1,5 +1,5 @@
 //! Tests of the real `vouch` binary: two replicas on one PostgreSQL (acceptance 6), key files
-//! and logs (acceptance 7), and configuration errors.
+//! and logs (acceptance 7), configuration errors, and policy reload on SIGHUP.
 
 use crate::support::*;
 use reqwest::StatusCode;
@@ -493,5 +493,83 @@ fn policy_check_and_test_commands() {
             String::from_utf8_lossy(&out.stderr).contains("policies/bad.cedar:2:23:"),
             "{out:?}"
         );
+    }
+}
+
+/// A copy of the example policy repository.
+fn example_policies() -> tempfile::TempDir {
+    let example = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["", "policies"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for e in std::fs::read_dir(example.join(sub)).unwrap().flatten() {
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), dir.path().join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+#[tokio::test]
+async fn sighup_reloads_policies_and_a_broken_directory_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let policies = example_policies();
+    let policy_dir = policies.path().to_str().unwrap();
+
+    // A directory that does not load: the server does not start, and says where.
+    std::fs::write(policies.path().join("policies/bad.cedar"), "permit (\n").unwrap();
+    let out = Command::new(VOUCH)
+        .args(["serve", "--data-dir", data.to_str().unwrap()])
+        .args(["--trust-domain", "fleet.example", "--listen", "127.0.0.1:0"])
+        .args(["--policy-dir", policy_dir])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("policies/bad.cedar:"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    std::fs::remove_file(policies.path().join("policies/bad.cedar")).unwrap();
+
+    let server = start_server(
+        &data,
+        &["--policy-dir", policy_dir, "--policy-poll", "0s"],
+        Stdio::null(),
+        "info",
+    );
+    let admin = admin_token(&data, "auditor");
+    let client = client_for(&std::fs::read(data.join("root.pem")).unwrap(), None);
+    let version = || async {
+        let r = client
+            .get(format!("{}/v1/policy/status", server.base))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let s: Value = r.json().await.unwrap();
+        s["active"]["version"]["id"].as_str().unwrap().to_owned()
+    };
+    let first = version().await;
+    std::fs::write(
+        policies.path().join("policies/extra.cedar"),
+        "@id(\"extra\")\nforbid (principal, action, resource) when { context.size > 1000000 };\n",
+    )
+    .unwrap();
+    // The watcher is off: nothing changes until the signal.
+    assert_eq!(version().await, first);
+    let kill = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while version().await == first {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
