@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine as root: installs what the tests use
-# (openssl for interoperability checks, PostgreSQL), starts PostgreSQL, then checks
+# (openssl for interoperability checks, git for policy repositories, swtpm and tpm2-tools for
+# the attestation tests, PostgreSQL), starts PostgreSQL, then checks
 # formatting and lints, smoke-runs the benchmark and the fuzz targets, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v git >/dev/null || need+=(git)
+command -v swtpm >/dev/null || need+=(swtpm swtpm-tools)
+command -v tpm2_quote >/dev/null || need+=(tpm2-tools)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     apt-get update -qq

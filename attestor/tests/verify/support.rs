@@ -1,0 +1,228 @@
+//! `SoftwareTpm`: a fresh swtpm per test on its own loopback ports, driven with tpm2-tools
+//! (TCTI `swtpm:`). swtpm has no resource manager, so every command is followed by a flush of
+//! transient objects and sessions.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::Command;
+use tempfile::TempDir;
+use vouch_attestor::eventlog::{self, Event};
+use vouch_attestor::tpm::{self, Public};
+
+pub struct SoftwareTpm {
+    dir: TempDir,
+    port: u16,
+}
+
+/// Two consecutive free loopback ports (server and control).
+fn free_port_pair() -> u16 {
+    for _ in 0..50 {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair");
+}
+
+impl SoftwareTpm {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = free_port_pair();
+            let d = dir.path().display().to_string();
+            let status = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={d}"))
+                .args([
+                    "--server",
+                    &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
+                ])
+                .args([
+                    "--ctrl",
+                    &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1),
+                ])
+                .args(["--flags", "not-need-init,startup-clear"])
+                .args(["--pid", &format!("file={d}/swtpm.pid")])
+                .args(["--log", &format!("file={d}/swtpm.log")])
+                .arg("-d")
+                .status()
+                .expect("swtpm is installed (tests/run.sh installs it)");
+            if status.success() {
+                return Self { dir, port };
+            }
+        }
+        panic!("swtpm did not start");
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs a tpm2-tools command; panics with its stderr if it fails.
+    pub fn tool(&self, args: &[&str]) -> Vec<u8> {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.flush();
+        out.stdout
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let (cmd, rest) = args.split_first().unwrap();
+        Command::new(cmd)
+            .args(rest)
+            .current_dir(self.dir.path())
+            .env(
+                "TPM2TOOLS_TCTI",
+                format!("swtpm:host=127.0.0.1,port={}", self.port),
+            )
+            .env("TSS2_LOG", "all+NONE")
+            .output()
+            .expect("tpm2-tools are installed (tests/run.sh installs them)")
+    }
+
+    fn flush(&self) {
+        for kind in ["-t", "-s"] {
+            let _ = self.run(&["tpm2_flushcontext", kind]);
+        }
+    }
+
+    /// Creates the RSA EK and an ECC P-256 ECDSA AK under it; returns both public areas.
+    pub fn create_ek_ak(&self) -> (Public, Public) {
+        self.tool(&["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
+        self.tool(&[
+            "tpm2_createak",
+            "-C",
+            "ek.ctx",
+            "-c",
+            "ak.ctx",
+            "-G",
+            "ecc",
+            "-s",
+            "ecdsa",
+            "-g",
+            "sha256",
+            "-u",
+            "ak.pub",
+            "-n",
+            "ak.name",
+            "-f",
+            "tss",
+        ]);
+        let ek = Public::parse_sized(&std::fs::read(self.path("ek.pub")).unwrap()).unwrap();
+        let ak = Public::parse_sized(&std::fs::read(self.path("ak.pub")).unwrap()).unwrap();
+        assert_eq!(std::fs::read(self.path("ak.name")).unwrap(), ak.name());
+        (ek, ak)
+    }
+
+    pub fn extend(&self, pcr: u8, digest: &[u8; 32]) {
+        self.tool(&[
+            "tpm2_pcrextend",
+            &format!("{pcr}:sha256={}", hex::encode(digest)),
+        ]);
+    }
+
+    /// Quotes `pcrs` (SHA-256 bank) with `nonce`; returns (attest, signature, PCR values).
+    pub fn quote(&self, nonce: &[u8], pcrs: &[u8]) -> (Vec<u8>, Vec<u8>, BTreeMap<u8, [u8; 32]>) {
+        let list: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+        let selection = format!("sha256:{}", list.join(","));
+        self.tool(&[
+            "tpm2_quote",
+            "-c",
+            "ak.ctx",
+            "-l",
+            &selection,
+            "-q",
+            &hex::encode(nonce),
+            "-m",
+            "quote.msg",
+            "-s",
+            "quote.sig",
+            "-g",
+            "sha256",
+        ]);
+        self.tool(&["tpm2_pcrread", &selection, "-o", "pcrs.bin"]);
+        let raw = std::fs::read(self.path("pcrs.bin")).unwrap();
+        assert_eq!(raw.len(), 32 * pcrs.len());
+        let mut sorted = pcrs.to_vec();
+        sorted.sort_unstable();
+        let values = sorted
+            .iter()
+            .zip(raw.chunks(32))
+            .map(|(p, v)| (*p, <[u8; 32]>::try_from(v).unwrap()))
+            .collect();
+        (
+            std::fs::read(self.path("quote.msg")).unwrap(),
+            std::fs::read(self.path("quote.sig")).unwrap(),
+            values,
+        )
+    }
+}
+
+impl Drop for SoftwareTpm {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.path("swtpm.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
+    out
+}
+
+/// The PCRs a device class quotes: boot PCRs 0-7 and the configuration in PCR 8.
+pub const QUOTED: [u8; 9] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+
+/// The events of a measured boot of `firmware` with `config`.
+pub fn boot_events(firmware: &str, config: &str) -> Vec<Event> {
+    let mut events: Vec<Event> = (0..8u8)
+        .map(|pcr| {
+            let data = format!("{firmware} stage {pcr}").into_bytes();
+            Event {
+                pcr,
+                event_type: eventlog::EV_POST_CODE,
+                sha256: Some(sha256(&data)),
+                data,
+            }
+        })
+        .collect();
+    let data = format!("config {config}").into_bytes();
+    events.push(Event {
+        pcr: 8,
+        event_type: eventlog::EV_EVENT_TAG,
+        sha256: Some(sha256(&data)),
+        data,
+    });
+    events
+}
+
+/// Extends the TPM with `events` (as firmware would) and returns the event log.
+pub fn measure(tpm: &SoftwareTpm, events: &[Event]) -> Vec<u8> {
+    for e in events {
+        if let Some(d) = &e.sha256 {
+            tpm.extend(e.pcr, d);
+        }
+    }
+    eventlog::write_log(events)
+}
+
+/// The reference PCR values of a boot of `firmware` with `config`.
+pub fn expected_pcrs(firmware: &str, config: &str) -> BTreeMap<u8, [u8; 32]> {
+    eventlog::EventLog::parse(&eventlog::write_log(&boot_events(firmware, config)))
+        .unwrap()
+        .replay()
+        .unwrap()
+}
+
+/// The EK's qualified name: the AK's parent.
+pub fn ek_qualified_name(ek: &Public) -> Vec<u8> {
+    tpm::qualified_name(&tpm::RH_ENDORSEMENT, &ek.name())
+}
