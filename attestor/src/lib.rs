@@ -1,6 +1,7 @@
 //! Vouch attestor: the verifier side of TPM 2.0 remote attestation, in pure Rust (no
 //! tss-esapi, no libtss2), so the server builds and runs without a TPM.
 //!
+//! - [`credential`]: MakeCredential in software, for credential activation at enrollment.
 //! - [`tpm`]: strict parsers for `TPMS_ATTEST`, `TPMT_SIGNATURE`, `TPMT_PUBLIC` and PCR
 //!   selections, and object names.
 //! - [`eventlog`]: the TCG PC Client crypto-agile event log, and its replay.
@@ -12,6 +13,7 @@
 //! length and count read from the wire is bounded before use ([`wire`]).
 #![forbid(unsafe_code)]
 
+pub mod credential;
 pub mod eventlog;
 pub mod quote;
 pub mod reference;

@@ -298,6 +298,9 @@ pub struct Public {
     pub attributes: u32,
     /// The signing scheme the key is bound to (`TPM_ALG_NULL` if none).
     pub scheme: u16,
+    /// The symmetric algorithm of a storage key (algorithm, key bits, mode), e.g. the EK's
+    /// AES-128-CFB; `None` for signing keys.
+    pub symmetric: Option<(u16, u16, u16)>,
     /// The key.
     pub key: PublicKey,
     /// The structure as it was on the wire: what the name hashes.
@@ -312,12 +315,17 @@ fn scheme_with_hash(r: &mut Reader<'_>, what: &'static str) -> Result<u16, Parse
     Ok(scheme)
 }
 
-fn symmetric(r: &mut Reader<'_>) -> Result<(), ParseError> {
-    if r.u16_be("symmetric algorithm")? != ALG_NULL {
-        r.u16_be("symmetric key bits")?;
-        r.u16_be("symmetric mode")?;
+/// A `TPMT_SYM_DEF_OBJECT`: `None` for `TPM_ALG_NULL`, else (algorithm, key bits, mode).
+fn symmetric(r: &mut Reader<'_>) -> Result<Option<(u16, u16, u16)>, ParseError> {
+    let alg = r.u16_be("symmetric algorithm")?;
+    if alg == ALG_NULL {
+        return Ok(None);
     }
-    Ok(())
+    Ok(Some((
+        alg,
+        r.u16_be("symmetric key bits")?,
+        r.u16_be("symmetric mode")?,
+    )))
 }
 
 fn pad32(v: &[u8], what: &'static str) -> Result<[u8; 32], ParseError> {
@@ -355,9 +363,9 @@ impl Public {
         }
         let attributes = r.u32_be("object attributes")?;
         r.tpm2b(MAX_DIGEST, "auth policy")?;
-        let (scheme, key) = match kind {
+        let (symmetric, scheme, key) = match kind {
             ALG_ECC => {
-                symmetric(&mut r)?;
+                let symmetric = symmetric(&mut r)?;
                 let scheme = scheme_with_hash(&mut r, "ecc scheme")?;
                 let curve = r.u16_be("ecc curve")?;
                 if curve != ECC_NIST_P256 {
@@ -369,10 +377,10 @@ impl Public {
                 scheme_with_hash(&mut r, "ecc kdf")?;
                 let x = pad32(r.tpm2b(66, "ecc x")?, "ecc x")?;
                 let y = pad32(r.tpm2b(66, "ecc y")?, "ecc y")?;
-                (scheme, PublicKey::EccP256 { x, y })
+                (symmetric, scheme, PublicKey::EccP256 { x, y })
             }
             ALG_RSA => {
-                symmetric(&mut r)?;
+                let symmetric = symmetric(&mut r)?;
                 let scheme = scheme_with_hash(&mut r, "rsa scheme")?;
                 let bits = r.u16_be("rsa key bits")?;
                 if !(2048..=4096).contains(&bits) {
@@ -392,7 +400,7 @@ impl Public {
                         value: modulus.len() as u32,
                     });
                 }
-                (scheme, PublicKey::Rsa { modulus, exponent })
+                (symmetric, scheme, PublicKey::Rsa { modulus, exponent })
             }
             other => {
                 return Err(ParseError::Unsupported {
@@ -406,6 +414,7 @@ impl Public {
             name_alg,
             attributes,
             scheme,
+            symmetric,
             key,
             raw: bytes.to_vec(),
         })

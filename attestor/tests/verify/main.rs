@@ -7,6 +7,7 @@
     clippy::indexing_slicing
 )]
 
+mod credential;
 mod hostile;
 mod support;
 mod swtpm;

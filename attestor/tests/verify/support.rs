@@ -72,6 +72,61 @@ impl SoftwareTpm {
         out.stdout
     }
 
+    /// Runs tpm2-tools commands that share a session, flushing only after the last.
+    pub fn tools_in_session(&self, commands: &[&[&str]]) -> Result<(), String> {
+        let mut result = Ok(());
+        for args in commands {
+            let out = self.run(args);
+            if !out.status.success() {
+                result = Err(format!(
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+                break;
+            }
+        }
+        self.flush();
+        result
+    }
+
+    /// Activates a credential made for this TPM's AK under its EK (the device's side of
+    /// enrollment); returns the recovered secret.
+    pub fn activate_credential(
+        &self,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        // tpm2-tools' credential file: magic 0xBADCC0DE, version 1, then both TPM2Bs.
+        let mut file = 0xBADC_C0DEu32.to_be_bytes().to_vec();
+        file.extend_from_slice(&1u32.to_be_bytes());
+        file.extend_from_slice(id_object);
+        file.extend_from_slice(encrypted_secret);
+        std::fs::write(self.path("cred.in"), file).unwrap();
+        self.tools_in_session(&[
+            &[
+                "tpm2_startauthsession",
+                "--policy-session",
+                "-S",
+                "session.ctx",
+            ],
+            &["tpm2_policysecret", "-S", "session.ctx", "-c", "e"],
+            &[
+                "tpm2_activatecredential",
+                "-c",
+                "ak.ctx",
+                "-C",
+                "ek.ctx",
+                "-i",
+                "cred.in",
+                "-o",
+                "cred.out",
+                "-P",
+                "session:session.ctx",
+            ],
+        ])?;
+        Ok(std::fs::read(self.path("cred.out")).unwrap())
+    }
+
     fn run(&self, args: &[&str]) -> std::process::Output {
         let (cmd, rest) = args.split_first().unwrap();
         Command::new(cmd)
