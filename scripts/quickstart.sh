@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Quick start: build `vouch`, start it on the embedded SQLite registry, and take one device
-# through its life: bootstrap token, CA pinning, enrollment by CSR, openssl verification,
-# renewal over mTLS, revocation and the CRL. Prints every step. Leaves nothing running.
+# Quick start: build `vouch`, start it on the embedded SQLite registry with the example policy
+# repository, and take one device through its life: bootstrap token, CA pinning, enrollment by
+# CSR, openssl verification, renewal over mTLS, policy decisions, revocation and the CRL.
+# Prints every step. Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
@@ -20,14 +21,16 @@ step "build vouch (release)"
 cargo build --release --bin vouch
 VOUCH=$PWD/target/release/vouch
 
+POLICIES=$PWD/examples/policies
 WORK=$(mktemp -d)
 DATA=$WORK/data
 cd "$WORK"
 cleanup() { [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-step "start the server: new CA for trust domain fleet.example, SQLite registry in $DATA"
+step "start the server: new CA for trust domain fleet.example, SQLite registry in $DATA, policies from examples/policies"
 "$VOUCH" serve --data-dir "$DATA" --trust-domain fleet.example --listen 127.0.0.1:0 \
+    --policy-dir "$POLICIES" \
     > server.out 2> server.log &
 SERVER_PID=$!
 for _ in $(seq 1 100); do grep -q '^listening on ' server.out 2>/dev/null && break; sleep 0.1; done
@@ -42,9 +45,9 @@ step "operator: mint an admin token from the data directory"
 ADMIN=$("$VOUCH" admin-token --data-dir "$DATA" --role admin --ttl 15m --subject quickstart)
 echo "${ADMIN:0:24}..."
 
-step "operator: create a one-time bootstrap token for zone factory-1"
+step "operator: create a one-time bootstrap token for zone sensors"
 curl -sS --fail-with-body --cacert "$DATA/root.pem" -H "Authorization: Bearer $ADMIN" \
-    -H 'content-type: application/json' -d '{"zone":"factory-1","labels":{"line":"a"},"device_class":"sensor"}' \
+    -H 'content-type: application/json' -d '{"zone":"sensors","labels":{"line":"a"},"device_class":"sensor"}' \
     "$URL/v1/bootstrap-tokens" > token.json
 jq '{token_id, expires_at, ca_sha256}' token.json
 TOKEN=$(jq -r .token token.json)
@@ -86,8 +89,29 @@ jq -n --rawfile csr renew.csr '{csr_pem: $csr}' |
     -H 'content-type: application/json' -d @- "$URL/v1/renew" > renew.json
 jq '{device_id, serial, not_after}' renew.json
 
-step "operator: revoke the device"
+step "a gateway in zone edge enrolls with a server-generated key"
+curl -sS --fail-with-body --cacert bundle.pem -H "Authorization: Bearer $ADMIN" \
+    -H 'content-type: application/json' -d '{"zone":"edge","device_class":"gateway"}' \
+    "$URL/v1/bootstrap-tokens" | jq '{token, generate_key: true}' |
+    curl -sS --fail-with-body --cacert bundle.pem -H 'content-type: application/json' -d @- \
+    "$URL/v1/enroll" > gateway.json
+GATEWAY=$(jq -r .device_id gateway.json)
 DEVICE=$(jq -r .device_id enroll.json)
+jq '{device_id, zone}' gateway.json
+
+ask() { # $1 protocol, $2 tls: the sensor asks, over mTLS, whether it may send telemetry
+    jq -n --arg p "$DEVICE" --arg g "$GATEWAY" --arg proto "$1" --argjson tls "$2" \
+        '{principal: $p, action: "send", resource: {device: $g},
+          context: {data_type: "telemetry", protocol: $proto, tls: $tls, mtls: $tls, size: 256}}' |
+        curl -sS --cacert bundle.pem --cert device-chain.pem --key device.key \
+        -H 'content-type: application/json' -d @- "$URL/v1/authorize" | jq -c .
+}
+step "policy: may the sensor send telemetry to the gateway over mqtt? (allowed by sensor-to-gateway)"
+ask mqtt false
+step "policy: ... over https? (denied: not a protocol of its zone; nothing permits it)"
+ask https true
+
+step "operator: revoke the device"
 curl -sS --fail-with-body --cacert bundle.pem -H "Authorization: Bearer $ADMIN" \
     -H 'content-type: application/json' -d '{"reason":"quickstart"}' \
     "$URL/v1/devices/$DEVICE/revoke" | jq .
@@ -95,6 +119,17 @@ curl -sS --fail-with-body --cacert bundle.pem -H "Authorization: Bearer $ADMIN" 
 step "the CRL lists both certificates (openssl crl)"
 curl -sS --fail-with-body --cacert bundle.pem "$URL/v1/crl" > crl.der
 openssl crl -inform DER -in crl.der -CAfile chain.pem -noout -text 2>&1 | grep -E -A1 "verify|CRL Number|Serial Number" | grep -v "^--"
+
+step "policy: the revoked sensor is denied by the quarantine rule (operator asks)"
+jq -n --arg p "$DEVICE" --arg g "$GATEWAY" \
+    '{principal: $p, action: "send", resource: {device: $g},
+      context: {data_type: "telemetry", protocol: "mqtt", tls: false, mtls: false, size: 256}}' |
+    curl -sS --fail-with-body --cacert bundle.pem -H "Authorization: Bearer $ADMIN" \
+    -H 'content-type: application/json' -d @- "$URL/v1/authorize" | jq -c .
+
+step "the decision log holds all three decisions"
+curl -sS --fail-with-body --cacert bundle.pem -H "Authorization: Bearer $ADMIN" \
+    "$URL/v1/policy/decisions" | jq -c '.decisions[] | {id, caller, decision, policies, policy_version}'
 
 step "a revoked device cannot renew"
 jq -n --rawfile csr renew.csr '{csr_pem: $csr}' |
