@@ -28,6 +28,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== benchmark smoke runs (exit non-zero if an enrollment fails or indexed and full decisions differ)"
 VOUCH_BENCH_N=500 cargo bench -p vouch-ca --bench enroll
 VOUCH_BENCH_QUICK=1 cargo bench -p vouch-policy --bench decide
+VOUCH_BENCH_DEVICES=10000 cargo bench -p vouch-ca --bench sweep
 echo "== fuzz targets, briefly"
 bash tests/fuzz-smoke.sh
 echo "== cargo test"

@@ -130,6 +130,7 @@ fn main() {
             max_connections: 8,
             settings: Settings::default(),
             policy: Default::default(),
+            sweep_every: std::time::Duration::from_secs(3600),
         };
         let server = app::start(&config, Arc::new(SystemClock)).await.unwrap();
         let base = format!("https://127.0.0.1:{}", server.addr.port());

@@ -214,6 +214,8 @@ pub struct ServeConfig {
     pub settings: Settings,
     /// Policy directories.
     pub policy: PolicyConfig,
+    /// How often to try the stale sweep.
+    pub sweep_every: std::time::Duration,
 }
 
 /// Where policies come from.
@@ -280,6 +282,42 @@ async fn watch_policies(state: AppState, every: std::time::Duration) {
     }
 }
 
+/// Tries the stale sweep every `every`; the database lets one replica sweep each period.
+async fn sweep_stale_devices(state: AppState, every: std::time::Duration, replica: String) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        run_sweep(&state, &replica).await;
+    }
+}
+
+/// One sweep attempt for the current period (also what tests call with an injected clock).
+pub async fn run_sweep(state: &AppState, replica: &str) -> Option<crate::store::SweepOutcome> {
+    let s = &state.settings;
+    match state
+        .registry
+        .sweep_stale(
+            state.clock.unix(),
+            s.attestation_period_secs,
+            s.attestation_grace_secs,
+            replica,
+        )
+        .await
+    {
+        Ok(outcome) => {
+            if let crate::store::SweepOutcome::Ran { period, stale } = outcome {
+                tracing::info!(period, stale, replica, "stale sweep ran");
+            }
+            Some(outcome)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "stale sweep failed; next tick retries");
+            None
+        }
+    }
+}
+
 /// Loads everything, connects the registry, binds the listener and starts serving.
 pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningServer, AppError> {
     let loaded = load(&config.data_dir)?;
@@ -312,6 +350,12 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
     if let (Some(every), true) = (config.policy.poll, state.policy.has_dirs()) {
         tokio::spawn(watch_policies(state.clone(), every));
     }
+    let replica = random_jti(&system_rng()).map_err(|_| AppError::Random)?;
+    tokio::spawn(sweep_stale_devices(
+        state.clone(),
+        config.sweep_every,
+        replica,
+    ));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| AppError::Bind(config.listen, e))?;

@@ -157,6 +157,17 @@ pub struct ServeArgs {
     /// Database connection pool size.
     #[arg(long, default_value_t = 8)]
     pub db_max_connections: u32,
+    /// How often every device attests. A device whose last passing attestation is older
+    /// than the period plus `--attestation-grace` becomes `stale`.
+    #[arg(long, default_value = "30m")]
+    pub attestation_period: String,
+    /// Grace after the attestation period before a silent device is `stale`.
+    #[arg(long, default_value = "5m")]
+    pub attestation_grace: String,
+    /// How often this replica tries the stale sweep; across replicas each period is swept
+    /// once (coordinated through the database).
+    #[arg(long, default_value = "1m")]
+    pub sweep_every: String,
     /// Policy directory (`schema.cedarschema`, `fleet.json`, `policies/*.cedar`), usually a
     /// Git work tree. Loaded at start (the server does not start if it does not load) and
     /// reloaded on change, on SIGHUP and on `POST /v1/policy/reload`. Without it every
@@ -259,7 +270,18 @@ impl ServeArgs {
             },
             crl_url: format!("{public_url}/v1/crl"),
             crl_validity_secs: seconds("crl-validity", &self.crl_validity, &mut errors),
+            attestation_period_secs: seconds(
+                "attestation-period",
+                &self.attestation_period,
+                &mut errors,
+            ),
+            attestation_grace_secs: seconds(
+                "attestation-grace",
+                &self.attestation_grace,
+                &mut errors,
+            ),
         };
+        let sweep_every = seconds("sweep-every", &self.sweep_every, &mut errors);
         if settings.default_token_ttl_secs > settings.max_token_ttl_secs {
             errors.push("--token-ttl must not exceed --max-token-ttl".into());
         }
@@ -294,6 +316,9 @@ impl ServeArgs {
                     hostnames: self.hostnames.clone(),
                     max_connections: self.db_max_connections,
                     settings,
+                    sweep_every: std::time::Duration::from_secs(
+                        u64::try_from(sweep_every).unwrap_or(60),
+                    ),
                     policy: PolicyConfig {
                         dir: self.policy_dir.clone(),
                         shadow_dir: self.policy_shadow_dir.clone(),

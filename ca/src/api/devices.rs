@@ -90,7 +90,7 @@ pub async fn list_devices(
     }))
 }
 
-fn not_found() -> ApiError {
+pub(super) fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "device_not_found",
@@ -98,7 +98,7 @@ fn not_found() -> ApiError {
     )
 }
 
-fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
+pub(super) fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
     DeviceId::parse(raw).ok_or_else(not_found)
 }
 

@@ -362,6 +362,24 @@ async fn renew_inner(
     if device.status != crate::store::DeviceStatus::Active {
         return Err(renew_refused(RenewRefusal::DeviceRevoked));
     }
+    // A device that failed attestation or went silent gets no new certificate.
+    match device.attestation {
+        crate::store::AttestationState::Quarantined => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "device_quarantined",
+                "device is quarantined after a failed attestation; an operator must release it or it must attest again",
+            ))
+        }
+        crate::store::AttestationState::Stale => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "device_stale",
+                "device has not attested within the attestation period; it must attest again",
+            ))
+        }
+        _ => {}
+    }
     let device_id = DeviceId::parse(&device.id)
         .ok_or_else(|| ApiError::internal(&"stored device id does not parse"))?;
     let zone = Zone::parse(&device.zone).map_err(|e| ApiError::internal(&e))?;

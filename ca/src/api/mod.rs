@@ -1,5 +1,6 @@
 //! The provisioning API: routes, shared state and the OpenAPI document.
 
+mod attestation;
 pub mod auth;
 mod devices;
 mod enroll;
@@ -46,6 +47,10 @@ pub struct Settings {
     pub crl_url: String,
     /// Validity of each CRL (nextUpdate - thisUpdate), seconds.
     pub crl_validity_secs: i64,
+    /// How often every device attests, seconds (30 minutes).
+    pub attestation_period_secs: i64,
+    /// How long past the period a device may stay silent before it is stale, seconds.
+    pub attestation_grace_secs: i64,
 }
 
 impl Default for Settings {
@@ -57,6 +62,8 @@ impl Default for Settings {
             clock_skew_secs: 60,
             crl_url: "https://localhost:8443/v1/crl".into(),
             crl_validity_secs: 24 * 3600,
+            attestation_period_secs: 30 * 60,
+            attestation_grace_secs: 5 * 60,
         }
     }
 }
@@ -116,6 +123,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/devices", get(devices::list_devices))
         .route("/v1/devices/{id}", get(devices::get_device))
         .route("/v1/devices/{id}/revoke", post(devices::revoke_device))
+        .route("/v1/devices/{id}/release", post(attestation::release))
+        .route("/v1/devices/{id}/attestations", get(attestation::history))
         .route("/v1/authorize", post(policy::authorize))
         .route("/v1/policy/status", get(policy::status))
         .route("/v1/policy/reload", post(policy::reload))
@@ -143,6 +152,8 @@ pub fn router(state: AppState) -> Router {
         devices::list_devices,
         devices::get_device,
         devices::revoke_device,
+        attestation::release,
+        attestation::history,
         policy::authorize,
         policy::decisions,
         policy::status,
@@ -154,7 +165,7 @@ pub fn router(state: AppState) -> Router {
         ops::readyz,
         ops::metrics,
     ),
-    components(schemas(problem::Problem, crate::store::DeviceRecord, crate::store::DeviceStatus)),
+    components(schemas(problem::Problem, crate::store::DeviceRecord, crate::store::DeviceStatus, crate::store::AttestationState)),
     modifiers(&SecuritySchemes)
 )]
 pub struct ApiDoc;

@@ -6,7 +6,8 @@ use super::problem::{bounded, ApiError, ApiJson};
 use super::AppState;
 use crate::authz::{DecisionRequest, ReloadOutcome, SetStatus};
 use crate::store::{
-    DecisionFilter, DecisionRecord, DeviceRecord, DeviceStatus, NewDecision, ShadowOutcome,
+    AttestationState, DecisionFilter, DecisionRecord, DeviceRecord, DeviceStatus, NewDecision,
+    ShadowOutcome,
 };
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Query, State};
@@ -112,14 +113,21 @@ impl From<&Annotation> for AnnotationView {
 
 /// What the policy model sees of a registered device.
 pub fn facts_of(device: &DeviceRecord) -> DeviceFacts {
+    // Revocation wins; then the attestation finding. A device never attested is `active`
+    // (as far as policy goes) at the `low` trust level of devices enrolled without a TPM.
+    let status = match (device.status, device.attestation) {
+        (DeviceStatus::Revoked, _) => "revoked",
+        (_, AttestationState::Quarantined) => "quarantined",
+        (_, AttestationState::Stale) => "stale",
+        _ => "active",
+    };
     DeviceFacts {
         zone: device.zone.clone(),
-        // Enrollment without a TPM: the lowest trust level (the attestor raises it).
         trust: "low".into(),
         device_class: device.device_class.clone().unwrap_or_default(),
         capabilities: Vec::new(),
-        status: device.status.as_str().into(),
-        last_attested: 0,
+        status: status.into(),
+        last_attested: device.last_attested.unwrap_or(0),
         labels: device.labels.clone(),
     }
 }

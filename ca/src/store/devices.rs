@@ -37,6 +37,45 @@ impl DeviceStatus {
     }
 }
 
+/// A device's attestation health, as the verifier last found it (separate from revocation).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AttestationState {
+    /// Never attested (enrolled without a TPM, or not yet).
+    None,
+    /// The last quote passed, within the period plus grace.
+    Active,
+    /// No passing quote within the period plus grace.
+    Stale,
+    /// The last quote failed; only an operator's release or a passing quote ends it.
+    Quarantined,
+}
+
+impl AttestationState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Active => "active",
+            Self::Stale => "stale",
+            Self::Quarantined => "quarantined",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "none" => Some(Self::None),
+            "active" => Some(Self::Active),
+            "stale" => Some(Self::Stale),
+            "quarantined" => Some(Self::Quarantined),
+            _ => None,
+        }
+    }
+}
+
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DeviceRecord {
@@ -64,6 +103,12 @@ pub struct DeviceRecord {
     pub current_serial: String,
     /// Expiry of the newest certificate (Unix seconds).
     pub current_not_after: i64,
+    /// Attestation health.
+    pub attestation: AttestationState,
+    /// Time of the last passing attestation (Unix seconds), if any.
+    pub last_attested: Option<i64>,
+    /// Why the device is quarantined or stale.
+    pub attestation_reason: Option<String>,
 }
 
 /// Filter and page for [`Registry::list_devices`].
@@ -90,12 +135,14 @@ pub enum RevokeOutcome {
     NotFound,
 }
 
-const DEVICE_COLUMNS: &str = "d.id, d.spiffe_id, d.zone, d.device_class, d.labels, d.status, \
-    d.created_at, d.updated_at, d.revoked_at, d.revocation_reason, d.current_serial, d.current_not_after";
+pub(super) const DEVICE_COLUMNS: &str = "d.id, d.spiffe_id, d.zone, d.device_class, d.labels, d.status, \
+    d.created_at, d.updated_at, d.revoked_at, d.revocation_reason, d.current_serial, d.current_not_after, \
+    d.attestation, d.last_attested, d.attestation_reason";
 
-fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
+pub(super) fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
     let labels: String = col(row, "labels")?;
     let status: String = col(row, "status")?;
+    let attestation: String = col(row, "attestation")?;
     Ok(DeviceRecord {
         id: col(row, "id")?,
         spiffe_id: col(row, "spiffe_id")?,
@@ -110,6 +157,10 @@ fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
         revocation_reason: col(row, "revocation_reason")?,
         current_serial: col(row, "current_serial")?,
         current_not_after: col(row, "current_not_after")?,
+        attestation: AttestationState::parse(&attestation)
+            .ok_or_else(|| StoreError::Corrupt(format!("attestation state `{attestation}`")))?,
+        last_attested: col(row, "last_attested")?,
+        attestation_reason: col(row, "attestation_reason")?,
     })
 }
 

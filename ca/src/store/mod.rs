@@ -8,6 +8,7 @@
 //! so SQLite takes its write lock at once and concurrent writers queue on `busy_timeout`
 //! instead of failing on a stale read snapshot.
 
+mod attestation;
 mod audit;
 mod batch;
 mod crl;
@@ -17,8 +18,9 @@ pub use decisions::{DecisionFilter, DecisionRecord, NewDecision, ShadowOutcome};
 mod devices;
 mod enrollment;
 
+pub use attestation::{AttestationRecord, AttestationResult, SweepOutcome};
 pub use audit::AuditRecord;
-pub use devices::{DeviceFilter, DeviceRecord, DeviceStatus, RevokeOutcome};
+pub use devices::{AttestationState, DeviceFilter, DeviceRecord, DeviceStatus, RevokeOutcome};
 pub use enrollment::{EnrollRefusal, NewBootstrapToken, NewCertificate, NewDevice, RenewRefusal};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};

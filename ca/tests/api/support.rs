@@ -104,6 +104,7 @@ pub async fn spawn_app_full(db: Db, settings: Settings, policy: PolicyConfig) ->
         max_connections: 8,
         settings,
         policy,
+        sweep_every: std::time::Duration::from_secs(3600),
     };
     let server = app::start(&config, Arc::new(clock.clone())).await.unwrap();
     let base = format!("https://127.0.0.1:{}", server.addr.port());

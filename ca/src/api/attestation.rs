@@ -1,0 +1,101 @@
+//! Operators' view of attestation: a device's history of results, and releasing a device
+//! from quarantine (an audited decision).
+
+use super::auth::Operator;
+use super::devices::{device_id, not_found};
+use super::problem::{ApiError, ApiJson};
+use super::AppState;
+use crate::store::{AttestationRecord, DeviceRecord};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+
+/// Most history entries returned.
+pub const HISTORY_LIMIT: i64 = 200;
+
+/// A device's attestation history, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AttestationHistory {
+    /// The device.
+    pub device: DeviceRecord,
+    /// Results and state changes, newest first (at most 200).
+    pub attestations: Vec<AttestationRecord>,
+}
+
+/// The attestation results and state changes of one device.
+#[utoipa::path(get, path = "/v1/devices/{id}/attestations", security(("operator_jwt" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = AttestationHistory), (status = "4XX", body = super::problem::Problem)))]
+pub async fn history(
+    State(state): State<AppState>,
+    _operator: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<AttestationHistory>, ApiError> {
+    let id = device_id(&id)?;
+    let device = state
+        .registry
+        .device(id.as_str())
+        .await?
+        .ok_or_else(not_found)?;
+    let attestations = state
+        .registry
+        .attestation_history(id.as_str(), HISTORY_LIMIT)
+        .await?;
+    Ok(Json(AttestationHistory {
+        device,
+        attestations,
+    }))
+}
+
+/// Body of a release.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// Why the device may return to service (1 to 256 characters; audited).
+    pub reason: String,
+}
+
+/// Releases a quarantined device: it is `active` again until its next attestation says
+/// otherwise. `409 device_not_quarantined` if it is not quarantined.
+#[utoipa::path(post, path = "/v1/devices/{id}/release", request_body = ReleaseRequest,
+    security(("operator_jwt" = [])), params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = DeviceRecord), (status = "4XX", body = super::problem::Problem)))]
+pub async fn release(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ReleaseRequest>,
+) -> Result<Json<DeviceRecord>, ApiError> {
+    operator.require_write()?;
+    let id = device_id(&id)?;
+    let reason = req.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 256 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "reason must be 1 to 256 characters",
+        ));
+    }
+    let now = state.clock.unix();
+    match state
+        .registry
+        .release_device(id.as_str(), reason, &operator.actor(), now)
+        .await?
+    {
+        None => Err(not_found()),
+        Some(false) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "device_not_quarantined",
+            "device is not quarantined",
+        )),
+        Some(true) => {
+            tracing::info!(device_id = %id, by = %operator.actor(), "device released from quarantine");
+            let device = state
+                .registry
+                .device(id.as_str())
+                .await?
+                .ok_or_else(not_found)?;
+            Ok(Json(device))
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Attestation state in the registry: recording results (a pass makes a device `active`, a
+//! failure `quarantined`), the stale sweep that runs once per period across all replicas,
+//! an operator's release from quarantine, and the per-device history. Every change writes
+//! its history row and audit record in the same transaction.
+
+use super::audit::append;
+use super::devices::{device_from_row, DEVICE_COLUMNS};
+use super::{col, DeviceRecord, Registry, StoreError};
+use serde_json::json;
+
+/// The verifier's finding for one quote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttestationResult {
+    /// Every check passed; `reference_set` is the accepted set it met.
+    Pass {
+        /// The accepted reference set.
+        reference_set: String,
+    },
+    /// A check failed (or anything went wrong: fail closed).
+    Fail {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One history entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct AttestationRecord {
+    /// Sequence number.
+    pub id: i64,
+    /// When (Unix seconds).
+    pub at: i64,
+    /// `pass`, `fail`, `stale` (by the sweep) or `released` (by an operator).
+    pub outcome: String,
+    /// Why, in words.
+    pub reason: String,
+    /// The reference set a passing quote met.
+    pub reference_set: Option<String>,
+}
+
+/// What a sweep call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepOutcome {
+    /// This replica ran the period's sweep and marked this many devices stale.
+    Ran {
+        /// The period swept.
+        period: i64,
+        /// Devices now stale.
+        stale: u64,
+    },
+    /// Another replica (or an earlier call) already ran this period's sweep.
+    AlreadyRun {
+        /// The period.
+        period: i64,
+    },
+}
+
+impl Registry {
+    /// Records the result of a verified (or refused) quote for `device_id`. Returns the device
+    /// after the change, or `None` if there is no such device.
+    pub async fn record_attestation(
+        &self,
+        device_id: &str,
+        at: i64,
+        result: &AttestationResult,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let (state, outcome, reason, set, last) = match result {
+            AttestationResult::Pass { reference_set } => (
+                "active",
+                "pass",
+                format!("passed with reference set `{reference_set}`"),
+                Some(reference_set.clone()),
+                Some(at),
+            ),
+            AttestationResult::Fail { reason } => {
+                ("quarantined", "fail", reason.clone(), None, None)
+            }
+        };
+        let changed = sqlx::query(
+            "UPDATE devices SET attestation = $1, \
+             last_attested = COALESCE($2, last_attested), \
+             attestation_reason = $3, updated_at = $4 WHERE id = $5",
+        )
+        .bind(state)
+        .bind(last)
+        .bind(if outcome == "pass" {
+            None
+        } else {
+            Some(reason.clone())
+        })
+        .bind(at)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO attestations (device_id, at, outcome, reason, reference_set) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(device_id)
+        .bind(at)
+        .bind(outcome)
+        .bind(&reason)
+        .bind(&set)
+        .execute(&mut *tx)
+        .await?;
+        let action = if outcome == "pass" {
+            "device.attested"
+        } else {
+            "device.quarantined"
+        };
+        append(
+            &mut tx,
+            at,
+            "attestor",
+            action,
+            device_id,
+            &json!({"reason": reason, "reference_set": set}),
+        )
+        .await?;
+        let device = self.device_in(&mut tx, device_id).await?;
+        tx.commit().await?;
+        Ok(device)
+    }
+
+    async fn device_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        id: &str,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(conn).await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    /// Runs the stale sweep for the period that `now` falls in, unless some replica already
+    /// has: devices whose last passing attestation is older than `period + grace` become
+    /// `stale`. The claim and the sweep are one transaction, so a period is swept exactly
+    /// once across every replica sharing the database.
+    pub async fn sweep_stale(
+        &self,
+        now: i64,
+        period_secs: i64,
+        grace_secs: i64,
+        replica: &str,
+    ) -> Result<SweepOutcome, StoreError> {
+        let period = now.div_euclid(period_secs.max(1));
+        let cutoff = now.saturating_sub(period_secs.saturating_add(grace_secs));
+        let mut tx = self.begin_write().await?;
+        // INVARIANT: the primary key on `period` lets exactly one replica insert this row.
+        let claimed = sqlx::query(
+            "INSERT INTO sweep_claims (period, claimed_by, claimed_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (period) DO NOTHING",
+        )
+        .bind(period)
+        .bind(replica)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed != 1 {
+            tx.rollback().await?;
+            return Ok(SweepOutcome::AlreadyRun { period });
+        }
+        let reason =
+            format!("no passing attestation within {period_secs} s plus {grace_secs} s of grace");
+        sqlx::query(
+            "INSERT INTO attestations (device_id, at, outcome, reason, reference_set) \
+             SELECT id, $1, 'stale', $2, NULL FROM devices \
+             WHERE attestation = 'active' AND last_attested < $3",
+        )
+        .bind(now)
+        .bind(&reason)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        let stale = sqlx::query(
+            "UPDATE devices SET attestation = 'stale', attestation_reason = $1, updated_at = $2 \
+             WHERE attestation = 'active' AND last_attested < $3",
+        )
+        .bind(&reason)
+        .bind(now)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        append(
+            &mut tx,
+            now,
+            &format!("sweep:{replica}"),
+            "attestation.sweep",
+            &period.to_string(),
+            &json!({"stale": stale, "cutoff": cutoff}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SweepOutcome::Ran { period, stale })
+    }
+
+    /// Releases a quarantined device (an operator's decision): it is `active` again until
+    /// its next quote or the sweep says otherwise. `Ok(None)`: no such device;
+    /// `Ok(Some(false))`: the device was not quarantined.
+    pub async fn release_device(
+        &self,
+        device_id: &str,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<Option<bool>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE devices SET attestation = 'active', attestation_reason = NULL, \
+             last_attested = $1, updated_at = $1 WHERE id = $2 AND attestation = 'quarantined'",
+        )
+        .bind(now)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed != 1 {
+            let exists = self.device_in(&mut tx, device_id).await?.is_some();
+            tx.rollback().await?;
+            return Ok(exists.then_some(false));
+        }
+        sqlx::query(
+            "INSERT INTO attestations (device_id, at, outcome, reason, reference_set) \
+             VALUES ($1, $2, 'released', $3, NULL)",
+        )
+        .bind(device_id)
+        .bind(now)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        append(
+            &mut tx,
+            now,
+            actor,
+            "device.released",
+            device_id,
+            &json!({"reason": reason}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(true))
+    }
+
+    /// The newest `limit` history entries of a device, newest first.
+    pub async fn attestation_history(
+        &self,
+        device_id: &str,
+        limit: i64,
+    ) -> Result<Vec<AttestationRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, outcome, reason, reference_set FROM attestations \
+             WHERE device_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(device_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttestationRecord {
+                    id: col(r, "id")?,
+                    at: col(r, "at")?,
+                    outcome: col(r, "outcome")?,
+                    reason: col(r, "reason")?,
+                    reference_set: col(r, "reference_set")?,
+                })
+            })
+            .collect()
+    }
+}
