@@ -189,15 +189,18 @@ impl Registry {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        append(
-            &mut tx,
-            now,
-            &format!("sweep:{replica}"),
-            "attestation.sweep",
-            &period.to_string(),
-            &json!({"stale": stale, "cutoff": cutoff}),
-        )
-        .await?;
+        // The audit log records changes: a sweep that changed nothing leaves only its claim.
+        if stale > 0 {
+            append(
+                &mut tx,
+                now,
+                &format!("sweep:{replica}"),
+                "attestation.sweep",
+                &period.to_string(),
+                &json!({"stale": stale, "cutoff": cutoff}),
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(SweepOutcome::Ran { period, stale })
     }
