@@ -27,23 +27,36 @@ fn boot(firmware: &str, config: &str) -> Device {
     }
 }
 
-fn verify(device: &Device, nonce: &[u8], quoted: &[u8]) -> Result<Verified, VerifyError> {
-    let (attest, signature, values) = device.tpm.quote(nonce, quoted);
+/// A quote as the device sends it: attest, signature, PCR values.
+type Quoted = (Vec<u8>, Vec<u8>, BTreeMap<u8, [u8; 32]>);
+
+/// Verifies `quoted` as if `enrolled` (AK and EK) had been issued `nonce` for PCRs 0-8.
+fn check(
+    enrolled: (&vouch_attestor::tpm::Public, &[u8]),
+    nonce: &[u8],
+    quoted: &Quoted,
+    log: Option<&[u8]>,
+) -> Result<Verified, VerifyError> {
     let selection = PcrSelection::sha256(&QUOTED);
     verify_quote(
         &Expected {
-            ak: &device.ak,
-            parent_qualified_name: &device.ek_qn,
+            ak: enrolled.0,
+            parent_qualified_name: enrolled.1,
             nonce,
             selection: &selection,
         },
         &Evidence {
-            attest: &attest,
-            signature: &signature,
-            pcr_values: &values,
-            event_log: Some(&device.log),
+            attest: &quoted.0,
+            signature: &quoted.1,
+            pcr_values: &quoted.2,
+            event_log: log,
         },
     )
+}
+
+fn verify(device: &Device, nonce: &[u8], quoted: &[u8]) -> Result<Verified, VerifyError> {
+    let q = device.tpm.quote(nonce, quoted);
+    check((&device.ak, &device.ek_qn), nonce, &q, Some(&device.log))
 }
 
 fn references(sets: &[(&str, &str, &str)]) -> ReferenceValues {
@@ -119,103 +132,43 @@ fn an_event_log_that_does_not_replay_is_refused() {
 #[test]
 fn a_replayed_quote_and_a_foreign_nonce_are_refused() {
     let device = boot("fw-1", "cfg-a");
-    let (attest, signature, values) = device.tpm.quote(b"first-nonce", &QUOTED);
-    let selection = PcrSelection::sha256(&QUOTED);
-    let check = |nonce: &[u8]| {
-        verify_quote(
-            &Expected {
-                ak: &device.ak,
-                parent_qualified_name: &device.ek_qn,
-                nonce,
-                selection: &selection,
-            },
-            &Evidence {
-                attest: &attest,
-                signature: &signature,
-                pcr_values: &values,
-                event_log: Some(&device.log),
-            },
-        )
-    };
-    assert!(check(b"first-nonce").is_ok());
+    let me = (&device.ak, device.ek_qn.as_slice());
+    let q = device.tpm.quote(b"first-nonce", &QUOTED);
+    assert!(check(me, b"first-nonce", &q, Some(&device.log)).is_ok());
     // The same quote answering a later challenge.
     assert_eq!(
-        check(b"second-nonce").unwrap_err(),
+        check(me, b"second-nonce", &q, Some(&device.log)).unwrap_err(),
         VerifyError::NonceMismatch
     );
     // A quote made for a nonce issued to another device.
-    let (foreign, foreign_sig, _) = device.tpm.quote(b"other-device-nonce", &QUOTED);
-    let r = verify_quote(
-        &Expected {
-            ak: &device.ak,
-            parent_qualified_name: &device.ek_qn,
-            nonce: b"my-nonce",
-            selection: &selection,
-        },
-        &Evidence {
-            attest: &foreign,
-            signature: &foreign_sig,
-            pcr_values: &values,
-            event_log: None,
-        },
+    let foreign = device.tpm.quote(b"other-device-nonce", &QUOTED);
+    assert_eq!(
+        check(me, b"my-nonce", &foreign, None).unwrap_err(),
+        VerifyError::NonceMismatch
     );
-    assert_eq!(r.unwrap_err(), VerifyError::NonceMismatch);
     // PCR values other than the quoted ones.
-    let mut forged = values.clone();
-    forged.insert(0, [7u8; 32]);
-    let r = verify_quote(
-        &Expected {
-            ak: &device.ak,
-            parent_qualified_name: &device.ek_qn,
-            nonce: b"first-nonce",
-            selection: &selection,
-        },
-        &Evidence {
-            attest: &attest,
-            signature: &signature,
-            pcr_values: &forged,
-            event_log: None,
-        },
+    let mut forged = q.clone();
+    forged.2.insert(0, [7u8; 32]);
+    assert_eq!(
+        check(me, b"first-nonce", &forged, None).unwrap_err(),
+        VerifyError::PcrDigestMismatch
     );
-    assert_eq!(r.unwrap_err(), VerifyError::PcrDigestMismatch);
 }
 
 #[test]
 fn a_quote_signed_by_another_tpm_is_refused() {
     let enrolled = boot("fw-1", "cfg-a");
     let other = boot("fw-1", "cfg-a");
-    let (attest, signature, values) = other.tpm.quote(b"nonce", &QUOTED);
-    let selection = PcrSelection::sha256(&QUOTED);
-    let r = verify_quote(
-        &Expected {
-            ak: &enrolled.ak,
-            parent_qualified_name: &enrolled.ek_qn,
-            nonce: b"nonce",
-            selection: &selection,
-        },
-        &Evidence {
-            attest: &attest,
-            signature: &signature,
-            pcr_values: &values,
-            event_log: Some(&other.log),
-        },
+    let q = other.tpm.quote(b"nonce", &QUOTED);
+    let r = check(
+        (&enrolled.ak, &enrolled.ek_qn),
+        b"nonce",
+        &q,
+        Some(&other.log),
     );
     assert_eq!(r.unwrap_err(), VerifyError::BadSignature);
     // The other TPM's AK under the enrolled EK: the qualified signer gives it away.
-    let r = verify_quote(
-        &Expected {
-            ak: &other.ak,
-            parent_qualified_name: &enrolled.ek_qn,
-            nonce: b"nonce",
-            selection: &selection,
-        },
-        &Evidence {
-            attest: &attest,
-            signature: &signature,
-            pcr_values: &values,
-            event_log: None,
-        },
-    );
+    let r = check((&other.ak, &enrolled.ek_qn), b"nonce", &q, None);
     assert_eq!(r.unwrap_err(), VerifyError::WrongSigner);
 }
 

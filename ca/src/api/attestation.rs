@@ -2,10 +2,10 @@
 //! from quarantine (an audited decision).
 
 use super::auth::Operator;
-use super::devices::{device_id, not_found};
+use super::devices::{audited_reason, device_id, not_found};
 use super::problem::{ApiError, ApiJson};
 use super::AppState;
-use crate::store::{AttestationRecord, DeviceRecord};
+use crate::store::{AttestationRecord, DeviceRecord, ReleaseOutcome};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -68,34 +68,22 @@ pub async fn release(
 ) -> Result<Json<DeviceRecord>, ApiError> {
     operator.require_write()?;
     let id = device_id(&id)?;
-    let reason = req.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 256 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            "reason must be 1 to 256 characters",
-        ));
-    }
+    let reason = audited_reason(&req.reason)?;
     let now = state.clock.unix();
     match state
         .registry
         .release_device(id.as_str(), reason, &operator.actor(), now)
         .await?
     {
-        None => Err(not_found()),
-        Some(false) => Err(ApiError::new(
+        ReleaseOutcome::NotFound => Err(not_found()),
+        ReleaseOutcome::NotQuarantined => Err(ApiError::new(
             StatusCode::CONFLICT,
             "device_not_quarantined",
             "device is not quarantined",
         )),
-        Some(true) => {
+        ReleaseOutcome::Released(device) => {
             tracing::info!(device_id = %id, by = %operator.actor(), "device released from quarantine");
-            let device = state
-                .registry
-                .device(id.as_str())
-                .await?
-                .ok_or_else(not_found)?;
-            Ok(Json(device))
+            Ok(Json(*device))
         }
     }
 }

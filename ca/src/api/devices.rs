@@ -98,6 +98,19 @@ pub(super) fn not_found() -> ApiError {
     )
 }
 
+/// An operator's reason for an audited change: trimmed, 1 to 256 characters.
+pub(super) fn audited_reason(raw: &str) -> Result<&str, ApiError> {
+    let reason = raw.trim();
+    if reason.is_empty() || reason.chars().count() > 256 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "reason must be 1 to 256 characters",
+        ));
+    }
+    Ok(reason)
+}
+
 pub(super) fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
     DeviceId::parse(raw).ok_or_else(not_found)
 }
@@ -149,14 +162,7 @@ pub async fn revoke_device(
 ) -> Result<Json<RevokeResponse>, ApiError> {
     operator.require_write()?;
     let id = device_id(&id)?;
-    let reason = req.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 256 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            "reason must be 1 to 256 characters",
-        ));
-    }
+    let reason = audited_reason(&req.reason)?;
     let now = state.clock.unix();
     let serials = match state
         .registry

@@ -117,33 +117,30 @@ impl BundleSigning {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (signer, cached) = &mut *state;
-        let fresh = signer
-            .as_ref()
-            .is_some_and(|s| unix - s.issued_at < SIGNER_LIFETIME_SECS / 2);
-        if !fresh {
-            let (cert, key) = issue_policy_signer_certificate(
-                ca,
-                trust_domain,
-                now,
-                time::Duration::seconds(SIGNER_LIFETIME_SECS),
-            )?;
-            let b64 = base64::engine::general_purpose::STANDARD;
-            *signer = Some(Signer {
-                key: EncodingKey::from_ec_der(&key.serialize_der()),
-                x5c: vec![b64.encode(&cert.der), b64.encode(ca.issuing_der())],
-                issued_at: unix,
-            });
-            *cached = None;
-        }
+        let (signer_slot, cached) = &mut *state;
+        let signer = match signer_slot {
+            Some(s) if unix - s.issued_at < SIGNER_LIFETIME_SECS / 2 => s,
+            _ => {
+                let (cert, key) = issue_policy_signer_certificate(
+                    ca,
+                    trust_domain,
+                    now,
+                    time::Duration::seconds(SIGNER_LIFETIME_SECS),
+                )?;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                *cached = None;
+                signer_slot.insert(Signer {
+                    key: EncodingKey::from_ec_der(&key.serialize_der()),
+                    x5c: vec![b64.encode(&cert.der), b64.encode(ca.issuing_der())],
+                    issued_at: unix,
+                })
+            }
+        };
         if let Some(c) = cached.as_ref() {
             if c.version == set.version.id && c.content_hash == set.version.content_hash {
                 return Ok(c.jws.clone());
             }
         }
-        let Some(signer) = signer.as_ref() else {
-            return Err(SignError::Pki(PkiError::Random));
-        };
         let claims = BundleClaims {
             iss: BUNDLE_ISSUER.into(),
             iat: unix,

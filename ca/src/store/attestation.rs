@@ -55,6 +55,17 @@ pub enum SweepOutcome {
     },
 }
 
+/// What a release did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// Released; the device as it is now.
+    Released(Box<DeviceRecord>),
+    /// The device is not quarantined; nothing changed.
+    NotQuarantined,
+    /// No such device.
+    NotFound,
+}
+
 impl Registry {
     /// Records the result of a verified (or refused) quote for `device_id`. Returns the device
     /// after the change, or `None` if there is no such device.
@@ -206,15 +217,14 @@ impl Registry {
     }
 
     /// Releases a quarantined device (an operator's decision): it is `active` again until
-    /// its next quote or the sweep says otherwise. `Ok(None)`: no such device;
-    /// `Ok(Some(false))`: the device was not quarantined.
+    /// its next quote or the sweep says otherwise.
     pub async fn release_device(
         &self,
         device_id: &str,
         reason: &str,
         actor: &str,
         now: i64,
-    ) -> Result<Option<bool>, StoreError> {
+    ) -> Result<ReleaseOutcome, StoreError> {
         let mut tx = self.begin_write().await?;
         let changed = sqlx::query(
             "UPDATE devices SET attestation = 'active', attestation_reason = NULL, \
@@ -228,7 +238,11 @@ impl Registry {
         if changed != 1 {
             let exists = self.device_in(&mut tx, device_id).await?.is_some();
             tx.rollback().await?;
-            return Ok(exists.then_some(false));
+            return Ok(if exists {
+                ReleaseOutcome::NotQuarantined
+            } else {
+                ReleaseOutcome::NotFound
+            });
         }
         sqlx::query(
             "INSERT INTO attestations (device_id, at, outcome, reason, reference_set) \
@@ -248,8 +262,11 @@ impl Registry {
             &json!({"reason": reason}),
         )
         .await?;
+        let device = self.device_in(&mut tx, device_id).await?;
         tx.commit().await?;
-        Ok(Some(true))
+        Ok(device.map_or(ReleaseOutcome::NotFound, |d| {
+            ReleaseOutcome::Released(Box::new(d))
+        }))
     }
 
     /// The newest `limit` history entries of a device, newest first.

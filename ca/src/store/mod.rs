@@ -18,7 +18,7 @@ pub use decisions::{DecisionFilter, DecisionRecord, NewDecision, ShadowOutcome};
 mod devices;
 mod enrollment;
 
-pub use attestation::{AttestationRecord, AttestationResult, SweepOutcome};
+pub use attestation::{AttestationRecord, AttestationResult, ReleaseOutcome, SweepOutcome};
 pub use audit::AuditRecord;
 pub use devices::{AttestationState, DeviceFilter, DeviceRecord, DeviceStatus, RevokeOutcome};
 pub use enrollment::{EnrollRefusal, NewBootstrapToken, NewCertificate, NewDevice, RenewRefusal};

@@ -1,0 +1,241 @@
+//! Reloads: a bad set never replaces a good one; a Git commit becomes active without a
+//! restart; a shadow set is evaluated but never enforced.
+
+use super::*;
+use crate::support::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use vouch_ca::app::PolicyConfig;
+use vouch_ca::tokens::Role;
+
+#[tokio::test]
+async fn a_bad_reload_leaves_the_previous_set_active_and_visible() {
+    let repo = copy_example();
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(repo.path())).await;
+    let sensor = app.enroll("sensors").await;
+    let cloud = app.enroll("cloud").await;
+    let before = active_version(&app).await;
+
+    // A syntax error and a schema violation in two files.
+    std::fs::write(
+        repo.path().join("policies/broken.cedar"),
+        "permit (principal, action, resource) when { principal.firmware == \"1\" };\n\
+         permit (principal action, resource);\n",
+    )
+    .unwrap();
+    let r = app
+        .post(
+            "/v1/policy/reload",
+            Some(&app.token_for(Role::Auditor)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(problem(r).await.0, StatusCode::FORBIDDEN);
+    let r = app
+        .post("/v1/policy/reload", Some(&app.admin), &json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["active"]["outcome"], "failed");
+    let problems = body["active"]["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("policies/broken.cedar:2:")),
+        "{problems:?}"
+    );
+
+    let s = status(&app).await;
+    assert_eq!(s["active"]["version"]["id"], before.as_str());
+    assert_eq!(s["active"]["policies"], 4);
+    assert!(!s["active"]["last_error"]["problems"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let d = authorize(
+        &app,
+        &telemetry(
+            sensor.device_id(),
+            json!({"device": cloud.device_id()}),
+            "mqtt",
+            true,
+        ),
+    )
+    .await;
+    assert_eq!(d["policy_version"], before.as_str());
+
+    // Fixed: the next reload swaps, clears the error and is audited.
+    std::fs::write(repo.path().join("policies/broken.cedar"), SENSOR_TO_CLOUD).unwrap();
+    let r = app
+        .post("/v1/policy/reload", Some(&app.admin), &json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["active"]["outcome"], "loaded");
+    assert_eq!(body["active"]["previous"], before.as_str());
+    let after = body["active"]["version"].as_str().unwrap().to_owned();
+    assert_ne!(after, before);
+    let s = status(&app).await;
+    assert!(s["active"]["last_error"].is_null());
+    let d = authorize(
+        &app,
+        &telemetry(
+            sensor.device_id(),
+            json!({"device": cloud.device_id()}),
+            "mqtt",
+            true,
+        ),
+    )
+    .await;
+    assert_eq!(d["decision"], "allow");
+    assert_eq!(d["policy_version"], after.as_str());
+    let audit = app.server.state.registry.recent_audit(5).await.unwrap();
+    assert!(audit.iter().any(|a| a.action == "policy.loaded"
+        && a.subject == after
+        && a.actor == "operator:test-admin"));
+
+    // Reloading the same content changes nothing.
+    let r = app
+        .post("/v1/policy/reload", Some(&app.admin), &json!({}))
+        .await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["active"]["outcome"], "unchanged");
+}
+
+#[tokio::test]
+async fn a_git_commit_becomes_the_active_version_without_restart() {
+    let repo = copy_example();
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "fleet policies"]);
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    let app = spawn_app_with_policies(
+        Db::Sqlite,
+        PolicyConfig {
+            poll: Some(Duration::from_millis(100)),
+            ..policy_config(repo.path())
+        },
+    )
+    .await;
+    let s = status(&app).await;
+    assert_eq!(s["active"]["version"]["id"], first.as_str());
+    assert_eq!(s["active"]["version"]["commit"], first.as_str());
+    let sensor = app.enroll("sensors").await;
+    let cloud = app.enroll("cloud").await;
+    let to_cloud = telemetry(
+        sensor.device_id(),
+        json!({"device": cloud.device_id()}),
+        "mqtt",
+        true,
+    );
+    let d = authorize(&app, &to_cloud).await;
+    assert_eq!(
+        (d["decision"].as_str(), d["policy_version"].as_str()),
+        (Some("deny"), Some(first.as_str()))
+    );
+
+    std::fs::write(repo.path().join("policies/cloud.cedar"), SENSOR_TO_CLOUD).unwrap();
+    git(repo.path(), &["add", "."]);
+    git(
+        repo.path(),
+        &["commit", "-q", "-m", "sensors may reach the cloud"],
+    );
+    let second = git(repo.path(), &["rev-parse", "HEAD"]);
+    assert_ne!(first, second);
+
+    // The watcher picks the commit up; nobody calls reload.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&app).await;
+        if s["active"]["version"]["id"] == second.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "commit not picked up: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = authorize(&app, &to_cloud).await;
+    assert_eq!(d["decision"], "allow");
+    assert_eq!(d["policies"], json!(["sensor-to-cloud"]));
+    assert_eq!(d["policy_version"], second.as_str());
+
+    // A commit that breaks the set is never activated; the watcher reports it in the status.
+    std::fs::write(repo.path().join("policies/cloud.cedar"), "permit (").unwrap();
+    git(repo.path(), &["commit", "-q", "-am", "oops"]);
+    let third = git(repo.path(), &["rev-parse", "HEAD"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&app).await;
+        if s["active"]["last_error"]["commit"] == third.as_str() {
+            assert_eq!(s["active"]["version"]["id"], second.as_str());
+            break;
+        }
+        assert!(Instant::now() < deadline, "failure not reported: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = authorize(&app, &to_cloud).await;
+    assert_eq!(d["policy_version"], second.as_str());
+}
+
+#[tokio::test]
+async fn shadow_mode_logs_differences_without_enforcing_them() {
+    let active = copy_example();
+    let candidate = copy_example();
+    std::fs::write(
+        candidate.path().join("policies/cloud.cedar"),
+        SENSOR_TO_CLOUD,
+    )
+    .unwrap();
+    let app = spawn_app_with_policies(
+        Db::Sqlite,
+        PolicyConfig {
+            shadow_dir: Some(candidate.path().to_path_buf()),
+            ..policy_config(active.path())
+        },
+    )
+    .await;
+    let s = status(&app).await;
+    let shadow_version = s["shadow"]["version"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(s["active"]["version"]["id"], shadow_version.as_str());
+
+    let sensor = app.enroll("sensors").await;
+    let cloud = app.enroll("cloud").await;
+    let gateway = app.enroll("edge").await;
+    let to_cloud = telemetry(
+        sensor.device_id(),
+        json!({"device": cloud.device_id()}),
+        "mqtt",
+        true,
+    );
+    let d = authorize(&app, &to_cloud).await;
+    assert_eq!(d["decision"], "deny", "the candidate set is not enforced");
+    let same = telemetry(
+        sensor.device_id(),
+        json!({"device": gateway.device_id()}),
+        "mqtt",
+        false,
+    );
+    assert_eq!(authorize(&app, &same).await["decision"], "allow");
+
+    let r = app
+        .get("/v1/policy/decisions?shadow_differs=true", Some(&app.admin))
+        .await;
+    let page: Value = r.json().await.unwrap();
+    let differing = page["decisions"].as_array().unwrap();
+    assert_eq!(differing.len(), 1, "{page}");
+    assert_eq!(differing[0]["decision"], "deny");
+    assert_eq!(differing[0]["shadow"]["decision"], "allow");
+    assert_eq!(
+        differing[0]["shadow"]["policies"],
+        json!(["sensor-to-cloud"])
+    );
+    assert_eq!(
+        differing[0]["shadow"]["policy_version"],
+        shadow_version.as_str()
+    );
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("vouch_policy_shadow_differences_total 1"),
+        "{metrics}"
+    );
+}
