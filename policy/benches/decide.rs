@@ -83,5 +83,14 @@ fn main() {
             "{n:>8} {ip50:>12.1} {ip99:>12.1} {fp50:>12.1} {fp99:>12.1} {:>13.0}x",
             fp99 / ip99
         );
+        if n == 10_000 && !quick {
+            // The target on the 2-core reference machine; reported, not asserted:
+            // a timing is a figure to read, not a pass/fail test.
+            let met = ip99 < 20.0 && fp99 / ip99 >= 1_000.0;
+            println!(
+                "target at 10,000 policies (indexed p99 < 20 µs, >= 1000x full): {}",
+                if met { "met" } else { "NOT met" }
+            );
+        }
     }
 }

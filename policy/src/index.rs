@@ -7,18 +7,20 @@
 //! same decision, the same determining policies and the same errors as evaluating all of
 //! them; `tests/equivalence.rs` checks this on generated policy sets of 10 to 10,000 policies.
 //!
-//! Lookup: a policy that names an entity in both its principal and its resource constraint
-//! (`==`, `in`, `is .. in`) is filed under that pair; one that names only a principal entity,
-//! under it; only a resource entity, under it; failing that, under the principal's entity
-//! type (`is`); else it is open. A request looks up every pair and single key from its
-//! principal's and resource's lineages (the entity and its ancestors) and its principal's
-//! type, adds the open policies, then checks each candidate's full scope exactly.
+//! Every entity and entity type named in a scope gets a small number when the index is
+//! built, so a lookup hashes integers rather than entity ids. A policy that names an entity
+//! in both its principal and its resource constraint (`==`, `in`, `is .. in`) is filed
+//! under that pair; one that names only a principal entity, under it; only a resource
+//! entity, under it; failing that, under the principal's entity type (`is`); else it is
+//! open. A request looks up every pair and single key from its principal's and resource's
+//! lineages (the entity and its ancestors) and its principal's type, adds the open
+//! policies, then checks each candidate's full scope exactly.
 
 use cedar_policy::{
     ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
     ResourceConstraint,
 };
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// Why a policy set cannot be indexed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,17 +30,52 @@ pub enum IndexError {
     Template(String),
 }
 
+/// The number given to an entity or entity type named in some policy's scope. The maps use
+/// rustc-hash's Fx hasher (a third of SipHash's cost here): their keys come from the
+/// operators' policy files, and a request only looks keys up, so it cannot fill a bucket.
+type Num = u32;
+
 /// A policy set with its scope index.
 #[derive(Debug, Clone)]
 pub struct ScopeIndex {
     policies: Vec<Policy>,
     /// The scope of each policy, taken apart once (Cedar builds these on every call).
     scopes: Vec<Scope>,
+    entities: HashMap<EntityUid, Num>,
+    types: HashMap<EntityTypeName, Num>,
     open: Vec<usize>,
-    by_pair: HashMap<(EntityUid, EntityUid), Vec<usize>>,
-    by_principal: HashMap<EntityUid, Vec<usize>>,
-    by_resource: HashMap<EntityUid, Vec<usize>>,
-    by_type: HashMap<EntityTypeName, Vec<usize>>,
+    by_pair: HashMap<(Num, Num), Vec<usize>>,
+    by_principal: HashMap<Num, Vec<usize>>,
+    by_resource: HashMap<Num, Vec<usize>>,
+    by_type: HashMap<Num, Vec<usize>>,
+}
+
+/// One side (principal or resource) of a scope: an optional `is` type and an optional
+/// entity the request's side must equal (`==`) or be in (`in`).
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    is: Option<Num>,
+    entity: Option<(Num, Relation)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relation {
+    Eq,
+    In,
+}
+
+#[derive(Debug, Clone)]
+enum Actions {
+    Any,
+    Eq(Num),
+    In(Vec<Num>),
+}
+
+#[derive(Debug, Clone)]
+struct Scope {
+    principal: Side,
+    action: Actions,
+    resource: Side,
 }
 
 impl ScopeIndex {
@@ -50,48 +87,76 @@ impl ScopeIndex {
         let mut index = Self {
             policies: Vec::new(),
             scopes: Vec::new(),
+            entities: HashMap::default(),
+            types: HashMap::default(),
             open: Vec::new(),
-            by_pair: HashMap::new(),
-            by_principal: HashMap::new(),
-            by_resource: HashMap::new(),
-            by_type: HashMap::new(),
+            by_pair: HashMap::default(),
+            by_principal: HashMap::default(),
+            by_resource: HashMap::default(),
+            by_type: HashMap::default(),
         };
         for policy in set.policies() {
             let i = index.policies.len();
-            let principal = policy.principal_constraint();
-            let resource = policy.resource_constraint();
-            index.scopes.push(Scope {
-                principal: principal.clone(),
-                action: policy.action_constraint(),
-                resource: resource.clone(),
-            });
-            match (principal, resource) {
-                (
-                    PrincipalConstraint::Eq(p)
-                    | PrincipalConstraint::In(p)
-                    | PrincipalConstraint::IsIn(_, p),
-                    ResourceConstraint::Eq(r)
-                    | ResourceConstraint::In(r)
-                    | ResourceConstraint::IsIn(_, r),
-                ) => index.by_pair.entry((p, r)).or_default().push(i),
-                (
-                    PrincipalConstraint::Eq(uid)
-                    | PrincipalConstraint::In(uid)
-                    | PrincipalConstraint::IsIn(_, uid),
-                    _,
-                ) => index.by_principal.entry(uid).or_default().push(i),
-                (
-                    _,
-                    ResourceConstraint::Eq(uid)
-                    | ResourceConstraint::In(uid)
-                    | ResourceConstraint::IsIn(_, uid),
-                ) => index.by_resource.entry(uid).or_default().push(i),
-                (PrincipalConstraint::Is(ty), _) => index.by_type.entry(ty).or_default().push(i),
-                (PrincipalConstraint::Any, _) => index.open.push(i),
+            let principal = index.principal_side(policy.principal_constraint());
+            let resource = index.resource_side(policy.resource_constraint());
+            let action = match policy.action_constraint() {
+                ActionConstraint::Any => Actions::Any,
+                ActionConstraint::Eq(uid) => Actions::Eq(index.entity_num(uid)),
+                ActionConstraint::In(uids) => {
+                    Actions::In(uids.into_iter().map(|u| index.entity_num(u)).collect())
+                }
+            };
+            match (principal.entity, resource.entity, principal.is) {
+                (Some((p, _)), Some((r, _)), _) => index.by_pair.entry((p, r)).or_default().push(i),
+                (Some((p, _)), None, _) => index.by_principal.entry(p).or_default().push(i),
+                (None, Some((r, _)), _) => index.by_resource.entry(r).or_default().push(i),
+                (None, None, Some(ty)) => index.by_type.entry(ty).or_default().push(i),
+                (None, None, None) => index.open.push(i),
             }
+            index.scopes.push(Scope {
+                principal,
+                action,
+                resource,
+            });
             index.policies.push(policy.clone());
         }
         Ok(index)
+    }
+
+    fn entity_num(&mut self, uid: EntityUid) -> Num {
+        let next = self.entities.len() as Num;
+        *self.entities.entry(uid).or_insert(next)
+    }
+
+    fn type_num(&mut self, ty: EntityTypeName) -> Num {
+        let next = self.types.len() as Num;
+        *self.types.entry(ty).or_insert(next)
+    }
+
+    fn principal_side(&mut self, c: PrincipalConstraint) -> Side {
+        match c {
+            PrincipalConstraint::Any => Side::any(),
+            PrincipalConstraint::Eq(uid) => Side::entity(self.entity_num(uid), Relation::Eq),
+            PrincipalConstraint::In(uid) => Side::entity(self.entity_num(uid), Relation::In),
+            PrincipalConstraint::Is(ty) => Side::is(self.type_num(ty), None),
+            PrincipalConstraint::IsIn(ty, uid) => {
+                let ty = self.type_num(ty);
+                Side::is(ty, Some((self.entity_num(uid), Relation::In)))
+            }
+        }
+    }
+
+    fn resource_side(&mut self, c: ResourceConstraint) -> Side {
+        match c {
+            ResourceConstraint::Any => Side::any(),
+            ResourceConstraint::Eq(uid) => Side::entity(self.entity_num(uid), Relation::Eq),
+            ResourceConstraint::In(uid) => Side::entity(self.entity_num(uid), Relation::In),
+            ResourceConstraint::Is(ty) => Side::is(self.type_num(ty), None),
+            ResourceConstraint::IsIn(ty, uid) => {
+                let ty = self.type_num(ty);
+                Side::is(ty, Some((self.entity_num(uid), Relation::In)))
+            }
+        }
     }
 
     /// Number of policies.
@@ -109,6 +174,49 @@ impl ScopeIndex {
         &self.policies
     }
 
+    /// The positions (in [`Self::policies`]) of the policies whose scope matches the
+    /// request, ascending.
+    pub fn matching_positions(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+        entities: &Entities,
+    ) -> Vec<usize> {
+        let principal_up = self.lineage(principal, entities);
+        let action_up = self.lineage(action, entities);
+        let resource_up = self.lineage(resource, entities);
+        let mut candidates: Vec<usize> = self.open.clone();
+        for &p in principal_up.selves_and_ancestors() {
+            if let Some(list) = self.by_principal.get(&p) {
+                candidates.extend_from_slice(list);
+            }
+            for &r in resource_up.selves_and_ancestors() {
+                if let Some(list) = self.by_pair.get(&(p, r)) {
+                    candidates.extend_from_slice(list);
+                }
+            }
+        }
+        for r in resource_up.selves_and_ancestors() {
+            if let Some(list) = self.by_resource.get(r) {
+                candidates.extend_from_slice(list);
+            }
+        }
+        if let Some(list) = principal_up.ty.and_then(|ty| self.by_type.get(&ty)) {
+            candidates.extend_from_slice(list);
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates.retain(|&i| {
+            self.scopes.get(i).is_some_and(|s| {
+                s.principal.matches(&principal_up)
+                    && s.action.matches(&action_up)
+                    && s.resource.matches(&resource_up)
+            })
+        });
+        candidates
+    }
+
     /// The policies whose scope matches the request, in index order.
     pub fn matching(
         &self,
@@ -117,42 +225,8 @@ impl ScopeIndex {
         resource: &EntityUid,
         entities: &Entities,
     ) -> Vec<&Policy> {
-        let principal_up = Lineage::of(principal, entities);
-        let action_up = Lineage::of(action, entities);
-        let resource_up = Lineage::of(resource, entities);
-        let mut candidates: Vec<usize> = self.open.clone();
-        for uid in principal_up.selves_and_ancestors() {
-            if let Some(list) = self.by_principal.get(uid) {
-                candidates.extend_from_slice(list);
-            }
-            if !self.by_pair.is_empty() {
-                for r in resource_up.selves_and_ancestors() {
-                    // The pair key is owned; look it up without cloning on the fast path.
-                    if let Some(list) = self.by_pair.get(&((*uid).clone(), (*r).clone())) {
-                        candidates.extend_from_slice(list);
-                    }
-                }
-            }
-        }
-        for uid in resource_up.selves_and_ancestors() {
-            if let Some(list) = self.by_resource.get(uid) {
-                candidates.extend_from_slice(list);
-            }
-        }
-        if let Some(list) = self.by_type.get(principal.type_name()) {
-            candidates.extend_from_slice(list);
-        }
-        candidates.sort_unstable();
-        candidates.dedup();
-        candidates
+        self.matching_positions(principal, action, resource, entities)
             .into_iter()
-            .filter(|&i| {
-                self.scopes.get(i).is_some_and(|s| {
-                    principal_matches(&s.principal, &principal_up)
-                        && action_matches(&s.action, &action_up)
-                        && resource_matches(&s.resource, &resource_up)
-                })
-            })
             .filter_map(|i| self.policies.get(i))
             .collect()
     }
@@ -172,69 +246,81 @@ impl ScopeIndex {
         }
         set
     }
-}
 
-#[derive(Debug, Clone)]
-struct Scope {
-    principal: PrincipalConstraint,
-    action: ActionConstraint,
-    resource: ResourceConstraint,
-}
-
-/// An entity and its ancestors (transitively, as `Entities` computes them).
-struct Lineage<'a> {
-    uid: &'a EntityUid,
-    /// Few in practice (a device's zone, a data type's parents): a Vec beats hashing.
-    ancestors: Vec<&'a EntityUid>,
-}
-
-impl<'a> Lineage<'a> {
-    fn of(uid: &'a EntityUid, entities: &'a Entities) -> Self {
+    /// The numbers of `uid`, its type and its ancestors (transitively, as `Entities`
+    /// computes them); entities and types no scope names have no number and are left out,
+    /// since no constraint can name them.
+    fn lineage(&self, uid: &EntityUid, entities: &Entities) -> Lineage {
         let ancestors = entities
             .ancestors(uid)
-            .map(|a| a.collect())
+            .map(|a| a.filter_map(|a| self.entities.get(a).copied()).collect())
             .unwrap_or_default();
-        Self { uid, ancestors }
+        Lineage {
+            selves: [self.entities.get(uid).copied()],
+            ty: self.types.get(uid.type_name()).copied(),
+            ancestors,
+        }
     }
+}
 
-    fn selves_and_ancestors(&self) -> impl Iterator<Item = &&'a EntityUid> {
-        std::iter::once(&self.uid).chain(self.ancestors.iter())
+/// A request entity's numbers: itself (when some scope names it), its type, its ancestors.
+struct Lineage {
+    selves: [Option<Num>; 1],
+    ty: Option<Num>,
+    /// Few in practice (a device's zone, a data type's parents): a Vec beats hashing.
+    ancestors: Vec<Num>,
+}
+
+impl Lineage {
+    fn selves_and_ancestors(&self) -> impl Iterator<Item = &Num> {
+        self.selves.iter().flatten().chain(self.ancestors.iter())
     }
 
     /// Cedar's `in`: equal, or a descendant.
-    fn is_in(&self, target: &EntityUid) -> bool {
-        self.uid == target || self.ancestors.contains(&target)
-    }
-
-    fn is_type(&self, ty: &EntityTypeName) -> bool {
-        self.uid.type_name() == ty
+    fn is_in(&self, target: Num) -> bool {
+        self.selves[0] == Some(target) || self.ancestors.contains(&target)
     }
 }
 
-fn principal_matches(c: &PrincipalConstraint, p: &Lineage<'_>) -> bool {
-    match c {
-        PrincipalConstraint::Any => true,
-        PrincipalConstraint::Eq(uid) => p.uid == uid,
-        PrincipalConstraint::In(uid) => p.is_in(uid),
-        PrincipalConstraint::Is(ty) => p.is_type(ty),
-        PrincipalConstraint::IsIn(ty, uid) => p.is_type(ty) && p.is_in(uid),
+impl Side {
+    fn any() -> Self {
+        Self {
+            is: None,
+            entity: None,
+        }
+    }
+
+    fn entity(num: Num, relation: Relation) -> Self {
+        Self {
+            is: None,
+            entity: Some((num, relation)),
+        }
+    }
+
+    fn is(ty: Num, entity: Option<(Num, Relation)>) -> Self {
+        Self {
+            is: Some(ty),
+            entity,
+        }
+    }
+
+    fn matches(&self, side: &Lineage) -> bool {
+        let type_ok = self.is.is_none_or(|ty| side.ty == Some(ty));
+        let entity_ok = match self.entity {
+            None => true,
+            Some((num, Relation::Eq)) => side.selves[0] == Some(num),
+            Some((num, Relation::In)) => side.is_in(num),
+        };
+        type_ok && entity_ok
     }
 }
 
-fn action_matches(c: &ActionConstraint, a: &Lineage<'_>) -> bool {
-    match c {
-        ActionConstraint::Any => true,
-        ActionConstraint::Eq(uid) => a.uid == uid,
-        ActionConstraint::In(uids) => uids.iter().any(|u| a.is_in(u)),
-    }
-}
-
-fn resource_matches(c: &ResourceConstraint, r: &Lineage<'_>) -> bool {
-    match c {
-        ResourceConstraint::Any => true,
-        ResourceConstraint::Eq(uid) => r.uid == uid,
-        ResourceConstraint::In(uid) => r.is_in(uid),
-        ResourceConstraint::Is(ty) => r.is_type(ty),
-        ResourceConstraint::IsIn(ty, uid) => r.is_type(ty) && r.is_in(uid),
+impl Actions {
+    fn matches(&self, action: &Lineage) -> bool {
+        match self {
+            Actions::Any => true,
+            Actions::Eq(num) => action.selves[0] == Some(*num),
+            Actions::In(nums) => nums.iter().any(|&n| action.is_in(n)),
+        }
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! - [`index`]: the scope index that lets a decision evaluate only the policies that can
 //!   apply, with decisions identical to Cedar's full evaluation.
-//! - [`engine`]: decisions: Cedar's authorizer over the indexed subset, with the deciding
-//!   policies, errors and annotations (such as `@rate_limit`) in the answer.
+//! - [`engine`]: decisions: the matching policies' distinct conditions evaluated once each by
+//!   Cedar's evaluator and combined by Cedar's rule (Cedar's authorizer over the matching
+//!   policies when a condition errs), with the deciding policies, errors and annotations
+//!   (such as `@rate_limit`) in the answer.
 #![forbid(unsafe_code)]
 
 pub mod bundle;

@@ -91,7 +91,8 @@ impl Fleet {
     }
 
     /// The Cedar text of one random policy: any scope shape, permit or forbid (one in ten),
-    /// and a condition that may be true, false, or an evaluation error.
+    /// and conditions (none, `when`, `unless`, both) that may be true, false, or an evaluation
+    /// error.
     pub fn policy_text(&self, draw: &mut Draw) -> String {
         // Forbids are rarer and aimed at one device, so that large sets still allow some
         // requests; permits take every scope shape.
@@ -121,17 +122,29 @@ impl Fleet {
             4 => " is Zone".to_owned(),
             _ => " is Device".to_owned(),
         };
-        let kinds = if self.erroring_conditions { 6 } else { 4 };
-        let condition = match draw.below(kinds) {
-            0 => "true".to_owned(),
-            1 => format!("context.size < {}", draw.below(2000)),
-            2 => "principal.trust == \"low\"".to_owned(),
-            3 => "context.tls".to_owned(),
-            // Errors: a missing context attribute; `trust` of a Zone resource.
-            4 => "context.missing > 1".to_owned(),
-            _ => "resource.trust == \"high\"".to_owned(),
+        let kinds = if self.erroring_conditions { 13 } else { 9 };
+        let clauses = match draw.below(kinds) {
+            0 => "when { true }".to_owned(),
+            1 => format!("when {{ context.size < {} }}", draw.below(2000)),
+            2 => "when { principal.trust == \"low\" }".to_owned(),
+            3 => "when { context.tls }".to_owned(),
+            4 => "unless { context.tls }".to_owned(),
+            5 => "when { context.size > 100 } unless { principal.trust == \"high\" }".to_owned(),
+            6 => "when { principal has trust && [\"low\", \"medium\"].contains(principal.trust) }"
+                .to_owned(),
+            7 => format!(
+                "when {{ resource in {} || principal.trust like \"me*\" }}",
+                self.zone(draw)
+            ),
+            8 => String::new(),
+            // Errors: a missing context attribute; `trust` of a Zone resource; a condition
+            // that is not a boolean, alone or in a second clause.
+            9 => "when { context.missing > 1 }".to_owned(),
+            10 => "when { resource.trust == \"high\" }".to_owned(),
+            11 => "when { context.size }".to_owned(),
+            _ => "when { context.tls } unless { context.size }".to_owned(),
         };
-        format!("{effect}(principal{principal}, action{action}, resource{resource}) when {{ {condition} }};")
+        format!("{effect}(principal{principal}, action{action}, resource{resource}) {clauses};")
     }
 
     /// The Cedar text of a policy anchored to devices or zones, as most policies of a large
