@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine as root: installs what the tests use
 # (openssl for interoperability checks, git for policy repositories, swtpm and tpm2-tools for
-# the attestation tests, PostgreSQL), starts PostgreSQL, then checks
+# the attestation tests, libtss2-dev for the agent's TPM access, PostgreSQL), starts PostgreSQL, then checks
 # formatting and lints, smoke-runs the benchmark and the fuzz targets, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v git >/dev/null || need+=(git)
 command -v swtpm >/dev/null || need+=(swtpm swtpm-tools)
 command -v tpm2_quote >/dev/null || need+=(tpm2-tools)
+# tss-esapi (vouch-agent's TPM access) links libtss2 and finds it with pkg-config.
+pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     apt-get update -qq

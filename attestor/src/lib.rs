@@ -17,6 +17,8 @@ pub mod credential;
 pub mod eventlog;
 pub mod quote;
 pub mod reference;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tpm;
 pub mod wire;
 

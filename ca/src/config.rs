@@ -168,6 +168,11 @@ pub struct ServeArgs {
     /// once (coordinated through the database).
     #[arg(long, default_value = "1m")]
     pub sweep_every: String,
+    /// PEM file of TPM manufacturer CA certificates (roots and intermediates). When given,
+    /// a TPM device must present an EK certificate that chains to one of them; without it,
+    /// EKs are taken on first use (for development only).
+    #[arg(long, value_name = "FILE")]
+    pub tpm_roots: Option<PathBuf>,
     /// Policy directory (`schema.cedarschema`, `fleet.json`, `policies/*.cedar`), usually a
     /// Git work tree. Loaded at start (the server does not start if it does not load) and
     /// reloaded on change, on SIGHUP and on `POST /v1/policy/reload`. Without it every
@@ -280,6 +285,16 @@ impl ServeArgs {
                 &self.attestation_grace,
                 &mut errors,
             ),
+            tpm_roots: match &self.tpm_roots {
+                None => Vec::new(),
+                Some(path) => match read_tpm_roots(path) {
+                    Ok(roots) => roots,
+                    Err(e) => {
+                        errors.push(format!("--tpm-roots {}: {e}", path.display()));
+                        Vec::new()
+                    }
+                },
+            },
         };
         let sweep_every = seconds("sweep-every", &self.sweep_every, &mut errors);
         if settings.default_token_ttl_secs > settings.max_token_ttl_secs {
@@ -330,6 +345,30 @@ impl ServeArgs {
             _ => Err(errors),
         }
     }
+}
+
+/// The certificates of a PEM file of TPM manufacturer CAs (at least one; at most 1 MiB).
+fn read_tpm_roots(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.len() > 1024 * 1024 {
+        return Err("larger than 1 MiB".into());
+    }
+    let text = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certs: Vec<Vec<u8>> = pem::parse_many(&text)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| p.into_contents())
+        .collect();
+    for der in &certs {
+        use x509_parser::prelude::FromDer;
+        x509_parser::certificate::X509Certificate::from_der(der)
+            .map_err(|e| format!("a certificate does not parse: {e}"))?;
+    }
+    if certs.is_empty() {
+        return Err("no CERTIFICATE in the file".into());
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]

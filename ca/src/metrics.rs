@@ -23,6 +23,7 @@ pub struct Metrics {
     pub tokens_created: Counter,
     decisions: Family<OutcomeLabels, Counter>,
     shadow_differences: Counter,
+    attestations: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,10 +64,17 @@ impl Metrics {
             "Decisions where the shadow policy set decided otherwise than the active one",
             shadow_differences.clone(),
         );
+        let attestations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "attestations",
+            "Quotes verified, by outcome (`pass`, `fail`)",
+            attestations.clone(),
+        );
         Self {
             registry,
             decisions,
             shadow_differences,
+            attestations,
             enrollments,
             renewals,
             revocations,
@@ -77,6 +85,15 @@ impl Metrics {
     /// Counts an enrollment attempt.
     pub fn enrollment(&self, outcome: &str) {
         self.enrollments
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a verified quote.
+    pub fn attestation(&self, outcome: &str) {
+        self.attestations
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             })

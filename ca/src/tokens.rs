@@ -63,6 +63,10 @@ pub struct BootstrapClaims {
     /// SHA-256 of the root CA certificate (lowercase hex): the device pins the CA by it on
     /// first contact, before it trusts anything the server sends.
     pub ca_sha256: String,
+    /// An existing device this token re-enrolls (TPM enrollment only: the device must present
+    /// the endorsement key bound to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reenroll_device: Option<String>,
 }
 
 /// Operator roles, from most to least privileged.

@@ -156,8 +156,9 @@ fn policy_files(dir: &Path, problems: &mut Vec<Problem>) -> Vec<String> {
 }
 
 /// The files of a policy directory that make up a policy set, by relative path
-/// (`schema.cedarschema`, `fleet.json`, `policies/*.cedar`): what is hashed, signed and
-/// served as the bundle. Test cases are not part of it.
+/// (`schema.cedarschema`, `fleet.json`, `policies/*.cedar`, and optionally
+/// [`REFERENCE_VALUES`]): what is hashed, signed and served as the bundle. Test cases are not
+/// part of it.
 pub type PolicyFiles = BTreeMap<String, String>;
 
 /// Reads the files of the policy directory `dir`, each bounded in size.
@@ -172,6 +173,11 @@ pub fn read_dir_files(dir: &Path) -> Result<PolicyFiles, LoadErrors> {
     for rel in policy_files(dir, &mut problems) {
         if let Some(text) = read(dir, &rel, &mut problems) {
             files.insert(rel, text);
+        }
+    }
+    if dir.join(REFERENCE_VALUES).exists() {
+        if let Some(text) = read(dir, REFERENCE_VALUES, &mut problems) {
+            files.insert(REFERENCE_VALUES.to_owned(), text);
         }
     }
     if problems.is_empty() {
@@ -198,12 +204,16 @@ pub fn load_dir(dir: &Path) -> Result<Bundle, LoadErrors> {
     load_files(read_dir_files(dir)?)
 }
 
+/// The attestation reference values per device class, kept and versioned with the policies
+/// (optional; the server parses and checks it with the attestor when it loads the set).
+pub const REFERENCE_VALUES: &str = "reference-values.json";
+
 /// Loads and validates a policy set from its files (as read by [`read_dir_files`] or
-/// received in a signed bundle). Names must be `schema.cedarschema`, `fleet.json` or
-/// `policies/<name>.cedar`; anything else is a problem.
+/// received in a signed bundle). Names must be `schema.cedarschema`, `fleet.json`,
+/// `policies/<name>.cedar` or [`REFERENCE_VALUES`]; anything else is a problem.
 pub fn load_files(files: PolicyFiles) -> Result<Bundle, LoadErrors> {
     let mut problems = Vec::new();
-    if files.len() > MAX_POLICY_FILES + 2 {
+    if files.len() > MAX_POLICY_FILES + 3 {
         problems.push(whole(
             "policies",
             format!("more than {MAX_POLICY_FILES} policy files"),
@@ -213,6 +223,7 @@ pub fn load_files(files: PolicyFiles) -> Result<Bundle, LoadErrors> {
     for (name, text) in &files {
         let known = name == "schema.cedarschema"
             || name == "fleet.json"
+            || name == REFERENCE_VALUES
             || (name.starts_with("policies/")
                 && name.ends_with(".cedar")
                 && !name.trim_start_matches("policies/").contains('/'));

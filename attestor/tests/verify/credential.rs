@@ -1,9 +1,9 @@
 //! Credential activation against a real TPM: a credential made in software for the AK's name
 //! under the EK is recovered by that TPM, and by no other AK or TPM.
 
-use crate::support::*;
 use ring::rand::SystemRandom;
 use vouch_attestor::credential::{kdfa, make_credential, CredentialError};
+use vouch_attestor::testing::*;
 
 #[test]
 fn the_tpm_holding_the_ek_and_ak_recovers_the_credential() {

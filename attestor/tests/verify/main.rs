@@ -9,5 +9,4 @@
 
 mod credential;
 mod hostile;
-mod support;
 mod swtpm;

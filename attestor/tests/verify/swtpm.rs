@@ -1,10 +1,9 @@
 //! Quotes from a real software TPM: what passes, and each way a quote must be refused.
 
-use crate::support::*;
-use serde_json::json;
 use std::collections::BTreeMap;
 use vouch_attestor::quote::{verify_quote, Evidence, Expected, Verified, VerifyError};
 use vouch_attestor::reference::{evaluate, ReferenceValues};
+use vouch_attestor::testing::*;
 use vouch_attestor::tpm::PcrSelection;
 
 /// A booted device: its TPM, enrolled keys and event log.
@@ -60,20 +59,7 @@ fn verify(device: &Device, nonce: &[u8], quoted: &[u8]) -> Result<Verified, Veri
 }
 
 fn references(sets: &[(&str, &str, &str)]) -> ReferenceValues {
-    let accepted: Vec<_> = sets
-        .iter()
-        .map(|(name, firmware, config)| {
-            let pcrs = expected_pcrs(firmware, config);
-            let boot: BTreeMap<String, String> = (0..8u8)
-                .map(|p| (p.to_string(), hex::encode(pcrs[&p])))
-                .collect();
-            json!({"name": name, "firmware": boot,
-                   "config": {"pcr": 8, "digests": [hex::encode(pcrs[&8])]},
-                   "min_firmware_version": 0})
-        })
-        .collect();
-    let text = json!({"device_classes": {"sensor": {"pcrs": QUOTED, "accepted": accepted}}});
-    ReferenceValues::parse(text.to_string().as_bytes()).unwrap()
+    ReferenceValues::parse(reference_values_json(sets).to_string().as_bytes()).unwrap()
 }
 
 #[test]

@@ -6,11 +6,16 @@ use super::AppState;
 use crate::ids::{check_device_class, check_label, DeviceId, Serial, Zone};
 use crate::pki::csr::{check_csr_pem, CsrError};
 use crate::pki::profile::{issue_device_certificate, DeviceCertificateSpec, IssuedCertificate};
-use crate::store::{EnrollRefusal, NewBootstrapToken, NewCertificate, NewDevice, RenewRefusal};
+use crate::store::{
+    EnrollRefusal, NewBootstrapToken, NewCertificate, NewDevice, RenewRefusal, TpmEnrollRefusal,
+    TpmEnrollment,
+};
 use crate::tokens::{random_jti, BootstrapClaims, BOOTSTRAP_AUDIENCE, ISSUER};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::format_description::well_known::Rfc3339;
@@ -33,6 +38,9 @@ pub struct CreateTokenRequest {
     pub labels: BTreeMap<String, String>,
     /// Device class (reference values for attestation are chosen by it).
     pub device_class: Option<String>,
+    /// An existing device this token re-enrolls, e.g. after its disk was wiped. Only a TPM
+    /// enrollment can use such a token, and only with the EK bound to that device.
+    pub reenroll_device: Option<String>,
 }
 
 /// `POST /v1/bootstrap-tokens` answer.
@@ -58,6 +66,18 @@ pub struct EnrollRequest {
     pub csr_pem: Option<String>,
     /// Ask the server to generate the key pair (returned once, never stored).
     pub generate_key: Option<bool>,
+    /// For a TPM device: the credential activation it answered (`POST /v1/enroll/tpm`).
+    pub tpm: Option<TpmProof>,
+}
+
+/// Proof that the AK lives in the same TPM as the EK: the activated secret.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TpmProof {
+    /// The `activation_id` of `POST /v1/enroll/tpm`.
+    pub activation_id: String,
+    /// The secret `TPM2_ActivateCredential` recovered, base64.
+    pub secret: String,
 }
 
 /// Answer of enrollment and renewal.
@@ -127,6 +147,27 @@ pub async fn create_bootstrap_token(
     if let Some(class) = &req.device_class {
         check_device_class(class).map_err(|e| invalid(e.to_string()))?;
     }
+    if let Some(id) = &req.reenroll_device {
+        let id =
+            DeviceId::parse(id).ok_or_else(|| invalid("`reenroll_device` is not a device id"))?;
+        match state.registry.device(id.as_str()).await? {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "device_unknown",
+                    "`reenroll_device` names no device",
+                ))
+            }
+            Some(d) if d.status != crate::store::DeviceStatus::Active => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "device_revoked",
+                    "a revoked device cannot be re-enrolled",
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     let now = state.clock.unix();
     let jti = random_jti(&state.rng).map_err(|_| ApiError::internal(&"rng failure"))?;
     let claims = BootstrapClaims {
@@ -140,6 +181,7 @@ pub async fn create_bootstrap_token(
         device_class: req.device_class.clone(),
         trust_domain: state.trust_domain.as_str().to_owned(),
         ca_sha256: state.ca.root_fingerprint().to_owned(),
+        reenroll_device: req.reenroll_device.clone(),
     };
     let token = state
         .bootstrap_key
@@ -152,6 +194,7 @@ pub async fn create_bootstrap_token(
             zone: claims.zone.clone(),
             labels: claims.labels.clone(),
             device_class: claims.device_class.clone(),
+            reenroll_device: claims.reenroll_device.clone(),
             created_by: operator.actor(),
             created_at: now,
             expires_at: claims.exp,
@@ -228,6 +271,28 @@ async fn enroll_inner(state: &AppState, req: EnrollRequest) -> Result<EnrollResp
             ))
         }
     };
+    if claims.reenroll_device.is_some() && req.tpm.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "token_requires_tpm",
+            "this token re-enrolls a device: only a TPM enrollment with that device's endorsement key can use it",
+        ));
+    }
+    let secret = match &req.tpm {
+        None => None,
+        Some(proof) if proof.secret.len() <= 128 && proof.activation_id.len() <= 64 => Some(
+            B64.decode(&proof.secret)
+                .map_err(|_| invalid("`tpm.secret` is not base64"))?,
+        ),
+        Some(_) => return Err(invalid("`tpm` fields are too long")),
+    };
+    // A re-enrollment keeps the device's id and so its SPIFFE ID.
+    let device_id = match &claims.reenroll_device {
+        Some(id) => {
+            DeviceId::parse(id).ok_or_else(|| ApiError::internal(&"token names a bad device id"))?
+        }
+        None => device_id,
+    };
     let (issued, private_key_pem) = certify(state, &device_id, &zone, &serial, now, source)?;
 
     let spiffe_id = device_id.spiffe_id(&state.trust_domain);
@@ -243,26 +308,36 @@ async fn enroll_inner(state: &AppState, req: EnrollRequest) -> Result<EnrollResp
         not_before: issued.not_before.unix_timestamp(),
         not_after: issued.not_after.unix_timestamp(),
     };
-    match state
-        .registry
-        .enroll(
-            &claims.jti,
-            &device,
-            &cert,
-            now.unix_timestamp(),
-            state.settings.clock_skew_secs,
-        )
-        .await?
-    {
-        Ok(()) => {}
-        Err(refusal) => {
-            let (status, code) = match refusal {
-                EnrollRefusal::TokenUsed => (StatusCode::FORBIDDEN, "token_used"),
-                EnrollRefusal::TokenExpired => (StatusCode::UNAUTHORIZED, "token_expired"),
-                EnrollRefusal::TokenUnknown => (StatusCode::UNAUTHORIZED, "token_invalid"),
-            };
-            return Err(ApiError::new(status, code, refusal.to_string()));
-        }
+    let refusal = match (&req.tpm, &secret) {
+        (Some(proof), Some(secret)) => state
+            .registry
+            .enroll_tpm(&TpmEnrollment {
+                jti: &claims.jti,
+                activation_id: &proof.activation_id,
+                secret,
+                device: &device,
+                reenroll: claims.reenroll_device.as_deref(),
+                cert: &cert,
+                now: now.unix_timestamp(),
+                skew: state.settings.clock_skew_secs,
+            })
+            .await?
+            .err(),
+        _ => state
+            .registry
+            .enroll(
+                &claims.jti,
+                &device,
+                &cert,
+                now.unix_timestamp(),
+                state.settings.clock_skew_secs,
+            )
+            .await?
+            .err()
+            .map(TpmEnrollRefusal::Token),
+    };
+    if let Some(refusal) = refusal {
+        return Err(enroll_refused(refusal));
     }
     tracing::info!(device_id = %device_id, zone = %zone, serial = %cert.serial,
         server_keygen = private_key_pem.is_some(), "device enrolled");
@@ -276,6 +351,24 @@ async fn enroll_inner(state: &AppState, req: EnrollRequest) -> Result<EnrollResp
         not_after: rfc3339(issued.not_after),
         private_key_pem,
     })
+}
+
+fn enroll_refused(refusal: TpmEnrollRefusal) -> ApiError {
+    let (status, code) = match refusal {
+        TpmEnrollRefusal::Token(EnrollRefusal::TokenUsed) => (StatusCode::FORBIDDEN, "token_used"),
+        TpmEnrollRefusal::Token(EnrollRefusal::TokenExpired) => {
+            (StatusCode::UNAUTHORIZED, "token_expired")
+        }
+        TpmEnrollRefusal::Token(EnrollRefusal::TokenUnknown) => {
+            (StatusCode::UNAUTHORIZED, "token_invalid")
+        }
+        TpmEnrollRefusal::ActivationInvalid => (StatusCode::FORBIDDEN, "activation_invalid"),
+        TpmEnrollRefusal::EkMismatch => (StatusCode::FORBIDDEN, "ek_mismatch"),
+        TpmEnrollRefusal::EkAlreadyEnrolled => (StatusCode::CONFLICT, "ek_already_enrolled"),
+        TpmEnrollRefusal::DeviceUnknown => (StatusCode::NOT_FOUND, "device_unknown"),
+        TpmEnrollRefusal::DeviceRevoked => (StatusCode::CONFLICT, "device_revoked"),
+    };
+    ApiError::new(status, code, refusal.to_string())
 }
 
 /// Where the certified key comes from.

@@ -1,5 +1,6 @@
 //! The provisioning API: routes, shared state and the OpenAPI document.
 
+mod attest;
 mod attestation;
 pub mod auth;
 mod devices;
@@ -7,6 +8,7 @@ mod enroll;
 mod ops;
 pub mod policy;
 pub mod problem;
+mod tpm;
 
 use crate::authz::log::DecisionLog;
 use crate::authz::signed::BundleSigning;
@@ -24,10 +26,12 @@ use ring::rand::SystemRandom;
 use std::sync::Arc;
 use utoipa::OpenApi;
 
+pub use attest::{AttestChallenge, AttestOutcome, QuoteSubmission};
 pub use devices::{DeviceList, RevokeRequest, RevokeResponse};
 pub use enroll::{
-    CreateTokenRequest, CreateTokenResponse, EnrollRequest, EnrollResponse, RenewRequest,
+    CreateTokenRequest, CreateTokenResponse, EnrollRequest, EnrollResponse, RenewRequest, TpmProof,
 };
+pub use tpm::{TpmChallenge, TpmEnrollStart};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -51,6 +55,9 @@ pub struct Settings {
     pub attestation_period_secs: i64,
     /// How long past the period a device may stay silent before it is stale, seconds.
     pub attestation_grace_secs: i64,
+    /// TPM manufacturer CA certificates (DER; roots and intermediates) that EK certificates
+    /// must chain to. Empty: EKs are taken on first use.
+    pub tpm_roots: Vec<Vec<u8>>,
 }
 
 impl Default for Settings {
@@ -64,6 +71,7 @@ impl Default for Settings {
             crl_validity_secs: 24 * 3600,
             attestation_period_secs: 30 * 60,
             attestation_grace_secs: 5 * 60,
+            tpm_roots: Vec::new(),
         }
     }
 }
@@ -119,6 +127,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/bootstrap-tokens", post(enroll::create_bootstrap_token))
         .route("/v1/enroll", post(enroll::enroll))
+        .route("/v1/enroll/tpm", post(tpm::enroll_tpm_start))
+        .route("/v1/attest/challenge", post(attest::challenge))
+        .route(
+            "/v1/attest/quote",
+            post(attest::quote).layer(DefaultBodyLimit::max(attest::MAX_QUOTE_BODY_BYTES)),
+        )
         .route("/v1/renew", post(enroll::renew))
         .route("/v1/devices", get(devices::list_devices))
         .route("/v1/devices/{id}", get(devices::get_device))
@@ -148,7 +162,10 @@ pub fn router(state: AppState) -> Router {
     paths(
         enroll::create_bootstrap_token,
         enroll::enroll,
+        tpm::enroll_tpm_start,
         enroll::renew,
+        attest::challenge,
+        attest::quote,
         devices::list_devices,
         devices::get_device,
         devices::revoke_device,

@@ -114,7 +114,8 @@ impl From<&Annotation> for AnnotationView {
 /// What the policy model sees of a registered device.
 pub fn facts_of(device: &DeviceRecord) -> DeviceFacts {
     // Revocation wins; then the attestation finding. A device never attested is `active`
-    // (as far as policy goes) at the `low` trust level of devices enrolled without a TPM.
+    // (as far as policy goes). Trust: `high` for a device whose keys are bound to a TPM at
+    // enrollment, `low` for one enrolled without.
     let status = match (device.status, device.attestation) {
         (DeviceStatus::Revoked, _) => "revoked",
         (_, AttestationState::Quarantined) => "quarantined",
@@ -123,7 +124,12 @@ pub fn facts_of(device: &DeviceRecord) -> DeviceFacts {
     };
     DeviceFacts {
         zone: device.zone.clone(),
-        trust: "low".into(),
+        trust: if device.ek_sha256.is_some() {
+            "high"
+        } else {
+            "low"
+        }
+        .into(),
         device_class: device.device_class.clone().unwrap_or_default(),
         capabilities: Vec::new(),
         status: status.into(),

@@ -29,6 +29,9 @@ pub struct ActiveSet {
     pub version: PolicyVersion,
     /// When it was loaded (Unix seconds).
     pub loaded_at: i64,
+    /// Attestation reference values per device class (`reference-values.json` beside the
+    /// policies), if the set has them.
+    pub reference: Option<vouch_attestor::reference::ReferenceValues>,
 }
 
 /// A load that failed; the previous set stayed active.
@@ -166,11 +169,25 @@ fn load(snapshot: Snapshot, now: i64) -> Result<ActiveSet, LoadErrors> {
             message: e.to_string(),
         }])
     })?;
+    let reference = match bundle.files.get(vouch_policy::bundle::REFERENCE_VALUES) {
+        None => None,
+        Some(text) => Some(
+            vouch_attestor::reference::ReferenceValues::parse(text.as_bytes()).map_err(|e| {
+                LoadErrors(vec![vouch_policy::bundle::Problem {
+                    file: vouch_policy::bundle::REFERENCE_VALUES.into(),
+                    line: 0,
+                    column: 0,
+                    message: e.to_string(),
+                }])
+            })?,
+        ),
+    };
     Ok(ActiveSet {
         engine,
         bundle,
         version,
         loaded_at: now,
+        reference,
     })
 }
 

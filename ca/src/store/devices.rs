@@ -109,6 +109,8 @@ pub struct DeviceRecord {
     pub last_attested: Option<i64>,
     /// Why the device is quarantined or stale.
     pub attestation_reason: Option<String>,
+    /// For a device enrolled with a TPM: SHA-256 (hex) of its endorsement key's public area.
+    pub ek_sha256: Option<String>,
 }
 
 /// Filter and page for [`Registry::list_devices`].
@@ -137,7 +139,7 @@ pub enum RevokeOutcome {
 
 pub(super) const DEVICE_COLUMNS: &str = "d.id, d.spiffe_id, d.zone, d.device_class, d.labels, d.status, \
     d.created_at, d.updated_at, d.revoked_at, d.revocation_reason, d.current_serial, d.current_not_after, \
-    d.attestation, d.last_attested, d.attestation_reason";
+    d.attestation, d.last_attested, d.attestation_reason, d.ek_sha256";
 
 pub(super) fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> {
     let labels: String = col(row, "labels")?;
@@ -161,6 +163,7 @@ pub(super) fn device_from_row(row: &AnyRow) -> Result<DeviceRecord, StoreError> 
             .ok_or_else(|| StoreError::Corrupt(format!("attestation state `{attestation}`")))?,
         last_attested: col(row, "last_attested")?,
         attestation_reason: col(row, "attestation_reason")?,
+        ek_sha256: col(row, "ek_sha256")?,
     })
 }
 

@@ -18,6 +18,8 @@ pub struct NewBootstrapToken {
     pub labels: BTreeMap<String, String>,
     /// Device class.
     pub device_class: Option<String>,
+    /// The existing device it re-enrolls, if any.
+    pub reenroll_device: Option<String>,
     /// Who created it (`operator:<sub>`).
     pub created_by: String,
     /// Creation time (Unix seconds).
@@ -87,8 +89,8 @@ impl Registry {
             serde_json::to_string(&t.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO bootstrap_tokens (jti, zone, labels, device_class, created_by, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO bootstrap_tokens (jti, zone, labels, device_class, created_by, created_at, \
+             expires_at, reenroll_device) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&t.jti)
         .bind(&t.zone)
@@ -97,6 +99,7 @@ impl Registry {
         .bind(&t.created_by)
         .bind(t.created_at)
         .bind(t.expires_at)
+        .bind(t.reenroll_device.clone())
         .execute(&mut *tx)
         .await?;
         append(
@@ -105,7 +108,8 @@ impl Registry {
             &t.created_by,
             "token.created",
             &t.jti,
-            &json!({"zone": t.zone, "labels": t.labels, "device_class": t.device_class, "expires_at": t.expires_at}),
+            &json!({"zone": t.zone, "labels": t.labels, "device_class": t.device_class,
+                    "expires_at": t.expires_at, "reenroll_device": t.reenroll_device}),
         )
         .await?;
         tx.commit().await?;
@@ -208,7 +212,7 @@ impl Registry {
     }
 }
 
-async fn insert_certificate(
+pub(super) async fn insert_certificate(
     conn: &mut sqlx::AnyConnection,
     device_id: &str,
     cert: &NewCertificate,

@@ -17,11 +17,13 @@ mod decisions;
 pub use decisions::{DecisionFilter, DecisionRecord, NewDecision, ShadowOutcome};
 mod devices;
 mod enrollment;
+mod tpm;
 
 pub use attestation::{AttestationRecord, AttestationResult, ReleaseOutcome, SweepOutcome};
 pub use audit::AuditRecord;
 pub use devices::{AttestationState, DeviceFilter, DeviceRecord, DeviceStatus, RevokeOutcome};
 pub use enrollment::{EnrollRefusal, NewBootstrapToken, NewCertificate, NewDevice, RenewRefusal};
+pub use tpm::{ek_fingerprint, NewActivation, TpmEnrollRefusal, TpmEnrollment, TpmKeys};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;

@@ -19,3 +19,4 @@ mod roles;
 mod storage;
 mod support;
 mod tokens;
+mod tpm;

@@ -1,13 +1,22 @@
-//! `SoftwareTpm`: a fresh swtpm per test on its own loopback ports, driven with tpm2-tools
-//! (TCTI `swtpm:`). swtpm has no resource manager, so every command is followed by a flush of
-//! transient objects and sessions.
+//! Test support, behind the `testing` feature (tests of this crate and of the server use it;
+//! nothing else does): `SoftwareTpm`, a fresh swtpm per test on its own loopback ports,
+//! driven with tpm2-tools (TCTI `swtpm:`), and a model measured boot. swtpm has no resource
+//! manager, so every command is followed by a flush of transient objects and sessions.
+//! A helper that cannot do its job panics: it fails the test that called it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
+use crate::eventlog::{self, Event};
+use crate::tpm::{self, Public};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::Command;
 use tempfile::TempDir;
-use vouch_attestor::eventlog::{self, Event};
-use vouch_attestor::tpm::{self, Public};
 
 pub struct SoftwareTpm {
     dir: TempDir,
@@ -175,6 +184,13 @@ impl SoftwareTpm {
         (ek, ak)
     }
 
+    /// The marshalled `TPMT_PUBLIC` of `ek.pub` or `ak.pub` (as a device sends it: without
+    /// the `TPM2B` size that tpm2-tools writes).
+    pub fn public_area(&self, file: &str) -> Vec<u8> {
+        let sized = std::fs::read(self.path(file)).unwrap();
+        sized[2..].to_vec()
+    }
+
     pub fn extend(&self, pcr: u8, digest: &[u8; 32]) {
         self.tool(&[
             "tpm2_pcrextend",
@@ -280,4 +296,23 @@ pub fn expected_pcrs(firmware: &str, config: &str) -> BTreeMap<u8, [u8; 32]> {
 /// The EK's qualified name: the AK's parent.
 pub fn ek_qualified_name(ek: &Public) -> Vec<u8> {
     tpm::qualified_name(&tpm::RH_ENDORSEMENT, &ek.name())
+}
+
+/// A `reference-values.json` for device class `sensor` quoting [`QUOTED`], accepting one set
+/// per `(name, firmware, config)`: the boot PCRs and configuration digest that a boot of that
+/// firmware with that configuration measures.
+pub fn reference_values_json(sets: &[(&str, &str, &str)]) -> serde_json::Value {
+    let accepted: Vec<_> = sets
+        .iter()
+        .map(|(name, firmware, config)| {
+            let pcrs = expected_pcrs(firmware, config);
+            let boot: BTreeMap<String, String> = (0..8u8)
+                .map(|p| (p.to_string(), hex::encode(pcrs[&p])))
+                .collect();
+            serde_json::json!({"name": name, "firmware": boot,
+                   "config": {"pcr": 8, "digests": [hex::encode(pcrs[&8])]},
+                   "min_firmware_version": 0})
+        })
+        .collect();
+    serde_json::json!({"device_classes": {"sensor": {"pcrs": QUOTED, "accepted": accepted}}})
 }

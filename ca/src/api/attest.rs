@@ -1,0 +1,305 @@
+//! Periodic attestation of TPM devices (mTLS): a single-use nonce and PCR selection, then the
+//! quote, verified against the AK bound at enrollment and the device class's reference values
+//! from the active policy set. Every failure after the nonce is used up quarantines the device
+//! (fail closed); a nonce that cannot be used changes nothing.
+
+use super::auth::DeviceCaller;
+use super::problem::{bounded, ApiError, ApiJson};
+use super::AppState;
+use crate::store::{AttestationResult, AttestationState, DeviceRecord, DeviceStatus, TpmKeys};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use vouch_attestor::quote::{verify_quote, Evidence, Expected};
+use vouch_attestor::reference::evaluate;
+use vouch_attestor::tpm::{qualified_name, PcrSelection, Public, RH_ENDORSEMENT};
+
+/// How long a nonce may be answered, seconds.
+pub const NONCE_TTL_SECS: i64 = 300;
+
+/// Largest event log accepted, bytes (the route's body limit allows for its base64).
+pub const MAX_EVENT_LOG_BYTES: usize = 512 * 1024;
+
+/// Body limit of `POST /v1/attest/quote`: an event log in base64 and the rest.
+pub const MAX_QUOTE_BODY_BYTES: usize = MAX_EVENT_LOG_BYTES * 4 / 3 + 64 * 1024;
+
+/// `POST /v1/attest/challenge` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttestChallenge {
+    /// The nonce to quote over (hex, 32 bytes).
+    pub nonce: String,
+    /// The PCRs to quote.
+    pub pcrs: Vec<u8>,
+    /// Their bank.
+    pub hash: String,
+    /// Answer before this time (RFC 3339).
+    pub expires_at: String,
+}
+
+/// `POST /v1/attest/quote` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteSubmission {
+    /// The nonce of the challenge (hex).
+    pub nonce: String,
+    /// `TPMS_ATTEST`, base64.
+    pub quote: String,
+    /// `TPMT_SIGNATURE`, base64.
+    pub signature: String,
+    /// SHA-256 PCR values by index (hex).
+    pub pcr_values: BTreeMap<String, String>,
+    /// The TCG crypto-agile event log, base64, if the device has one.
+    pub event_log: Option<String>,
+}
+
+/// `POST /v1/attest/quote` answer when the quote passes.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttestOutcome {
+    /// `pass`.
+    pub result: String,
+    /// The device's attestation state now.
+    pub attestation: AttestationState,
+    /// The reference set the quote met.
+    pub reference_set: String,
+}
+
+/// The calling device and its TPM keys; refuses devices that are revoked or have none.
+async fn tpm_device(
+    state: &AppState,
+    caller: &DeviceCaller,
+) -> Result<(DeviceRecord, TpmKeys), ApiError> {
+    let device = state
+        .registry
+        .device_by_serial(&caller.serial.to_hex())
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "device_unknown",
+                "certificate is not known to the registry",
+            )
+        })?;
+    if device.status != DeviceStatus::Active {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "device_revoked",
+            "device is revoked",
+        ));
+    }
+    let keys = state.registry.tpm_keys(&device.id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_attestation_key",
+            "device was enrolled without a TPM; it has no attestation key",
+        )
+    })?;
+    Ok((device, keys))
+}
+
+/// The PCRs a device of `class` must quote: its reference values', else the boot PCRs 0-7
+/// (the quote will then fail for want of reference values: fail closed).
+fn pcrs_for(state: &AppState, class: Option<&str>) -> Vec<u8> {
+    state
+        .policy
+        .active()
+        .and_then(|set| {
+            let reference = set.reference.as_ref()?;
+            Some(reference.device_classes.get(class?)?.pcrs.clone())
+        })
+        .unwrap_or_else(|| (0..8).collect())
+}
+
+/// Issues a fresh single-use nonce and the PCR selection to quote.
+#[utoipa::path(post, path = "/v1/attest/challenge", security(("device_mtls" = [])),
+    responses((status = 201, body = AttestChallenge), (status = "4XX", body = super::problem::Problem)))]
+pub async fn challenge(
+    State(state): State<AppState>,
+    caller: DeviceCaller,
+) -> Result<(StatusCode, Json<AttestChallenge>), ApiError> {
+    let (device, _) = tpm_device(&state, &caller).await?;
+    let mut nonce = [0u8; 32];
+    ring::rand::SecureRandom::fill(&state.rng, &mut nonce)
+        .map_err(|_| ApiError::internal(&"rng failure"))?;
+    let nonce = hex::encode(nonce);
+    let mut pcrs = pcrs_for(&state, device.device_class.as_deref());
+    pcrs.sort_unstable();
+    pcrs.dedup();
+    let stored: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+    let now = state.clock.unix();
+    let expires_at = now + NONCE_TTL_SECS;
+    state
+        .registry
+        .issue_nonce(&nonce, &device.id, &stored.join(","), now, expires_at)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AttestChallenge {
+            nonce,
+            pcrs,
+            hash: "sha256".into(),
+            expires_at: OffsetDateTime::from_unix_timestamp(expires_at)
+                .ok()
+                .and_then(|t| t.format(&Rfc3339).ok())
+                .unwrap_or_default(),
+        }),
+    ))
+}
+
+/// Verifies a quote and records the result: `active` on a pass, `quarantined` (with the
+/// reason) on any failure.
+#[utoipa::path(post, path = "/v1/attest/quote", request_body = QuoteSubmission,
+    security(("device_mtls" = [])),
+    responses((status = 200, body = AttestOutcome), (status = "4XX", body = super::problem::Problem)))]
+pub async fn quote(
+    State(state): State<AppState>,
+    caller: DeviceCaller,
+    ApiJson(req): ApiJson<QuoteSubmission>,
+) -> Result<Json<AttestOutcome>, ApiError> {
+    let (device, keys) = tpm_device(&state, &caller).await?;
+    let nonce_invalid = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "nonce_invalid",
+            "nonce is unknown, used, expired or was issued to another device",
+        )
+    };
+    if req.nonce.len() != 64 || !req.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(nonce_invalid());
+    }
+    let now = state.clock.unix();
+    let pcrs = state
+        .registry
+        .take_nonce(&req.nonce.to_ascii_lowercase(), &device.id, now)
+        .await?
+        .ok_or_else(nonce_invalid)?;
+    // From here on every failure is the device's: record it and quarantine.
+    let result = match verify(&state, &device, &keys, &pcrs, &req) {
+        Ok(reference_set) => AttestationResult::Pass { reference_set },
+        Err(reason) => AttestationResult::Fail {
+            reason: bounded(&reason, 500),
+        },
+    };
+    state.metrics.attestation(match &result {
+        AttestationResult::Pass { .. } => "pass",
+        AttestationResult::Fail { .. } => "fail",
+    });
+    let recorded = state
+        .registry
+        .record_attestation(&device.id, now, &result)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "device_unknown", "no such device"))?;
+    match result {
+        AttestationResult::Pass { reference_set } => {
+            tracing::info!(device_id = %device.id, reference_set = %reference_set, "attestation passed");
+            Ok(Json(AttestOutcome {
+                result: "pass".into(),
+                attestation: recorded.attestation,
+                reference_set,
+            }))
+        }
+        AttestationResult::Fail { reason } => {
+            tracing::warn!(device_id = %device.id, reason = %reason, "attestation failed; device quarantined");
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "attestation_failed",
+                format!("attestation failed, device quarantined: {reason}"),
+            ))
+        }
+    }
+}
+
+/// Every check of a submitted quote; the accepted reference set's name, or why it failed.
+fn verify(
+    state: &AppState,
+    device: &DeviceRecord,
+    keys: &TpmKeys,
+    pcrs: &str,
+    req: &QuoteSubmission,
+) -> Result<String, String> {
+    let decode = |what: &str, b64: &str, max: usize| -> Result<Vec<u8>, String> {
+        if b64.len() > max * 4 / 3 + 4 {
+            return Err(format!("{what} is too large"));
+        }
+        B64.decode(b64).map_err(|_| format!("{what} is not base64"))
+    };
+    let attest = decode(
+        "quote",
+        &req.quote,
+        vouch_attestor::tpm::MAX_STRUCTURE_BYTES,
+    )?;
+    let signature = decode(
+        "signature",
+        &req.signature,
+        vouch_attestor::tpm::MAX_STRUCTURE_BYTES,
+    )?;
+    let event_log = req
+        .event_log
+        .as_deref()
+        .map(|log| decode("event log", log, MAX_EVENT_LOG_BYTES))
+        .transpose()?;
+    if req.pcr_values.len() > 24 {
+        return Err("more than 24 PCR values".into());
+    }
+    let mut values = BTreeMap::new();
+    for (index, value) in &req.pcr_values {
+        let index: u8 = index
+            .parse()
+            .ok()
+            .filter(|&i| i < 24)
+            .ok_or_else(|| format!("`{}` is not a PCR index", bounded(index, 8)))?;
+        let digest = hex::decode(value)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .ok_or_else(|| format!("PCR {index}: not 32 bytes of hex"))?;
+        values.insert(index, digest);
+    }
+    let selected: Vec<u8> = pcrs
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u8>()
+                .map_err(|_| "stored PCR selection is corrupt".to_owned())
+        })
+        .collect::<Result<_, _>>()?;
+    let selection = PcrSelection::sha256(&selected);
+    let ak = Public::parse(&keys.ak_public).map_err(|e| format!("enrolled AK: {e}"))?;
+    let ek = Public::parse(&keys.ek_public).map_err(|e| format!("enrolled EK: {e}"))?;
+    let nonce = hex::decode(&req.nonce).map_err(|_| "nonce is not hex".to_owned())?;
+    let parent = qualified_name(&RH_ENDORSEMENT, &ek.name());
+    let verified = verify_quote(
+        &Expected {
+            ak: &ak,
+            parent_qualified_name: &parent,
+            nonce: &nonce,
+            selection: &selection,
+        },
+        &Evidence {
+            attest: &attest,
+            signature: &signature,
+            pcr_values: &values,
+            event_log: event_log.as_deref(),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let class = device
+        .device_class
+        .as_deref()
+        .ok_or("the device has no device class, so no reference values apply")?;
+    let active = state
+        .policy
+        .active()
+        .ok_or("no policy set is active, so no reference values apply")?;
+    let reference = active
+        .reference
+        .as_ref()
+        .and_then(|r| r.device_classes.get(class))
+        .ok_or_else(|| format!("no reference values for device class `{class}`"))?;
+    evaluate(reference, &verified)
+}

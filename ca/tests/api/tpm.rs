@@ -1,0 +1,525 @@
+//! TPM devices over the API, against a real software TPM (swtpm driven by tpm2-tools):
+//! enrollment bound to the EK and AK by credential activation, periodic attestation through
+//! `/v1/attest/challenge` and `/v1/attest/quote` against reference values kept with the
+//! policies, and each way a quote or an enrollment must be refused.
+
+use crate::support::*;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::path::Path;
+use tempfile::TempDir;
+use vouch_attestor::testing::{boot_events, measure, reference_values_json, SoftwareTpm, QUOTED};
+use vouch_ca::app::PolicyConfig;
+use vouch_ca::tokens::Role;
+
+/// The example policies with reference values for the `sensor` class accepting `sets`.
+pub fn policies_with_references(sets: &[(&str, &str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    for name in ["schema.cedarschema", "fleet.json"] {
+        std::fs::copy(examples.join(name), dir.path().join(name)).unwrap();
+    }
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    for entry in std::fs::read_dir(examples.join("policies")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            dir.path().join("policies").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    write_references(dir.path(), sets);
+    dir
+}
+
+pub fn write_references(dir: &Path, sets: &[(&str, &str, &str)]) {
+    let json = reference_values_json(sets).to_string();
+    std::fs::write(dir.join("reference-values.json"), json).unwrap();
+}
+
+pub fn policy_config(dir: &Path) -> PolicyConfig {
+    PolicyConfig {
+        dir: Some(dir.to_path_buf()),
+        shadow_dir: None,
+        poll: None,
+    }
+}
+
+/// A TPM that booted `firmware` with `config`: EK and AK made, boot measured.
+pub struct Booted {
+    pub tpm: SoftwareTpm,
+    pub log: Vec<u8>,
+}
+
+pub fn boot(firmware: &str, config: &str) -> Booted {
+    let tpm = SoftwareTpm::start();
+    tpm.create_ek_ak();
+    let log = measure(&tpm, &boot_events(firmware, config));
+    Booted { tpm, log }
+}
+
+/// A bootstrap token for a `sensor` in zone `sensors`, optionally re-enrolling a device.
+pub async fn sensor_token(app: &TestApp, reenroll: Option<&str>) -> String {
+    let mut body = json!({"zone": "sensors", "device_class": "sensor"});
+    if let Some(id) = reenroll {
+        body["reenroll_device"] = json!(id);
+    }
+    let r = app
+        .post("/v1/bootstrap-tokens", Some(&app.admin), &body)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Step 1 of a TPM enrollment: the credential to activate.
+pub async fn start_tpm_enrollment(
+    app: &TestApp,
+    tpm: &SoftwareTpm,
+    token: &str,
+) -> reqwest::Response {
+    app.post(
+        "/v1/enroll/tpm",
+        None,
+        &json!({"token": token,
+                "ek_public": B64.encode(tpm.public_area("ek.pub")),
+                "ak_public": B64.encode(tpm.public_area("ak.pub"))}),
+    )
+    .await
+}
+
+/// Both steps: the device activates the credential and enrolls with the secret.
+pub async fn tpm_enroll(
+    app: &TestApp,
+    tpm: &SoftwareTpm,
+    token: &str,
+) -> Result<Enrolled, (StatusCode, Value)> {
+    let r = start_tpm_enrollment(app, tpm, token).await;
+    if r.status() != StatusCode::CREATED {
+        return Err(problem(r).await);
+    }
+    let challenge: Value = r.json().await.unwrap();
+    let secret = tpm
+        .activate_credential(
+            &B64.decode(challenge["id_object"].as_str().unwrap())
+                .unwrap(),
+            &B64.decode(challenge["encrypted_secret"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+    let (csr, key_pem) = rcgen_csr();
+    let r = app
+        .post(
+            "/v1/enroll",
+            None,
+            &json!({"token": token, "csr_pem": csr,
+                    "tpm": {"activation_id": challenge["activation_id"], "secret": B64.encode(secret)}}),
+        )
+        .await;
+    if r.status() != StatusCode::CREATED {
+        return Err(problem(r).await);
+    }
+    Ok(Enrolled {
+        body: r.json().await.unwrap(),
+        key_pem,
+    })
+}
+
+/// A fresh nonce and selection for `device`.
+pub async fn challenge(app: &TestApp, device: &Enrolled) -> (Vec<u8>, Vec<u8>) {
+    let r = client_for(&app.root_pem(), Some(&device.identity_pem()))
+        .post(app.url("/v1/attest/challenge"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["hash"], "sha256");
+    let pcrs = v["pcrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u8)
+        .collect();
+    (hex::decode(v["nonce"].as_str().unwrap()).unwrap(), pcrs)
+}
+
+/// The body of a quote of `pcrs` over `nonce` by `tpm`, with `log`.
+pub fn quote_body(tpm: &SoftwareTpm, nonce: &[u8], pcrs: &[u8], log: &[u8]) -> Value {
+    let (attest, signature, values) = tpm.quote(nonce, pcrs);
+    let values: serde_json::Map<String, Value> = values
+        .iter()
+        .map(|(p, v)| (p.to_string(), json!(hex::encode(v))))
+        .collect();
+    json!({"nonce": hex::encode(nonce), "quote": B64.encode(attest),
+           "signature": B64.encode(signature), "pcr_values": values,
+           "event_log": B64.encode(log)})
+}
+
+pub async fn submit(app: &TestApp, device: &Enrolled, body: &Value) -> reqwest::Response {
+    client_for(&app.root_pem(), Some(&device.identity_pem()))
+        .post(app.url("/v1/attest/quote"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// One whole attestation of `device` by its booted TPM.
+pub async fn attest(app: &TestApp, device: &Enrolled, booted: &Booted) -> reqwest::Response {
+    let (nonce, pcrs) = challenge(app, device).await;
+    submit(
+        app,
+        device,
+        &quote_body(&booted.tpm, &nonce, &pcrs, &booted.log),
+    )
+    .await
+}
+
+async fn device_json(app: &TestApp, id: &str) -> Value {
+    let r = app
+        .get(&format!("/v1/devices/{id}"), Some(&app.admin))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+async fn renew(app: &TestApp, device: &Enrolled) -> reqwest::Response {
+    let (csr, _) = rcgen_csr();
+    client_for(&app.root_pem(), Some(&device.identity_pem()))
+        .post(app.url("/v1/renew"))
+        .json(&json!({"csr_pem": csr}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A device may always send its own telemetry to a gateway unless it is quarantined; the
+/// decision shows what policy sees of its state.
+async fn telemetry_decision(app: &TestApp, sensor: &Enrolled, gateway: &Enrolled) -> Value {
+    let admin = app.token_for(Role::Admin);
+    let r = app
+        .post(
+            "/v1/authorize",
+            Some(&admin),
+            &json!({"principal": sensor.device_id(), "action": "send",
+                    "resource": {"device": gateway.device_id()},
+                    "context": {"data_type": "telemetry", "protocol": "mqtt", "tls": false, "mtls": false, "size": 1}}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_tpm_device_enrolls_by_credential_activation_attests_and_renews() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+        let app = spawn_app_with_policies(db, policy_config(refs.path())).await;
+        let booted = boot("fw-1", "cfg-a");
+        let token = sensor_token(&app, None).await;
+        let device = tpm_enroll(&app, &booted.tpm, &token).await.unwrap();
+
+        let record = device_json(&app, device.device_id()).await;
+        let ek = vouch_ca::store::ek_fingerprint(&booted.tpm.public_area("ek.pub"));
+        assert_eq!(record["ek_sha256"], json!(ek), "{db:?}");
+        assert_eq!(record["attestation"], "none");
+
+        let r = attest(&app, &device, &booted).await;
+        assert_eq!(r.status(), StatusCode::OK, "{db:?}");
+        let outcome: Value = r.json().await.unwrap();
+        assert_eq!(outcome["result"], "pass");
+        assert_eq!(outcome["reference_set"], "fw-1");
+        let record = device_json(&app, device.device_id()).await;
+        assert_eq!(record["attestation"], "active");
+
+        let history: Value = app
+            .get(
+                &format!("/v1/devices/{}/attestations", device.device_id()),
+                Some(&app.admin),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(history["attestations"][0]["outcome"], "pass");
+        assert_eq!(renew(&app, &device).await.status(), StatusCode::CREATED);
+    }
+}
+
+#[tokio::test]
+async fn an_unexpected_firmware_digest_quarantines_the_device_denies_it_and_blocks_renewal() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let gateway = app.enroll("edge").await;
+    let booted = boot("fw-1", "cfg-a");
+    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        attest(&app, &device, &booted).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        telemetry_decision(&app, &device, &gateway).await["decision"],
+        "allow"
+    );
+
+    // Something extends a firmware PCR with a digest no reference set knows; the event log
+    // does not record it either.
+    booted.tpm.extend(0, &[0x66; 32]);
+    let (status, body) = problem(attest(&app, &device, &booted).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["code"], "attestation_failed");
+    let record = device_json(&app, device.device_id()).await;
+    assert_eq!(record["attestation"], "quarantined");
+    assert!(
+        record["attestation_reason"]
+            .as_str()
+            .unwrap()
+            .contains("PCR 0"),
+        "{record}"
+    );
+
+    assert_eq!(
+        telemetry_decision(&app, &device, &gateway).await["decision"],
+        "deny"
+    );
+    let (status, body) = problem(renew(&app, &device).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["code"], "device_quarantined");
+}
+
+#[tokio::test]
+async fn a_reused_unknown_or_foreign_nonce_is_refused_and_changes_nothing() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (a, b) = (boot("fw-1", "cfg-a"), boot("fw-1", "cfg-a"));
+    let device_a = tpm_enroll(&app, &a.tpm, &sensor_token(&app, None).await)
+        .await
+        .unwrap();
+    let device_b = tpm_enroll(&app, &b.tpm, &sensor_token(&app, None).await)
+        .await
+        .unwrap();
+
+    let (nonce, pcrs) = challenge(&app, &device_a).await;
+    let body = quote_body(&a.tpm, &nonce, &pcrs, &a.log);
+    assert_eq!(
+        submit(&app, &device_a, &body).await.status(),
+        StatusCode::OK
+    );
+    // The same nonce again (the same quote, too).
+    let (status, p) = problem(submit(&app, &device_a, &body).await).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("nonce_invalid"))
+    );
+
+    // A's nonce, used by B (with a perfectly good quote from B's TPM).
+    let (nonce, pcrs) = challenge(&app, &device_a).await;
+    let foreign = quote_body(&b.tpm, &nonce, &pcrs, &b.log);
+    let (status, p) = problem(submit(&app, &device_b, &foreign).await).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("nonce_invalid"))
+    );
+
+    // A nonce never issued.
+    let unknown = quote_body(&b.tpm, &[7u8; 32], &QUOTED, &b.log);
+    let (status, p) = problem(submit(&app, &device_b, &unknown).await).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("nonce_invalid"))
+    );
+
+    // None of it touched B's state; A is still attested.
+    assert_eq!(
+        device_json(&app, device_b.device_id()).await["attestation"],
+        "none"
+    );
+    assert_eq!(
+        device_json(&app, device_a.device_id()).await["attestation"],
+        "active"
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_quote_is_refused() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let booted = boot("fw-1", "cfg-a");
+    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
+        .await
+        .unwrap();
+    let (nonce, pcrs) = challenge(&app, &device).await;
+    let old = quote_body(&booted.tpm, &nonce, &pcrs, &booted.log);
+    assert_eq!(submit(&app, &device, &old).await.status(), StatusCode::OK);
+
+    // Later, the old quote answers a fresh challenge.
+    let (fresh, _) = challenge(&app, &device).await;
+    let mut replay = old.clone();
+    replay["nonce"] = json!(hex::encode(&fresh));
+    let (status, p) = problem(submit(&app, &device, &replay).await).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("attestation_failed"))
+    );
+    assert!(p["detail"].as_str().unwrap().contains("nonce"), "{p}");
+    assert_eq!(
+        device_json(&app, device.device_id()).await["attestation"],
+        "quarantined"
+    );
+}
+
+#[tokio::test]
+async fn a_quote_signed_by_another_tpms_ak_is_refused() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (mine, other) = (boot("fw-1", "cfg-a"), boot("fw-1", "cfg-a"));
+    let device = tpm_enroll(&app, &mine.tpm, &sensor_token(&app, None).await)
+        .await
+        .unwrap();
+    let (nonce, pcrs) = challenge(&app, &device).await;
+    let forged = quote_body(&other.tpm, &nonce, &pcrs, &other.log);
+    let (status, p) = problem(submit(&app, &device, &forged).await).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("attestation_failed"))
+    );
+    assert!(p["detail"].as_str().unwrap().contains("signature"), "{p}");
+    assert_eq!(
+        device_json(&app, device.device_id()).await["attestation"],
+        "quarantined"
+    );
+}
+
+#[tokio::test]
+async fn a_pcr_selection_other_than_the_one_requested_is_refused() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let booted = boot("fw-1", "cfg-a");
+    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
+        .await
+        .unwrap();
+    let (nonce, pcrs) = challenge(&app, &device).await;
+    assert_eq!(
+        pcrs,
+        QUOTED.to_vec(),
+        "the class's reference values choose the PCRs"
+    );
+    // Leave out the configuration PCR.
+    let body = quote_body(&booted.tpm, &nonce, &QUOTED[..8], &booted.log);
+    let (status, p) = problem(submit(&app, &device, &body).await).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("attestation_failed"))
+    );
+    assert!(p["detail"].as_str().unwrap().contains("selection"), "{p}");
+}
+
+#[tokio::test]
+async fn an_event_log_that_does_not_replay_to_the_pcrs_is_refused() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let booted = boot("fw-1", "cfg-a");
+    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
+        .await
+        .unwrap();
+    let (nonce, pcrs) = challenge(&app, &device).await;
+    // The log of another boot than the one measured.
+    let other_log = vouch_attestor::eventlog::write_log(&boot_events("fw-2", "cfg-a"));
+    let body = quote_body(&booted.tpm, &nonce, &pcrs, &other_log);
+    let (status, p) = problem(submit(&app, &device, &body).await).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("attestation_failed"))
+    );
+    assert!(p["detail"].as_str().unwrap().contains("event log"), "{p}");
+}
+
+#[tokio::test]
+async fn a_rollout_window_accepts_both_firmwares_until_the_old_one_is_removed() {
+    let refs =
+        policies_with_references(&[("fw-N", "fw-N", "cfg-a"), ("fw-N+1", "fw-N+1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (old, new) = (boot("fw-N", "cfg-a"), boot("fw-N+1", "cfg-a"));
+    let on_old = tpm_enroll(&app, &old.tpm, &sensor_token(&app, None).await)
+        .await
+        .unwrap();
+    let on_new = tpm_enroll(&app, &new.tpm, &sensor_token(&app, None).await)
+        .await
+        .unwrap();
+    let r = attest(&app, &on_old, &old).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["reference_set"], "fw-N");
+    let r = attest(&app, &on_new, &new).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["reference_set"], "fw-N+1");
+
+    // The rollout is done: firmware N leaves the reference values (a policy reload).
+    write_references(refs.path(), &[("fw-N+1", "fw-N+1", "cfg-a")]);
+    let r = app
+        .post("/v1/policy/reload", Some(&app.admin), &json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(attest(&app, &on_new, &new).await.status(), StatusCode::OK);
+    let (status, _) = problem(attest(&app, &on_old, &old).await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        device_json(&app, on_old.device_id()).await["attestation"],
+        "quarantined"
+    );
+    assert_eq!(
+        device_json(&app, on_new.device_id()).await["attestation"],
+        "active"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_activation_secret_is_refused_and_writes_nothing() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let booted = boot("fw-1", "cfg-a");
+    let token = sensor_token(&app, None).await;
+    let r = start_tpm_enrollment(&app, &booted.tpm, &token).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let activation: Value = r.json().await.unwrap();
+    let before = app.counts().await;
+    let (csr, _) = rcgen_csr();
+    let r = app
+        .post(
+            "/v1/enroll",
+            None,
+            &json!({"token": token, "csr_pem": csr,
+                    "tpm": {"activation_id": activation["activation_id"], "secret": B64.encode([0u8; 32])}}),
+        )
+        .await;
+    let (status, p) = problem(r).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("activation_invalid"))
+    );
+    assert_eq!(app.counts().await, before);
+    // The token is still good: the real TPM completes the enrollment.
+    tpm_enroll(&app, &booted.tpm, &token).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_device_enrolled_without_a_tpm_has_no_attestation_key() {
+    let app = spawn_app(Db::Sqlite).await;
+    let device = app.enroll("sensors").await;
+    let r = client_for(&app.root_pem(), Some(&device.identity_pem()))
+        .post(app.url("/v1/attest/challenge"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let (status, p) = problem(r).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::CONFLICT, Some("no_attestation_key"))
+    );
+}
