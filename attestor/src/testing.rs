@@ -36,8 +36,65 @@ fn free_port_pair() -> u16 {
 }
 
 impl SoftwareTpm {
+    /// A fresh TPM without an EK certificate.
     pub fn start() -> Self {
+        Self::launch(tempfile::tempdir().unwrap())
+    }
+
+    /// The TCTI string that reaches this TPM (for tss-esapi and tpm2-tools).
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// A TPM manufactured by `swtpm_setup` with EK certificates signed by a local CA of its
+    /// own (in the TPM's temporary directory, not the system's). Returns the TPM, its RSA EK
+    /// certificate (DER, read back from the TPM's NV index) and the CA's certificates (PEM:
+    /// the issuing CA, then its root): what an operator configures as manufacturer roots.
+    pub fn start_with_ek_certificate() -> (Self, Vec<u8>, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("localca");
+        std::fs::create_dir(&ca).unwrap();
+        let c = ca.display().to_string();
+        std::fs::write(
+            ca.join("swtpm-localca.conf"),
+            format!(
+                "statedir = {c}\nsigningkey = {c}/signkey.pem\nissuercert = {c}/issuercert.pem\ncertserial = {c}/certserial\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            ca.join("swtpm-localca.options"),
+            "--platform-manufacturer Vouch\n--platform-version 2.1\n--platform-model test\n",
+        )
+        .unwrap();
+        std::fs::write(
+            ca.join("swtpm_setup.conf"),
+            format!(
+                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {c}/swtpm-localca.conf\ncreate_certs_tool_options = {c}/swtpm-localca.options\nactive_pcr_banks = sha256\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new("swtpm_setup")
+            .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+            .arg(dir.path())
+            .arg("--config")
+            .arg(ca.join("swtpm_setup.conf"))
+            .output()
+            .expect("swtpm_setup is installed (swtpm-tools; tests/run.sh installs it)");
+        assert!(
+            out.status.success(),
+            "swtpm_setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut roots = std::fs::read(ca.join("issuercert.pem")).unwrap();
+        roots.extend(std::fs::read(ca.join("swtpm-localca-rootca-cert.pem")).unwrap());
+        let tpm = Self::launch(dir);
+        tpm.tool(&["tpm2_nvread", "0x01c00002", "-o", "ek-cert.der"]);
+        let cert = std::fs::read(tpm.path("ek-cert.der")).unwrap();
+        (tpm, cert, roots)
+    }
+
+    fn launch(dir: TempDir) -> Self {
         for _ in 0..5 {
             let port = free_port_pair();
             let d = dir.path().display().to_string();
@@ -141,10 +198,7 @@ impl SoftwareTpm {
         Command::new(cmd)
             .args(rest)
             .current_dir(self.dir.path())
-            .env(
-                "TPM2TOOLS_TCTI",
-                format!("swtpm:host=127.0.0.1,port={}", self.port),
-            )
+            .env("TPM2TOOLS_TCTI", self.tcti())
             .env("TSS2_LOG", "all+NONE")
             .output()
             .expect("tpm2-tools are installed (tests/run.sh installs them)")

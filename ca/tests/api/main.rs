@@ -20,3 +20,4 @@ mod storage;
 mod support;
 mod tokens;
 mod tpm;
+mod tpm_enrollment;
