@@ -370,3 +370,100 @@ pub fn reference_values_json(sets: &[(&str, &str, &str)]) -> serde_json::Value {
         .collect();
     serde_json::json!({"device_classes": {"sensor": {"pcrs": QUOTED, "accepted": accepted}}})
 }
+
+/// A stand-in for a TPM that quotes in software, for load tests of the verifier and the API
+/// where a real TPM (about 9 ms per quote on swtpm) would measure the TPM instead: an ECC
+/// P-256 attestation key with a TPM's attributes, under a made-up RSA EK (unique per
+/// instance), producing byte-exact `TPMS_ATTEST` and `TPMT_SIGNATURE` structures.
+pub struct SoftwareAk {
+    key: ring::signature::EcdsaKeyPair,
+    /// The AK's `TPMT_PUBLIC`.
+    pub ak_public: Vec<u8>,
+    /// The EK's `TPMT_PUBLIC` (its modulus is random: nothing is ever encrypted to it).
+    pub ek_public: Vec<u8>,
+    rng: ring::rand::SystemRandom,
+}
+
+fn put_sized(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+impl SoftwareAk {
+    pub fn new() -> Self {
+        use ring::rand::SecureRandom;
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let point = key.public_key().as_ref().to_vec(); // 0x04 || x || y
+        let mut ak = Vec::new();
+        ak.extend_from_slice(&tpm::ALG_ECC.to_be_bytes());
+        ak.extend_from_slice(&tpm::ALG_SHA256.to_be_bytes());
+        // fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, restricted, sign.
+        ak.extend_from_slice(&0x0005_0072u32.to_be_bytes());
+        put_sized(&mut ak, &[]);
+        ak.extend_from_slice(&tpm::ALG_NULL.to_be_bytes()); // symmetric
+        ak.extend_from_slice(&tpm::ALG_ECDSA.to_be_bytes());
+        ak.extend_from_slice(&tpm::ALG_SHA256.to_be_bytes());
+        ak.extend_from_slice(&tpm::ECC_NIST_P256.to_be_bytes());
+        ak.extend_from_slice(&tpm::ALG_NULL.to_be_bytes()); // kdf
+        put_sized(&mut ak, &point[1..33]);
+        put_sized(&mut ak, &point[33..65]);
+
+        let mut modulus = vec![0u8; 256];
+        rng.fill(&mut modulus).unwrap();
+        modulus[0] |= 0x80;
+        let mut ek = Vec::new();
+        ek.extend_from_slice(&tpm::ALG_RSA.to_be_bytes());
+        ek.extend_from_slice(&tpm::ALG_SHA256.to_be_bytes());
+        // fixedTPM, fixedParent, sensitiveDataOrigin, adminWithPolicy, restricted, decrypt.
+        ek.extend_from_slice(&0x0003_00b2u32.to_be_bytes());
+        put_sized(&mut ek, &[0u8; 32]);
+        ek.extend_from_slice(&0x0006u16.to_be_bytes()); // AES
+        ek.extend_from_slice(&128u16.to_be_bytes());
+        ek.extend_from_slice(&0x0043u16.to_be_bytes()); // CFB
+        ek.extend_from_slice(&tpm::ALG_NULL.to_be_bytes()); // scheme
+        ek.extend_from_slice(&2048u16.to_be_bytes());
+        ek.extend_from_slice(&0u32.to_be_bytes());
+        put_sized(&mut ek, &modulus);
+        Self {
+            key,
+            ak_public: ak,
+            ek_public: ek,
+            rng,
+        }
+    }
+
+    /// A quote of `values` (the SHA-256 bank) over `nonce`: (`TPMS_ATTEST`, `TPMT_SIGNATURE`).
+    pub fn quote(&self, nonce: &[u8], values: &BTreeMap<u8, [u8; 32]>) -> (Vec<u8>, Vec<u8>) {
+        let ak = Public::parse(&self.ak_public).unwrap();
+        let ek = Public::parse(&self.ek_public).unwrap();
+        let signer = tpm::qualified_name(&ek_qualified_name(&ek), &ak.name());
+        let pcrs: Vec<u8> = values.keys().copied().collect();
+        let mut attest = Vec::new();
+        attest.extend_from_slice(&tpm::TPM_GENERATED.to_be_bytes());
+        attest.extend_from_slice(&tpm::ST_ATTEST_QUOTE.to_be_bytes());
+        put_sized(&mut attest, &signer);
+        put_sized(&mut attest, nonce);
+        attest.extend_from_slice(&[0u8; 17]); // clock, resetCount, restartCount, safe
+        attest.extend_from_slice(&1u64.to_be_bytes()); // firmwareVersion
+        attest.extend_from_slice(&tpm::PcrSelection::sha256(&pcrs).to_bytes());
+        put_sized(&mut attest, &crate::quote::pcr_digest(values));
+        let sig = self.key.sign(&self.rng, &attest).unwrap();
+        let (r, s) = sig.as_ref().split_at(32);
+        let mut signature = Vec::new();
+        signature.extend_from_slice(&tpm::ALG_ECDSA.to_be_bytes());
+        signature.extend_from_slice(&tpm::ALG_SHA256.to_be_bytes());
+        put_sized(&mut signature, r);
+        put_sized(&mut signature, s);
+        (attest, signature)
+    }
+}
+
+impl Default for SoftwareAk {
+    fn default() -> Self {
+        Self::new()
+    }
+}

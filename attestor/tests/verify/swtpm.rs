@@ -195,3 +195,35 @@ fn a_rollout_window_accepts_both_firmware_sets_until_one_is_removed() {
         Ok("fw-N+1".into())
     );
 }
+
+#[test]
+fn a_software_quote_for_load_tests_verifies_and_is_refused_like_a_tpm_one() {
+    use vouch_attestor::tpm::Public;
+    let soft = SoftwareAk::new();
+    let (ak, ek) = (
+        Public::parse(&soft.ak_public).unwrap(),
+        Public::parse(&soft.ek_public).unwrap(),
+    );
+    vouch_attestor::quote::check_attestation_key(&ak).unwrap();
+    let ek_qn = ek_qualified_name(&ek);
+    let values = expected_pcrs("fw-1", "cfg-a");
+    let log = vouch_attestor::eventlog::write_log(&boot_events("fw-1", "cfg-a"));
+    let (attest, signature) = soft.quote(b"nonce-1", &values);
+    let quoted = (attest, signature, values);
+    let verified = check((&ak, &ek_qn), b"nonce-1", &quoted, Some(&log)).unwrap();
+    let refs = references(&[("fw-1", "fw-1", "cfg-a")]);
+    assert_eq!(
+        evaluate(&refs.device_classes["sensor"], &verified),
+        Ok("fw-1".into())
+    );
+    assert_eq!(
+        check((&ak, &ek_qn), b"nonce-2", &quoted, Some(&log)),
+        Err(VerifyError::NonceMismatch)
+    );
+    let other = SoftwareAk::new();
+    let other_ak = Public::parse(&other.ak_public).unwrap();
+    assert_eq!(
+        check((&other_ak, &ek_qn), b"nonce-1", &quoted, Some(&log)),
+        Err(VerifyError::BadSignature)
+    );
+}

@@ -1,12 +1,16 @@
 //! Periodic attestation of TPM devices (mTLS): a single-use nonce and PCR selection, then the
 //! quote, verified against the AK bound at enrollment and the device class's reference values
-//! from the active policy set. Every failure after the nonce is used up quarantines the device
-//! (fail closed); a nonce that cannot be used changes nothing.
+//! from the active policy set. Every failure of a quote that answers a good nonce quarantines
+//! the device (fail closed); a nonce that cannot be used changes nothing. Nonces and results
+//! are group-committed (`store::AttestationWriter`).
 
 use super::auth::DeviceCaller;
 use super::problem::{bounded, ApiError, ApiJson};
 use super::AppState;
-use crate::store::{AttestationResult, AttestationState, DeviceRecord, DeviceStatus, TpmKeys};
+use crate::store::{
+    AttestJob, AttestWrite, AttestationResult, AttestationState, DeviceRecord, DeviceStatus,
+    TpmKeys,
+};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -135,8 +139,14 @@ pub async fn challenge(
     let now = state.clock.unix();
     let expires_at = now + NONCE_TTL_SECS;
     state
-        .registry
-        .issue_nonce(&nonce, &device.id, &stored.join(","), now, expires_at)
+        .attestation_writer
+        .write(AttestJob::Nonce {
+            nonce: nonce.clone(),
+            device_id: device.id.clone(),
+            pcrs: stored.join(","),
+            now,
+            expires_at,
+        })
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -174,12 +184,13 @@ pub async fn quote(
         return Err(nonce_invalid());
     }
     let now = state.clock.unix();
-    let pcrs = state
-        .registry
-        .take_nonce(&req.nonce.to_ascii_lowercase(), &device.id, now)
-        .await?
-        .ok_or_else(nonce_invalid)?;
-    // From here on every failure is the device's: record it and quarantine.
+    let nonce = req.nonce.to_ascii_lowercase();
+    let pcrs = match state.registry.usable_nonce(&nonce, now).await? {
+        Some((issued_to, pcrs)) if issued_to == device.id => pcrs,
+        _ => return Err(nonce_invalid()),
+    };
+    // From here on every failure is the device's: it is recorded, and quarantines the
+    // device, together with using up the nonce (a nonce used meanwhile records nothing).
     let result = match verify(&state, &device, &keys, &pcrs, &req) {
         Ok(reference_set) => AttestationResult::Pass { reference_set },
         Err(reason) => AttestationResult::Fail {
@@ -190,17 +201,24 @@ pub async fn quote(
         AttestationResult::Pass { .. } => "pass",
         AttestationResult::Fail { .. } => "fail",
     });
-    let recorded = state
-        .registry
-        .record_attestation(&device.id, now, &result)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "device_unknown", "no such device"))?;
+    let written = state
+        .attestation_writer
+        .write(AttestJob::Result {
+            nonce,
+            device_id: device.id.clone(),
+            now,
+            result: result.clone(),
+        })
+        .await?;
+    let AttestWrite::Recorded(attestation) = written else {
+        return Err(nonce_invalid());
+    };
     match result {
         AttestationResult::Pass { reference_set } => {
-            tracing::info!(device_id = %device.id, reference_set = %reference_set, "attestation passed");
+            tracing::debug!(device_id = %device.id, reference_set = %reference_set, "attestation passed");
             Ok(Json(AttestOutcome {
                 result: "pass".into(),
-                attestation: recorded.attestation,
+                attestation,
                 reference_set,
             }))
         }

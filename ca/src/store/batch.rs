@@ -68,6 +68,20 @@ impl Params {
         format!("({})", placeholders.join(", "))
     }
 
+    pub(super) fn bind_as<'q, O>(
+        self,
+        mut q: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>> {
+        for p in self.values {
+            q = match p {
+                Param::Text(s) => q.bind(s),
+                Param::OptText(s) => q.bind(s),
+                Param::Int(i) => q.bind(i),
+            };
+        }
+        q
+    }
+
     pub(super) fn bind<'q>(
         self,
         mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,

@@ -8,6 +8,7 @@
 //! so SQLite takes its write lock at once and concurrent writers queue on `busy_timeout`
 //! instead of failing on a stale read snapshot.
 
+mod attest_batch;
 mod attestation;
 mod audit;
 mod batch;
@@ -19,6 +20,7 @@ mod devices;
 mod enrollment;
 mod tpm;
 
+pub use attest_batch::{AttestJob, AttestWrite, AttestationWriter};
 pub use attestation::{AttestationRecord, AttestationResult, ReleaseOutcome, SweepOutcome};
 pub use audit::AuditRecord;
 pub use devices::{AttestationState, DeviceFilter, DeviceRecord, DeviceStatus, RevokeOutcome};

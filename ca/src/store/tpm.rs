@@ -1,5 +1,5 @@
 //! TPM devices: credential activations at enrollment (binding the EK and AK to a new or
-//! re-enrolled device), and the single-use nonces of periodic attestation.
+//! re-enrolled device), and the keys they bound. (Attestation nonces: `attest_batch`.)
 
 use super::audit::append;
 use super::enrollment::{insert_certificate, NewCertificate, NewDevice};
@@ -310,57 +310,5 @@ impl Registry {
             })),
             _ => Ok(None),
         }
-    }
-
-    /// Records a fresh attestation nonce (hex) for a device, with the PCRs asked for.
-    pub async fn issue_nonce(
-        &self,
-        nonce: &str,
-        device_id: &str,
-        pcrs: &str,
-        now: i64,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM attest_nonces WHERE expires_at < $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO attest_nonces (nonce, device_id, pcrs, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(nonce)
-        .bind(device_id)
-        .bind(pcrs)
-        .bind(now)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Uses up a nonce: only once, only by the device it was issued to, only before it
-    /// expires. Returns the PCRs it asked for, or `None` if it cannot be used.
-    pub async fn take_nonce(
-        &self,
-        nonce: &str,
-        device_id: &str,
-        now: i64,
-    ) -> Result<Option<String>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let row: Option<(String,)> = sqlx::query_as(
-            "UPDATE attest_nonces SET used_at = $1 \
-             WHERE nonce = $2 AND device_id = $3 AND used_at IS NULL AND expires_at > $1 \
-             RETURNING pcrs",
-        )
-        .bind(now)
-        .bind(nonce)
-        .bind(device_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(row.map(|(pcrs,)| pcrs))
     }
 }

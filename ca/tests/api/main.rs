@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+mod attest_batch;
 mod attestation;
 mod conformance;
 mod enroll;

@@ -1,0 +1,247 @@
+//! Attestation writes are group-committed: many devices' nonces and results go into one
+//! transaction. These tests submit at once from many devices (attestation keys in software,
+//! `SoftwareAk`, so that batches fill quickly) and check that each device ends up with its
+//! own result, and that a nonce answered twice at once is recorded once.
+
+use crate::support::*;
+use crate::tpm::{policies_with_references, policy_config};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use vouch_attestor::testing::{boot_events, expected_pcrs, SoftwareAk};
+use vouch_ca::clock::Clock;
+use vouch_ca::ids::{DeviceId, Serial, Zone};
+use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
+use vouch_ca::store::{NewActivation, NewCertificate, NewDevice, TpmEnrollment};
+
+/// A device enrolled with a software AK (the registry half of a TPM enrollment; the API half
+/// is tested against swtpm in `tpm.rs`), with its mTLS client.
+struct SoftDevice {
+    id: String,
+    ak: SoftwareAk,
+    client: reqwest::Client,
+}
+
+async fn soft_device(app: &TestApp) -> SoftDevice {
+    let r = app
+        .post(
+            "/v1/bootstrap-tokens",
+            Some(&app.admin),
+            &json!({"zone": "sensors", "device_class": "sensor"}),
+        )
+        .await;
+    let jti = r.json::<Value>().await.unwrap()["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let state = &app.server.state;
+    let ak = SoftwareAk::new();
+    let secret = [5u8; 32];
+    let mut secret_sha256 = [0u8; 32];
+    secret_sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &secret).as_ref());
+    let now = app.clock.unix();
+    let activation = NewActivation {
+        id: random_hex(16),
+        token_jti: jti.clone(),
+        ek_public: ak.ek_public.clone(),
+        ak_public: ak.ak_public.clone(),
+        secret_sha256,
+        created_at: now,
+        expires_at: now + 300,
+    };
+    state.registry.create_activation(&activation).await.unwrap();
+    let (device_id, serial) = (
+        DeviceId::random(&state.rng).unwrap(),
+        Serial::random(&state.rng).unwrap(),
+    );
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issued = issue_device_certificate(
+        &state.ca,
+        &DeviceCertificateSpec {
+            device_id: &device_id,
+            trust_domain: &state.trust_domain,
+            zone: &Zone::parse("sensors").unwrap(),
+            serial: &serial,
+            now: app.clock.now(),
+            lifetime: time::Duration::hours(1),
+            crl_url: "https://localhost/v1/crl",
+        },
+        &key,
+    )
+    .unwrap();
+    let enrolled = state
+        .registry
+        .enroll_tpm(&TpmEnrollment {
+            jti: &jti,
+            activation_id: &activation.id,
+            secret: &secret,
+            device: &NewDevice {
+                id: device_id.as_str().to_owned(),
+                spiffe_id: device_id.spiffe_id(&state.trust_domain),
+                zone: "sensors".into(),
+                device_class: Some("sensor".into()),
+                labels: Default::default(),
+            },
+            reenroll: None,
+            cert: &NewCertificate {
+                serial: serial.to_hex(),
+                not_before: issued.not_before.unix_timestamp(),
+                not_after: issued.not_after.unix_timestamp(),
+            },
+            now,
+            skew: 60,
+        })
+        .await
+        .unwrap();
+    assert!(enrolled.is_ok(), "{enrolled:?}");
+    let identity = format!(
+        "{}{}{}",
+        issued.pem,
+        state.ca.chain_pem(),
+        key.serialize_pem()
+    );
+    SoftDevice {
+        id: device_id.as_str().to_owned(),
+        ak,
+        client: client_for(&app.root_pem(), Some(identity.as_bytes())),
+    }
+}
+
+/// Challenge, then a quote of a boot of `firmware`: the answer's status.
+async fn attest(app: &TestApp, device: &SoftDevice, firmware: &str) -> StatusCode {
+    let r = device
+        .client
+        .post(app.url("/v1/attest/challenge"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let challenge: Value = r.json().await.unwrap();
+    let body = quote_body(device, &challenge, firmware);
+    submit(app, device, &body).await
+}
+
+fn quote_body(device: &SoftDevice, challenge: &Value, firmware: &str) -> Value {
+    let nonce = hex::decode(challenge["nonce"].as_str().unwrap()).unwrap();
+    let values = expected_pcrs(firmware, "cfg-a");
+    let (attest, signature) = device.ak.quote(&nonce, &values);
+    let log = vouch_attestor::eventlog::write_log(&boot_events(firmware, "cfg-a"));
+    let pcr_values: serde_json::Map<String, Value> = values
+        .iter()
+        .map(|(p, v)| (p.to_string(), json!(hex::encode(v))))
+        .collect();
+    json!({"nonce": challenge["nonce"], "quote": B64.encode(attest),
+           "signature": B64.encode(signature), "pcr_values": pcr_values,
+           "event_log": B64.encode(log)})
+}
+
+async fn submit(app: &TestApp, device: &SoftDevice, body: &Value) -> StatusCode {
+    device
+        .client
+        .post(app.url("/v1/attest/quote"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn many_devices_attesting_at_once_each_get_their_own_result() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+        let app = spawn_app_with_policies(db, policy_config(refs.path())).await;
+        let mut fleet = Vec::new();
+        for _ in 0..40 {
+            fleet.push(soft_device(&app).await);
+        }
+        // Every third device booted firmware that no reference set accepts.
+        let firmware = |i: usize| if i % 3 == 0 { "fw-rogue" } else { "fw-1" };
+        let statuses = futures_util::future::join_all(
+            fleet
+                .iter()
+                .enumerate()
+                .map(|(i, d)| attest(&app, d, firmware(i))),
+        )
+        .await;
+        for (i, (device, status)) in fleet.iter().zip(&statuses).enumerate() {
+            let record: Value = app
+                .get(&format!("/v1/devices/{}", device.id), Some(&app.admin))
+                .await
+                .json()
+                .await
+                .unwrap();
+            let history: Value = app
+                .get(
+                    &format!("/v1/devices/{}/attestations", device.id),
+                    Some(&app.admin),
+                )
+                .await
+                .json()
+                .await
+                .unwrap();
+            let results = history["attestations"].as_array().unwrap();
+            assert_eq!(results.len(), 1, "{db:?} device {i}: {history}");
+            if firmware(i) == "fw-1" {
+                assert_eq!(*status, StatusCode::OK, "{db:?} device {i}");
+                assert_eq!(record["attestation"], "active");
+                assert!(record["last_attested"].as_i64().is_some());
+                assert_eq!(results[0]["outcome"], "pass");
+            } else {
+                assert_eq!(
+                    *status,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "{db:?} device {i}"
+                );
+                assert_eq!(record["attestation"], "quarantined");
+                assert!(record["last_attested"].is_null());
+                let reason = record["attestation_reason"].as_str().unwrap();
+                assert!(reason.contains("firmware integrity"), "{reason}");
+                assert_eq!(results[0]["outcome"], "fail");
+            }
+        }
+        // Twice more each: the second pass of an active device changes no state, so the
+        // audit log gains nothing from it.
+        let audit_before = app.counts().await.audit_records;
+        for (i, device) in fleet.iter().enumerate() {
+            if firmware(i) == "fw-1" {
+                assert_eq!(attest(&app, device, "fw-1").await, StatusCode::OK);
+            }
+        }
+        assert_eq!(app.counts().await.audit_records, audit_before, "{db:?}");
+    }
+}
+
+#[tokio::test]
+async fn one_nonce_answered_twice_at_once_is_recorded_once() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let device = soft_device(&app).await;
+    for _ in 0..10 {
+        let r = device
+            .client
+            .post(app.url("/v1/attest/challenge"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let challenge: Value = r.json().await.unwrap();
+        let body = quote_body(&device, &challenge, "fw-1");
+        let (a, b) = tokio::join!(submit(&app, &device, &body), submit(&app, &device, &body));
+        let mut got = [a, b];
+        got.sort();
+        assert_eq!(got, [StatusCode::OK, StatusCode::FORBIDDEN]);
+    }
+    let history: Value = app
+        .get(
+            &format!("/v1/devices/{}/attestations", device.id),
+            Some(&app.admin),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["attestations"].as_array().unwrap().len(), 10);
+}
