@@ -333,7 +333,6 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         problems,
     })?;
     let decision_log = DecisionLog::spawn(registry.clone());
-    let attestation_writer = crate::store::AttestationWriter::spawn(registry.clone());
     let state = AppState::new(AppInner {
         ca: loaded.ca,
         trust_domain: loaded.trust_domain,
@@ -346,7 +345,6 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         metrics: Metrics::new(),
         policy,
         decision_log,
-        attestation_writer,
         bundle_signing: BundleSigning::default(),
     });
     if let (Some(every), true) = (config.policy.poll, state.policy.has_dirs()) {

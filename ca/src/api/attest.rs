@@ -2,7 +2,7 @@
 //! quote, verified against the AK bound at enrollment and the device class's reference values
 //! from the active policy set. Every failure of a quote that answers a good nonce quarantines
 //! the device (fail closed); a nonce that cannot be used changes nothing. Nonces and results
-//! are group-committed (`store::AttestationWriter`).
+//! are group-committed (`Registry::write_attestation`).
 
 use super::auth::DeviceCaller;
 use super::problem::{bounded, ApiError, ApiJson};
@@ -79,9 +79,9 @@ async fn tpm_device(
     state: &AppState,
     caller: &DeviceCaller,
 ) -> Result<(DeviceRecord, TpmKeys), ApiError> {
-    let device = state
+    let (device, keys) = state
         .registry
-        .device_by_serial(&caller.serial.to_hex())
+        .device_and_keys_by_serial(&caller.serial.to_hex())
         .await?
         .ok_or_else(|| {
             ApiError::new(
@@ -97,7 +97,7 @@ async fn tpm_device(
             "device is revoked",
         ));
     }
-    let keys = state.registry.tpm_keys(&device.id).await?.ok_or_else(|| {
+    let keys = keys.ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
             "no_attestation_key",
@@ -139,8 +139,8 @@ pub async fn challenge(
     let now = state.clock.unix();
     let expires_at = now + NONCE_TTL_SECS;
     state
-        .attestation_writer
-        .write(AttestJob::Nonce {
+        .registry
+        .write_attestation(AttestJob::Nonce {
             nonce: nonce.clone(),
             device_id: device.id.clone(),
             pcrs: stored.join(","),
@@ -202,8 +202,8 @@ pub async fn quote(
         AttestationResult::Fail { .. } => "fail",
     });
     let written = state
-        .attestation_writer
-        .write(AttestJob::Result {
+        .registry
+        .write_attestation(AttestJob::Result {
             nonce,
             device_id: device.id.clone(),
             now,

@@ -104,8 +104,6 @@ pub struct AppInner {
     pub policy: PolicyService,
     /// The decision log writer.
     pub decision_log: DecisionLog,
-    /// The attestation writer (nonces and results, group-committed).
-    pub attestation_writer: crate::store::AttestationWriter,
     /// Signs policy bundles for agents.
     pub bundle_signing: BundleSigning,
 }

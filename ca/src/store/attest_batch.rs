@@ -9,9 +9,10 @@
 //! and writes nothing.
 
 use super::batch::{Param, Params};
-use super::{AttestationResult, AttestationState, Registry, StoreError};
+use super::{AttestationResult, AttestationState, Backend, Registry, StoreError};
 use serde_json::json;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs committed in one transaction.
@@ -57,26 +58,39 @@ pub enum AttestWrite {
     NonceInvalid,
 }
 
-type Job = (AttestJob, oneshot::Sender<Result<AttestWrite, String>>);
+pub(super) type Job = (AttestJob, oneshot::Sender<Result<AttestWrite, String>>);
 
-/// The queue to the attestation writer; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AttestationWriter {
-    tx: mpsc::Sender<Job>,
+/// Starts the attestation writer on a thread of its own (see `batch::spawn_dedicated`).
+pub(super) async fn spawn_writer(
+    url: String,
+    backend: Backend,
+    sqlite_writer: Option<Arc<tokio::sync::Mutex<()>>>,
+) -> Result<mpsc::Sender<Job>, StoreError> {
+    super::batch::spawn_dedicated(
+        "attestation writer",
+        url,
+        backend,
+        sqlite_writer,
+        MAX_BATCH * 8,
+        run_writer,
+    )
+    .await
 }
 
-impl AttestationWriter {
-    /// Starts the writer on the current runtime. It ends when every writer handle is dropped.
-    pub fn spawn(registry: Registry) -> Self {
-        let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
-        tokio::spawn(run_writer(registry, rx));
-        Self { tx }
-    }
-
-    /// Commits `job`; returns once it is durable in the database (or refused).
-    pub async fn write(&self, job: AttestJob) -> Result<AttestWrite, StoreError> {
+impl Registry {
+    /// Commits `job` through the attestation writer (group commit); returns once it is
+    /// durable in the database, or refused.
+    pub async fn write_attestation(&self, job: AttestJob) -> Result<AttestWrite, StoreError> {
+        let Some(writer) = &self.attest_writer else {
+            // Inside the writer (not used there), or a registry without one: commit alone.
+            return self
+                .commit_attestation_batch(std::slice::from_ref(&job))
+                .await?
+                .pop()
+                .ok_or(StoreError::WriterGone);
+        };
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.tx
+        writer
             .send((job, reply_tx))
             .await
             .map_err(|_| StoreError::WriterGone)?;

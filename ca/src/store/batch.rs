@@ -97,26 +97,36 @@ impl Params {
     }
 }
 
-/// Starts the enrollment writer on a thread of its own, with its own single-threaded runtime
-/// and its own connection pool, and returns its queue. It ends when every sender is dropped.
+/// Starts a group-commit writer (`run`, fed by the returned queue) on a thread of its own,
+/// with its own single-threaded runtime and its own connection pool. It ends when every
+/// sender is dropped.
 ///
 /// Why a thread: on the shared runtime, each of the writer's awaits (one per statement)
 /// queued behind hundreds of request tasks doing signature work, so batches took several
 /// times longer than their database work and the CPU sat partly idle (measured with
-/// `benches/enroll.rs`).
-pub(super) async fn spawn_writer(
+/// `benches/enroll.rs` and `benches/attest.rs`).
+pub(super) async fn spawn_dedicated<J, F, Fut>(
+    name: &str,
     url: String,
     backend: Backend,
     sqlite_writer: Option<Arc<tokio::sync::Mutex<()>>>,
-) -> Result<mpsc::Sender<EnrollRequest>, StoreError> {
-    let (tx, rx) = mpsc::channel::<EnrollRequest>(MAX_BATCH * 16);
+    capacity: usize,
+    run: F,
+) -> Result<mpsc::Sender<J>, StoreError>
+where
+    J: Send + 'static,
+    F: FnOnce(Registry, mpsc::Receiver<J>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (tx, rx) = mpsc::channel::<J>(capacity);
     let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
+    let cannot = |e: std::io::Error| StoreError::Batch(format!("cannot start the {name}: {e}"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| StoreError::Batch(format!("cannot start the enrollment writer: {e}")))?;
+        .map_err(cannot)?;
     std::thread::Builder::new()
-        .name("vouch-enroll-writer".into())
+        .name(format!("vouch-{}", name.replace(' ', "-")))
         .spawn(move || {
             runtime.block_on(async move {
                 let pool = match connect_pool(&url, backend, 2).await {
@@ -132,14 +142,32 @@ pub(super) async fn spawn_writer(
                     backend,
                     sqlite_writer,
                     enroll_writer: None,
+                    attest_writer: None,
                 };
-                run_writer(registry, rx).await;
+                run(registry, rx).await;
                 pool.close().await;
             });
         })
-        .map_err(|e| StoreError::Batch(format!("cannot start the enrollment writer: {e}")))?;
+        .map_err(cannot)?;
     ready_rx.await.map_err(|_| StoreError::WriterGone)??;
     Ok(tx)
+}
+
+/// Starts the enrollment writer (see [`spawn_dedicated`]).
+pub(super) async fn spawn_writer(
+    url: String,
+    backend: Backend,
+    sqlite_writer: Option<Arc<tokio::sync::Mutex<()>>>,
+) -> Result<mpsc::Sender<EnrollRequest>, StoreError> {
+    spawn_dedicated(
+        "enrollment writer",
+        url,
+        backend,
+        sqlite_writer,
+        MAX_BATCH * 16,
+        run_writer,
+    )
+    .await
 }
 
 async fn run_writer(registry: Registry, mut rx: mpsc::Receiver<EnrollRequest>) {

@@ -20,7 +20,7 @@ mod devices;
 mod enrollment;
 mod tpm;
 
-pub use attest_batch::{AttestJob, AttestWrite, AttestationWriter};
+pub use attest_batch::{AttestJob, AttestWrite};
 pub use attestation::{AttestationRecord, AttestationResult, ReleaseOutcome, SweepOutcome};
 pub use audit::AuditRecord;
 pub use devices::{AttestationState, DeviceFilter, DeviceRecord, DeviceStatus, RevokeOutcome};
@@ -131,6 +131,9 @@ pub struct Registry {
     /// Queue of the group-commit writer for enrollments (see `batch`). `None` inside the
     /// writer itself, so the writer does not keep its own queue alive.
     enroll_writer: Option<tokio::sync::mpsc::Sender<batch::EnrollRequest>>,
+    /// Queue of the group-commit writer for attestation nonces and results (see
+    /// `attest_batch`); `None` inside that writer.
+    attest_writer: Option<tokio::sync::mpsc::Sender<attest_batch::Job>>,
 }
 
 impl Registry {
@@ -146,11 +149,14 @@ impl Registry {
         let sqlite_writer =
             (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         let writer = batch::spawn_writer(url.to_owned(), backend, sqlite_writer.clone()).await?;
+        let attest_writer =
+            attest_batch::spawn_writer(url.to_owned(), backend, sqlite_writer.clone()).await?;
         Ok(Self {
             pool,
             backend,
             sqlite_writer,
             enroll_writer: Some(writer),
+            attest_writer: Some(attest_writer),
         })
     }
 

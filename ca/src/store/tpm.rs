@@ -2,8 +2,9 @@
 //! re-enrolled device), and the keys they bound. (Attestation nonces: `attest_batch`.)
 
 use super::audit::append;
+use super::devices::{device_from_row, DeviceRecord, DEVICE_COLUMNS};
 use super::enrollment::{insert_certificate, NewCertificate, NewDevice};
-use super::{EnrollRefusal, Registry, StoreError};
+use super::{col, EnrollRefusal, Registry, StoreError};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
@@ -310,5 +311,35 @@ impl Registry {
             })),
             _ => Ok(None),
         }
+    }
+
+    /// The device holding certificate `serial`, with its TPM keys if it has any: what an
+    /// attestation request needs, in one read.
+    pub async fn device_and_keys_by_serial(
+        &self,
+        serial: &str,
+    ) -> Result<Option<(DeviceRecord, Option<TpmKeys>)>, StoreError> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS}, d.ek_public, d.ak_public FROM devices d \
+             JOIN certificates k ON k.device_id = d.id WHERE k.serial = $1"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(serial)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let device = device_from_row(&row)?;
+        let ek: Option<String> = col(&row, "ek_public")?;
+        let ak: Option<String> = col(&row, "ak_public")?;
+        let keys = match (ek, ak) {
+            (Some(ek), Some(ak)) => Some(TpmKeys {
+                ek_public: unhex("ek_public", &ek)?,
+                ak_public: unhex("ak_public", &ak)?,
+            }),
+            _ => None,
+        };
+        Ok(Some((device, keys)))
     }
 }
