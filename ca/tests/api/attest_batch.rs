@@ -245,3 +245,69 @@ async fn one_nonce_answered_twice_at_once_is_recorded_once() {
         .unwrap();
     assert_eq!(history["attestations"].as_array().unwrap().len(), 10);
 }
+
+#[tokio::test]
+async fn hostile_quote_submissions_fail_closed_and_oversized_ones_are_refused_unread() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let device = soft_device(&app).await;
+    let challenge = |d: &SoftDevice| {
+        let request = d
+            .client
+            .post(app.url("/v1/attest/challenge"))
+            .json(&json!({}));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    // Each answers a good nonce with something broken: the device is quarantined for it.
+    let breakages: Vec<(&str, Value)> = vec![
+        ("quote", json!("%%% not base64")),
+        ("quote", json!(B64.encode([0xffu8; 40]))),
+        ("signature", json!(B64.encode(b"short"))),
+        ("pcr_values", json!({"99": hex::encode([0u8; 32])})),
+        ("pcr_values", json!({"0": "zz"})),
+        ("event_log", json!(B64.encode(b"\x00\x01 not a log"))),
+    ];
+    for (field, value) in breakages {
+        let c = challenge(&device).await;
+        let mut body = quote_body(&device, &c, "fw-1");
+        body[field] = value;
+        assert_eq!(
+            submit(&app, &device, &body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{field}"
+        );
+        let record: Value = app
+            .get(&format!("/v1/devices/{}", device.id), Some(&app.admin))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(record["attestation"], "quarantined", "{field}");
+    }
+    // A body past the route's limit is refused before it is read: its nonce stays good.
+    let c = challenge(&device).await;
+    let mut body = quote_body(&device, &c, "fw-1");
+    body["event_log"] = json!("A".repeat(1024 * 1024));
+    assert_eq!(
+        submit(&app, &device, &body).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let good = quote_body(&device, &c, "fw-1");
+    assert_eq!(submit(&app, &device, &good).await, StatusCode::OK);
+    // Unknown fields and malformed nonces are refused as requests, not held against the
+    // device.
+    let c = challenge(&device).await;
+    let mut body = quote_body(&device, &c, "fw-1");
+    body["extra"] = json!(1);
+    assert!(submit(&app, &device, &body).await.is_client_error());
+    let mut body = quote_body(&device, &c, "fw-1");
+    body["nonce"] = json!("not hex");
+    assert_eq!(submit(&app, &device, &body).await, StatusCode::FORBIDDEN);
+    let record: Value = app
+        .get(&format!("/v1/devices/{}", device.id), Some(&app.admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["attestation"], "active");
+}
