@@ -1,1 +1,26 @@
-//! placeholder
+//! Vouch agent: the device side of Vouch.
+//!
+//! - [`tpm`]: the TPM (tss-esapi): EK, AK, credential activation, quotes.
+//! - [`state`]: the state directory (0700), written atomically.
+//! - [`client`]: HTTPS to the server: CA pinning, then mutual TLS.
+//! - [`lifecycle`]: the schedule; [`enroll`], [`renew`] and [`attest`]: its steps, retried
+//!   through outages.
+//! - [`schedule`]: renewal timing and backoff, pure functions of a clock and an RNG.
+//! - [`token`], [`credentials`], [`protocol`]: the join token, keys and certificates, and
+//!   the wire types.
+//! - [`config`] and [`status`]: the command line.
+#![forbid(unsafe_code)]
+
+pub mod attest;
+pub mod client;
+pub mod config;
+pub mod credentials;
+pub mod enroll;
+pub mod lifecycle;
+pub mod protocol;
+pub mod renew;
+pub mod schedule;
+pub mod state;
+pub mod status;
+pub mod token;
+pub mod tpm;

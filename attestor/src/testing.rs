@@ -467,3 +467,28 @@ impl Default for SoftwareAk {
         Self::new()
     }
 }
+
+/// A copy of the policy repository `examples` (schema, fleet definitions, policies; not its
+/// tests) with `reference-values.json` accepting `sets` (see [`reference_values_json`]) in
+/// `into`: the policy directory of a server under test.
+pub fn policy_dir_with_references(
+    examples: &std::path::Path,
+    into: &std::path::Path,
+    sets: &[(&str, &str, &str)],
+) {
+    std::fs::create_dir_all(into.join("policies")).unwrap();
+    for name in ["schema.cedarschema", "fleet.json"] {
+        std::fs::copy(examples.join(name), into.join(name)).unwrap();
+    }
+    for entry in std::fs::read_dir(examples.join("policies")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), into.join("policies").join(entry.file_name())).unwrap();
+    }
+    write_reference_values(into, sets);
+}
+
+/// Writes `reference-values.json` accepting `sets` into the policy directory `dir`.
+pub fn write_reference_values(dir: &std::path::Path, sets: &[(&str, &str, &str)]) {
+    let json = reference_values_json(sets).to_string();
+    std::fs::write(dir.join("reference-values.json"), json).unwrap();
+}

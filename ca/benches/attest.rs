@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use vouch_attestor::quote::{verify_quote, Evidence, Expected};
 use vouch_attestor::reference::{evaluate, ReferenceValues};
 use vouch_attestor::testing::{
-    boot_events, ek_qualified_name, expected_pcrs, reference_values_json, SoftwareAk, QUOTED,
+    boot_events, ek_qualified_name, expected_pcrs, policy_dir_with_references, SoftwareAk, QUOTED,
 };
 use vouch_attestor::tpm::{PcrSelection, Public};
 use vouch_ca::api::Settings;
@@ -102,21 +102,6 @@ fn raw_cost(references: &ReferenceValues, log: &[u8]) -> f64 {
     start.elapsed().as_secs_f64() / ops as f64
 }
 
-/// The example policies with reference values for class `sensor` (firmware `fw-1`).
-fn policy_dir(into: &Path) {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
-    std::fs::create_dir_all(into.join("policies")).unwrap();
-    for name in ["schema.cedarschema", "fleet.json"] {
-        std::fs::copy(examples.join(name), into.join(name)).unwrap();
-    }
-    for entry in std::fs::read_dir(examples.join("policies")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), into.join("policies").join(entry.file_name())).unwrap();
-    }
-    let refs = reference_values_json(&[("fw-1", "fw-1", "cfg-a")]).to_string();
-    std::fs::write(into.join("reference-values.json"), refs).unwrap();
-}
-
 /// A device with a software AK bound at enrollment, and its mTLS identity (PEM).
 struct Device {
     ak: SoftwareAk,
@@ -137,7 +122,8 @@ fn main() {
     let td = TrustDomain::parse("bench.example").unwrap();
     app::init_ca(&data_dir, &td, SystemClock.now()).unwrap();
     let policies = dir.path().join("policies");
-    policy_dir(&policies);
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    policy_dir_with_references(&examples, &policies, &[("fw-1", "fw-1", "cfg-a")]);
     let references =
         ReferenceValues::parse(&std::fs::read(policies.join("reference-values.json")).unwrap())
             .unwrap();

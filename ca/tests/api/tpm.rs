@@ -10,7 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::Path;
 use tempfile::TempDir;
-use vouch_attestor::testing::{boot_events, measure, reference_values_json, SoftwareTpm, QUOTED};
+use vouch_attestor::testing::{
+    boot_events, measure, policy_dir_with_references, write_reference_values, SoftwareTpm, QUOTED,
+};
 use vouch_ca::app::PolicyConfig;
 use vouch_ca::tokens::Role;
 
@@ -18,25 +20,8 @@ use vouch_ca::tokens::Role;
 pub fn policies_with_references(sets: &[(&str, &str, &str)]) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
-    for name in ["schema.cedarschema", "fleet.json"] {
-        std::fs::copy(examples.join(name), dir.path().join(name)).unwrap();
-    }
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    for entry in std::fs::read_dir(examples.join("policies")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(
-            entry.path(),
-            dir.path().join("policies").join(entry.file_name()),
-        )
-        .unwrap();
-    }
-    write_references(dir.path(), sets);
+    policy_dir_with_references(&examples, dir.path(), sets);
     dir
-}
-
-pub fn write_references(dir: &Path, sets: &[(&str, &str, &str)]) {
-    let json = reference_values_json(sets).to_string();
-    std::fs::write(dir.join("reference-values.json"), json).unwrap();
 }
 
 pub fn policy_config(dir: &Path) -> PolicyConfig {
@@ -460,7 +445,7 @@ async fn a_rollout_window_accepts_both_firmwares_until_the_old_one_is_removed() 
     assert_eq!(r.json::<Value>().await.unwrap()["reference_set"], "fw-N+1");
 
     // The rollout is done: firmware N leaves the reference values (a policy reload).
-    write_references(refs.path(), &[("fw-N+1", "fw-N+1", "cfg-a")]);
+    write_reference_values(refs.path(), &[("fw-N+1", "fw-N+1", "cfg-a")]);
     let r = app
         .post("/v1/policy/reload", Some(&app.admin), &json!({}))
         .await;

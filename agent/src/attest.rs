@@ -1,0 +1,86 @@
+//! Remote attestation, every `--attest-every`: a challenge from the server, a quote of the
+//! PCRs it names with the AK over its nonce, and the verdict, recorded in `identity.json`.
+
+use crate::lifecycle::{with_tpm, Agent, AgentError, Api, ClientIdentity};
+use crate::protocol::{AttestResult, QuoteRequest};
+use crate::state::{rfc3339, Enrolled, LastAttestation, StateError};
+use time::OffsetDateTime;
+
+impl<A: Api> Agent<A> {
+    /// One attestation: challenge, quote, submit. Returns the verdict to record (a refusal
+    /// or a TPM failure included); errors are the transient failures, to retry soon.
+    pub(crate) async fn attest(&self, enrolled: &Enrolled) -> Result<Attested, AgentError> {
+        let now = self.clock.now();
+        let next = Some(now + self.settings.attest_every);
+        let (result, reason, reference_set, next) = match self.quote_and_submit(enrolled).await {
+            Ok(result) => {
+                tracing::info!(result = %result.result, reference_set = ?result.reference_set, "attestation passed");
+                (result.result, None, result.reference_set, next)
+            }
+            Err(e) if e.is_transient() || e.code() == Some("nonce_invalid") => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "attestation did not pass");
+                let (result, next) = match e.code() {
+                    Some("attestation_failed") => ("fail", next),
+                    // The server holds no AK for this device: attesting again cannot help.
+                    Some("no_attestation_key") => ("error", None),
+                    _ => ("error", next),
+                };
+                (result.to_owned(), Some(e.to_string()), None, next)
+            }
+        };
+        Ok(Attested {
+            failure: reason.clone(),
+            record: LastAttestation {
+                at: rfc3339(now),
+                result,
+                reason,
+                reference_set,
+            },
+            next,
+        })
+    }
+
+    async fn quote_and_submit(&self, enrolled: &Enrolled) -> Result<AttestResult, AgentError> {
+        let tcti = self.settings.tpm.clone().unwrap_or_default();
+        let identity = ClientIdentity::from(enrolled);
+        let challenge = self
+            .api
+            .attest_challenge(&identity)
+            .await
+            .map_err(AgentError::api("attestation challenge"))?;
+        if challenge.hash != "sha256" {
+            return Err(AgentError::Unsupported(format!(
+                "the server asks for the `{}` PCR bank; only sha256 is quoted",
+                challenge.hash
+            )));
+        }
+        let ak = self.state.ak()?.ok_or_else(|| StateError::Damaged {
+            path: self.state.file(crate::state::AK),
+            reason: "missing, but the device enrolled with a TPM".into(),
+        })?;
+        let (nonce, pcrs) = (challenge.nonce.clone(), challenge.pcrs.clone());
+        let quoted = with_tpm(&tcti, move |tpm| tpm.quote(&ak, &nonce, &pcrs)).await?;
+        let req = QuoteRequest {
+            nonce: challenge.nonce,
+            quote: quoted.attest,
+            signature: quoted.signature,
+            pcr_values: quoted.pcr_values,
+            event_log: None,
+        };
+        self.api
+            .attest_quote(&identity, &req)
+            .await
+            .map_err(AgentError::api("attestation"))
+    }
+}
+
+/// An attestation's verdict, to record.
+pub(crate) struct Attested {
+    /// What `identity.json` keeps of it.
+    pub(crate) record: LastAttestation,
+    /// When to attest next (`None`: never).
+    pub(crate) next: Option<OffsetDateTime>,
+    /// Why it did not pass.
+    pub(crate) failure: Option<String>,
+}

@@ -1,0 +1,306 @@
+//! The HTTPS client to `vouch serve`: CA pinning on first contact, then every connection
+//! verified against the pinned root alone, with the device's certificate for mutual TLS on
+//! the device calls. Problem answers become [`ApiError::Problem`] with their `code`.
+
+use crate::credentials::fingerprint;
+use crate::lifecycle::{Api, ClientIdentity};
+use crate::protocol::{
+    ActivationChallenge, AttestChallenge, AttestResult, EnrollRequest, EnrollResponse, Problem,
+    QuoteRequest, RenewRequest, TpmEnrollRequest,
+};
+use reqwest::{Certificate, Client, Identity, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// Timeout of one request, connection included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest trust bundle read before pinning.
+const MAX_BUNDLE_BYTES: usize = 64 * 1024;
+
+/// Why a call to the server did not give an answer the agent can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// No answer: connection, TLS or timeout. Worth retrying.
+    #[error("cannot reach the server: {0}")]
+    Transport(String),
+    /// The server answered with a problem.
+    #[error("server answered {status} `{code}`: {detail}")]
+    Problem {
+        /// HTTP status.
+        status: u16,
+        /// The problem's `code`.
+        code: String,
+        /// The problem's `detail`.
+        detail: String,
+    },
+    /// The server answered something that is not the protocol.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    /// The trust bundle is not the CA the join token pins.
+    #[error("the server's root CA (sha256 {found}) is not the one the join token pins ({pinned})")]
+    PinMismatch {
+        /// Fingerprint of the root the server sent.
+        found: String,
+        /// Fingerprint in the token.
+        pinned: String,
+    },
+    /// The pinned root or the device's credentials cannot be used for TLS.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+}
+
+impl ApiError {
+    /// Whether trying again later may succeed: no answer, a server-side error, or too many
+    /// requests.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Transport(_) => true,
+            Self::Problem { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    /// The problem code, if the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Problem { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+fn transport(e: reqwest::Error) -> ApiError {
+    // reqwest's Display leaves out the cause; the chain says e.g. "connection refused".
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    ApiError::Transport(text)
+}
+
+/// Joins `server` and an API path.
+fn url(server: &str, path: &str) -> String {
+    format!("{}{}", server.trim_end_matches('/'), path)
+}
+
+/// Fetches `GET /v1/trust-bundle` *without* verifying the server, and accepts the root in it
+/// only if the SHA-256 of its DER is `ca_sha256`. Returns the root, PEM.
+pub async fn pin_root(server: &str, ca_sha256: &[u8; 32]) -> Result<String, ApiError> {
+    let client = Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .danger_accept_invalid_certs(true)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| ApiError::Tls(e.to_string()))?;
+    let response = client
+        .get(url(server, "/v1/trust-bundle"))
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(transport)?;
+    if !status.is_success() {
+        return Err(problem(status, &body));
+    }
+    if body.len() > MAX_BUNDLE_BYTES {
+        return Err(ApiError::Protocol("trust bundle is too large".into()));
+    }
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::Protocol("trust bundle is not PEM".into()))?;
+    let found = fingerprint(&text).map_err(|e| ApiError::Protocol(e.to_string()))?;
+    // The pin is public (it is in the token): a plain comparison leaks nothing.
+    if &found != ca_sha256 {
+        return Err(ApiError::PinMismatch {
+            found: hex::encode(found),
+            pinned: hex::encode(ca_sha256),
+        });
+    }
+    // Keep only the pinned certificate: nothing else in the bundle was checked.
+    let der = crate::credentials::certificates(&text)
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Protocol("trust bundle is empty".into()))?;
+    Ok(pem::encode(&pem::Pem::new("CERTIFICATE", der)))
+}
+
+fn problem(status: StatusCode, body: &[u8]) -> ApiError {
+    match serde_json::from_slice::<Problem>(body) {
+        Ok(p) => ApiError::Problem {
+            status: status.as_u16(),
+            code: p.code,
+            detail: p.detail.chars().take(500).collect(),
+        },
+        Err(_) => ApiError::Problem {
+            status: status.as_u16(),
+            code: format!("http_{}", status.as_u16()),
+            detail: status.canonical_reason().unwrap_or("error").to_owned(),
+        },
+    }
+}
+
+/// The server, reached over TLS verified against the pinned root alone.
+#[derive(Debug)]
+pub struct HttpApi {
+    server: String,
+    pinned: RwLock<Option<Pinned>>,
+}
+
+/// The pinned root and a client trusting it alone.
+#[derive(Debug, Clone)]
+struct Pinned {
+    root: Certificate,
+    anonymous: Client,
+}
+
+impl HttpApi {
+    /// A client of `server`; it trusts nothing until [`Api::pin_root`] or
+    /// [`Api::trust_root`].
+    pub fn new(server: &str) -> Self {
+        Self {
+            server: server.to_owned(),
+            pinned: RwLock::new(None),
+        }
+    }
+
+    fn builder(root: &Certificate) -> reqwest::ClientBuilder {
+        Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root.clone())
+            .timeout(REQUEST_TIMEOUT)
+    }
+
+    fn pinned(&self) -> Result<Pinned, ApiError> {
+        self.pinned
+            .read()
+            .map_err(|_| ApiError::Tls("pinned root lock poisoned".into()))?
+            .clone()
+            .ok_or_else(|| ApiError::Tls("no root CA pinned yet".into()))
+    }
+
+    /// A client presenting `identity`. Built per call: calls are minutes apart, and the
+    /// identity changes at every renewal.
+    fn mtls(&self, identity: &ClientIdentity) -> Result<Client, ApiError> {
+        let pem_text = format!("{}\n{}", identity.cert_pem, identity.key_pem);
+        let id = Identity::from_pem(pem_text.as_bytes())
+            .map_err(|e| ApiError::Tls(format!("device credentials: {e}")))?;
+        Self::builder(&self.pinned()?.root)
+            .identity(id)
+            .build()
+            .map_err(|e| ApiError::Tls(e.to_string()))
+    }
+
+    async fn post<B: Serialize + Sync, R: DeserializeOwned>(
+        &self,
+        client: &Client,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ApiError> {
+        let response = client
+            .post(url(&self.server, path))
+            .json(body)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(problem(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Protocol(format!("{path}: {e}")))
+    }
+}
+
+impl Api for HttpApi {
+    async fn pin_root(&self, ca_sha256: &[u8; 32]) -> Result<String, ApiError> {
+        let root_pem = pin_root(&self.server, ca_sha256).await?;
+        self.trust_root(&root_pem)?;
+        Ok(root_pem)
+    }
+
+    fn trust_root(&self, root_pem: &str) -> Result<(), ApiError> {
+        let root = Certificate::from_pem(root_pem.as_bytes())
+            .map_err(|e| ApiError::Tls(format!("pinned root: {e}")))?;
+        let anonymous = Self::builder(&root)
+            .build()
+            .map_err(|e| ApiError::Tls(e.to_string()))?;
+        let mut pinned = self
+            .pinned
+            .write()
+            .map_err(|_| ApiError::Tls("pinned root lock poisoned".into()))?;
+        *pinned = Some(Pinned { root, anonymous });
+        Ok(())
+    }
+
+    async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ApiError> {
+        self.post(&self.pinned()?.anonymous, "/v1/enroll", req)
+            .await
+    }
+
+    async fn enroll_tpm(&self, req: &TpmEnrollRequest) -> Result<ActivationChallenge, ApiError> {
+        self.post(&self.pinned()?.anonymous, "/v1/enroll/tpm", req)
+            .await
+    }
+
+    async fn renew(
+        &self,
+        identity: &ClientIdentity,
+        req: &RenewRequest,
+    ) -> Result<EnrollResponse, ApiError> {
+        self.post(&self.mtls(identity)?, "/v1/renew", req).await
+    }
+
+    async fn attest_challenge(
+        &self,
+        identity: &ClientIdentity,
+    ) -> Result<AttestChallenge, ApiError> {
+        self.post(
+            &self.mtls(identity)?,
+            "/v1/attest/challenge",
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    async fn attest_quote(
+        &self,
+        identity: &ClientIdentity,
+        req: &QuoteRequest,
+    ) -> Result<AttestResult, ApiError> {
+        self.post(&self.mtls(identity)?, "/v1/attest/quote", req)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_keep_their_code_and_odd_bodies_get_one() {
+        let e = problem(
+            StatusCode::FORBIDDEN,
+            br#"{"type":"about:blank","title":"Forbidden","status":403,"code":"device_quarantined","detail":"x"}"#,
+        );
+        assert_eq!(e.code(), Some("device_quarantined"));
+        assert!(!e.is_transient());
+        let e = problem(StatusCode::BAD_GATEWAY, b"<html>");
+        assert_eq!(e.code(), Some("http_502"));
+        assert!(e.is_transient());
+        assert!(problem(StatusCode::TOO_MANY_REQUESTS, b"").is_transient());
+        assert!(ApiError::Transport("x".into()).is_transient());
+        assert!(!ApiError::Protocol("x".into()).is_transient());
+    }
+
+    #[test]
+    fn urls_join_without_double_slashes() {
+        assert_eq!(url("https://h:1/", "/v1/enroll"), "https://h:1/v1/enroll");
+        assert_eq!(url("https://h:1", "/v1/enroll"), "https://h:1/v1/enroll");
+    }
+}

@@ -1,0 +1,277 @@
+//! The command line and the config file. The file is TOML with the flags' names as keys
+//! (`server`, `state-dir`, `join-token`, `tpm`, `attest-every`, `max-retry-delay`, `once`);
+//! a flag given on the command line wins over the file. Every problem is collected and
+//! reported at once, before anything starts.
+
+use crate::lifecycle::Settings;
+use crate::schedule::RetryPolicy;
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default time between attestations.
+pub const DEFAULT_ATTEST_EVERY: &str = "30m";
+/// Default ceiling of retry delays.
+pub const DEFAULT_MAX_RETRY_DELAY: &str = "60s";
+
+/// Vouch device agent: enrolls the device with a Vouch server, keeps its certificate
+/// renewed and, with a TPM, proves the device's boot state by remote attestation.
+///
+/// Logs go to stderr (filter with RUST_LOG, e.g. `RUST_LOG=debug`); libtss2's own logging
+/// is off unless TSS2_LOG is set. Exit codes: 0 done, 1 failure, 64 bad command line or
+/// config.
+#[derive(Debug, Parser)]
+#[command(name = "vouch-agent", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enroll (first start) and keep the identity alive: renew at about half the
+    /// certificate's lifetime, attest on schedule with a TPM, retry through outages.
+    Run(RunArgs),
+    /// Print the device's identity, certificate expiry and last attestation.
+    Status(StatusArgs),
+}
+
+/// `vouch-agent run`.
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    /// Base URL of the Vouch server, e.g. `https://vouch.example:8443`.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Directory of the device's identity, keys and certificates (created 0700).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// One-time join (bootstrap) token for the first enrollment; ignored once enrolled.
+    /// Prefer the environment variable or the config file: command lines are visible to
+    /// other local users.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "VOUCH_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub join_token: Option<String>,
+    /// Enroll with the TPM at this TCTI (e.g. `device:/dev/tpmrm0` or
+    /// `swtpm:host=127.0.0.1,port=2321`) and attest with it: trust level high.
+    /// Without it the device enrolls with a plain key: trust level low.
+    #[arg(long, value_name = "TCTI")]
+    pub tpm: Option<String>,
+    /// Time between attestations (with --tpm), e.g. `30m`, `2s` [default: 30m].
+    #[arg(long, value_name = "DURATION")]
+    pub attest_every: Option<String>,
+    /// Longest wait between retries of a failed call (they back off from 1s,
+    /// doubling, with full jitter) [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub max_retry_delay: Option<String>,
+    /// TOML file with any of these settings (keys named as the flags); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Do one pass and exit: enroll if needed, attest once (with --tpm), renew if due.
+    /// Exits 0 if all of it succeeded (a failed attestation is recorded, then exits 1).
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// `vouch-agent status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The agent's state directory.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    /// `server`.
+    pub server: Option<String>,
+    /// `state-dir`.
+    #[serde(alias = "state_dir")]
+    pub state_dir: Option<PathBuf>,
+    /// `join-token`.
+    #[serde(alias = "join_token")]
+    pub join_token: Option<String>,
+    /// `tpm`.
+    pub tpm: Option<String>,
+    /// `attest-every`.
+    #[serde(alias = "attest_every")]
+    pub attest_every: Option<String>,
+    /// `max-retry-delay`.
+    #[serde(alias = "max_retry_delay")]
+    pub max_retry_delay: Option<String>,
+    /// `once`.
+    pub once: Option<bool>,
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("config file `{}`: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config file `{}`: {e}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned())
+    }
+}
+
+fn duration(name: &str, value: &str, errors: &mut Vec<String>) -> Duration {
+    match humantime::parse_duration(value) {
+        Ok(d) if d >= Duration::from_secs(1) => d,
+        Ok(_) => {
+            errors.push(format!("`{name}` must be at least 1s, got `{value}`"));
+            Duration::from_secs(1)
+        }
+        Err(e) => {
+            errors.push(format!("`{name}` is not a duration (`{value}`): {e}"));
+            Duration::from_secs(1)
+        }
+    }
+}
+
+/// The run settings from the flags and the config file, or every problem found.
+pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
+    let mut errors = Vec::new();
+    let file = match &args.config {
+        Some(path) => ConfigFile::read(path).unwrap_or_else(|e| {
+            errors.push(e);
+            ConfigFile::default()
+        }),
+        None => ConfigFile::default(),
+    };
+    let server = args.server.or(file.server).unwrap_or_else(|| {
+        errors.push("`server` is required (--server URL)".into());
+        String::new()
+    });
+    if !server.is_empty() && !server.starts_with("https://") {
+        errors.push(format!("`server` must be an https:// URL, got `{server}`"));
+    }
+    let state_dir = args.state_dir.or(file.state_dir).unwrap_or_else(|| {
+        errors.push("`state-dir` is required (--state-dir DIR)".into());
+        PathBuf::new()
+    });
+    let join_token = args
+        .join_token
+        .or(file.join_token)
+        .filter(|t| !t.trim().is_empty());
+    let tpm = args.tpm.or(file.tpm).filter(|t| !t.is_empty());
+    let attest_every = args
+        .attest_every
+        .or(file.attest_every)
+        .unwrap_or_else(|| DEFAULT_ATTEST_EVERY.into());
+    let attest_every = duration("attest-every", &attest_every, &mut errors);
+    let max_delay = args
+        .max_retry_delay
+        .or(file.max_retry_delay)
+        .unwrap_or_else(|| DEFAULT_MAX_RETRY_DELAY.into());
+    let max = duration("max-retry-delay", &max_delay, &mut errors);
+    let once = args.once || file.once.unwrap_or(false);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Settings {
+        server,
+        state_dir,
+        join_token,
+        tpm,
+        attest_every,
+        retry: RetryPolicy {
+            initial: RetryPolicy::default().initial.min(max),
+            max,
+        },
+        once,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "server = \"https://file:1\"\nstate-dir = \"/var/lib/vouch\"\njoin_token = \"t\"\nattest-every = \"5m\"\nonce = true\n",
+        )
+        .unwrap();
+        let s = settings(RunArgs {
+            server: Some("https://flag:2".into()),
+            config: Some(path),
+            ..RunArgs::default()
+        })
+        .unwrap();
+        assert_eq!(s.server, "https://flag:2");
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/vouch"));
+        assert_eq!(s.join_token.as_deref(), Some("t"));
+        assert_eq!(s.attest_every, Duration::from_secs(300));
+        assert_eq!(s.retry, RetryPolicy::default());
+        assert!(s.once);
+        assert_eq!(s.tpm, None);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errors = settings(RunArgs {
+            server: Some("http://plain".into()),
+            attest_every: Some("soon".into()),
+            max_retry_delay: Some("10ms".into()),
+            ..RunArgs::default()
+        })
+        .unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        let errors = settings(RunArgs::default()).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_files_are_errors() {
+        assert!(ConfigFile::parse("servr = \"x\"").is_err());
+        assert!(ConfigFile::parse("server = [").is_err());
+        assert!(ConfigFile::parse("once = \"yes\"").is_err());
+        let errors = settings(RunArgs {
+            config: Some("/nonexistent/agent.toml".into()),
+            server: Some("https://h".into()),
+            state_dir: Some("/tmp/x".into()),
+            ..RunArgs::default()
+        })
+        .unwrap_err();
+        assert!(errors[0].contains("/nonexistent/agent.toml"), "{errors:?}");
+    }
+
+    #[test]
+    fn the_cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "vouch-agent",
+            "run",
+            "--server",
+            "https://h",
+            "--state-dir",
+            "/s",
+            "--once",
+            "--attest-every",
+            "2s",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Run(RunArgs { once: true, .. })
+        ));
+    }
+}

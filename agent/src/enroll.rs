@@ -1,0 +1,118 @@
+//! First enrollment, with or without the TPM (`docs/agent-protocol.md`).
+//!
+//! Without a TPM: a fresh key and its CSR with the join token; the device is `low` trust.
+//! With a TPM: the EK (and its certificate, if any) and a new AK go to `/v1/enroll/tpm`; the
+//! TPM activates the credential the server wrapped for that AK under that EK, and the secret
+//! it recovers goes with the CSR to `/v1/enroll`. Nothing is saved until the server has
+//! issued the certificate; `identity.json` is saved last.
+
+use crate::credentials::{csr_pem, new_key};
+use crate::lifecycle::{with_tpm, Agent, AgentError, Api, Retry};
+use crate::protocol::{EnrollRequest, TpmActivation, TpmEnrollRequest};
+use crate::state::Enrolled;
+use crate::tpm::AkBlobs;
+
+impl<A: Api> Agent<A> {
+    /// Enrolls with `token`, trusting `ca_pem` (already pinned), and saves the result.
+    /// Transient failures are retried (a few times in `--once` mode); a refusal is final.
+    pub async fn enroll(&self, token: &str, ca_pem: &str) -> Result<Enrolled, AgentError> {
+        let retry = Retry::new(&self.settings);
+        let (enrolled, ak) = retry
+            .run(self.rng.as_ref(), "enrollment", || {
+                self.enroll_once(token, ca_pem)
+            })
+            .await?;
+        if let Some(ak) = &ak {
+            self.state.save_ak(ak)?;
+        }
+        self.state.save_enrollment(&enrolled)?;
+        tracing::info!(device_id = %enrolled.identity.device_id, spiffe_id = %enrolled.identity.spiffe_id,
+            zone = %enrolled.identity.zone, tpm = enrolled.identity.tpm,
+            not_after = %enrolled.identity.not_after, "enrolled");
+        Ok(enrolled)
+    }
+
+    /// One enrollment attempt; returns the credentials and, with a TPM, the AK.
+    async fn enroll_once(
+        &self,
+        token: &str,
+        ca_pem: &str,
+    ) -> Result<(Enrolled, Option<AkBlobs>), AgentError> {
+        let key = new_key()?;
+        let csr = csr_pem(&key)?;
+        let (tpm, ak) = match &self.settings.tpm {
+            None => (None, None),
+            Some(tcti) => {
+                let (activation, ak) = self.activate(tcti, token).await?;
+                (Some(activation), Some(ak))
+            }
+        };
+        let with_tpm = tpm.is_some();
+        let req = EnrollRequest {
+            token: token.to_owned(),
+            csr_pem: csr,
+            tpm,
+        };
+        let resp = self
+            .api
+            .enroll(&req)
+            .await
+            .map_err(refused_unless_transient)?;
+        let enrolled = self.credentials(resp, key.serialize_pem(), ca_pem, None, with_tpm)?;
+        Ok((enrolled, ak))
+    }
+
+    /// Steps 1 and 2 of TPM enrollment: a new AK, the server's credential for it, and the
+    /// TPM's activation of that credential.
+    async fn activate(
+        &self,
+        tcti: &str,
+        token: &str,
+    ) -> Result<(TpmActivation, AkBlobs), AgentError> {
+        let (endorsement, ak) = with_tpm(tcti, |tpm| {
+            let endorsement = tpm.endorsement()?;
+            let ak = tpm.create_ak()?;
+            Ok((endorsement, ak))
+        })
+        .await?;
+        tracing::info!(
+            ek_certificate = endorsement.certificate.is_some(),
+            "created the attestation key; asking the server for a credential"
+        );
+        let req = TpmEnrollRequest {
+            token: token.to_owned(),
+            ek_public: endorsement.public,
+            ek_certificate: endorsement.certificate,
+            ak_public: ak.public.clone(),
+        };
+        let challenge = self
+            .api
+            .enroll_tpm(&req)
+            .await
+            .map_err(refused_unless_transient)?;
+        let blobs = ak.clone();
+        let secret = with_tpm(tcti, move |tpm| {
+            tpm.activate_credential(&blobs, &challenge.id_object, &challenge.encrypted_secret)
+        })
+        .await?;
+        Ok((
+            TpmActivation {
+                activation_id: challenge.activation_id,
+                secret,
+            },
+            ak,
+        ))
+    }
+}
+
+/// A transient failure stays retryable; any other answer refuses the enrollment.
+fn refused_unless_transient(e: crate::client::ApiError) -> AgentError {
+    if e.is_transient() {
+        AgentError::Api {
+            what: "enrollment",
+            source: e,
+        }
+    } else {
+        AgentError::EnrollmentRefused(e)
+    }
+}
