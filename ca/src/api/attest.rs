@@ -74,14 +74,16 @@ pub struct AttestOutcome {
     pub reference_set: String,
 }
 
-/// The calling device and its TPM keys; refuses devices that are revoked or have none.
+/// The calling device, its TPM keys and (if asked) what its nonce asked for; refuses
+/// devices that are revoked or have no TPM keys.
 async fn tpm_device(
     state: &AppState,
     caller: &DeviceCaller,
-) -> Result<(DeviceRecord, TpmKeys), ApiError> {
-    let (device, keys) = state
+    nonce: Option<&str>,
+) -> Result<(DeviceRecord, TpmKeys, Option<(String, String)>), ApiError> {
+    let found = state
         .registry
-        .device_and_keys_by_serial(&caller.serial.to_hex())
+        .attesting_device(&caller.serial.to_hex(), nonce, state.clock.unix())
         .await?
         .ok_or_else(|| {
             ApiError::new(
@@ -90,21 +92,21 @@ async fn tpm_device(
                 "certificate is not known to the registry",
             )
         })?;
-    if device.status != DeviceStatus::Active {
+    if found.device.status != DeviceStatus::Active {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "device_revoked",
             "device is revoked",
         ));
     }
-    let keys = keys.ok_or_else(|| {
+    let keys = found.keys.ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
             "no_attestation_key",
             "device was enrolled without a TPM; it has no attestation key",
         )
     })?;
-    Ok((device, keys))
+    Ok((found.device, keys, found.nonce))
 }
 
 /// The PCRs a device of `class` must quote: its reference values', else the boot PCRs 0-7
@@ -127,7 +129,7 @@ pub async fn challenge(
     State(state): State<AppState>,
     caller: DeviceCaller,
 ) -> Result<(StatusCode, Json<AttestChallenge>), ApiError> {
-    let (device, _) = tpm_device(&state, &caller).await?;
+    let (device, _, _) = tpm_device(&state, &caller, None).await?;
     let mut nonce = [0u8; 32];
     ring::rand::SecureRandom::fill(&state.rng, &mut nonce)
         .map_err(|_| ApiError::internal(&"rng failure"))?;
@@ -172,7 +174,6 @@ pub async fn quote(
     caller: DeviceCaller,
     ApiJson(req): ApiJson<QuoteSubmission>,
 ) -> Result<Json<AttestOutcome>, ApiError> {
-    let (device, keys) = tpm_device(&state, &caller).await?;
     let nonce_invalid = || {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -183,9 +184,10 @@ pub async fn quote(
     if req.nonce.len() != 64 || !req.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(nonce_invalid());
     }
-    let now = state.clock.unix();
     let nonce = req.nonce.to_ascii_lowercase();
-    let pcrs = match state.registry.usable_nonce(&nonce, now).await? {
+    let (device, keys, issued) = tpm_device(&state, &caller, Some(&nonce)).await?;
+    let now = state.clock.unix();
+    let pcrs = match issued {
         Some((issued_to, pcrs)) if issued_to == device.id => pcrs,
         _ => return Err(nonce_invalid()),
     };

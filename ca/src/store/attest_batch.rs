@@ -351,20 +351,4 @@ impl Registry {
             })
             .collect())
     }
-
-    /// The device and PCRs of a nonce that can still be used (unused, unexpired).
-    pub async fn usable_nonce(
-        &self,
-        nonce: &str,
-        now: i64,
-    ) -> Result<Option<(String, String)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT device_id, pcrs FROM attest_nonces \
-             WHERE nonce = $1 AND used_at IS NULL AND expires_at > $2",
-        )
-        .bind(nonce)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
 }

@@ -25,7 +25,9 @@ pub use attestation::{AttestationRecord, AttestationResult, ReleaseOutcome, Swee
 pub use audit::AuditRecord;
 pub use devices::{AttestationState, DeviceFilter, DeviceRecord, DeviceStatus, RevokeOutcome};
 pub use enrollment::{EnrollRefusal, NewBootstrapToken, NewCertificate, NewDevice, RenewRefusal};
-pub use tpm::{ek_fingerprint, NewActivation, TpmEnrollRefusal, TpmEnrollment, TpmKeys};
+pub use tpm::{
+    ek_fingerprint, AttestingDevice, NewActivation, TpmEnrollRefusal, TpmEnrollment, TpmKeys,
+};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
