@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Quick start: build `vouch`, start it on the embedded SQLite registry with the example policy
 # repository, and take one device through its life: bootstrap token, CA pinning, enrollment by
-# CSR, openssl verification, renewal over mTLS, policy decisions, revocation and the CRL.
+# CSR, openssl verification, renewal over mTLS, policy decisions, revocation and the CRL. Then
+# a device with a (software) TPM runs `vouch-agent`: enrollment bound to its TPM by credential
+# activation, a passing attestation, and a changed boot that quarantines it.
 # Prints every step. Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 
 need=()
-for tool in curl jq openssl; do command -v "$tool" >/dev/null || need+=("$tool"); done
+for tool in curl jq openssl pkg-config; do command -v "$tool" >/dev/null || need+=("$tool"); done
+# The TPM part: a software TPM, its tools, and libtss2 for vouch-agent's TPM access.
+command -v swtpm >/dev/null || need+=(swtpm swtpm-tools)
+command -v tpm2_pcrextend >/dev/null || need+=(tpm2-tools)
+pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     apt-get update -qq
@@ -17,18 +23,31 @@ fi
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "build vouch (release)"
-cargo build --release --bin vouch
+step "build vouch and vouch-agent (release)"
+cargo build --release --bin vouch --bin vouch-agent
 VOUCH=$PWD/target/release/vouch
+AGENT=$PWD/target/release/vouch-agent
 
-POLICIES=$PWD/examples/policies
 WORK=$(mktemp -d)
 DATA=$WORK/data
+# The example policies, with reference values for class `sensor` that accept the boot of a
+# fresh software TPM (nothing measured: PCRs 0-8 are zero). Real values come from the
+# firmware vendor or a golden device.
+POLICIES=$WORK/policies
+cp -r examples/policies "$POLICIES"
+ZERO=0000000000000000000000000000000000000000000000000000000000000000
+jq -n --arg z "$ZERO" '{device_classes: {sensor: {pcrs: [0,1,2,3,4,5,6,7,8], accepted: [
+    {name: "swtpm-unmeasured", firmware: ([range(0;8)] | map({key: tostring, value: $z}) | from_entries),
+     config: {pcr: 8, digests: [$z]}, min_firmware_version: 0}]}}}' > "$POLICIES/reference-values.json"
 cd "$WORK"
-cleanup() { [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null || true; }
+cleanup() {
+    [ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null
+    [ -f "$WORK/tpm/swtpm.pid" ] && kill "$(cat "$WORK/tpm/swtpm.pid")" 2>/dev/null
+    wait 2>/dev/null || true
+}
 trap cleanup EXIT
 
-step "start the server: new CA for trust domain fleet.example, SQLite registry in $DATA, policies from examples/policies"
+step "start the server: new CA for trust domain fleet.example, SQLite registry in $DATA, policies from examples/policies (+ reference values)"
 "$VOUCH" serve --data-dir "$DATA" --trust-domain fleet.example --listen 127.0.0.1:0 \
     --policy-dir "$POLICIES" \
     > server.out 2> server.log &
@@ -135,5 +154,43 @@ step "a revoked device cannot renew"
 jq -n --rawfile csr renew.csr '{csr_pem: $csr}' |
     curl -sS --cacert bundle.pem --cert device-chain.pem --key device.key \
     -H 'content-type: application/json' -d @- "$URL/v1/renew" | jq .
+
+step "a device with a TPM: start a software TPM (swtpm) on a free loopback port"
+mkdir -p tpm
+for _ in $(seq 1 20); do
+    TPM_PORT=$(shuf -i 20000-60000 -n 1)
+    swtpm socket --tpm2 --tpmstate dir="$WORK/tpm" \
+        --server type=tcp,port=$TPM_PORT,bindaddr=127.0.0.1 \
+        --ctrl type=tcp,port=$((TPM_PORT + 1)),bindaddr=127.0.0.1 \
+        --flags not-need-init,startup-clear --pid file="$WORK/tpm/swtpm.pid" -d 2>/dev/null && break
+done
+TCTI=swtpm:host=127.0.0.1,port=$TPM_PORT
+echo "TPM at $TCTI"
+
+step "operator: a bootstrap token for the TPM device"
+TPM_TOKEN=$(curl -sS --fail-with-body --cacert "$DATA/root.pem" -H "Authorization: Bearer $ADMIN" \
+    -H 'content-type: application/json' -d '{"zone":"sensors","device_class":"sensor"}' \
+    "$URL/v1/bootstrap-tokens" | jq -r .token)
+
+step "device: vouch-agent pins the CA, enrolls with its TPM (EK + AK, credential activation), attests once"
+VOUCH_JOIN_TOKEN=$TPM_TOKEN "$AGENT" run --server "$URL" --state-dir "$WORK/agent" --tpm "$TCTI" --once
+"$AGENT" status --state-dir "$WORK/agent"
+TPM_DEVICE=$(jq -r .device_id "$WORK/agent/identity.json")
+
+step "operator: the device is attested, its keys bound to its TPM's endorsement key"
+curl -sS --fail-with-body --cacert bundle.pem -H "Authorization: Bearer $ADMIN" \
+    "$URL/v1/devices/$TPM_DEVICE" | jq '{id, attestation, last_attested, ek_sha256}'
+
+step "the device's boot changes (PCR 0 extended with an unknown digest); its next attestation fails"
+TPM2TOOLS_TCTI=$TCTI TSS2_LOG=all+NONE tpm2_pcrextend \
+    "0:sha256=$(printf 'unsigned bootloader' | openssl dgst -sha256 -r | cut -d' ' -f1)"
+"$AGENT" run --server "$URL" --state-dir "$WORK/agent" --tpm "$TCTI" --once ||
+    echo "vouch-agent exited $?: attestation failed"
+
+step "operator: the device is quarantined, with the reason, and its history shows both results"
+curl -sS --fail-with-body --cacert bundle.pem -H "Authorization: Bearer $ADMIN" \
+    "$URL/v1/devices/$TPM_DEVICE/attestations" |
+    jq '{attestation: .device.attestation, reason: .device.attestation_reason,
+         history: [.attestations[] | {outcome, reference_set}]}'
 
 step "done: files are in $WORK (server log: $WORK/server.log)"

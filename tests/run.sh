@@ -31,6 +31,7 @@ echo "== benchmark smoke runs (exit non-zero if an enrollment fails or indexed a
 VOUCH_BENCH_N=500 cargo bench -p vouch-ca --bench enroll
 VOUCH_BENCH_QUICK=1 cargo bench -p vouch-policy --bench decide
 VOUCH_BENCH_DEVICES=10000 cargo bench -p vouch-ca --bench sweep
+VOUCH_BENCH_N=500 VOUCH_BENCH_DEVICES=32 cargo bench -p vouch-ca --bench attest
 echo "== fuzz targets, briefly"
 bash tests/fuzz-smoke.sh
 echo "== cargo test"
