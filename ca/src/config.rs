@@ -173,6 +173,11 @@ pub struct ServeArgs {
     /// EKs are taken on first use (for development only).
     #[arg(long, value_name = "FILE")]
     pub tpm_roots: Option<PathBuf>,
+    /// File of endorsement keys allowed without a certificate: one SHA-256 (hex) of an EK's
+    /// public area per line (as `ek_sha256` in device records), `#` comments. With it or
+    /// `--tpm-roots`, every TPM must be on the list or present a certificate that chains.
+    #[arg(long, value_name = "FILE")]
+    pub tpm_ek_allowlist: Option<PathBuf>,
     /// Policy directory (`schema.cedarschema`, `fleet.json`, `policies/*.cedar`), usually a
     /// Git work tree. Loaded at start (the server does not start if it does not load) and
     /// reloaded on change, on SIGHUP and on `POST /v1/policy/reload`. Without it every
@@ -295,6 +300,16 @@ impl ServeArgs {
                     }
                 },
             },
+            tpm_ek_allowlist: match &self.tpm_ek_allowlist {
+                None => Default::default(),
+                Some(path) => match read_ek_allowlist(path) {
+                    Ok(list) => list,
+                    Err(e) => {
+                        errors.push(format!("--tpm-ek-allowlist {}: {e}", path.display()));
+                        Default::default()
+                    }
+                },
+            },
         };
         let sweep_every = seconds("sweep-every", &self.sweep_every, &mut errors);
         if settings.default_token_ttl_secs > settings.max_token_ttl_secs {
@@ -345,6 +360,31 @@ impl ServeArgs {
             _ => Err(errors),
         }
     }
+}
+
+/// The EK fingerprints of an allowlist file: 64 hex digits a line; blank lines and `#`
+/// comments are skipped; at most 1 MiB.
+fn read_ek_allowlist(path: &std::path::Path) -> Result<std::collections::BTreeSet<String>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.len() > 1024 * 1024 {
+        return Err("larger than 1 MiB".into());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut list = std::collections::BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or_default().trim();
+        if entry.is_empty() {
+            continue;
+        }
+        if entry.len() != 64 || !entry.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "line {}: not the SHA-256 (64 hex digits) of an EK",
+                n + 1
+            ));
+        }
+        list.insert(entry.to_ascii_lowercase());
+    }
+    Ok(list)
 }
 
 /// The certificates of a PEM file of TPM manufacturer CAs (at least one; at most 1 MiB).
@@ -414,6 +454,42 @@ mod tests {
         let (config, _) = serve(&[]).validate().unwrap();
         assert_eq!(config.policy.poll, Some(std::time::Duration::from_secs(5)));
         assert!(config.policy.dir.is_none());
+    }
+
+    #[test]
+    fn tpm_trust_files_are_read_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("eks");
+        let good = "ab".repeat(32);
+        std::fs::write(
+            &list,
+            format!("# lab devices\n{}  # bench 3\n\n", good.to_uppercase()),
+        )
+        .unwrap();
+        let (config, _) = serve(&["--tpm-ek-allowlist", list.to_str().unwrap()])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            config
+                .settings
+                .tpm_ek_allowlist
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![good]
+        );
+        std::fs::write(&list, "not-a-digest\n").unwrap();
+        let roots = dir.path().join("roots.pem");
+        std::fs::write(&roots, "no certificates here").unwrap();
+        let errors = serve(&[
+            "--tpm-ek-allowlist",
+            list.to_str().unwrap(),
+            "--tpm-roots",
+            roots.to_str().unwrap(),
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("line 1")), "{errors:?}");
     }
 
     #[test]

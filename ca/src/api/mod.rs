@@ -56,8 +56,10 @@ pub struct Settings {
     /// How long past the period a device may stay silent before it is stale, seconds.
     pub attestation_grace_secs: i64,
     /// TPM manufacturer CA certificates (DER; roots and intermediates) that EK certificates
-    /// must chain to. Empty: EKs are taken on first use.
+    /// must chain to. With neither these nor an allowlist, EKs are taken on first use.
     pub tpm_roots: Vec<Vec<u8>>,
+    /// EKs (SHA-256 of the public area, lowercase hex) enrolled without a certificate.
+    pub tpm_ek_allowlist: std::collections::BTreeSet<String>,
 }
 
 impl Default for Settings {
@@ -72,6 +74,7 @@ impl Default for Settings {
             attestation_period_secs: 30 * 60,
             attestation_grace_secs: 5 * 60,
             tpm_roots: Vec::new(),
+            tpm_ek_allowlist: Default::default(),
         }
     }
 }

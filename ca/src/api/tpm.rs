@@ -122,9 +122,10 @@ pub async fn enroll_tpm_start(
     }
     let (ek_bytes, ek) = tpm_public("ek_public", &req.ek_public)?;
     let (ak_bytes, ak) = tpm_public("ak_public", &req.ak_public)?;
-    check_ek_certificate(
-        &state.settings.tpm_roots,
+    check_endorsement(
+        &state.settings,
         &ek,
+        &ek_bytes,
         req.ek_certificate.as_deref(),
         now,
     )?;
@@ -175,23 +176,29 @@ pub async fn enroll_tpm_start(
     ))
 }
 
-/// With TPM manufacturer roots configured, the EK must come with a certificate that chains
-/// to one of them (through the configured intermediates), is valid now, and certifies the
-/// EK's own key. Without roots, any EK is taken on first use (a development set-up).
-fn check_ek_certificate(
-    roots: &[Vec<u8>],
+/// Whether this EK may enroll. With TPM manufacturer roots or an EK allowlist configured,
+/// an EK on the allowlist may come without a certificate; any other must present one that
+/// chains to a configured root (through the configured intermediates), is valid now, and
+/// certifies the EK's own key. With neither, any EK is taken on first use (development only).
+fn check_endorsement(
+    settings: &super::Settings,
     ek: &Public,
+    ek_bytes: &[u8],
     cert_b64: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<(), ApiError> {
     let invalid = |detail: String| refused("ek_certificate_invalid", detail);
-    if roots.is_empty() {
+    let (roots, allowlist) = (&settings.tpm_roots, &settings.tpm_ek_allowlist);
+    if roots.is_empty() && allowlist.is_empty() {
+        return Ok(());
+    }
+    if allowlist.contains(&crate::store::ek_fingerprint(ek_bytes)) {
         return Ok(());
     }
     let Some(cert_b64) = cert_b64 else {
         return Err(refused(
             "ek_certificate_required",
-            "this server only enrolls TPMs whose EK certificate chains to a configured manufacturer root",
+            "this server enrolls only TPMs whose EK is on its allowlist or whose EK certificate chains to a configured manufacturer root",
         ));
     };
     if cert_b64.len() > MAX_EK_CERT_BYTES * 4 / 3 + 4 {

@@ -222,3 +222,28 @@ async fn hostile_tpm_enrollment_inputs_are_refused_without_a_write() {
         StatusCode::CREATED
     );
 }
+
+#[tokio::test]
+async fn an_ek_on_the_allowlist_enrolls_without_a_certificate_and_others_need_one() {
+    let listed = boot("fw-1", "cfg-a");
+    let unlisted = boot("fw-1", "cfg-a");
+    let fingerprint = vouch_ca::store::ek_fingerprint(&listed.tpm.public_area("ek.pub"));
+    let settings = vouch_ca::api::Settings {
+        tpm_ek_allowlist: [fingerprint].into_iter().collect(),
+        ..settings()
+    };
+    let app = spawn_app_full(Db::Sqlite, settings, Default::default()).await;
+    assert_eq!(
+        start_with_cert(&app, &listed.tpm, None).await.status(),
+        StatusCode::CREATED
+    );
+    let (status, p) = problem(start_with_cert(&app, &unlisted.tpm, None).await).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("ek_certificate_required")
+        )
+    );
+    assert!(p["detail"].as_str().unwrap().contains("allowlist"), "{p}");
+}
