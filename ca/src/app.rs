@@ -345,6 +345,7 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         metrics: Metrics::new(),
         policy,
         decision_log,
+        tpm_identities: Default::default(),
         bundle_signing: BundleSigning::default(),
     });
     if let (Some(every), true) = (config.policy.poll, state.policy.has_dirs()) {

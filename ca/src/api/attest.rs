@@ -7,17 +7,15 @@
 use super::auth::DeviceCaller;
 use super::problem::{bounded, ApiError, ApiJson};
 use super::AppState;
-use crate::store::{
-    AttestJob, AttestWrite, AttestationResult, AttestationState, DeviceRecord, DeviceStatus,
-    TpmKeys,
-};
+use crate::store::{AttestJob, AttestWrite, AttestationResult, AttestationState, DeviceStatus};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -74,16 +72,56 @@ pub struct AttestOutcome {
     pub reference_set: String,
 }
 
-/// The calling device, its TPM keys and (if asked) what its nonce asked for; refuses
-/// devices that are revoked or have no TPM keys.
-async fn tpm_device(
-    state: &AppState,
-    caller: &DeviceCaller,
-    nonce: Option<&str>,
-) -> Result<(DeviceRecord, TpmKeys, Option<(String, String)>), ApiError> {
+/// What never changes for a certificate serial: the device it names, its class, and the TPM
+/// keys bound at enrollment (a re-enrollment issues a new serial). Kept in memory so that an
+/// attestation needs no registry read; what can change (revocation, the certificate's
+/// standing, the nonce) is checked again in the transaction that records a result.
+#[derive(Debug)]
+pub struct TpmIdentity {
+    /// The device.
+    pub device_id: String,
+    /// Its class (reference values are chosen by it).
+    pub device_class: Option<String>,
+    /// The AK bound at enrollment, parsed.
+    pub ak: Public,
+    /// The qualified name of the AK's parent, the bound EK.
+    pub parent_qualified_name: Vec<u8>,
+}
+
+/// [`TpmIdentity`] by certificate serial (hex). Bounded: emptied when full.
+#[derive(Debug, Default)]
+pub struct TpmIdentities {
+    by_serial: Mutex<HashMap<String, Arc<TpmIdentity>>>,
+}
+
+/// Most identities kept in memory (about 100 MB at most).
+pub const MAX_CACHED_IDENTITIES: usize = 200_000;
+
+impl TpmIdentities {
+    fn get(&self, serial: &str) -> Option<Arc<TpmIdentity>> {
+        self.by_serial.lock().ok()?.get(serial).cloned()
+    }
+
+    fn insert(&self, serial: String, identity: Arc<TpmIdentity>) {
+        if let Ok(mut map) = self.by_serial.lock() {
+            if map.len() >= MAX_CACHED_IDENTITIES {
+                map.clear();
+            }
+            map.insert(serial, identity);
+        }
+    }
+}
+
+/// The calling device's TPM identity. The first request of a certificate reads the registry
+/// (and refuses a revoked device, or one without TPM keys); later ones use the copy in memory.
+async fn tpm_device(state: &AppState, caller: &DeviceCaller) -> Result<Arc<TpmIdentity>, ApiError> {
+    let serial = caller.serial.to_hex();
+    if let Some(identity) = state.tpm_identities.get(&serial) {
+        return Ok(identity);
+    }
     let found = state
         .registry
-        .attesting_device(&caller.serial.to_hex(), nonce, state.clock.unix())
+        .attesting_device(&serial)
         .await?
         .ok_or_else(|| {
             ApiError::new(
@@ -93,11 +131,7 @@ async fn tpm_device(
             )
         })?;
     if found.device.status != DeviceStatus::Active {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "device_revoked",
-            "device is revoked",
-        ));
+        return Err(device_revoked());
     }
     let keys = found.keys.ok_or_else(|| {
         ApiError::new(
@@ -106,7 +140,32 @@ async fn tpm_device(
             "device was enrolled without a TPM; it has no attestation key",
         )
     })?;
-    Ok((found.device, keys, found.nonce))
+    let corrupt = |what: &str, e: vouch_attestor::ParseError| {
+        ApiError::internal(&format!("stored {what} does not parse: {e}"))
+    };
+    let ak = Public::parse(&keys.ak_public).map_err(|e| corrupt("AK", e))?;
+    let ek = Public::parse(&keys.ek_public).map_err(|e| corrupt("EK", e))?;
+    let identity = Arc::new(TpmIdentity {
+        device_id: found.device.id,
+        device_class: found.device.device_class,
+        ak,
+        parent_qualified_name: qualified_name(&RH_ENDORSEMENT, &ek.name()),
+    });
+    state.tpm_identities.insert(serial, identity.clone());
+    Ok(identity)
+}
+
+fn device_revoked() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "device_revoked",
+        "the device or this certificate is revoked, or superseded by a re-enrollment",
+    )
+}
+
+/// The PCRs to quote, as stored with a nonce (`0,1,2`).
+fn pcr_list(pcrs: &[u8]) -> String {
+    pcrs.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// The PCRs a device of `class` must quote: its reference values', else the boot PCRs 0-7
@@ -119,6 +178,11 @@ fn pcrs_for(state: &AppState, class: Option<&str>) -> Vec<u8> {
             let reference = set.reference.as_ref()?;
             Some(reference.device_classes.get(class?)?.pcrs.clone())
         })
+        .map(|mut pcrs| {
+            pcrs.sort_unstable();
+            pcrs.dedup();
+            pcrs
+        })
         .unwrap_or_else(|| (0..8).collect())
 }
 
@@ -129,23 +193,20 @@ pub async fn challenge(
     State(state): State<AppState>,
     caller: DeviceCaller,
 ) -> Result<(StatusCode, Json<AttestChallenge>), ApiError> {
-    let (device, _, _) = tpm_device(&state, &caller, None).await?;
+    let device = tpm_device(&state, &caller).await?;
     let mut nonce = [0u8; 32];
     ring::rand::SecureRandom::fill(&state.rng, &mut nonce)
         .map_err(|_| ApiError::internal(&"rng failure"))?;
     let nonce = hex::encode(nonce);
-    let mut pcrs = pcrs_for(&state, device.device_class.as_deref());
-    pcrs.sort_unstable();
-    pcrs.dedup();
-    let stored: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+    let pcrs = pcrs_for(&state, device.device_class.as_deref());
     let now = state.clock.unix();
     let expires_at = now + NONCE_TTL_SECS;
     state
         .registry
         .write_attestation(AttestJob::Nonce {
             nonce: nonce.clone(),
-            device_id: device.id.clone(),
-            pcrs: stored.join(","),
+            device_id: device.device_id.clone(),
+            pcrs: pcr_list(&pcrs),
             now,
             expires_at,
         })
@@ -185,15 +246,14 @@ pub async fn quote(
         return Err(nonce_invalid());
     }
     let nonce = req.nonce.to_ascii_lowercase();
-    let (device, keys, issued) = tpm_device(&state, &caller, Some(&nonce)).await?;
+    let device = tpm_device(&state, &caller).await?;
     let now = state.clock.unix();
-    let pcrs = match issued {
-        Some((issued_to, pcrs)) if issued_to == device.id => pcrs,
-        _ => return Err(nonce_invalid()),
-    };
-    // From here on every failure is the device's: it is recorded, and quarantines the
-    // device, together with using up the nonce (a nonce used meanwhile records nothing).
-    let result = match verify(&state, &device, &keys, &pcrs, &req) {
+    // The PCRs this device's class quotes now; the transaction that records the result
+    // checks that its nonce asked for the same (reference values may have been reloaded).
+    let pcrs = pcrs_for(&state, device.device_class.as_deref());
+    // Every failure of the quote is the device's: it is recorded, and quarantines the device,
+    // together with using up the nonce; an unusable nonce records nothing.
+    let result = match verify(&state, &device, &pcrs, &req) {
         Ok(reference_set) => AttestationResult::Pass { reference_set },
         Err(reason) => AttestationResult::Fail {
             reason: bounded(&reason, 500),
@@ -207,17 +267,22 @@ pub async fn quote(
         .registry
         .write_attestation(AttestJob::Result {
             nonce,
-            device_id: device.id.clone(),
+            device_id: device.device_id.clone(),
+            serial: caller.serial.to_hex(),
+            ak_public: hex::encode(&device.ak.raw),
+            pcrs: pcr_list(&pcrs),
             now,
             result: result.clone(),
         })
         .await?;
-    let AttestWrite::Recorded(attestation) = written else {
-        return Err(nonce_invalid());
+    let attestation = match written {
+        AttestWrite::Recorded(attestation) => attestation,
+        AttestWrite::NotCurrent => return Err(device_revoked()),
+        AttestWrite::Issued | AttestWrite::NonceInvalid => return Err(nonce_invalid()),
     };
     match result {
         AttestationResult::Pass { reference_set } => {
-            tracing::debug!(device_id = %device.id, reference_set = %reference_set, "attestation passed");
+            tracing::debug!(device_id = %device.device_id, reference_set = %reference_set, "attestation passed");
             Ok(Json(AttestOutcome {
                 result: "pass".into(),
                 attestation,
@@ -225,7 +290,7 @@ pub async fn quote(
             }))
         }
         AttestationResult::Fail { reason } => {
-            tracing::warn!(device_id = %device.id, reason = %reason, "attestation failed; device quarantined");
+            tracing::warn!(device_id = %device.device_id, reason = %reason, "attestation failed; device quarantined");
             Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "attestation_failed",
@@ -238,9 +303,8 @@ pub async fn quote(
 /// Every check of a submitted quote; the accepted reference set's name, or why it failed.
 fn verify(
     state: &AppState,
-    device: &DeviceRecord,
-    keys: &TpmKeys,
-    pcrs: &str,
+    device: &TpmIdentity,
+    pcrs: &[u8],
     req: &QuoteSubmission,
 ) -> Result<String, String> {
     let decode = |what: &str, b64: &str, max: usize| -> Result<Vec<u8>, String> {
@@ -280,23 +344,12 @@ fn verify(
             .ok_or_else(|| format!("PCR {index}: not 32 bytes of hex"))?;
         values.insert(index, digest);
     }
-    let selected: Vec<u8> = pcrs
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<u8>()
-                .map_err(|_| "stored PCR selection is corrupt".to_owned())
-        })
-        .collect::<Result<_, _>>()?;
-    let selection = PcrSelection::sha256(&selected);
-    let ak = Public::parse(&keys.ak_public).map_err(|e| format!("enrolled AK: {e}"))?;
-    let ek = Public::parse(&keys.ek_public).map_err(|e| format!("enrolled EK: {e}"))?;
+    let selection = PcrSelection::sha256(pcrs);
     let nonce = hex::decode(&req.nonce).map_err(|_| "nonce is not hex".to_owned())?;
-    let parent = qualified_name(&RH_ENDORSEMENT, &ek.name());
     let verified = verify_quote(
         &Expected {
-            ak: &ak,
-            parent_qualified_name: &parent,
+            ak: &device.ak,
+            parent_qualified_name: &device.parent_qualified_name,
             nonce: &nonce,
             selection: &selection,
         },

@@ -26,7 +26,7 @@ use ring::rand::SystemRandom;
 use std::sync::Arc;
 use utoipa::OpenApi;
 
-pub use attest::{AttestChallenge, AttestOutcome, QuoteSubmission};
+pub use attest::{AttestChallenge, AttestOutcome, QuoteSubmission, TpmIdentities, TpmIdentity};
 pub use devices::{DeviceList, RevokeRequest, RevokeResponse};
 pub use enroll::{
     CreateTokenRequest, CreateTokenResponse, EnrollRequest, EnrollResponse, RenewRequest, TpmProof,
@@ -107,6 +107,8 @@ pub struct AppInner {
     pub policy: PolicyService,
     /// The decision log writer.
     pub decision_log: DecisionLog,
+    /// What never changes of an attesting certificate, kept in memory.
+    pub tpm_identities: attest::TpmIdentities,
     /// Signs policy bundles for agents.
     pub bundle_signing: BundleSigning,
 }

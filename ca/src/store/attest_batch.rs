@@ -34,12 +34,20 @@ pub enum AttestJob {
         /// Expiry (Unix seconds).
         expires_at: i64,
     },
-    /// A verified (or refused) quote's result, recorded if its nonce is still good.
+    /// A verified (or refused) quote's result, recorded if its nonce is still good (issued
+    /// to this device for these PCRs, unused, unexpired) and the facts it was verified with
+    /// still hold (the certificate and device in good standing, the AK still bound).
     Result {
         /// The nonce the quote answered.
         nonce: String,
         /// The device.
         device_id: String,
+        /// The serial of the certificate the device presented.
+        serial: String,
+        /// The AK the quote was verified with (`TPMT_PUBLIC`, hex).
+        ak_public: String,
+        /// The PCRs it was verified for (`0,1,2`).
+        pcrs: String,
         /// Now (Unix seconds).
         now: i64,
         /// The verifier's finding.
@@ -54,8 +62,12 @@ pub enum AttestWrite {
     Issued,
     /// The result is recorded; the device's attestation state now.
     Recorded(AttestationState),
-    /// The nonce was used, expired, unknown or another device's: nothing was written.
+    /// The nonce was used, expired, unknown, another device's, or asked for other PCRs:
+    /// nothing was written.
     NonceInvalid,
+    /// The certificate or the device is revoked, or the AK is no longer the device's:
+    /// nothing was written.
+    NotCurrent,
 }
 
 pub(super) type Job = (AttestJob, oneshot::Sender<Result<AttestWrite, String>>);
@@ -183,6 +195,7 @@ impl Registry {
                     device_id,
                     now,
                     result,
+                    ..
                 } => results.push((nonce, device_id, *now, result)),
             }
         }
@@ -194,8 +207,9 @@ impl Registry {
             nonces.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
         }
 
-        // Use up the nonces of the results; only results whose nonce this took are recorded.
+        // Use up the nonces of the results, each only by the device it was issued to.
         let mut taken: HashMap<String, String> = HashMap::new();
+        let mut current: HashMap<String, (String, String)> = HashMap::new();
         if let Some(&(_, _, now, _)) = results.first() {
             // Placeholders are added in the order they appear (SQLite's are positional).
             let mut p = Params::new(self.backend);
@@ -205,18 +219,70 @@ impl Registry {
                 .map(|(nonce, _, _, _)| p.add(Param::Text((*nonce).clone())))
                 .collect();
             let unexpired = p.add(Param::Int(now));
+            let mut owner = String::new();
+            for (nonce, device_id, _, _) in &results {
+                let (w, t) = (
+                    p.add(Param::Text((*nonce).clone())),
+                    p.add(Param::Text((*device_id).clone())),
+                );
+                owner.push_str(&format!(" WHEN {w} THEN {t}"));
+            }
             let sql = format!(
                 "UPDATE attest_nonces SET used_at = {used_at} WHERE nonce IN ({}) \
-                 AND used_at IS NULL AND expires_at > {unexpired} RETURNING nonce, device_id",
+                 AND used_at IS NULL AND expires_at > {unexpired} \
+                 AND device_id = CASE nonce{owner} END RETURNING nonce, pcrs",
                 list.join(", ")
             );
             let rows: Vec<(String, String)> =
                 p.bind_as(sqlx::query_as(&sql)).fetch_all(&mut *tx).await?;
             taken = rows.into_iter().collect();
+
+            // The facts each quote was verified with, as they stand now.
+            let mut p = Params::new(self.backend);
+            let serials: Vec<String> = jobs
+                .iter()
+                .filter_map(|j| match j {
+                    AttestJob::Result { serial, .. } => Some(p.add(Param::Text(serial.clone()))),
+                    AttestJob::Nonce { .. } => None,
+                })
+                .collect();
+            let sql = format!(
+                "SELECT k.serial, d.id, d.ak_public FROM certificates k \
+                 JOIN devices d ON d.id = k.device_id \
+                 WHERE k.serial IN ({}) AND k.revoked_at IS NULL AND d.status = 'active'",
+                serials.join(", ")
+            );
+            let rows: Vec<(String, String, Option<String>)> =
+                p.bind_as(sqlx::query_as(&sql)).fetch_all(&mut *tx).await?;
+            current = rows
+                .into_iter()
+                .filter_map(|(serial, id, ak)| Some((serial, (id, ak?))))
+                .collect();
         }
+        let still_holds = |job: &AttestJob| match job {
+            AttestJob::Result {
+                device_id,
+                serial,
+                ak_public,
+                ..
+            } => current.get(serial) == Some(&(device_id.clone(), ak_public.clone())),
+            AttestJob::Nonce { .. } => false,
+        };
+        let nonce_good = |job: &AttestJob| match job {
+            AttestJob::Result { nonce, pcrs, .. } => taken.get(nonce) == Some(pcrs),
+            AttestJob::Nonce { .. } => false,
+        };
+        let winning: HashSet<&str> = jobs
+            .iter()
+            .filter(|j| still_holds(j) && nonce_good(j))
+            .filter_map(|j| match j {
+                AttestJob::Result { nonce, .. } => Some(nonce.as_str()),
+                AttestJob::Nonce { .. } => None,
+            })
+            .collect();
         let winners: Vec<_> = results
             .iter()
-            .filter(|(nonce, device_id, _, _)| taken.get(*nonce) == Some(*device_id))
+            .filter(|(nonce, _, _, _)| winning.contains(nonce.as_str()))
             .collect();
 
         let mut states: HashMap<String, AttestationState> = HashMap::new();
@@ -344,8 +410,11 @@ impl Registry {
                 AttestJob::Nonce { .. } => AttestWrite::Issued,
                 AttestJob::Result {
                     nonce, device_id, ..
-                } => match (taken.get(nonce) == Some(device_id), states.get(device_id)) {
-                    (true, Some(state)) => AttestWrite::Recorded(*state),
+                } => match states.get(device_id) {
+                    Some(state) if winning.contains(nonce.as_str()) => {
+                        AttestWrite::Recorded(*state)
+                    }
+                    _ if !still_holds(job) => AttestWrite::NotCurrent,
                     _ => AttestWrite::NonceInvalid,
                 },
             })

@@ -314,25 +314,17 @@ impl Registry {
     }
 
     /// What an attestation request needs, in one read: the device holding certificate
-    /// `serial`, its TPM keys if it has any, and, if `nonce` is given and can still be used
-    /// (unused, unexpired at `now`), the device it was issued to and the PCRs it asked for.
+    /// `serial`, and its TPM keys if it has any.
     pub async fn attesting_device(
         &self,
         serial: &str,
-        nonce: Option<&str>,
-        now: i64,
     ) -> Result<Option<AttestingDevice>, StoreError> {
         let sql = format!(
-            "SELECT {DEVICE_COLUMNS}, d.ek_public, d.ak_public, \
-             n.device_id AS nonce_device, n.pcrs AS nonce_pcrs \
-             FROM certificates k JOIN devices d ON d.id = k.device_id \
-             LEFT JOIN attest_nonces n ON n.nonce = $2 AND n.used_at IS NULL AND n.expires_at > $3 \
-             WHERE k.serial = $1"
+            "SELECT {DEVICE_COLUMNS}, d.ek_public, d.ak_public \
+             FROM certificates k JOIN devices d ON d.id = k.device_id WHERE k.serial = $1"
         );
         let Some(row) = sqlx::query(&sql)
             .bind(serial)
-            .bind(nonce.unwrap_or_default())
-            .bind(now)
             .fetch_optional(&self.pool)
             .await?
         else {
@@ -348,13 +340,7 @@ impl Registry {
             }),
             _ => None,
         };
-        let issued_to: Option<String> = col(&row, "nonce_device")?;
-        let pcrs: Option<String> = col(&row, "nonce_pcrs")?;
-        Ok(Some(AttestingDevice {
-            device,
-            keys,
-            nonce: issued_to.zip(pcrs),
-        }))
+        Ok(Some(AttestingDevice { device, keys }))
     }
 }
 
@@ -365,6 +351,4 @@ pub struct AttestingDevice {
     pub device: DeviceRecord,
     /// Its TPM keys (none for a device enrolled without a TPM).
     pub keys: Option<TpmKeys>,
-    /// The usable nonce asked about: (device it was issued to, PCRs asked for).
-    pub nonce: Option<(String, String)>,
 }

@@ -311,3 +311,54 @@ async fn hostile_quote_submissions_fail_closed_and_oversized_ones_are_refused_un
         .unwrap();
     assert_eq!(record["attestation"], "active");
 }
+
+#[tokio::test]
+async fn a_revoked_device_records_no_result_though_the_server_remembers_its_keys() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let device = soft_device(&app).await;
+    // The first attestation reads the device; the server keeps its keys in memory.
+    assert_eq!(attest(&app, &device, "fw-1").await, StatusCode::OK);
+    let challenge: Value = device
+        .client
+        .post(app.url("/v1/attest/challenge"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = app
+        .post(
+            &format!("/v1/devices/{}/revoke", device.id),
+            Some(&app.admin),
+            &json!({"reason": "stolen from the lab"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // A quote answering a nonce issued before the revocation records nothing.
+    let body = quote_body(&device, &challenge, "fw-1");
+    let r = device
+        .client
+        .post(app.url("/v1/attest/quote"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, p) = problem(r).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("device_revoked"))
+    );
+    let history: Value = app
+        .get(
+            &format!("/v1/devices/{}/attestations", device.id),
+            Some(&app.admin),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["attestations"].as_array().unwrap().len(), 1);
+}
