@@ -362,3 +362,74 @@ async fn a_revoked_device_records_no_result_though_the_server_remembers_its_keys
         .unwrap();
     assert_eq!(history["attestations"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_pcrs_between_challenge_and_quote_records_nothing() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let device = soft_device(&app).await;
+    let challenge: Value = device
+        .client
+        .post(app.url("/v1/attest/challenge"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(challenge["pcrs"], json!([0, 1, 2, 3, 4, 5, 6, 7, 8]));
+    // The class now quotes the boot PCRs only (no configuration PCR).
+    let mut values = vouch_attestor::testing::reference_values_json(&[("fw-1", "fw-1", "cfg-a")]);
+    let class = &mut values["device_classes"]["sensor"];
+    class["pcrs"] = json!([0, 1, 2, 3, 4, 5, 6, 7]);
+    class["accepted"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("config");
+    std::fs::write(
+        refs.path().join("reference-values.json"),
+        values.to_string(),
+    )
+    .unwrap();
+    let r = app
+        .post("/v1/policy/reload", Some(&app.admin), &json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // The quote answers what was asked; it is not held against the device.
+    let body = quote_body(&device, &challenge, "fw-1");
+    assert_eq!(submit(&app, &device, &body).await, StatusCode::FORBIDDEN);
+    let record: Value = app
+        .get(&format!("/v1/devices/{}", device.id), Some(&app.admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["attestation"], "none");
+    // Asked again, it quotes the new selection and passes.
+    let challenge: Value = device
+        .client
+        .post(app.url("/v1/attest/challenge"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(challenge["pcrs"], json!([0, 1, 2, 3, 4, 5, 6, 7]));
+    let nonce = hex::decode(challenge["nonce"].as_str().unwrap()).unwrap();
+    let values: std::collections::BTreeMap<u8, [u8; 32]> = expected_pcrs("fw-1", "cfg-a")
+        .into_iter()
+        .filter(|(p, _)| *p < 8)
+        .collect();
+    let (attest, signature) = device.ak.quote(&nonce, &values);
+    let pcr_values: serde_json::Map<String, Value> = values
+        .iter()
+        .map(|(p, v)| (p.to_string(), json!(hex::encode(v))))
+        .collect();
+    let body = json!({"nonce": challenge["nonce"], "quote": B64.encode(attest),
+                      "signature": B64.encode(signature), "pcr_values": pcr_values});
+    assert_eq!(submit(&app, &device, &body).await, StatusCode::OK);
+}
