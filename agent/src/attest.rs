@@ -61,18 +61,48 @@ impl<A: Api> Agent<A> {
         })?;
         let (nonce, pcrs) = (challenge.nonce.clone(), challenge.pcrs.clone());
         let quoted = with_tpm(&tcti, move |tpm| tpm.quote(&ak, &nonce, &pcrs)).await?;
+        // Read after the quote: the log then holds at least what the quoted PCRs measured.
+        let event_log = match &self.settings.event_log {
+            Some(path) => Some(read_event_log(path).await?),
+            None => None,
+        };
         let req = QuoteRequest {
             nonce: challenge.nonce,
             quote: quoted.attest,
             signature: quoted.signature,
             pcr_values: quoted.pcr_values,
-            event_log: None,
+            event_log,
         };
         self.api
             .attest_quote(&identity, &req)
             .await
             .map_err(AgentError::api("attestation"))
     }
+}
+
+/// Largest event log sent (the server takes up to 512 KiB).
+pub const MAX_EVENT_LOG_BYTES: u64 = 512 * 1024;
+
+/// Reads the event log at `path`, at most [`MAX_EVENT_LOG_BYTES`] (securityfs reports a
+/// size of 0 for the live log, so the read itself is bounded).
+async fn read_event_log(path: &std::path::Path) -> Result<Vec<u8>, AgentError> {
+    use tokio::io::AsyncReadExt;
+    let failed = |reason: String| AgentError::EventLog {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_EVENT_LOG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if bytes.len() as u64 > MAX_EVENT_LOG_BYTES {
+        return Err(failed(format!("larger than {MAX_EVENT_LOG_BYTES} bytes")));
+    }
+    Ok(bytes)
 }
 
 /// An attestation's verdict, to record.

@@ -66,6 +66,11 @@ pub struct RunArgs {
     /// Time between attestations (with --tpm), e.g. `30m`, `2s` [default: 30m].
     #[arg(long, value_name = "DURATION")]
     pub attest_every: Option<String>,
+    /// The firmware's TCG event log, sent with every quote so the server replays it against
+    /// the quoted PCRs (on Linux: `/sys/kernel/security/tpm0/binary_bios_measurements`).
+    /// Without it the server checks the PCR values alone.
+    #[arg(long, value_name = "FILE")]
+    pub event_log: Option<PathBuf>,
     /// Longest wait between retries of a failed call (they back off from 1s,
     /// doubling, with full jitter) [default: 60s].
     #[arg(long, value_name = "DURATION")]
@@ -107,6 +112,9 @@ pub struct ConfigFile {
     /// `attest-every`.
     #[serde(alias = "attest_every")]
     pub attest_every: Option<String>,
+    /// `event-log`.
+    #[serde(alias = "event_log")]
+    pub event_log: Option<PathBuf>,
     /// `max-retry-delay`.
     #[serde(alias = "max_retry_delay")]
     pub max_retry_delay: Option<String>,
@@ -173,6 +181,10 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
         .or(file.attest_every)
         .unwrap_or_else(|| DEFAULT_ATTEST_EVERY.into());
     let attest_every = duration("attest-every", &attest_every, &mut errors);
+    let event_log = args.event_log.or(file.event_log);
+    if event_log.is_some() && tpm.is_none() {
+        errors.push("`event-log` needs `tpm`: only a TPM's quotes are checked against it".into());
+    }
     let max_delay = args
         .max_retry_delay
         .or(file.max_retry_delay)
@@ -188,6 +200,7 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
         join_token,
         tpm,
         attest_every,
+        event_log,
         retry: RetryPolicy {
             initial: RetryPolicy::default().initial.min(max),
             max,
@@ -230,10 +243,12 @@ mod tests {
             server: Some("http://plain".into()),
             attest_every: Some("soon".into()),
             max_retry_delay: Some("10ms".into()),
+            event_log: Some("/sys/kernel/security/tpm0/binary_bios_measurements".into()),
             ..RunArgs::default()
         })
         .unwrap_err();
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("`event-log` needs `tpm`")));
         let errors = settings(RunArgs::default()).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
     }

@@ -103,6 +103,8 @@ pub struct Settings {
     pub tpm: Option<String>,
     /// Time between attestations.
     pub attest_every: Duration,
+    /// The firmware's event log, sent with every quote.
+    pub event_log: Option<PathBuf>,
     /// How failed calls are retried.
     pub retry: RetryPolicy,
     /// Do one pass (enroll if needed, attest once, renew if due) and return.
@@ -120,6 +122,7 @@ impl std::fmt::Debug for Settings {
             )
             .field("tpm", &self.tpm)
             .field("attest_every", &self.attest_every)
+            .field("event_log", &self.event_log)
             .field("retry", &self.retry)
             .field("once", &self.once)
             .finish()
@@ -172,6 +175,14 @@ pub enum AgentError {
     /// A TPM task died.
     #[error("TPM task failed: {0}")]
     Task(String),
+    /// The event log cannot be read.
+    #[error("event log `{path}`: {reason}")]
+    EventLog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl AgentError {

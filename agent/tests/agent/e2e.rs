@@ -343,3 +343,47 @@ async fn command_line_errors_are_one_clear_line() {
         assert!(!line.contains("panicked"), "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_goes_with_each_quote_and_must_replay_to_it() {
+    let policies = policies();
+    let server = RealServer::start(&["--policy-dir", &arg(policies.path())]).await;
+    let tpm = SoftwareTpm::start();
+    let log = measure(&tpm, &boot_events("fw-1", "cfg-a"));
+    let base = tempfile::tempdir().unwrap();
+    let log_file = base.path().join("binary_bios_measurements");
+    std::fs::write(&log_file, &log).unwrap();
+    let token = server
+        .token(json!({"zone": "sensors", "device_class": "sensor"}))
+        .await;
+    let state = state_dir(&base);
+    let mut args = run_args(&server, &state, &["--once"]);
+    args.extend(["--tpm", &tpm.tcti(), "--event-log", &arg(&log_file)].map(str::to_owned));
+    let out = agent(args.clone(), Some(&token)).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(identity(&state)["last_attestation"]["result"], "pass");
+
+    // A log of another boot than the one the PCRs measured is caught by the server's replay.
+    let other = vouch_attestor::eventlog::write_log(&boot_events("fw-2", "cfg-a"));
+    std::fs::write(&log_file, other).unwrap();
+    let out = agent(args.clone(), None).await;
+    assert!(!out.status.success());
+    let last = &identity(&state)["last_attestation"];
+    assert_eq!(last["result"], "fail");
+    assert!(
+        last["reason"].as_str().unwrap().contains("event log"),
+        "{last}"
+    );
+
+    // An unreadable log is not sent: the attempt is recorded as an error, nothing reaches
+    // the server's history.
+    std::fs::remove_file(&log_file).unwrap();
+    let out = agent(args, None).await;
+    assert!(!out.status.success());
+    assert_eq!(identity(&state)["last_attestation"]["result"], "error");
+    let device = identity(&state)["device_id"].as_str().unwrap().to_owned();
+    let history = server
+        .get(&format!("/v1/devices/{device}/attestations"))
+        .await;
+    assert_eq!(history["attestations"].as_array().unwrap().len(), 2);
+}

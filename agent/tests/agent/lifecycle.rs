@@ -18,6 +18,7 @@ fn settings(server: &Server, dir: &Path, tpm: Option<String>, once: bool) -> Set
         join_token: Some(server.token.clone()),
         tpm,
         attest_every: Duration::from_secs(1),
+        event_log: None,
         retry: RetryPolicy {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(300),
