@@ -28,6 +28,9 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::{cpu_seconds, env_usize};
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -50,21 +53,6 @@ use vouch_ca::pki::authority::{Authority, CaFiles};
 use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
 use vouch_ca::store::{NewActivation, NewCertificate, NewDevice, TpmEnrollment};
 use vouch_ca::tokens::Role;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// CPU seconds (user + system) used by this process so far, from `/proc/self/stat`.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
 
 /// Seconds per verification (everything the server checks in a quote) on one core.
 fn raw_cost(references: &ReferenceValues, log: &[u8]) -> f64 {

@@ -24,6 +24,9 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+use common::{cpu_seconds, env_usize};
+
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,23 +40,6 @@ use vouch_ca::pki::authority::{Authority, CaFiles};
 use vouch_ca::pki::csr::check_csr_pem;
 use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
 use vouch_ca::tokens::Role;
-
-/// CPU seconds (user + system) used by this process so far, from `/proc/self/stat`.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after_name = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of the file (utime, stime) are 12 and 13 after the name.
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn csr() -> String {
     let key = rcgen::KeyPair::generate().unwrap();

@@ -84,6 +84,8 @@ pub struct TpmIdentity {
     pub device_class: Option<String>,
     /// The AK bound at enrollment, parsed.
     pub ak: Public,
+    /// The same AK as stored (hex), which the recording transaction compares.
+    pub ak_public_hex: String,
     /// The qualified name of the AK's parent, the bound EK.
     pub parent_qualified_name: Vec<u8>,
 }
@@ -148,6 +150,7 @@ async fn tpm_device(state: &AppState, caller: &DeviceCaller) -> Result<Arc<TpmId
     let identity = Arc::new(TpmIdentity {
         device_id: found.device.id,
         device_class: found.device.device_class,
+        ak_public_hex: hex::encode(&keys.ak_public),
         ak,
         parent_qualified_name: qualified_name(&RH_ENDORSEMENT, &ek.name()),
     });
@@ -269,7 +272,7 @@ pub async fn quote(
             nonce,
             device_id: device.device_id.clone(),
             serial: caller.serial.to_hex(),
-            ak_public: hex::encode(&device.ak.raw),
+            ak_public: device.ak_public_hex.clone(),
             pcrs: pcr_list(&pcrs),
             now,
             result: result.clone(),

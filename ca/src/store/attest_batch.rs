@@ -311,17 +311,13 @@ impl Registry {
             // (device, time, new state, reason when quarantined) for the device update.
             let mut changes: Vec<(String, i64, AttestationState, Option<String>)> = Vec::new();
             for (_, id, now, result) in &winners {
-                let (state, outcome, reason, set) = match result {
-                    AttestationResult::Pass { reference_set } => (
-                        AttestationState::Active,
-                        "pass",
-                        format!("passed with reference set `{reference_set}`"),
-                        Some(reference_set.clone()),
-                    ),
-                    AttestationResult::Fail { reason } => {
-                        (AttestationState::Quarantined, "fail", reason.clone(), None)
-                    }
-                };
+                let effect = result.effect();
+                let (state, outcome, reason, set) = (
+                    effect.state,
+                    effect.outcome,
+                    effect.reason,
+                    effect.reference_set,
+                );
                 history_rows.push(history.row([
                     Param::Text((*id).clone()),
                     Param::Int(*now),

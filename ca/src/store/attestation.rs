@@ -23,6 +23,34 @@ pub enum AttestationResult {
     },
 }
 
+/// What a result does to a device: its new state, the history outcome, the reason in
+/// words, and the reference set a pass met.
+pub(super) struct ResultEffect {
+    pub(super) state: super::AttestationState,
+    pub(super) outcome: &'static str,
+    pub(super) reason: String,
+    pub(super) reference_set: Option<String>,
+}
+
+impl AttestationResult {
+    pub(super) fn effect(&self) -> ResultEffect {
+        match self {
+            Self::Pass { reference_set } => ResultEffect {
+                state: super::AttestationState::Active,
+                outcome: "pass",
+                reason: format!("passed with reference set `{reference_set}`"),
+                reference_set: Some(reference_set.clone()),
+            },
+            Self::Fail { reason } => ResultEffect {
+                state: super::AttestationState::Quarantined,
+                outcome: "fail",
+                reason: reason.clone(),
+                reference_set: None,
+            },
+        }
+    }
+}
+
 /// One history entry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct AttestationRecord {
@@ -76,18 +104,14 @@ impl Registry {
         result: &AttestationResult,
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let (state, outcome, reason, set, last) = match result {
-            AttestationResult::Pass { reference_set } => (
-                "active",
-                "pass",
-                format!("passed with reference set `{reference_set}`"),
-                Some(reference_set.clone()),
-                Some(at),
-            ),
-            AttestationResult::Fail { reason } => {
-                ("quarantined", "fail", reason.clone(), None, None)
-            }
-        };
+        let effect = result.effect();
+        let (state, outcome, reason, set) = (
+            effect.state.as_str(),
+            effect.outcome,
+            effect.reason,
+            effect.reference_set,
+        );
+        let last = (outcome == "pass").then_some(at);
         let changed = sqlx::query(
             "UPDATE devices SET attestation = $1, \
              last_attested = COALESCE($2, last_attested), \

@@ -296,23 +296,6 @@ impl Registry {
         Ok(Ok(device_id.to_owned()))
     }
 
-    /// The EK and AK bound to a device; `None` for a device enrolled without a TPM (or
-    /// unknown).
-    pub async fn tpm_keys(&self, device_id: &str) -> Result<Option<TpmKeys>, StoreError> {
-        let row: Option<(Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT ek_public, ak_public FROM devices WHERE id = $1")
-                .bind(device_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        match row {
-            Some((Some(ek), Some(ak))) => Ok(Some(TpmKeys {
-                ek_public: unhex("ek_public", &ek)?,
-                ak_public: unhex("ak_public", &ak)?,
-            })),
-            _ => Ok(None),
-        }
-    }
-
     /// What an attestation request needs, in one read: the device holding certificate
     /// `serial`, and its TPM keys if it has any.
     pub async fn attesting_device(

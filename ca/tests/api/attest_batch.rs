@@ -108,8 +108,8 @@ async fn soft_device(app: &TestApp) -> SoftDevice {
     }
 }
 
-/// Challenge, then a quote of a boot of `firmware`: the answer's status.
-async fn attest(app: &TestApp, device: &SoftDevice, firmware: &str) -> StatusCode {
+/// A fresh challenge for `device`.
+async fn fetch_challenge(app: &TestApp, device: &SoftDevice) -> Value {
     let r = device
         .client
         .post(app.url("/v1/attest/challenge"))
@@ -118,7 +118,12 @@ async fn attest(app: &TestApp, device: &SoftDevice, firmware: &str) -> StatusCod
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let challenge: Value = r.json().await.unwrap();
+    r.json().await.unwrap()
+}
+
+/// Challenge, then a quote of a boot of `firmware`: the answer's status.
+async fn attest(app: &TestApp, device: &SoftDevice, firmware: &str) -> StatusCode {
+    let challenge = fetch_challenge(app, device).await;
     let body = quote_body(device, &challenge, firmware);
     submit(app, device, &body).await
 }
@@ -167,23 +172,10 @@ async fn many_devices_attesting_at_once_each_get_their_own_result() {
         )
         .await;
         for (i, (device, status)) in fleet.iter().zip(&statuses).enumerate() {
-            let record: Value = app
-                .get(&format!("/v1/devices/{}", device.id), Some(&app.admin))
-                .await
-                .json()
-                .await
-                .unwrap();
-            let history: Value = app
-                .get(
-                    &format!("/v1/devices/{}/attestations", device.id),
-                    Some(&app.admin),
-                )
-                .await
-                .json()
-                .await
-                .unwrap();
-            let results = history["attestations"].as_array().unwrap();
-            assert_eq!(results.len(), 1, "{db:?} device {i}: {history}");
+            let record = app.device_json(&device.id).await;
+            let history = app.attestation_history(&device.id).await;
+            let results = &history;
+            assert_eq!(results.len(), 1, "{db:?} device {i}: {history:?}");
             if firmware(i) == "fw-1" {
                 assert_eq!(*status, StatusCode::OK, "{db:?} device {i}");
                 assert_eq!(record["attestation"], "active");
@@ -220,30 +212,15 @@ async fn one_nonce_answered_twice_at_once_is_recorded_once() {
     let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
     let device = soft_device(&app).await;
     for _ in 0..10 {
-        let r = device
-            .client
-            .post(app.url("/v1/attest/challenge"))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        let challenge: Value = r.json().await.unwrap();
+        let challenge = fetch_challenge(&app, &device).await;
         let body = quote_body(&device, &challenge, "fw-1");
         let (a, b) = tokio::join!(submit(&app, &device, &body), submit(&app, &device, &body));
         let mut got = [a, b];
         got.sort();
         assert_eq!(got, [StatusCode::OK, StatusCode::FORBIDDEN]);
     }
-    let history: Value = app
-        .get(
-            &format!("/v1/devices/{}/attestations", device.id),
-            Some(&app.admin),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(history["attestations"].as_array().unwrap().len(), 10);
+    let history = app.attestation_history(&device.id).await;
+    assert_eq!(history.len(), 10);
 }
 
 #[tokio::test]
@@ -251,13 +228,6 @@ async fn hostile_quote_submissions_fail_closed_and_oversized_ones_are_refused_un
     let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
     let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
     let device = soft_device(&app).await;
-    let challenge = |d: &SoftDevice| {
-        let request = d
-            .client
-            .post(app.url("/v1/attest/challenge"))
-            .json(&json!({}));
-        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
-    };
     // Each answers a good nonce with something broken: the device is quarantined for it.
     let breakages: Vec<(&str, Value)> = vec![
         ("quote", json!("%%% not base64")),
@@ -268,7 +238,7 @@ async fn hostile_quote_submissions_fail_closed_and_oversized_ones_are_refused_un
         ("event_log", json!(B64.encode(b"\x00\x01 not a log"))),
     ];
     for (field, value) in breakages {
-        let c = challenge(&device).await;
+        let c = fetch_challenge(&app, &device).await;
         let mut body = quote_body(&device, &c, "fw-1");
         body[field] = value;
         assert_eq!(
@@ -276,16 +246,11 @@ async fn hostile_quote_submissions_fail_closed_and_oversized_ones_are_refused_un
             StatusCode::UNPROCESSABLE_ENTITY,
             "{field}"
         );
-        let record: Value = app
-            .get(&format!("/v1/devices/{}", device.id), Some(&app.admin))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let record = app.device_json(&device.id).await;
         assert_eq!(record["attestation"], "quarantined", "{field}");
     }
     // A body past the route's limit is refused before it is read: its nonce stays good.
-    let c = challenge(&device).await;
+    let c = fetch_challenge(&app, &device).await;
     let mut body = quote_body(&device, &c, "fw-1");
     body["event_log"] = json!("A".repeat(1024 * 1024));
     assert_eq!(
@@ -296,19 +261,14 @@ async fn hostile_quote_submissions_fail_closed_and_oversized_ones_are_refused_un
     assert_eq!(submit(&app, &device, &good).await, StatusCode::OK);
     // Unknown fields and malformed nonces are refused as requests, not held against the
     // device.
-    let c = challenge(&device).await;
+    let c = fetch_challenge(&app, &device).await;
     let mut body = quote_body(&device, &c, "fw-1");
     body["extra"] = json!(1);
     assert!(submit(&app, &device, &body).await.is_client_error());
     let mut body = quote_body(&device, &c, "fw-1");
     body["nonce"] = json!("not hex");
     assert_eq!(submit(&app, &device, &body).await, StatusCode::FORBIDDEN);
-    let record: Value = app
-        .get(&format!("/v1/devices/{}", device.id), Some(&app.admin))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let record = app.device_json(&device.id).await;
     assert_eq!(record["attestation"], "active");
 }
 
@@ -319,16 +279,7 @@ async fn a_revoked_device_records_no_result_though_the_server_remembers_its_keys
     let device = soft_device(&app).await;
     // The first attestation reads the device; the server keeps its keys in memory.
     assert_eq!(attest(&app, &device, "fw-1").await, StatusCode::OK);
-    let challenge: Value = device
-        .client
-        .post(app.url("/v1/attest/challenge"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let challenge: Value = fetch_challenge(&app, &device).await;
     let r = app
         .post(
             &format!("/v1/devices/{}/revoke", device.id),
@@ -351,16 +302,8 @@ async fn a_revoked_device_records_no_result_though_the_server_remembers_its_keys
         (status, p["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("device_revoked"))
     );
-    let history: Value = app
-        .get(
-            &format!("/v1/devices/{}/attestations", device.id),
-            Some(&app.admin),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(history["attestations"].as_array().unwrap().len(), 1);
+    let history = app.attestation_history(&device.id).await;
+    assert_eq!(history.len(), 1);
 }
 
 #[tokio::test]
@@ -368,16 +311,7 @@ async fn a_reload_that_changes_the_pcrs_between_challenge_and_quote_records_noth
     let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
     let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
     let device = soft_device(&app).await;
-    let challenge: Value = device
-        .client
-        .post(app.url("/v1/attest/challenge"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let challenge: Value = fetch_challenge(&app, &device).await;
     assert_eq!(challenge["pcrs"], json!([0, 1, 2, 3, 4, 5, 6, 7, 8]));
     // The class now quotes the boot PCRs only (no configuration PCR).
     let mut values = vouch_attestor::testing::reference_values_json(&[("fw-1", "fw-1", "cfg-a")]);
@@ -400,24 +334,10 @@ async fn a_reload_that_changes_the_pcrs_between_challenge_and_quote_records_noth
     // The quote answers what was asked; it is not held against the device.
     let body = quote_body(&device, &challenge, "fw-1");
     assert_eq!(submit(&app, &device, &body).await, StatusCode::FORBIDDEN);
-    let record: Value = app
-        .get(&format!("/v1/devices/{}", device.id), Some(&app.admin))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let record = app.device_json(&device.id).await;
     assert_eq!(record["attestation"], "none");
     // Asked again, it quotes the new selection and passes.
-    let challenge: Value = device
-        .client
-        .post(app.url("/v1/attest/challenge"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let challenge: Value = fetch_challenge(&app, &device).await;
     assert_eq!(challenge["pcrs"], json!([0, 1, 2, 3, 4, 5, 6, 7]));
     let nonce = hex::decode(challenge["nonce"].as_str().unwrap()).unwrap();
     let values: std::collections::BTreeMap<u8, [u8; 32]> = expected_pcrs("fw-1", "cfg-a")

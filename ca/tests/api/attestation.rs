@@ -21,32 +21,6 @@ fn policies() -> PolicyConfig {
     }
 }
 
-async fn renew(app: &TestApp, device: &Enrolled) -> reqwest::Response {
-    let (csr, _) = rcgen_csr();
-    client_for(&app.root_pem(), Some(&device.identity_pem()))
-        .post(app.url("/v1/renew"))
-        .json(&json!({"csr_pem": csr}))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn decide(app: &TestApp, sensor: &Enrolled, gateway: &Enrolled) -> Value {
-    // A token minted now: the tests move the clock by hours.
-    let admin = app.token_for(Role::Admin);
-    let r = app
-        .post(
-            "/v1/authorize",
-            Some(&admin),
-            &json!({"principal": sensor.device_id(), "action": "send",
-                    "resource": {"device": gateway.device_id()},
-                    "context": {"data_type": "telemetry", "protocol": "mqtt", "tls": false, "mtls": false, "size": 1}}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
-
 fn pass() -> AttestationResult {
     AttestationResult::Pass {
         reference_set: "fw-2.1".into(),
@@ -72,7 +46,10 @@ async fn quarantine_reaches_policy_and_renewal_until_released() {
             (d.attestation, d.last_attested),
             (AttestationState::Active, Some(now))
         );
-        assert_eq!(decide(&app, &sensor, &gateway).await["decision"], "allow");
+        assert_eq!(
+            app.telemetry_decision(&sensor, &gateway).await["decision"],
+            "allow"
+        );
 
         let failed = AttestationResult::Fail {
             reason: "firmware integrity: PCR 0 differs".into(),
@@ -88,10 +65,10 @@ async fn quarantine_reaches_policy_and_renewal_until_released() {
             Some(now),
             "a failure keeps the last good time"
         );
-        let verdict = decide(&app, &sensor, &gateway).await;
+        let verdict = app.telemetry_decision(&sensor, &gateway).await;
         assert_eq!(verdict["decision"], "deny");
         assert_eq!(verdict["policies"], json!(["quarantine"]));
-        let (status, p) = problem(renew(&app, &sensor).await).await;
+        let (status, p) = problem(app.renew(&sensor).await).await;
         assert_eq!(
             (status, p["code"].as_str()),
             (StatusCode::FORBIDDEN, Some("device_quarantined"))
@@ -118,8 +95,11 @@ async fn quarantine_reaches_policy_and_renewal_until_released() {
             .post(&path, Some(&app.admin), &json!({"reason": "again"}))
             .await;
         assert_eq!(problem(r).await.1["code"], "device_not_quarantined");
-        assert_eq!(decide(&app, &sensor, &gateway).await["decision"], "allow");
-        assert_eq!(renew(&app, &sensor).await.status(), StatusCode::CREATED);
+        assert_eq!(
+            app.telemetry_decision(&sensor, &gateway).await["decision"],
+            "allow"
+        );
+        assert_eq!(app.renew(&sensor).await.status(), StatusCode::CREATED);
 
         // The history, newest first, for any operator role.
         let r = app
@@ -250,11 +230,14 @@ async fn a_silent_device_becomes_stale_in_one_sweep_per_period_across_replicas()
     let d = registry.device(steady.device_id()).await.unwrap().unwrap();
     assert_eq!(d.attestation, AttestationState::Active);
     assert_eq!(
-        decide(&app, &silent, &gateway).await["policies"],
+        app.telemetry_decision(&silent, &gateway).await["policies"],
         json!(["quarantine"])
     );
-    assert_eq!(decide(&app, &steady, &gateway).await["decision"], "allow");
-    let (status, p) = problem(renew(&app, &silent).await).await;
+    assert_eq!(
+        app.telemetry_decision(&steady, &gateway).await["decision"],
+        "allow"
+    );
+    let (status, p) = problem(app.renew(&silent).await).await;
     assert_eq!(
         (status, p["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("device_stale"))
@@ -275,6 +258,9 @@ async fn a_silent_device_becomes_stale_in_one_sweep_per_period_across_replicas()
         .record_attestation(silent.device_id(), app.clock.unix(), &pass())
         .await
         .unwrap();
-    assert_eq!(decide(&app, &silent, &gateway).await["decision"], "allow");
+    assert_eq!(
+        app.telemetry_decision(&silent, &gateway).await["decision"],
+        "allow"
+    );
     other.stop().await;
 }

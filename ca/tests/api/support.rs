@@ -223,6 +223,54 @@ impl TestApp {
         }
     }
 
+    /// The device record of `id`, as an operator reads it.
+    pub async fn device_json(&self, id: &str) -> Value {
+        let r = self
+            .get(&format!("/v1/devices/{id}"), Some(&self.admin))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// The attestation history of device `id`, newest first.
+    pub async fn attestation_history(&self, id: &str) -> Vec<Value> {
+        let r = self
+            .get(&format!("/v1/devices/{id}/attestations"), Some(&self.admin))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        body["attestations"].as_array().unwrap().clone()
+    }
+
+    /// `device` renews over mTLS with a fresh CSR.
+    pub async fn renew(&self, device: &Enrolled) -> Response {
+        let (csr, _) = rcgen_csr();
+        client_for(&self.root_pem(), Some(&device.identity_pem()))
+            .post(self.url("/v1/renew"))
+            .json(&json!({"csr_pem": csr}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// May `sensor` send telemetry over mqtt to `gateway`? (Allowed by the example policies
+    /// unless the sensor is quarantined, stale or revoked.) Asked with a token minted now:
+    /// tests move the clock by hours.
+    pub async fn telemetry_decision(&self, sensor: &Enrolled, gateway: &Enrolled) -> Value {
+        let admin = self.token_for(Role::Admin);
+        let r = self
+            .post(
+                "/v1/authorize",
+                Some(&admin),
+                &json!({"principal": sensor.device_id(), "action": "send",
+                        "resource": {"device": gateway.device_id()},
+                        "context": {"data_type": "telemetry", "protocol": "mqtt", "tls": false, "mtls": false, "size": 1}}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
     pub async fn counts(&self) -> vouch_ca::store::TableCounts {
         self.server.state.registry.counts().await.unwrap()
     }

@@ -14,7 +14,6 @@ use vouch_attestor::testing::{
     boot_events, measure, policy_dir_with_references, write_reference_values, SoftwareTpm, QUOTED,
 };
 use vouch_ca::app::PolicyConfig;
-use vouch_ca::tokens::Role;
 
 /// The example policies with reference values for the `sensor` class accepting `sets`.
 pub fn policies_with_references(sets: &[(&str, &str, &str)]) -> TempDir {
@@ -166,41 +165,6 @@ pub async fn attest(app: &TestApp, device: &Enrolled, booted: &Booted) -> reqwes
     .await
 }
 
-async fn device_json(app: &TestApp, id: &str) -> Value {
-    let r = app
-        .get(&format!("/v1/devices/{id}"), Some(&app.admin))
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
-
-async fn renew(app: &TestApp, device: &Enrolled) -> reqwest::Response {
-    let (csr, _) = rcgen_csr();
-    client_for(&app.root_pem(), Some(&device.identity_pem()))
-        .post(app.url("/v1/renew"))
-        .json(&json!({"csr_pem": csr}))
-        .send()
-        .await
-        .unwrap()
-}
-
-/// A device may always send its own telemetry to a gateway unless it is quarantined; the
-/// decision shows what policy sees of its state.
-async fn telemetry_decision(app: &TestApp, sensor: &Enrolled, gateway: &Enrolled) -> Value {
-    let admin = app.token_for(Role::Admin);
-    let r = app
-        .post(
-            "/v1/authorize",
-            Some(&admin),
-            &json!({"principal": sensor.device_id(), "action": "send",
-                    "resource": {"device": gateway.device_id()},
-                    "context": {"data_type": "telemetry", "protocol": "mqtt", "tls": false, "mtls": false, "size": 1}}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
-
 #[tokio::test]
 async fn a_tpm_device_enrolls_by_credential_activation_attests_and_renews() {
     for db in [Db::Sqlite, Db::Postgres] {
@@ -210,7 +174,7 @@ async fn a_tpm_device_enrolls_by_credential_activation_attests_and_renews() {
         let token = sensor_token(&app, None).await;
         let device = tpm_enroll(&app, &booted.tpm, &token).await.unwrap();
 
-        let record = device_json(&app, device.device_id()).await;
+        let record = app.device_json(device.device_id()).await;
         let ek = vouch_ca::store::ek_fingerprint(&booted.tpm.public_area("ek.pub"));
         assert_eq!(record["ek_sha256"], json!(ek), "{db:?}");
         assert_eq!(record["attestation"], "none");
@@ -220,20 +184,12 @@ async fn a_tpm_device_enrolls_by_credential_activation_attests_and_renews() {
         let outcome: Value = r.json().await.unwrap();
         assert_eq!(outcome["result"], "pass");
         assert_eq!(outcome["reference_set"], "fw-1");
-        let record = device_json(&app, device.device_id()).await;
+        let record = app.device_json(device.device_id()).await;
         assert_eq!(record["attestation"], "active");
 
-        let history: Value = app
-            .get(
-                &format!("/v1/devices/{}/attestations", device.device_id()),
-                Some(&app.admin),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(history["attestations"][0]["outcome"], "pass");
-        assert_eq!(renew(&app, &device).await.status(), StatusCode::CREATED);
+        let history = app.attestation_history(device.device_id()).await;
+        assert_eq!(history[0]["outcome"], "pass");
+        assert_eq!(app.renew(&device).await.status(), StatusCode::CREATED);
     }
 }
 
@@ -251,7 +207,7 @@ async fn an_unexpected_firmware_digest_quarantines_the_device_denies_it_and_bloc
         StatusCode::OK
     );
     assert_eq!(
-        telemetry_decision(&app, &device, &gateway).await["decision"],
+        app.telemetry_decision(&device, &gateway).await["decision"],
         "allow"
     );
 
@@ -261,7 +217,7 @@ async fn an_unexpected_firmware_digest_quarantines_the_device_denies_it_and_bloc
     let (status, body) = problem(attest(&app, &device, &booted).await).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["code"], "attestation_failed");
-    let record = device_json(&app, device.device_id()).await;
+    let record = app.device_json(device.device_id()).await;
     assert_eq!(record["attestation"], "quarantined");
     assert!(
         record["attestation_reason"]
@@ -272,10 +228,10 @@ async fn an_unexpected_firmware_digest_quarantines_the_device_denies_it_and_bloc
     );
 
     assert_eq!(
-        telemetry_decision(&app, &device, &gateway).await["decision"],
+        app.telemetry_decision(&device, &gateway).await["decision"],
         "deny"
     );
-    let (status, body) = problem(renew(&app, &device).await).await;
+    let (status, body) = problem(app.renew(&device).await).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["code"], "device_quarantined");
 }
@@ -324,11 +280,11 @@ async fn a_reused_unknown_or_foreign_nonce_is_refused_and_changes_nothing() {
 
     // None of it touched B's state; A is still attested.
     assert_eq!(
-        device_json(&app, device_b.device_id()).await["attestation"],
+        app.device_json(device_b.device_id()).await["attestation"],
         "none"
     );
     assert_eq!(
-        device_json(&app, device_a.device_id()).await["attestation"],
+        app.device_json(device_a.device_id()).await["attestation"],
         "active"
     );
 }
@@ -356,7 +312,7 @@ async fn a_replayed_quote_is_refused() {
     );
     assert!(p["detail"].as_str().unwrap().contains("nonce"), "{p}");
     assert_eq!(
-        device_json(&app, device.device_id()).await["attestation"],
+        app.device_json(device.device_id()).await["attestation"],
         "quarantined"
     );
 }
@@ -378,7 +334,7 @@ async fn a_quote_signed_by_another_tpms_ak_is_refused() {
     );
     assert!(p["detail"].as_str().unwrap().contains("signature"), "{p}");
     assert_eq!(
-        device_json(&app, device.device_id()).await["attestation"],
+        app.device_json(device.device_id()).await["attestation"],
         "quarantined"
     );
 }
@@ -454,11 +410,11 @@ async fn a_rollout_window_accepts_both_firmwares_until_the_old_one_is_removed() 
     let (status, _) = problem(attest(&app, &on_old, &old).await).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        device_json(&app, on_old.device_id()).await["attestation"],
+        app.device_json(on_old.device_id()).await["attestation"],
         "quarantined"
     );
     assert_eq!(
-        device_json(&app, on_new.device_id()).await["attestation"],
+        app.device_json(on_new.device_id()).await["attestation"],
         "active"
     );
 }

@@ -36,13 +36,7 @@ async fn re_enrolling_a_device_with_another_ek_is_refused_and_with_its_own_ek_is
     let again = tpm_enroll(&app, &mine.tpm, &token).await.unwrap();
     assert_eq!(again.device_id(), device.device_id());
     assert_ne!(again.serial(), device.serial());
-    let (csr, _) = rcgen_csr();
-    let r = client_for(&app.root_pem(), Some(&device.identity_pem()))
-        .post(app.url("/v1/renew"))
-        .json(&json!({"csr_pem": csr}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.renew(&device).await;
     assert_eq!(
         r.status(),
         StatusCode::FORBIDDEN,
