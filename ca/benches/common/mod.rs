@@ -17,3 +17,22 @@ pub fn cpu_seconds() -> Option<f64> {
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
 }
+
+/// CPU seconds used so far by each of this process's threads, by thread name, from
+/// `/proc/self/task/*/stat` (threads that have ended are not counted).
+#[allow(dead_code)] // Not every benchmark splits its CPU.
+pub fn cpu_seconds_by_thread() -> Option<Vec<(String, f64)>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(stat) = std::fs::read_to_string(task.ok()?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let (head, after_name) = stat.rsplit_once(')')?;
+        let name = head.split_once('(')?.1;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        threads.push((name.to_owned(), ticks / 100.0));
+    }
+    Some(threads)
+}

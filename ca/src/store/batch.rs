@@ -129,7 +129,7 @@ where
         .name(format!("vouch-{}", name.replace(' ', "-")))
         .spawn(move || {
             runtime.block_on(async move {
-                let pool = match connect_pool(&url, backend, 2).await {
+                let pool = match connect_pool(&url, backend, 1).await {
                     Ok(pool) => pool,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
