@@ -9,6 +9,7 @@ use crate::clock::SharedClock;
 use crate::datadir::{DataDir, DataDirError, DataFile};
 use crate::ids::{system_rng, TrustDomain};
 use crate::metrics::Metrics;
+use crate::nonce::NonceKey;
 use crate::pki::authority::{self, Authority, CaFiles};
 use crate::pki::PkiError;
 use crate::server::{self, TlsSetupError};
@@ -122,6 +123,8 @@ pub struct Loaded {
     pub bootstrap_key: TokenKey,
     /// Operator token key.
     pub operator_key: TokenKey,
+    /// Attestation nonce key.
+    pub nonce_key: NonceKey,
 }
 
 fn text(data_dir: &DataDir, file: DataFile, secret: bool) -> Result<String, AppError> {
@@ -145,6 +148,16 @@ fn token_key(data_dir: &DataDir, file: DataFile) -> Result<TokenKey, AppError> {
             "expected 32 bytes of base64".into(),
         )
     })
+}
+
+/// The attestation nonce key, derived from the bootstrap-token key (see [`crate::nonce`]).
+fn nonce_key(data_dir: &DataDir) -> Result<NonceKey, AppError> {
+    let file = DataFile::BootstrapTokenKey;
+    let invalid =
+        |why: &str| AppError::Invalid(data_dir.file(file).display().to_string(), why.into());
+    let secret = crate::tokens::key_bytes_from_file_text(&data_dir.read_secret(file)?)
+        .ok_or_else(|| invalid("expected 32 bytes of base64"))?;
+    NonceKey::derive(&secret).map_err(|_| invalid("cannot derive the attestation nonce key"))
 }
 
 /// Loads the CA, trust domain and token keys from `data_dir`.
@@ -172,6 +185,7 @@ pub fn load(data_dir: &DataDir) -> Result<Loaded, AppError> {
         trust_domain,
         bootstrap_key: token_key(data_dir, DataFile::BootstrapTokenKey)?,
         operator_key: token_key(data_dir, DataFile::OperatorTokenKey)?,
+        nonce_key: nonce_key(data_dir)?,
     })
 }
 
@@ -341,6 +355,7 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         rng: system_rng(),
         bootstrap_key: loaded.bootstrap_key,
         operator_key: loaded.operator_key,
+        nonce_key: loaded.nonce_key,
         settings: config.settings.clone(),
         metrics: Metrics::new(),
         policy,

@@ -4,6 +4,7 @@
 //! - [`pki`]: certificate authority material, the device certificate profile, CSR checks and
 //!   CRLs. Plain functions over bytes and values; time and randomness come in from the caller.
 //! - [`tokens`]: bootstrap and operator JWTs.
+//! - [`nonce`]: attestation nonces authenticated by the server, stored only once used.
 //! - [`store`]: the device registry over SQLite or PostgreSQL (sqlx).
 //! - [`authz`]: the active and shadow policy sets (reloaded from a directory or Git work
 //!   tree), decisions with registry facts, the decision log writer and signed bundles.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod datadir;
 pub mod ids;
 pub mod metrics;
+pub mod nonce;
 pub mod pki;
 pub mod server;
 pub mod store;

@@ -127,6 +127,15 @@ pub struct OperatorClaims {
     pub jti: String,
 }
 
+/// The 32 bytes of a token key's file form (base64 text), if it is one.
+pub fn key_bytes_from_file_text(text: &[u8]) -> Option<[u8; TOKEN_KEY_LEN]> {
+    let trimmed = std::str::from_utf8(text).ok()?.trim();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(trimmed)
+        .ok()?;
+    bytes.try_into().ok()
+}
+
 /// A 256-bit HMAC key for one kind of token.
 #[derive(Clone)]
 pub struct TokenKey {
@@ -154,11 +163,7 @@ impl TokenKey {
 
     /// Reads a key from its file form.
     pub fn from_file_text(text: &[u8]) -> Option<Self> {
-        let trimmed = std::str::from_utf8(text).ok()?.trim();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(trimmed)
-            .ok()?;
-        (bytes.len() == TOKEN_KEY_LEN).then(|| Self::from_bytes(&bytes))
+        Some(Self::from_bytes(&key_bytes_from_file_text(text)?))
     }
 
     fn from_bytes(bytes: &[u8]) -> Self {

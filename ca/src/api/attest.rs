@@ -1,12 +1,14 @@
 //! Periodic attestation of TPM devices (mTLS): a single-use nonce and PCR selection, then the
 //! quote, verified against the AK bound at enrollment and the device class's reference values
 //! from the active policy set. Every failure of a quote that answers a good nonce quarantines
-//! the device (fail closed); a nonce that cannot be used changes nothing. Nonces and results
-//! are group-committed (`Registry::write_attestation`).
+//! the device (fail closed); a nonce that cannot be used changes nothing. Nonces are stored
+//! nowhere until used (`crate::nonce`); results are group-committed
+//! (`Registry::write_attestation`).
 
 use super::auth::DeviceCaller;
 use super::problem::{bounded, ApiError, ApiJson};
 use super::AppState;
+use crate::nonce::NONCE_LEN;
 use crate::store::{AttestJob, AttestWrite, AttestationResult, AttestationState, DeviceStatus};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -166,11 +168,6 @@ fn device_revoked() -> ApiError {
     )
 }
 
-/// The PCRs to quote, as stored with a nonce (`0,1,2`).
-fn pcr_list(pcrs: &[u8]) -> String {
-    pcrs.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
-}
-
 /// The PCRs a device of `class` must quote: its reference values', else the boot PCRs 0-7
 /// (the quote will then fail for want of reference values: fail closed).
 fn pcrs_for(state: &AppState, class: Option<&str>) -> Vec<u8> {
@@ -197,23 +194,14 @@ pub async fn challenge(
     caller: DeviceCaller,
 ) -> Result<(StatusCode, Json<AttestChallenge>), ApiError> {
     let device = tpm_device(&state, &caller).await?;
-    let mut nonce = [0u8; 32];
-    ring::rand::SecureRandom::fill(&state.rng, &mut nonce)
+    let pcrs = pcrs_for(&state, device.device_class.as_deref());
+    let expires_at = state.clock.unix() + NONCE_TTL_SECS;
+    // Nothing is stored: the nonce authenticates its device, PCRs and expiry itself.
+    let nonce = state
+        .nonce_key
+        .issue(&state.rng, &device.device_id, &pcrs, expires_at)
         .map_err(|_| ApiError::internal(&"rng failure"))?;
     let nonce = hex::encode(nonce);
-    let pcrs = pcrs_for(&state, device.device_class.as_deref());
-    let now = state.clock.unix();
-    let expires_at = now + NONCE_TTL_SECS;
-    state
-        .registry
-        .write_attestation(AttestJob::Nonce {
-            nonce: nonce.clone(),
-            device_id: device.device_id.clone(),
-            pcrs: pcr_list(&pcrs),
-            now,
-            expires_at,
-        })
-        .await?;
     Ok((
         StatusCode::CREATED,
         Json(AttestChallenge {
@@ -245,18 +233,22 @@ pub async fn quote(
             "nonce is unknown, used, expired or was issued to another device",
         )
     };
-    if req.nonce.len() != 64 || !req.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if req.nonce.len() != 2 * NONCE_LEN {
         return Err(nonce_invalid());
     }
-    let nonce = req.nonce.to_ascii_lowercase();
+    let nonce = hex::decode(&req.nonce).map_err(|_| nonce_invalid())?;
     let device = tpm_device(&state, &caller).await?;
     let now = state.clock.unix();
-    // The PCRs this device's class quotes now; the transaction that records the result
-    // checks that its nonce asked for the same (reference values may have been reloaded).
+    // The PCRs this device's class quotes now. A nonce is bound to the PCRs it asked for, so
+    // a nonce issued before reference values changed the selection is refused here.
     let pcrs = pcrs_for(&state, device.device_class.as_deref());
+    state
+        .nonce_key
+        .check(&nonce, &device.device_id, &pcrs, now)
+        .map_err(|_| nonce_invalid())?;
     // Every failure of the quote is the device's: it is recorded, and quarantines the device,
-    // together with using up the nonce; an unusable nonce records nothing.
-    let result = match verify(&state, &device, &pcrs, &req) {
+    // together with using up the nonce; a nonce used already records nothing.
+    let result = match verify(&state, &device, &pcrs, &nonce, &req) {
         Ok(reference_set) => AttestationResult::Pass { reference_set },
         Err(reason) => AttestationResult::Fail {
             reason: bounded(&reason, 500),
@@ -268,12 +260,11 @@ pub async fn quote(
     });
     let written = state
         .registry
-        .write_attestation(AttestJob::Result {
-            nonce,
+        .write_attestation(AttestJob {
+            nonce: hex::encode(&nonce),
             device_id: device.device_id.clone(),
             serial: caller.serial.to_hex(),
             ak_public: device.ak_public_hex.clone(),
-            pcrs: pcr_list(&pcrs),
             now,
             result: result.clone(),
         })
@@ -281,7 +272,7 @@ pub async fn quote(
     let attestation = match written {
         AttestWrite::Recorded(attestation) => attestation,
         AttestWrite::NotCurrent => return Err(device_revoked()),
-        AttestWrite::Issued | AttestWrite::NonceInvalid => return Err(nonce_invalid()),
+        AttestWrite::NonceUsed => return Err(nonce_invalid()),
     };
     match result {
         AttestationResult::Pass { reference_set } => {
@@ -308,6 +299,7 @@ fn verify(
     state: &AppState,
     device: &TpmIdentity,
     pcrs: &[u8],
+    nonce: &[u8],
     req: &QuoteSubmission,
 ) -> Result<String, String> {
     let decode = |what: &str, b64: &str, max: usize| -> Result<Vec<u8>, String> {
@@ -348,12 +340,11 @@ fn verify(
         values.insert(index, digest);
     }
     let selection = PcrSelection::sha256(pcrs);
-    let nonce = hex::decode(&req.nonce).map_err(|_| "nonce is not hex".to_owned())?;
     let verified = verify_quote(
         &Expected {
             ak: &device.ak,
             parent_qualified_name: &device.parent_qualified_name,
-            nonce: &nonce,
+            nonce,
             selection: &selection,
         },
         &Evidence {

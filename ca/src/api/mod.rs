@@ -26,7 +26,9 @@ use ring::rand::SystemRandom;
 use std::sync::Arc;
 use utoipa::OpenApi;
 
-pub use attest::{AttestChallenge, AttestOutcome, QuoteSubmission, TpmIdentities, TpmIdentity};
+pub use attest::{
+    AttestChallenge, AttestOutcome, QuoteSubmission, TpmIdentities, TpmIdentity, NONCE_TTL_SECS,
+};
 pub use devices::{DeviceList, RevokeRequest, RevokeResponse};
 pub use enroll::{
     CreateTokenRequest, CreateTokenResponse, EnrollRequest, EnrollResponse, RenewRequest, TpmProof,
@@ -99,6 +101,8 @@ pub struct AppInner {
     pub bootstrap_key: TokenKey,
     /// Key of operator tokens.
     pub operator_key: TokenKey,
+    /// Key of attestation nonces.
+    pub nonce_key: crate::nonce::NonceKey,
     /// Settings.
     pub settings: Settings,
     /// Metrics.

@@ -224,11 +224,6 @@ impl Registry {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        // Nonces past their expiry can serve nobody: the sweep clears them too.
-        sqlx::query("DELETE FROM attest_nonces WHERE expires_at < $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
         // The audit log records changes: a sweep that changed nothing leaves only its claim.
         if stale > 0 {
             append(

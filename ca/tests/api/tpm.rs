@@ -237,7 +237,7 @@ async fn an_unexpected_firmware_digest_quarantines_the_device_denies_it_and_bloc
 }
 
 #[tokio::test]
-async fn a_reused_unknown_or_foreign_nonce_is_refused_and_changes_nothing() {
+async fn a_reused_unknown_foreign_or_expired_nonce_is_refused_and_changes_nothing() {
     let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
     let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
     let (a, b) = (boot("fw-1", "cfg-a"), boot("fw-1", "cfg-a"));
@@ -273,6 +273,16 @@ async fn a_reused_unknown_or_foreign_nonce_is_refused_and_changes_nothing() {
     // A nonce never issued.
     let unknown = quote_body(&b.tpm, &[7u8; 32], &QUOTED, &b.log);
     let (status, p) = problem(submit(&app, &device_b, &unknown).await).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("nonce_invalid"))
+    );
+
+    // A nonce answered after it expired (the server's clock moves past its 5 minutes).
+    let (nonce, pcrs) = challenge(&app, &device_b).await;
+    let late = quote_body(&b.tpm, &nonce, &pcrs, &b.log);
+    app.clock.advance(vouch_ca::api::NONCE_TTL_SECS);
+    let (status, p) = problem(submit(&app, &device_b, &late).await).await;
     assert_eq!(
         (status, p["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("nonce_invalid"))
