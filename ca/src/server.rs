@@ -2,9 +2,9 @@
 //!
 //! Client certificates are optional at the TLS layer (operators and new devices have none);
 //! when one is sent it must chain to the root CA, and its verified chain is handed to the
-//! handlers as [`PeerCertificates`]. Endpoints that need a device decide for themselves.
+//! handlers as [`PeerCertificate`]. Endpoints that need a device decide for themselves.
 
-use crate::api::auth::PeerCertificates;
+use crate::api::auth::PeerCertificate;
 use crate::pki::authority::Authority;
 use crate::pki::profile::issue_server_certificate;
 use crate::pki::PkiError;
@@ -109,14 +109,9 @@ async fn serve_connection(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
-    let certs = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|c| Arc::new(c.iter().map(|d| d.clone().into_owned()).collect::<Vec<_>>()));
-    let peer_certs = PeerCertificates(certs);
+    let peer_cert = PeerCertificate::from_chain(tls.get_ref().1.peer_certificates());
     let service = tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(peer_certs.clone());
+        req.extensions_mut().insert(peer_cert.clone());
         router.clone().oneshot(req.map(axum::body::Body::new))
     });
     let mut builder = Builder::new(TokioExecutor::new());

@@ -12,12 +12,37 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use rustls_pki_types::CertificateDer;
-use std::sync::Arc;
 
-/// The verified client certificate chain of the TLS connection, if the client sent one.
-/// Inserted into each request by the server; rustls has already verified it up to the root.
-#[derive(Debug, Clone, Default)]
-pub struct PeerCertificates(pub Option<Arc<Vec<CertificateDer<'static>>>>);
+/// The client certificate of the TLS connection, read once per connection (not per request)
+/// and inserted into each request by the server; rustls has already verified its chain up to
+/// the root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PeerCertificate {
+    /// The client sent no certificate.
+    #[default]
+    None,
+    /// The leaf does not parse as X.509.
+    Unparsable,
+    /// The leaf's serial is not one this CA issues to devices.
+    NotADevice,
+    /// A device certificate with this serial.
+    Device(Serial),
+}
+
+impl PeerCertificate {
+    /// Reads the leaf of a verified client chain.
+    pub fn from_chain(chain: Option<&[CertificateDer<'_>]>) -> Self {
+        let Some(leaf) = chain.and_then(<[_]>::first) else {
+            return Self::None;
+        };
+        match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+            Err(_) => Self::Unparsable,
+            Ok((_, cert)) => {
+                Serial::from_der_bytes(cert.raw_serial()).map_or(Self::NotADevice, Self::Device)
+            }
+        }
+    }
+}
 
 /// An authenticated operator.
 #[derive(Debug, Clone)]
@@ -125,26 +150,24 @@ impl FromRequestParts<AppState> for DeviceCaller {
                 "this call needs the device's certificate over mutual TLS",
             )
         };
-        let chain = parts
-            .extensions
-            .get::<PeerCertificates>()
-            .and_then(|p| p.0.clone())
-            .ok_or_else(required)?;
-        let leaf = chain.first().ok_or_else(required)?;
-        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|_| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "client_certificate_invalid",
-                "client certificate does not parse",
-            )
-        })?;
-        let serial = Serial::from_der_bytes(cert.raw_serial()).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "device_unknown",
-                "client certificate was not issued to a device by this CA",
-            )
-        })?;
+        let serial = match parts.extensions.get::<PeerCertificate>() {
+            None | Some(PeerCertificate::None) => return Err(required()),
+            Some(PeerCertificate::Unparsable) => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "client_certificate_invalid",
+                    "client certificate does not parse",
+                ))
+            }
+            Some(PeerCertificate::NotADevice) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "device_unknown",
+                    "client certificate was not issued to a device by this CA",
+                ))
+            }
+            Some(PeerCertificate::Device(serial)) => serial.clone(),
+        };
         Ok(Self { serial })
     }
 }
