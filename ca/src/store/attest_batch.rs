@@ -16,6 +16,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+/// What a recorded result does to its device: the time, the new state, and the reason when
+/// quarantined.
+type Effect = (i64, AttestationState, Option<String>);
+
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 
@@ -253,50 +257,41 @@ impl Registry {
                 states.insert(&job.device_id, state);
             }
 
-            // One UPDATE for every device; placeholders in the order they appear.
-            let mut p = Params::new(self.backend);
-            let mut state_case = String::new();
-            for (id, _, state, _) in &changes {
-                let (w, v) = (
-                    p.add(Param::Text((*id).to_owned())),
-                    p.add(Param::Text(state.as_str().into())),
-                );
-                state_case.push_str(&format!(" WHEN {w} THEN {v}"));
-            }
-            let mut last_case = String::new();
-            for (id, now, state, _) in &changes {
-                if *state == AttestationState::Active {
-                    let (w, v) = (
-                        p.add(Param::Text((*id).to_owned())),
-                        p.add(Param::Int(*now)),
-                    );
-                    last_case.push_str(&format!(" WHEN {w} THEN {v}"));
+            // One UPDATE per group of devices with the same new state, time and reason
+            // (in a steady fleet: all the passes of a batch, in one statement); plain
+            // statements without a CASE per device, which SQLite compiles in time quadratic
+            // in the batch.
+            let mut groups: Vec<(Effect, Vec<&str>)> = Vec::new();
+            for (id, now, state, reason) in changes {
+                let key = (now, state, reason);
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, ids)) => ids.push(id),
+                    None => groups.push((key, vec![id])),
                 }
             }
-            let mut reason_case = String::new();
-            for (id, _, _, reason) in &changes {
-                let (w, v) = (
-                    p.add(Param::Text((*id).to_owned())),
-                    p.add(Param::OptText(reason.clone())),
+            for ((now, state, reason), ids) in groups {
+                // Placeholders are added in the order they appear (SQLite's are positional).
+                let mut p = Params::new(self.backend);
+                let state_param = p.add(Param::Text(state.as_str().into()));
+                // Only a pass moves the time of the last passing attestation.
+                let last = if state == AttestationState::Active {
+                    p.add(Param::Int(now))
+                } else {
+                    "last_attested".to_owned()
+                };
+                let reason_param = p.add(Param::OptText(reason));
+                let at = p.add(Param::Int(now));
+                let list: Vec<String> = ids
+                    .iter()
+                    .map(|id| p.add(Param::Text((*id).to_owned())))
+                    .collect();
+                let sql = format!(
+                    "UPDATE devices SET attestation = {state_param}, last_attested = {last}, \
+                     attestation_reason = {reason_param}, updated_at = {at} WHERE id IN ({})",
+                    list.join(", ")
                 );
-                reason_case.push_str(&format!(" WHEN {w} THEN {v}"));
+                p.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
             }
-            let last = if last_case.is_empty() {
-                "last_attested".to_owned()
-            } else {
-                format!("CASE id{last_case} ELSE last_attested END")
-            };
-            let at = p.add(Param::Int(changes.first().map_or(0, |c| c.1)));
-            let ids: Vec<String> = changes
-                .iter()
-                .map(|(id, _, _, _)| p.add(Param::Text((*id).to_owned())))
-                .collect();
-            let sql = format!(
-                "UPDATE devices SET attestation = CASE id{state_case} END, last_attested = {last}, \
-                 attestation_reason = CASE id{reason_case} END, updated_at = {at} WHERE id IN ({})",
-                ids.join(", ")
-            );
-            p.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
             if !audit_rows.is_empty() {
                 let sql = format!(
                     "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES {}",
