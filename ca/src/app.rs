@@ -141,8 +141,9 @@ fn text(data_dir: &DataDir, file: DataFile, secret: bool) -> Result<String, AppE
     })
 }
 
-fn token_key(data_dir: &DataDir, file: DataFile) -> Result<TokenKey, AppError> {
-    TokenKey::from_file_text(&data_dir.read_secret(file)?).ok_or_else(|| {
+/// The 32 bytes of a token key file in `data_dir`.
+fn token_key_bytes(data_dir: &DataDir, file: DataFile) -> Result<[u8; 32], AppError> {
+    crate::tokens::key_bytes_from_file_text(&data_dir.read_secret(file)?).ok_or_else(|| {
         AppError::Invalid(
             data_dir.file(file).display().to_string(),
             "expected 32 bytes of base64".into(),
@@ -150,14 +151,8 @@ fn token_key(data_dir: &DataDir, file: DataFile) -> Result<TokenKey, AppError> {
     })
 }
 
-/// The attestation nonce key, derived from the bootstrap-token key (see [`crate::nonce`]).
-fn nonce_key(data_dir: &DataDir) -> Result<NonceKey, AppError> {
-    let file = DataFile::BootstrapTokenKey;
-    let invalid =
-        |why: &str| AppError::Invalid(data_dir.file(file).display().to_string(), why.into());
-    let secret = crate::tokens::key_bytes_from_file_text(&data_dir.read_secret(file)?)
-        .ok_or_else(|| invalid("expected 32 bytes of base64"))?;
-    NonceKey::derive(&secret).map_err(|_| invalid("cannot derive the attestation nonce key"))
+fn token_key(data_dir: &DataDir, file: DataFile) -> Result<TokenKey, AppError> {
+    Ok(TokenKey::from_bytes(&token_key_bytes(data_dir, file)?))
 }
 
 /// Loads the CA, trust domain and token keys from `data_dir`.
@@ -180,12 +175,23 @@ pub fn load(data_dir: &DataDir) -> Result<Loaded, AppError> {
             e.to_string(),
         )
     })?;
+    // The bootstrap-token key also keys attestation nonces, by derivation (`crate::nonce`).
+    let bootstrap = token_key_bytes(data_dir, DataFile::BootstrapTokenKey)?;
+    let nonce_key = NonceKey::derive(&bootstrap).map_err(|_| {
+        AppError::Invalid(
+            data_dir
+                .file(DataFile::BootstrapTokenKey)
+                .display()
+                .to_string(),
+            "cannot derive the attestation nonce key".into(),
+        )
+    })?;
     Ok(Loaded {
         ca: Authority::load(&files)?,
         trust_domain,
-        bootstrap_key: token_key(data_dir, DataFile::BootstrapTokenKey)?,
+        bootstrap_key: TokenKey::from_bytes(&bootstrap),
         operator_key: token_key(data_dir, DataFile::OperatorTokenKey)?,
-        nonce_key: nonce_key(data_dir)?,
+        nonce_key,
     })
 }
 

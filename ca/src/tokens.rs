@@ -166,7 +166,8 @@ impl TokenKey {
         Some(Self::from_bytes(&key_bytes_from_file_text(text)?))
     }
 
-    fn from_bytes(bytes: &[u8]) -> Self {
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: &[u8; TOKEN_KEY_LEN]) -> Self {
         Self {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),

@@ -187,20 +187,23 @@ impl Registry {
 
         // The history rows of the results whose facts hold. The nonce column is unique: a
         // nonce recorded already inserts nothing, and its result is not recorded.
-        let holding: Vec<&AttestJob> = jobs.iter().filter(|job| still_holds(job)).collect();
+        let holding: Vec<_> = jobs
+            .iter()
+            .filter(|job| still_holds(job))
+            .map(|job| (job, job.result.effect()))
+            .collect();
         let mut recorded: HashSet<String> = HashSet::new();
         if !holding.is_empty() {
             let mut history = Params::new(self.backend);
             let rows: Vec<String> = holding
                 .iter()
-                .map(|job| {
-                    let effect = job.result.effect();
+                .map(|(job, effect)| {
                     history.row([
                         Param::Text(job.device_id.clone()),
                         Param::Int(job.now),
                         Param::Text(effect.outcome.into()),
-                        Param::Text(effect.reason),
-                        Param::OptText(effect.reference_set),
+                        Param::Text(effect.reason.clone()),
+                        Param::OptText(effect.reference_set.clone()),
                         Param::Text(job.nonce.clone()),
                     ])
                 })
@@ -218,20 +221,22 @@ impl Registry {
         }
         // One winner per nonce (the writer never batches two results of one device, and a
         // nonce belongs to one device; this holds even if that changed).
-        let mut seen: HashSet<&str> = HashSet::new();
-        let winners: Vec<&AttestJob> = holding
+        let mut winning: HashSet<&str> = HashSet::new();
+        let winners: Vec<_> = holding
             .into_iter()
-            .filter(|job| recorded.contains(&job.nonce) && seen.insert(job.nonce.as_str()))
+            .filter(|(job, _)| recorded.contains(&job.nonce) && winning.insert(job.nonce.as_str()))
             .collect();
 
         let mut states: HashMap<&str, AttestationState> = HashMap::new();
         if !winners.is_empty() {
             let mut audit = Params::new(self.backend);
             let mut audit_rows = Vec::new();
-            // (device, time, new state, reason when quarantined) for the device update.
-            let mut changes: Vec<(&str, i64, AttestationState, Option<String>)> = Vec::new();
-            for job in &winners {
-                let effect = job.result.effect();
+            // One UPDATE per group of devices with the same new state, time and reason
+            // (in a steady fleet: all the passes of a batch, in one statement); plain
+            // statements without a CASE per device, which SQLite compiles in time quadratic
+            // in the batch.
+            let mut groups: Vec<(Effect, Vec<&str>)> = Vec::new();
+            for (job, effect) in winners {
                 let (state, outcome, reason, set) = (
                     effect.state,
                     effect.outcome,
@@ -252,21 +257,11 @@ impl Registry {
                         Param::Text(json!({"reason": reason, "reference_set": set}).to_string()),
                     ]));
                 }
-                let quarantine_reason = (outcome == "fail").then_some(reason);
-                changes.push((&job.device_id, job.now, state, quarantine_reason));
                 states.insert(&job.device_id, state);
-            }
-
-            // One UPDATE per group of devices with the same new state, time and reason
-            // (in a steady fleet: all the passes of a batch, in one statement); plain
-            // statements without a CASE per device, which SQLite compiles in time quadratic
-            // in the batch.
-            let mut groups: Vec<(Effect, Vec<&str>)> = Vec::new();
-            for (id, now, state, reason) in changes {
-                let key = (now, state, reason);
+                let key = (job.now, state, (outcome == "fail").then_some(reason));
                 match groups.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, ids)) => ids.push(id),
-                    None => groups.push((key, vec![id])),
+                    Some((_, ids)) => ids.push(&job.device_id),
+                    None => groups.push((key, vec![&job.device_id])),
                 }
             }
             for ((now, state, reason), ids) in groups {
@@ -301,7 +296,6 @@ impl Registry {
             }
         }
         tx.commit().await?;
-        let winning: HashSet<&str> = winners.iter().map(|job| job.nonce.as_str()).collect();
         Ok(jobs
             .iter()
             .map(|job| match states.get(job.device_id.as_str()) {

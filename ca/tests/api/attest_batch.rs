@@ -1,4 +1,4 @@
-//! Attestation writes are group-committed: many devices' nonces and results go into one
+//! Attestation results are group-committed: many devices' results go into one
 //! transaction. These tests submit at once from many devices (attestation keys in software,
 //! `SoftwareAk`, so that batches fill quickly) and check that each device ends up with its
 //! own result, and that a nonce answered twice at once is recorded once.
@@ -265,9 +265,16 @@ async fn hostile_quote_submissions_fail_closed_and_oversized_ones_are_refused_un
     let mut body = quote_body(&device, &c, "fw-1");
     body["extra"] = json!(1);
     assert!(submit(&app, &device, &body).await.is_client_error());
-    let mut body = quote_body(&device, &c, "fw-1");
-    body["nonce"] = json!("not hex");
-    assert_eq!(submit(&app, &device, &body).await, StatusCode::FORBIDDEN);
+    for nonce in [
+        "not hex".to_owned(),
+        "zz".repeat(32),
+        "00".repeat(33),
+        c["nonce"].as_str().unwrap()[..62].to_owned(),
+    ] {
+        let mut body = quote_body(&device, &c, "fw-1");
+        body["nonce"] = json!(nonce);
+        assert_eq!(submit(&app, &device, &body).await, StatusCode::FORBIDDEN);
+    }
     let record = app.device_json(&device.id).await;
     assert_eq!(record["attestation"], "active");
 }
