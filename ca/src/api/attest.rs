@@ -195,11 +195,18 @@ pub async fn challenge(
 ) -> Result<(StatusCode, Json<AttestChallenge>), ApiError> {
     let device = tpm_device(&state, &caller).await?;
     let pcrs = pcrs_for(&state, device.device_class.as_deref());
-    let expires_at = state.clock.unix() + NONCE_TTL_SECS;
+    let now = state.clock.now();
+    let expires_at = now.unix_timestamp() + NONCE_TTL_SECS;
     // Nothing is stored: the nonce authenticates its device, PCRs and expiry itself.
     let nonce = state
         .nonce_key
-        .issue(&state.rng, &device.device_id, &pcrs, expires_at)
+        .issue(
+            &state.rng,
+            &device.device_id,
+            &pcrs,
+            expires_at,
+            now.nanosecond(),
+        )
         .map_err(|_| ApiError::internal(&"rng failure"))?;
     let nonce = hex::encode(nonce);
     Ok((
