@@ -9,6 +9,7 @@
 //! the other is answered `NonceUsed` and writes nothing. (Nonces are issued without a write,
 //! see `crate::nonce`.)
 
+use super::attestation::ResultEffect;
 use super::batch::{Param, Params};
 use super::{AttestationResult, AttestationState, Backend, Registry, StoreError};
 use serde_json::json;
@@ -16,9 +17,16 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// What a recorded result does to its device: the time, the new state, and the reason when
-/// quarantined.
-type Effect = (i64, AttestationState, Option<String>);
+/// What a recorded result does to its device and the audit log; devices with equal effects
+/// are updated by one statement.
+#[derive(PartialEq, Eq)]
+struct Effect {
+    now: i64,
+    state: AttestationState,
+    outcome: &'static str,
+    reason: String,
+    reference_set: Option<String>,
+}
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -43,7 +51,7 @@ pub struct AttestJob {
 }
 
 /// What a job did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttestWrite {
     /// The result is recorded; the device's attestation state now.
     Recorded(AttestationState),
@@ -147,6 +155,14 @@ async fn run_writer(registry: Registry, mut rx: mpsc::Receiver<Job>) {
 impl Registry {
     /// Records `jobs` in one transaction (at most one per device) and returns one outcome
     /// per job, in order.
+    ///
+    /// In the usual case every job's facts hold and every nonce is fresh, and the batch is
+    /// one statement that records all results with the facts checked in its `WHERE`, plus
+    /// one audit and one device update per group of equal effect; no row comes back. When
+    /// that statement records fewer results than there are jobs, its transaction is rolled
+    /// back and the batch is sorted out by [`Self::commit_checked`], which reads the facts
+    /// and the winning nonces first. (Each statement is a round trip to SQLite's worker
+    /// thread, and each row read is another; measured with `benches/attest.rs`.)
     pub async fn commit_attestation_batch(
         &self,
         jobs: &[AttestJob],
@@ -154,36 +170,97 @@ impl Registry {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        let mut distinct: HashSet<&str> = HashSet::new();
+        if jobs.iter().all(|job| distinct.insert(&job.device_id)) {
+            if let Some(writes) = self.commit_all(jobs).await? {
+                return Ok(writes);
+            }
+        }
+        self.commit_checked(jobs).await
+    }
+
+    /// Records every job (one per device), or nothing and `None` if any job's facts no
+    /// longer hold or its nonce is used.
+    async fn commit_all(&self, jobs: &[AttestJob]) -> Result<Option<Vec<AttestWrite>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let effects: Vec<(&AttestJob, ResultEffect)> =
+            jobs.iter().map(|job| (job, job.result.effect())).collect();
+        let mut p = Params::new(self.backend);
+        let rows: Vec<String> = effects
+            .iter()
+            .map(|(job, effect)| {
+                p.row([
+                    Param::Text(job.device_id.clone()),
+                    Param::Text(job.serial.clone()),
+                    Param::Text(job.ak_public.clone()),
+                    Param::Int(job.now),
+                    Param::Text(effect.outcome.into()),
+                    Param::Text(effect.reason.clone()),
+                    Param::OptText(effect.reference_set.clone()),
+                    Param::Text(job.nonce.clone()),
+                ])
+            })
+            .collect();
+        // The facts each quote was verified with, as they stand now: its certificate
+        // unrevoked and still naming the device, the device active, the AK still bound. The
+        // nonce column is unique: a nonce recorded already inserts nothing.
+        let sql = format!(
+            "WITH r (device_id, serial, ak_public, at, outcome, reason, reference_set, nonce) \
+             AS (VALUES {}) \
+             INSERT INTO attestations (device_id, at, outcome, reason, reference_set, nonce) \
+             SELECT r.device_id, r.at, r.outcome, r.reason, r.reference_set, r.nonce FROM r \
+             JOIN certificates k ON k.serial = r.serial \
+             JOIN devices d ON d.id = k.device_id \
+             WHERE k.revoked_at IS NULL AND d.status = 'active' AND d.id = r.device_id \
+             AND d.ak_public = r.ak_public \
+             ON CONFLICT (nonce) DO NOTHING",
+            rows.join(", ")
+        );
+        let inserted = p.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
+        if inserted.rows_affected() != jobs.len() as u64 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let states = self.apply_effects(&mut tx, effects).await?;
+        tx.commit().await?;
+        Ok(Some(
+            jobs.iter()
+                .map(|job| match states.get(job.device_id.as_str()) {
+                    Some(state) => AttestWrite::Recorded(*state),
+                    None => AttestWrite::NotCurrent,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Records the jobs whose facts hold and whose nonce is unused, reading both first; the
+    /// others are answered `NotCurrent` or `NonceUsed` and write nothing.
+    async fn commit_checked(&self, jobs: &[AttestJob]) -> Result<Vec<AttestWrite>, StoreError> {
         let mut tx = self.begin_write().await?;
 
-        // The facts each quote was verified with, as they stand now, and each device's state
-        // before (the audit log records changes of state).
+        // The facts each quote was verified with, as they stand now.
         let mut p = Params::new(self.backend);
         let serials: Vec<String> = jobs
             .iter()
             .map(|job| p.add(Param::Text(job.serial.clone())))
             .collect();
         let sql = format!(
-            "SELECT k.serial, d.id, d.ak_public, d.attestation FROM certificates k \
+            "SELECT k.serial, d.id, d.ak_public FROM certificates k \
              JOIN devices d ON d.id = k.device_id \
              WHERE k.serial IN ({}) AND k.revoked_at IS NULL AND d.status = 'active'",
             serials.join(", ")
         );
-        let rows: Vec<(String, String, Option<String>, String)> =
+        let rows: Vec<(String, String, Option<String>)> =
             p.bind_as(sqlx::query_as(&sql)).fetch_all(&mut *tx).await?;
-        let current: HashMap<String, (String, String, String)> = rows
+        let current: HashMap<String, (String, String)> = rows
             .into_iter()
-            .filter_map(|(serial, id, ak, state)| Some((serial, (id, ak?, state))))
+            .filter_map(|(serial, id, ak)| Some((serial, (id, ak?))))
             .collect();
         let still_holds = |job: &AttestJob| {
             current
                 .get(&job.serial)
-                .is_some_and(|(id, ak, _)| *id == job.device_id && *ak == job.ak_public)
+                .is_some_and(|(id, ak)| *id == job.device_id && *ak == job.ak_public)
         };
-        let before: HashMap<&str, &str> = current
-            .values()
-            .map(|(id, _, state)| (id.as_str(), state.as_str()))
-            .collect();
 
         // The history rows of the results whose facts hold. The nonce column is unique: a
         // nonce recorded already inserts nothing, and its result is not recorded.
@@ -219,82 +296,20 @@ impl Registry {
                 .await?;
             recorded = inserted.into_iter().map(|(nonce,)| nonce).collect();
         }
-        // One winner per nonce (the writer never batches two results of one device, and a
-        // nonce belongs to one device; this holds even if that changed).
+        // One winner per nonce, and one result per device (the writer never batches two
+        // results of one device, and a nonce belongs to one device; this holds even if that
+        // changed).
         let mut winning: HashSet<&str> = HashSet::new();
+        let mut devices: HashSet<&str> = HashSet::new();
         let winners: Vec<_> = holding
             .into_iter()
-            .filter(|(job, _)| recorded.contains(&job.nonce) && winning.insert(job.nonce.as_str()))
+            .filter(|(job, _)| {
+                recorded.contains(&job.nonce)
+                    && winning.insert(job.nonce.as_str())
+                    && devices.insert(job.device_id.as_str())
+            })
             .collect();
-
-        let mut states: HashMap<&str, AttestationState> = HashMap::new();
-        if !winners.is_empty() {
-            let mut audit = Params::new(self.backend);
-            let mut audit_rows = Vec::new();
-            // One UPDATE per group of devices with the same new state, time and reason
-            // (in a steady fleet: all the passes of a batch, in one statement); plain
-            // statements without a CASE per device, which SQLite compiles in time quadratic
-            // in the batch.
-            let mut groups: Vec<(Effect, Vec<&str>)> = Vec::new();
-            for (job, effect) in winners {
-                let (state, outcome, reason, set) = (
-                    effect.state,
-                    effect.outcome,
-                    effect.reason,
-                    effect.reference_set,
-                );
-                if before.get(job.device_id.as_str()).copied() != Some(state.as_str()) {
-                    let action = if outcome == "pass" {
-                        "device.attested"
-                    } else {
-                        "device.quarantined"
-                    };
-                    audit_rows.push(audit.row([
-                        Param::Int(job.now),
-                        Param::Text("attestor".into()),
-                        Param::Text(action.into()),
-                        Param::Text(job.device_id.clone()),
-                        Param::Text(json!({"reason": reason, "reference_set": set}).to_string()),
-                    ]));
-                }
-                states.insert(&job.device_id, state);
-                let key = (job.now, state, (outcome == "fail").then_some(reason));
-                match groups.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, ids)) => ids.push(&job.device_id),
-                    None => groups.push((key, vec![&job.device_id])),
-                }
-            }
-            for ((now, state, reason), ids) in groups {
-                // Placeholders are added in the order they appear (SQLite's are positional).
-                let mut p = Params::new(self.backend);
-                let state_param = p.add(Param::Text(state.as_str().into()));
-                // Only a pass moves the time of the last passing attestation.
-                let last = if state == AttestationState::Active {
-                    p.add(Param::Int(now))
-                } else {
-                    "last_attested".to_owned()
-                };
-                let reason_param = p.add(Param::OptText(reason));
-                let at = p.add(Param::Int(now));
-                let list: Vec<String> = ids
-                    .iter()
-                    .map(|id| p.add(Param::Text((*id).to_owned())))
-                    .collect();
-                let sql = format!(
-                    "UPDATE devices SET attestation = {state_param}, last_attested = {last}, \
-                     attestation_reason = {reason_param}, updated_at = {at} WHERE id IN ({})",
-                    list.join(", ")
-                );
-                p.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
-            }
-            if !audit_rows.is_empty() {
-                let sql = format!(
-                    "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES {}",
-                    audit_rows.join(", ")
-                );
-                audit.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
-            }
-        }
+        let states = self.apply_effects(&mut tx, winners).await?;
         tx.commit().await?;
         Ok(jobs
             .iter()
@@ -307,4 +322,83 @@ impl Registry {
             })
             .collect())
     }
+
+    /// Moves the devices of recorded results (one per device) to their new state, with an
+    /// audit record for each device whose state changes; returns the new states. One audit
+    /// statement and one UPDATE per group of devices with the same effect (in a steady
+    /// fleet: all the passes of a batch), as plain statements without a CASE per device,
+    /// which SQLite compiles in time quadratic in the batch.
+    async fn apply_effects<'j>(
+        &self,
+        tx: &mut super::WriteTx<'_>,
+        recorded: Vec<(&'j AttestJob, ResultEffect)>,
+    ) -> Result<HashMap<&'j str, AttestationState>, StoreError> {
+        let mut states: HashMap<&str, AttestationState> = HashMap::new();
+        let mut groups: Vec<(Effect, Vec<&str>)> = Vec::new();
+        for (job, effect) in recorded {
+            states.insert(&job.device_id, effect.state);
+            let key = Effect {
+                now: job.now,
+                state: effect.state,
+                outcome: effect.outcome,
+                reason: effect.reason,
+                reference_set: effect.reference_set,
+            };
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, ids)) => ids.push(&job.device_id),
+                None => groups.push((key, vec![&job.device_id])),
+            }
+        }
+        for (effect, ids) in groups {
+            let action = if effect.outcome == "pass" {
+                "device.attested"
+            } else {
+                "device.quarantined"
+            };
+            let detail = json!({"reason": effect.reason, "reference_set": effect.reference_set});
+            // Placeholders are added in the order they appear (SQLite's are positional).
+            // The audit record reads the state before the update.
+            let mut p = Params::new(self.backend);
+            let at = p.add(Param::Int(effect.now));
+            let action = p.add(Param::Text(action.into()));
+            let detail = p.add(Param::Text(detail.to_string()));
+            let list = id_list(&mut p, &ids);
+            let state = p.add(Param::Text(effect.state.as_str().into()));
+            let sql = format!(
+                "INSERT INTO audit_log (at, actor, action, subject, detail) \
+                 SELECT {at}, 'attestor', {action}, id, {detail} FROM devices \
+                 WHERE id IN ({list}) AND attestation <> {state}"
+            );
+            p.bind(sqlx::query(&sql)).execute(&mut **tx).await?;
+
+            let mut p = Params::new(self.backend);
+            let state = p.add(Param::Text(effect.state.as_str().into()));
+            // Only a pass moves the time of the last passing attestation.
+            let last = if effect.state == AttestationState::Active {
+                p.add(Param::Int(effect.now))
+            } else {
+                "last_attested".to_owned()
+            };
+            let reason = p.add(Param::OptText(
+                (effect.outcome == "fail").then_some(effect.reason),
+            ));
+            let at = p.add(Param::Int(effect.now));
+            let list = id_list(&mut p, &ids);
+            let sql = format!(
+                "UPDATE devices SET attestation = {state}, last_attested = {last}, \
+                 attestation_reason = {reason}, updated_at = {at} WHERE id IN ({list})"
+            );
+            p.bind(sqlx::query(&sql)).execute(&mut **tx).await?;
+        }
+        Ok(states)
+    }
+}
+
+/// Placeholders for `ids`, comma-separated.
+fn id_list(p: &mut Params, ids: &[&str]) -> String {
+    let list: Vec<String> = ids
+        .iter()
+        .map(|id| p.add(Param::Text((*id).to_owned())))
+        .collect();
+    list.join(", ")
 }

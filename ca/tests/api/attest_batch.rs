@@ -13,12 +13,16 @@ use vouch_attestor::testing::{boot_events, expected_pcrs, SoftwareAk};
 use vouch_ca::clock::Clock;
 use vouch_ca::ids::{DeviceId, Serial, Zone};
 use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
-use vouch_ca::store::{NewActivation, NewCertificate, NewDevice, TpmEnrollment};
+use vouch_ca::store::{
+    AttestJob, AttestWrite, AttestationResult, AttestationState, NewActivation, NewCertificate,
+    NewDevice, TpmEnrollment,
+};
 
 /// A device enrolled with a software AK (the registry half of a TPM enrollment; the API half
 /// is tested against swtpm in `tpm.rs`), with its mTLS client.
 struct SoftDevice {
     id: String,
+    serial: String,
     ak: SoftwareAk,
     client: reqwest::Client,
 }
@@ -103,6 +107,7 @@ async fn soft_device(app: &TestApp) -> SoftDevice {
     );
     SoftDevice {
         id: device_id.as_str().to_owned(),
+        serial: serial.to_hex(),
         ak,
         client: client_for(&app.root_pem(), Some(identity.as_bytes())),
     }
@@ -208,19 +213,123 @@ async fn many_devices_attesting_at_once_each_get_their_own_result() {
 
 #[tokio::test]
 async fn one_nonce_answered_twice_at_once_is_recorded_once() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
-    let device = soft_device(&app).await;
-    for _ in 0..10 {
-        let challenge = fetch_challenge(&app, &device).await;
-        let body = quote_body(&device, &challenge, "fw-1");
-        let (a, b) = tokio::join!(submit(&app, &device, &body), submit(&app, &device, &body));
-        let mut got = [a, b];
-        got.sort();
-        assert_eq!(got, [StatusCode::OK, StatusCode::FORBIDDEN]);
+    for db in [Db::Sqlite, Db::Postgres] {
+        let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+        let app = spawn_app_with_policies(db, policy_config(refs.path())).await;
+        let device = soft_device(&app).await;
+        for _ in 0..10 {
+            let challenge = fetch_challenge(&app, &device).await;
+            let body = quote_body(&device, &challenge, "fw-1");
+            let (a, b) = tokio::join!(submit(&app, &device, &body), submit(&app, &device, &body));
+            let mut got = [a, b];
+            got.sort();
+            assert_eq!(got, [StatusCode::OK, StatusCode::FORBIDDEN], "{db:?}");
+        }
+        let history = app.attestation_history(&device.id).await;
+        assert_eq!(history.len(), 10, "{db:?}");
     }
-    let history = app.attestation_history(&device.id).await;
-    assert_eq!(history.len(), 10);
+}
+
+/// A passing result for `device` answering `nonce` (the registry does not check nonces' tags; the
+/// API does that before verification).
+fn job(app: &TestApp, device: &SoftDevice, nonce: &str) -> AttestJob {
+    AttestJob {
+        nonce: nonce.to_owned(),
+        device_id: device.id.clone(),
+        serial: device.serial.clone(),
+        ak_public: hex::encode(&device.ak.ak_public),
+        now: app.clock.unix(),
+        result: AttestationResult::Pass {
+            reference_set: "fw-1".into(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_a_used_nonce_and_a_revoked_device_records_only_the_others() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let app = spawn_app(db).await;
+        let registry = &app.server.state.registry;
+        let (a, b, c) = (
+            soft_device(&app).await,
+            soft_device(&app).await,
+            soft_device(&app).await,
+        );
+        let used = random_hex(32);
+        let first = registry
+            .commit_attestation_batch(&[job(&app, &a, &used)])
+            .await
+            .unwrap();
+        assert_eq!(first, [AttestWrite::Recorded(AttestationState::Active)]);
+        let r = app
+            .post(
+                &format!("/v1/devices/{}/revoke", c.id),
+                Some(&app.admin),
+                &json!({"reason": "decommissioned"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+
+        // One batch: a replayed nonce, a fresh result, a revoked device's result.
+        let audit_before = app.counts().await.audit_records;
+        let writes = registry
+            .commit_attestation_batch(&[
+                job(&app, &a, &used),
+                job(&app, &b, &random_hex(32)),
+                job(&app, &c, &random_hex(32)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            writes,
+            [
+                AttestWrite::NonceUsed,
+                AttestWrite::Recorded(AttestationState::Active),
+                AttestWrite::NotCurrent,
+            ],
+            "{db:?}"
+        );
+        assert_eq!(app.attestation_history(&a.id).await.len(), 1, "{db:?}");
+        assert_eq!(app.attestation_history(&b.id).await.len(), 1, "{db:?}");
+        assert_eq!(app.attestation_history(&c.id).await.len(), 0, "{db:?}");
+        assert_eq!(app.device_json(&b.id).await["attestation"], "active");
+        assert_eq!(app.device_json(&c.id).await["attestation"], "none");
+        // One audit record: b's change of state (a was active already; c recorded nothing).
+        assert_eq!(app.counts().await.audit_records, audit_before + 1, "{db:?}");
+
+        // A result verified with an AK that is no longer the device's, beside a good one.
+        let mut stale_ak = job(&app, &b, &random_hex(32));
+        stale_ak.ak_public = hex::encode(&c.ak.ak_public);
+        let writes = registry
+            .commit_attestation_batch(&[job(&app, &a, &random_hex(32)), stale_ak])
+            .await
+            .unwrap();
+        assert_eq!(
+            writes,
+            [
+                AttestWrite::Recorded(AttestationState::Active),
+                AttestWrite::NotCurrent
+            ],
+            "{db:?}"
+        );
+        assert_eq!(app.attestation_history(&a.id).await.len(), 2, "{db:?}");
+        assert_eq!(app.attestation_history(&b.id).await.len(), 1, "{db:?}");
+
+        // Results that all hold are recorded together.
+        let writes = registry
+            .commit_attestation_batch(&[
+                job(&app, &a, &random_hex(32)),
+                job(&app, &b, &random_hex(32)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            writes,
+            [AttestWrite::Recorded(AttestationState::Active); 2],
+            "{db:?}"
+        );
+        assert_eq!(app.counts().await.audit_records, audit_before + 1, "{db:?}");
+    }
 }
 
 #[tokio::test]

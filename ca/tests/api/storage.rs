@@ -164,4 +164,8 @@ async fn sqlite_connections_use_wal_and_normal_sync() {
         registry.sqlite_pragma("busy_timeout").await.unwrap(),
         "10000"
     );
+    assert_eq!(
+        registry.sqlite_pragma("wal_autocheckpoint").await.unwrap(),
+        "8192"
+    );
 }
