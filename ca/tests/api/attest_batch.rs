@@ -469,3 +469,44 @@ async fn a_reload_that_changes_the_pcrs_between_challenge_and_quote_records_noth
                       "signature": B64.encode(signature), "pcr_values": pcr_values});
     assert_eq!(submit(&app, &device, &body).await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_writer_recovers_when_postgresql_drops_its_connection() {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Postgres, policy_config(refs.path())).await;
+    let device = soft_device(&app).await;
+    // The writer now holds its connection.
+    assert_eq!(attest(&app, &device, "fw-1").await, StatusCode::OK);
+    // Every other session of the server's database ends, as when PostgreSQL restarts.
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // The batch on the dead connection may fail (an error, not a verdict: the device stays
+    // active); the writer takes a fresh connection, and attestation works again.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(attest(&app, &device, "fw-1").await);
+    }
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || s.is_server_error()),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&StatusCode::OK), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| !s.is_success()).count() <= 1,
+        "{statuses:?}"
+    );
+    assert_eq!(app.device_json(&device.id).await["attestation"], "active");
+    let passes = statuses.iter().filter(|s| s.is_success()).count();
+    assert_eq!(app.attestation_history(&device.id).await.len(), 1 + passes);
+}
