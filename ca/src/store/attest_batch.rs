@@ -196,7 +196,7 @@ impl Registry {
     /// one statement that records all results with the facts checked in its `WHERE`, plus
     /// one audit and one device update per group of equal effect; no row comes back. When
     /// that statement records fewer results than there are jobs, its transaction is rolled
-    /// back and the batch is sorted out by [`Self::commit_checked`], which reads the facts
+    /// back and the batch is sorted out by `commit_checked`, which reads the facts
     /// and the winning nonces first. (Each statement is a round trip to SQLite's worker
     /// thread, and each row read is another; measured with `benches/attest.rs`.)
     pub async fn commit_attestation_batch(
