@@ -20,17 +20,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// What a recorded result does to its device and the audit log; devices with equal effects
-/// are updated by one statement.
-#[derive(PartialEq, Eq)]
-struct Effect {
-    now: i64,
-    state: AttestationState,
-    outcome: &'static str,
-    reason: String,
-    reference_set: Option<String>,
-}
-
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 
@@ -196,9 +185,10 @@ impl Registry {
     /// one statement that records all results with the facts checked in its `WHERE`, plus
     /// one audit and one device update per group of equal effect; no row comes back. When
     /// that statement records fewer results than there are jobs, its transaction is rolled
-    /// back and the batch is sorted out by `commit_checked`, which reads the facts
-    /// and the winning nonces first. (Each statement is a round trip to SQLite's worker
-    /// thread, and each row read is another; measured with `benches/attest.rs`.)
+    /// back and the batch is sorted out by `commit_checked`, which runs the same statement
+    /// naming the nonces it recorded, and reads the facts to tell the refusals apart. (Each
+    /// statement is a round trip to SQLite's worker thread, and each row read is another;
+    /// measured with `benches/attest.rs`.)
     pub async fn commit_attestation_batch(
         &self,
         jobs: &[AttestJob],
@@ -235,56 +225,23 @@ impl Registry {
         let mut tx = self.begin_write_on(conn).await?;
         let effects: Vec<(&AttestJob, ResultEffect)> =
             jobs.iter().map(|job| (job, job.result.effect())).collect();
-        let mut p = Params::new(self.backend);
-        let rows: Vec<String> = effects
-            .iter()
-            .map(|(job, effect)| {
-                p.row([
-                    Param::Text(job.device_id.clone()),
-                    Param::Text(job.serial.clone()),
-                    Param::Text(job.ak_public.clone()),
-                    Param::Int(job.now),
-                    Param::Text(effect.outcome.into()),
-                    Param::Text(effect.reason.clone()),
-                    Param::OptText(effect.reference_set.clone()),
-                    Param::Text(job.nonce.clone()),
-                ])
-            })
-            .collect();
-        // The facts each quote was verified with, as they stand now: its certificate
-        // unrevoked and still naming the device, the device active, the AK still bound. The
-        // nonce column is unique: a nonce recorded already inserts nothing.
-        let sql = format!(
-            "WITH r (device_id, serial, ak_public, at, outcome, reason, reference_set, nonce) \
-             AS (VALUES {}) \
-             INSERT INTO attestations (device_id, at, outcome, reason, reference_set, nonce) \
-             SELECT r.device_id, r.at, r.outcome, r.reason, r.reference_set, r.nonce FROM r \
-             JOIN certificates k ON k.serial = r.serial \
-             JOIN devices d ON d.id = k.device_id \
-             WHERE k.revoked_at IS NULL AND d.status = 'active' AND d.id = r.device_id \
-             AND d.ak_public = r.ak_public \
-             ON CONFLICT (nonce) DO NOTHING",
-            rows.join(", ")
-        );
+        let (sql, p) = self.record_statement(&effects, false);
         let inserted = p.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
         if inserted.rows_affected() != jobs.len() as u64 {
             tx.rollback().await?;
             return Ok(None);
         }
-        let states = self.apply_effects(&mut tx, effects).await?;
+        let writes = effects
+            .iter()
+            .map(|(_, effect)| AttestWrite::Recorded(effect.state))
+            .collect();
+        self.apply_effects(&mut tx, effects).await?;
         tx.commit().await?;
-        Ok(Some(
-            jobs.iter()
-                .map(|job| match states.get(job.device_id.as_str()) {
-                    Some(state) => AttestWrite::Recorded(*state),
-                    None => AttestWrite::NotCurrent,
-                })
-                .collect(),
-        ))
+        Ok(Some(writes))
     }
 
-    /// Records the jobs whose facts hold and whose nonce is unused, reading both first; the
-    /// others are answered `NotCurrent` or `NonceUsed` and write nothing.
+    /// Records the jobs whose facts hold and whose nonce is unused, and tells the others
+    /// apart by the facts read first: `NotCurrent` or `NonceUsed`; those write nothing.
     async fn commit_checked(
         &self,
         conn: &mut AnyConnection,
@@ -316,52 +273,18 @@ impl Registry {
                 .is_some_and(|(id, ak)| *id == job.device_id && *ak == job.ak_public)
         };
 
-        // The history rows of the results whose facts hold. The nonce column is unique: a
-        // nonce recorded already inserts nothing, and its result is not recorded.
-        let holding: Vec<_> = jobs
-            .iter()
-            .filter(|job| still_holds(job))
-            .map(|job| (job, job.result.effect()))
-            .collect();
-        let mut recorded: HashSet<String> = HashSet::new();
-        if !holding.is_empty() {
-            let mut history = Params::new(self.backend);
-            let rows: Vec<String> = holding
-                .iter()
-                .map(|(job, effect)| {
-                    history.row([
-                        Param::Text(job.device_id.clone()),
-                        Param::Int(job.now),
-                        Param::Text(effect.outcome.into()),
-                        Param::Text(effect.reason.clone()),
-                        Param::OptText(effect.reference_set.clone()),
-                        Param::Text(job.nonce.clone()),
-                    ])
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO attestations (device_id, at, outcome, reason, reference_set, nonce) \
-                 VALUES {} ON CONFLICT (nonce) DO NOTHING RETURNING nonce",
-                rows.join(", ")
-            );
-            let inserted: Vec<(String,)> = history
-                .bind_as(sqlx::query_as(&sql))
-                .fetch_all(&mut *tx)
-                .await?;
-            recorded = inserted.into_iter().map(|(nonce,)| nonce).collect();
-        }
-        // One winner per nonce, and one result per device (the writer never batches two
-        // results of one device, and a nonce belongs to one device; this holds even if that
-        // changed).
+        // The same statement as `commit_all`, naming the nonces it recorded.
+        let effects: Vec<(&AttestJob, ResultEffect)> =
+            jobs.iter().map(|job| (job, job.result.effect())).collect();
+        let (sql, p) = self.record_statement(&effects, true);
+        let inserted: Vec<(String,)> = p.bind_as(sqlx::query_as(&sql)).fetch_all(&mut *tx).await?;
+        let recorded: HashSet<String> = inserted.into_iter().map(|(nonce,)| nonce).collect();
+        // One winner per nonce (the writer never batches two results of one device, and a
+        // nonce belongs to one device; this holds even if that changed).
         let mut winning: HashSet<&str> = HashSet::new();
-        let mut devices: HashSet<&str> = HashSet::new();
-        let winners: Vec<_> = holding
+        let winners: Vec<_> = effects
             .into_iter()
-            .filter(|(job, _)| {
-                recorded.contains(&job.nonce)
-                    && winning.insert(job.nonce.as_str())
-                    && devices.insert(job.device_id.as_str())
-            })
+            .filter(|(job, _)| recorded.contains(&job.nonce) && winning.insert(job.nonce.as_str()))
             .collect();
         let states = self.apply_effects(&mut tx, winners).await?;
         tx.commit().await?;
@@ -377,6 +300,47 @@ impl Registry {
             .collect())
     }
 
+    /// The statement that records the results whose facts hold as they stand now (the
+    /// certificate unrevoked and still naming the device, the device active, the AK still
+    /// bound) and whose nonce is unused (the column is unique: a nonce recorded already
+    /// inserts nothing); with `returning`, it names the nonces it recorded.
+    fn record_statement(
+        &self,
+        effects: &[(&AttestJob, ResultEffect)],
+        returning: bool,
+    ) -> (String, Params) {
+        let mut p = Params::new(self.backend);
+        let rows: Vec<String> = effects
+            .iter()
+            .map(|(job, effect)| {
+                p.row([
+                    Param::Text(job.device_id.clone()),
+                    Param::Text(job.serial.clone()),
+                    Param::Text(job.ak_public.clone()),
+                    Param::Int(job.now),
+                    Param::Text(effect.outcome.into()),
+                    Param::Text(effect.reason.clone()),
+                    Param::OptText(effect.reference_set.clone()),
+                    Param::Text(job.nonce.clone()),
+                ])
+            })
+            .collect();
+        let sql = format!(
+            "WITH r (device_id, serial, ak_public, at, outcome, reason, reference_set, nonce) \
+             AS (VALUES {}) \
+             INSERT INTO attestations (device_id, at, outcome, reason, reference_set, nonce) \
+             SELECT r.device_id, r.at, r.outcome, r.reason, r.reference_set, r.nonce FROM r \
+             JOIN certificates k ON k.serial = r.serial \
+             JOIN devices d ON d.id = k.device_id \
+             WHERE k.revoked_at IS NULL AND d.status = 'active' AND d.id = r.device_id \
+             AND d.ak_public = r.ak_public \
+             ON CONFLICT (nonce) DO NOTHING{}",
+            rows.join(", "),
+            if returning { " RETURNING nonce" } else { "" }
+        );
+        (sql, p)
+    }
+
     /// Moves the devices of recorded results (one per device) to their new state, with an
     /// audit record for each device whose state changes; returns the new states. One audit
     /// statement and one UPDATE per group of devices with the same effect (in a steady
@@ -388,22 +352,17 @@ impl Registry {
         recorded: Vec<(&'j AttestJob, ResultEffect)>,
     ) -> Result<HashMap<&'j str, AttestationState>, StoreError> {
         let mut states: HashMap<&str, AttestationState> = HashMap::new();
-        let mut groups: Vec<(Effect, Vec<&str>)> = Vec::new();
+        // Devices by (time, effect): equal effects are applied by one statement.
+        let mut groups: Vec<((i64, ResultEffect), Vec<&str>)> = Vec::new();
         for (job, effect) in recorded {
             states.insert(&job.device_id, effect.state);
-            let key = Effect {
-                now: job.now,
-                state: effect.state,
-                outcome: effect.outcome,
-                reason: effect.reason,
-                reference_set: effect.reference_set,
-            };
+            let key = (job.now, effect);
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, ids)) => ids.push(&job.device_id),
                 None => groups.push((key, vec![&job.device_id])),
             }
         }
-        for (effect, ids) in groups {
+        for ((now, effect), ids) in groups {
             let action = if effect.outcome == "pass" {
                 "device.attested"
             } else {
@@ -413,7 +372,7 @@ impl Registry {
             // Placeholders are added in the order they appear (SQLite's are positional).
             // The audit record reads the state before the update.
             let mut p = Params::new(self.backend);
-            let at = p.add(Param::Int(effect.now));
+            let at = p.add(Param::Int(now));
             let action = p.add(Param::Text(action.into()));
             let detail = p.add(Param::Text(detail.to_string()));
             let list = id_list(&mut p, &ids);
@@ -429,14 +388,14 @@ impl Registry {
             let state = p.add(Param::Text(effect.state.as_str().into()));
             // Only a pass moves the time of the last passing attestation.
             let last = if effect.state == AttestationState::Active {
-                p.add(Param::Int(effect.now))
+                p.add(Param::Int(now))
             } else {
                 "last_attested".to_owned()
             };
             let reason = p.add(Param::OptText(
                 (effect.outcome == "fail").then_some(effect.reason),
             ));
-            let at = p.add(Param::Int(effect.now));
+            let at = p.add(Param::Int(now));
             let list = id_list(&mut p, &ids);
             let sql = format!(
                 "UPDATE devices SET attestation = {state}, last_attested = {last}, \

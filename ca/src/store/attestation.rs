@@ -25,6 +25,7 @@ pub enum AttestationResult {
 
 /// What a result does to a device: its new state, the history outcome, the reason in
 /// words, and the reference set a pass met.
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct ResultEffect {
     pub(super) state: super::AttestationState,
     pub(super) outcome: &'static str,
