@@ -170,7 +170,7 @@ pub enum KeyKind {
 }
 
 /// Verifies `signature` over `message` with `public_key` (the subjectPublicKey bytes) using
-/// ring. The Wycheproof vectors in `../shared/testdata` run through this function.
+/// ring. The Wycheproof vectors in `tests/vectors/` run through this function.
 pub fn verify_signature(
     kind: KeyKind,
     public_key: &[u8],

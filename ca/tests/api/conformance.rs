@@ -1,5 +1,5 @@
-//! Public hostile-input corpora from `../shared/testdata` (relative to the project root, or
-//! `VOUCH_TESTDATA`):
+//! Public hostile-input corpora, copied into the repository under `tests/vectors/` (see its
+//! README for sources and licences):
 //! Wycheproof signature vectors through the CSR signature check, and x509-limbo certificates
 //! as hostile input to the CSR parser and to CA import. These tests fail, rather than skip,
 //! when the corpora are missing.
@@ -11,7 +11,7 @@ use vouch_ca::pki::csr::{check_csr_der, check_csr_pem, verify_signature, KeyKind
 
 fn testdata(rel: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/testdata")
+        .join("../tests/vectors")
         .join(rel);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("corpus {} is needed: {e}", path.display()));

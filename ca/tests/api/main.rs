@@ -17,6 +17,7 @@ mod policy;
 mod processes;
 mod renew_revoke;
 mod roles;
+mod self_contained;
 mod storage;
 mod support;
 mod tokens;
