@@ -4,10 +4,11 @@
 //! TLS certificate and CRLs. Both are always loaded from their PEM files, so a freshly created
 //! CA and an imported one take the same path.
 
+use super::extensions::{key_usage, KeyUsageBit};
 use super::{fingerprint_sha256, PkiError};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    PKCS_ECDSA_P256_SHA256,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -37,7 +38,8 @@ pub fn generate(trust_domain: &str, now: OffsetDateTime) -> Result<CaFiles, PkiE
     let mut root = CertificateParams::default();
     root.distinguished_name = ca_name(trust_domain, "Vouch Root CA");
     root.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-    root.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // keyUsage in exact DER (rcgen's own encoding has trailing zero bits).
+    root.custom_extensions = vec![key_usage(&[KeyUsageBit::KeyCertSign, KeyUsageBit::CrlSign])];
     root.not_before = now - Duration::minutes(5);
     root.not_after = now + Duration::days(3650);
     root.serial_number = Some(random_serial()?);
@@ -47,11 +49,11 @@ pub fn generate(trust_domain: &str, now: OffsetDateTime) -> Result<CaFiles, PkiE
     let mut issuing = CertificateParams::default();
     issuing.distinguished_name = ca_name(trust_domain, "Vouch Issuing CA");
     issuing.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    issuing.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    issuing.custom_extensions = vec![key_usage(&[
+        KeyUsageBit::KeyCertSign,
+        KeyUsageBit::CrlSign,
+        KeyUsageBit::DigitalSignature,
+    ])];
     issuing.use_authority_key_identifier_extension = true;
     issuing.not_before = now - Duration::minutes(5);
     issuing.not_after = now + Duration::days(5 * 365);

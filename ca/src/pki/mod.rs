@@ -4,10 +4,12 @@
 //! - [`profile`]: what a device certificate contains.
 //! - [`csr`]: strict PKCS#10 parsing and checks.
 //! - [`crl`]: certificate revocation lists.
+//! - [`extensions`]: the X.509 extensions written in exact DER where rcgen's are not.
 
 pub mod authority;
 pub mod crl;
 pub mod csr;
+pub mod extensions;
 pub mod profile;
 
 /// Errors from the certificate authority core.

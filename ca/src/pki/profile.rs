@@ -4,16 +4,22 @@
 //!   organizational unit, so `openssl x509 -subject` shows it and SPIFFE verifiers, which ignore
 //!   the subject, are unaffected.
 //! - Subject alternative name: exactly one URI, `spiffe://<trust domain>/device/<device id>`.
-//! - basicConstraints CA:FALSE (critical), keyUsage digitalSignature (critical),
-//!   extendedKeyUsage serverAuth + clientAuth, subject and authority key identifiers,
-//!   a CRL distribution point, a random 128-bit serial.
+//! - basicConstraints with cA absent, i.e. FALSE (critical), keyUsage digitalSignature
+//!   (critical), extendedKeyUsage serverAuth + clientAuth, subject and authority key
+//!   identifiers, a CRL distribution point, a random 128-bit serial.
+//!
+//! Every certificate here is DER-exact: the extensions rcgen would encode otherwise come from
+//! [`super::extensions`].
 
 use super::authority::Authority;
+use super::extensions::{
+    end_entity_basic_constraints, key_usage, subject_key_identifier, KeyUsageBit,
+};
 use super::PkiError;
 use crate::ids::{DeviceId, Serial, TrustDomain, Zone};
 use rcgen::{
     CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyUsagePurpose, SanType,
+    IsCa, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -71,8 +77,7 @@ pub fn issue_device_certificate(
     params.distinguished_name = dn;
     let uri = spec.device_id.spiffe_id(spec.trust_domain);
     params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    end_entity_signing_key(&mut params, public_key);
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -136,6 +141,18 @@ pub fn issue_policy_signer_certificate(
     issue_for_fresh_key(ca, params, now, lifetime)
 }
 
+/// Makes `params` an end entity whose key signs: basicConstraints without cA, keyUsage
+/// digitalSignature only, and the subject key identifier of `public_key`.
+fn end_entity_signing_key(params: &mut CertificateParams, public_key: &impl rcgen::PublicKeyData) {
+    params.is_ca = IsCa::NoCa;
+    params.key_usages = Vec::new();
+    params.custom_extensions.extend([
+        end_entity_basic_constraints(),
+        key_usage(&[KeyUsageBit::DigitalSignature]),
+        subject_key_identifier(public_key.der_bytes()),
+    ]);
+}
+
 /// Completes `params` as an end-entity certificate (digitalSignature, AKI, a random serial,
 /// backdated `notBefore`) for a fresh P-256 key and signs it with the issuing CA.
 fn issue_for_fresh_key(
@@ -146,8 +163,7 @@ fn issue_for_fresh_key(
 ) -> Result<(IssuedCertificate, rcgen::KeyPair), PkiError> {
     let now = now.replace_nanosecond(0).unwrap_or(now);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    end_entity_signing_key(&mut params, &key);
     params.use_authority_key_identifier_extension = true;
     let serial =
         crate::ids::Serial::random(&crate::ids::system_rng()).map_err(|_| PkiError::Random)?;
