@@ -341,6 +341,7 @@ fn main() {
         let config = ServeConfig {
             data_dir: data_dir.clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            public_url: None,
             database_url: app::default_database_url(&data_dir),
             hostnames: vec!["127.0.0.1".into()],
             max_connections: 8,

@@ -224,6 +224,9 @@ pub struct ServeConfig {
     pub data_dir: DataDir,
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// The URL devices reach the server at (`--public-url`), without a trailing slash. Absent:
+    /// `https://localhost:<the port actually bound>`. Certificates point to its `/v1/crl`.
+    pub public_url: Option<String>,
     /// Database URL (default: SQLite in the data directory).
     pub database_url: String,
     /// DNS names / IPs for the server certificate.
@@ -352,6 +355,22 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         dir: dir.display().to_string(),
         problems,
     })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| AppError::Bind(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| AppError::Bind(config.listen, e))?;
+    // The CRL's address goes into every certificate: with `--listen 127.0.0.1:0` it must name
+    // the port the system chose, not 0.
+    let mut settings = config.settings.clone();
+    settings.crl_url = format!(
+        "{}/v1/crl",
+        config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("https://localhost:{}", addr.port()))
+    );
     let decision_log = DecisionLog::spawn(registry.clone());
     let state = AppState::new(AppInner {
         ca: loaded.ca,
@@ -362,7 +381,7 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         bootstrap_key: loaded.bootstrap_key,
         operator_key: loaded.operator_key,
         nonce_key: loaded.nonce_key,
-        settings: config.settings.clone(),
+        settings,
         metrics: Metrics::new(),
         policy,
         decision_log,
@@ -378,12 +397,6 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         config.sweep_every,
         replica,
     ));
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| AppError::Bind(config.listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| AppError::Bind(config.listen, e))?;
     let (tx, rx) = oneshot::channel();
     let router = api::router(state.clone());
     let task = tokio::spawn(server::serve(listener, tls, router, async move {

@@ -251,19 +251,15 @@ impl ServeArgs {
                 errors.push("--database-url must start with `sqlite:` or `postgres:`".into());
             }
         }
-        let public_url = match (&self.public_url, listen) {
-            (Some(u), _) => {
-                let u = u.trim_end_matches('/').to_owned();
-                if !u.starts_with("https://") || u.len() > 200 {
-                    errors.push(
-                        "--public-url must be an `https://` URL of at most 200 characters".into(),
-                    );
-                }
-                u
+        let public_url = self.public_url.as_ref().map(|u| {
+            let u = u.trim_end_matches('/').to_owned();
+            if !u.starts_with("https://") || u.len() > 200 {
+                errors.push(
+                    "--public-url must be an `https://` URL of at most 200 characters".into(),
+                );
             }
-            (None, Some(a)) => format!("https://localhost:{}", a.port()),
-            (None, None) => String::new(),
-        };
+            u
+        });
         if self.hostnames.is_empty() {
             errors.push("at least one --hostname is needed".into());
         }
@@ -278,7 +274,8 @@ impl ServeArgs {
                     0
                 }
             },
-            crl_url: format!("{public_url}/v1/crl"),
+            // Set by `app::start` from the public URL or the address actually bound.
+            crl_url: String::new(),
             crl_validity_secs: seconds("crl-validity", &self.crl_validity, &mut errors),
             attestation_period_secs: seconds(
                 "attestation-period",
@@ -343,6 +340,7 @@ impl ServeArgs {
                         .unwrap_or_else(|| default_database_url(&data_dir)),
                     data_dir,
                     listen,
+                    public_url,
                     hostnames: self.hostnames.clone(),
                     max_connections: self.db_max_connections,
                     settings,
@@ -496,7 +494,8 @@ mod tests {
     fn defaults_are_valid() {
         let (config, td) = serve(&[]).validate().unwrap();
         assert_eq!(config.settings.cert_lifetime_secs, 24 * 3600);
-        assert_eq!(config.settings.crl_url, "https://localhost:8443/v1/crl");
+        assert_eq!(config.public_url, None);
+        assert_eq!(config.listen.port(), 8443);
         assert!(config.database_url.starts_with("sqlite://"));
         assert!(td.is_none());
     }

@@ -157,6 +157,7 @@ async fn replica_of(app: &TestApp) -> app::RunningServer {
     let config = ServeConfig {
         data_dir: app.data_dir(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
         database_url: app.database_url.clone(),
         hostnames: vec!["127.0.0.1".into()],
         max_connections: 4,

@@ -99,6 +99,7 @@ pub async fn spawn_app_full(db: Db, settings: Settings, policy: PolicyConfig) ->
     let config = ServeConfig {
         data_dir: data_dir.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
         database_url: database_url.clone(),
         hostnames: vec!["localhost".into(), "127.0.0.1".into()],
         max_connections: 8,
