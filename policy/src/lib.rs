@@ -13,5 +13,6 @@ pub mod bundle;
 pub mod cases;
 pub mod engine;
 pub mod index;
+pub mod json;
 pub mod model;
 pub mod synthetic;

@@ -109,6 +109,7 @@ pub struct MessageContext {
     /// Whether the channel is mutual TLS.
     pub mtls: bool,
     /// Message size in bytes.
+    #[serde(deserialize_with = "crate::json::integer")]
     pub size: i64,
 }
 

@@ -52,14 +52,27 @@ pub struct AttestChallenge {
 #[serde(deny_unknown_fields)]
 pub struct QuoteSubmission {
     /// The nonce of the challenge (hex).
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub nonce: String,
     /// `TPMS_ATTEST`, base64.
+    #[schema(
+        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        content_encoding = "base64"
+    )]
     pub quote: String,
     /// `TPMT_SIGNATURE`, base64.
+    #[schema(
+        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        content_encoding = "base64"
+    )]
     pub signature: String,
     /// SHA-256 PCR values by index (hex).
     pub pcr_values: BTreeMap<String, String>,
     /// The TCG crypto-agile event log, base64, if the device has one.
+    #[schema(
+        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        content_encoding = "base64"
+    )]
     pub event_log: Option<String>,
 }
 
@@ -188,7 +201,7 @@ fn pcrs_for(state: &AppState, class: Option<&str>) -> Vec<u8> {
 
 /// Issues a fresh single-use nonce and the PCR selection to quote.
 #[utoipa::path(post, path = "/v1/attest/challenge", security(("device_mtls" = [])),
-    responses((status = 201, body = AttestChallenge), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 201, body = AttestChallenge), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn challenge(
     State(state): State<AppState>,
     caller: DeviceCaller,
@@ -227,7 +240,9 @@ pub async fn challenge(
 /// reason) on any failure.
 #[utoipa::path(post, path = "/v1/attest/quote", request_body = QuoteSubmission,
     security(("device_mtls" = [])),
-    responses((status = 200, body = AttestOutcome), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 200, body = AttestOutcome),
+        (status = 422, description = "the quote, signature, PCR values or event log do not parse or do not verify (`attestation_failed`): the device is quarantined", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn quote(
     State(state): State<AppState>,
     caller: DeviceCaller,

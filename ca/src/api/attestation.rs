@@ -25,7 +25,7 @@ pub struct AttestationHistory {
 /// The attestation results and state changes of one device.
 #[utoipa::path(get, path = "/v1/devices/{id}/attestations", security(("operator_jwt" = [])),
     params(("id" = String, Path, description = "device id")),
-    responses((status = 200, body = AttestationHistory), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 200, body = AttestationHistory), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn history(
     State(state): State<AppState>,
     _operator: Operator,
@@ -52,6 +52,7 @@ pub async fn history(
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     /// Why the device may return to service (1 to 256 characters; audited).
+    #[schema(min_length = 1, max_length = 256)]
     pub reason: String,
 }
 
@@ -59,7 +60,7 @@ pub struct ReleaseRequest {
 /// otherwise. `409 device_not_quarantined` if it is not quarantined.
 #[utoipa::path(post, path = "/v1/devices/{id}/release", request_body = ReleaseRequest,
     security(("operator_jwt" = [])), params(("id" = String, Path, description = "device id")),
-    responses((status = 200, body = DeviceRecord), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 200, body = DeviceRecord), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn release(
     State(state): State<AppState>,
     operator: Operator,

@@ -17,15 +17,24 @@ pub const MAX_PAGE: i64 = 1000;
 
 /// Query of `GET /v1/devices`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only devices in this zone.
+    #[param(
+        pattern = "^[a-z0-9][a-z0-9._-]{0,62}$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub zone: Option<String>,
-    /// Only devices with this status (`active` or `revoked`).
+    /// Only devices with this status.
+    #[param(value_type = Option<DeviceStatus>)]
     pub status: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (a device id).
+    #[param(pattern = "^[0-9a-f]{32}$")]
     pub cursor: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -44,7 +53,7 @@ fn bad_query(detail: impl Into<String>) -> ApiError {
 
 /// Lists devices, filtered by zone and status, with cursor pagination.
 #[utoipa::path(get, path = "/v1/devices", params(ListQuery), security(("operator_jwt" = [])),
-    responses((status = 200, body = DeviceList), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 200, body = DeviceList), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_devices(
     State(state): State<AppState>,
     _operator: Operator,
@@ -118,7 +127,7 @@ pub(super) fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
 /// One device.
 #[utoipa::path(get, path = "/v1/devices/{id}", security(("operator_jwt" = [])),
     params(("id" = String, Path, description = "device id")),
-    responses((status = 200, body = DeviceRecord), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 200, body = DeviceRecord), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_device(
     State(state): State<AppState>,
     _operator: Operator,
@@ -134,6 +143,7 @@ pub async fn get_device(
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// Why (recorded in the registry and the audit log), 1 to 256 characters.
+    #[schema(min_length = 1, max_length = 256)]
     pub reason: String,
 }
 
@@ -153,7 +163,7 @@ pub struct RevokeResponse {
 /// Revokes a device: its certificates go on the CRL at once and it can no longer renew.
 #[utoipa::path(post, path = "/v1/devices/{id}/revoke", request_body = RevokeRequest,
     security(("operator_jwt" = [])), params(("id" = String, Path, description = "device id")),
-    responses((status = 200, body = RevokeResponse), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 200, body = RevokeResponse), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn revoke_device(
     State(state): State<AppState>,
     operator: Operator,

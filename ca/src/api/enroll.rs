@@ -29,17 +29,32 @@ pub const MAX_LABELS: usize = 32;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
-    /// Zone the device will join.
+    /// Zone the device will join: 1 to 63 lowercase letters, digits, `-`, `_`, `.`, starting
+    /// with a letter or digit.
+    #[schema(
+        pattern = "^[a-z0-9][a-z0-9._-]{0,62}$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub zone: String,
-    /// Token lifetime in seconds (default 3600).
+    /// Token lifetime in seconds (default 3600, at most `--max-token-ttl`).
+    #[schema(minimum = 60)]
+    #[serde(default, deserialize_with = "vouch_policy::json::optional_integer")]
     pub ttl_seconds: Option<i64>,
-    /// Labels the device will carry.
+    /// Labels the device will carry (at most 32; keys named like zones, values printable
+    /// ASCII up to 255 characters).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Device class (reference values for attestation are chosen by it).
+    /// Device class (reference values for attestation are chosen by it), named like a zone.
+    #[schema(
+        pattern = "^[a-z0-9][a-z0-9._-]{0,62}$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub device_class: Option<String>,
     /// An existing device this token re-enrolls, e.g. after its disk was wiped. Only a TPM
     /// enrollment can use such a token, and only with the EK bound to that device.
+    #[schema(pattern = "^[0-9a-f]{32}$")]
     pub reenroll_device: Option<String>,
 }
 
@@ -75,8 +90,14 @@ pub struct EnrollRequest {
 #[serde(deny_unknown_fields)]
 pub struct TpmProof {
     /// The `activation_id` of `POST /v1/enroll/tpm`.
+    #[schema(max_length = 64)]
     pub activation_id: String,
     /// The secret `TPM2_ActivateCredential` recovered, base64.
+    #[schema(
+        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        content_encoding = "base64",
+        max_length = 128
+    )]
     pub secret: String,
 }
 
@@ -121,7 +142,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
 /// Creates a one-time bootstrap token for a zone.
 #[utoipa::path(post, path = "/v1/bootstrap-tokens", request_body = CreateTokenRequest,
     security(("operator_jwt" = [])),
-    responses((status = 201, body = CreateTokenResponse), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 201, body = CreateTokenResponse), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn create_bootstrap_token(
     State(state): State<AppState>,
     operator: Operator,
@@ -233,7 +254,10 @@ fn csr_problem(e: &CsrError) -> ApiError {
 
 /// Enrolls a new device with a bootstrap token and a CSR or server-side key generation.
 #[utoipa::path(post, path = "/v1/enroll", request_body = EnrollRequest,
-    responses((status = 201, body = EnrollResponse), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 201, body = EnrollResponse),
+        (status = 400, description = "the CSR is not a PKCS#10 request Vouch accepts: malformed, an unsupported key or algorithm, or a bad signature (`csr_malformed`, `csr_unsupported_key`, `csr_unsupported_algorithm`, `csr_bad_signature`)", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "the body does not fit (`invalid_body`: neither or both of `csr_pem` and `generate_key`, `tpm` fields not base64), or the token re-enrolls a device and needs a TPM proof (`token_requires_tpm`)", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn enroll(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<EnrollRequest>,
@@ -418,7 +442,9 @@ fn certify(
 /// Issues a new certificate to a device that presents its current one over mTLS.
 #[utoipa::path(post, path = "/v1/renew", request_body = RenewRequest,
     security(("device_mtls" = [])),
-    responses((status = 201, body = EnrollResponse), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 201, body = EnrollResponse),
+        (status = 400, description = "the CSR is not a PKCS#10 request Vouch accepts (`csr_malformed`, `csr_unsupported_key`, `csr_unsupported_algorithm`, `csr_bad_signature`)", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn renew(
     State(state): State<AppState>,
     caller: DeviceCaller,

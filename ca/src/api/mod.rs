@@ -4,6 +4,7 @@ mod attest;
 mod attestation;
 pub mod auth;
 mod devices;
+pub mod doc;
 mod enroll;
 mod ops;
 pub mod policy;
@@ -24,7 +25,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use ring::rand::SystemRandom;
 use std::sync::Arc;
-use utoipa::OpenApi;
 
 pub use attest::{
     AttestChallenge, AttestOutcome, QuoteSubmission, TpmIdentities, TpmIdentity, NONCE_TTL_SECS,
@@ -49,7 +49,8 @@ pub struct Settings {
     pub max_token_ttl_secs: i64,
     /// Clock skew tolerated on every expiry check, seconds.
     pub clock_skew_secs: i64,
-    /// URL of the CRL, put into device certificates.
+    /// URL of the CRL, put into device certificates. `app::start` sets it from the public URL
+    /// or the address it bound.
     pub crl_url: String,
     /// Validity of each CRL (nextUpdate - thisUpdate), seconds.
     pub crl_validity_secs: i64,
@@ -160,63 +161,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-}
-
-/// The OpenAPI document, generated from the handlers and types.
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Vouch provisioning API", description = "Registration CA and device registry"),
-    paths(
-        enroll::create_bootstrap_token,
-        enroll::enroll,
-        tpm::enroll_tpm_start,
-        enroll::renew,
-        attest::challenge,
-        attest::quote,
-        devices::list_devices,
-        devices::get_device,
-        devices::revoke_device,
-        attestation::release,
-        attestation::history,
-        policy::authorize,
-        policy::decisions,
-        policy::status,
-        policy::reload,
-        policy::bundle,
-        ops::crl,
-        ops::trust_bundle,
-        ops::healthz,
-        ops::readyz,
-        ops::metrics,
-    ),
-    components(schemas(problem::Problem, crate::store::DeviceRecord, crate::store::DeviceStatus, crate::store::AttestationState)),
-    modifiers(&SecuritySchemes)
-)]
-pub struct ApiDoc;
-
-struct SecuritySchemes;
-
-impl utoipa::Modify for SecuritySchemes {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "operator_jwt",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-        components.add_security_scheme(
-            "device_mtls",
-            SecurityScheme::MutualTls {
-                description: Some("the device's certificate issued by this CA".into()),
-                extensions: None,
-            },
-        );
-    }
 }

@@ -3,14 +3,14 @@
 
 use super::problem::ApiError;
 use super::AppState;
+use crate::metrics::ExpositionFormat;
 use crate::pki::crl::build_crl;
 use crate::store::StoredCrl;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use time::Duration;
-use utoipa::OpenApi;
 
 /// Signs and stores a new CRL under the next number.
 pub async fn publish_crl(state: &AppState) -> Result<StoredCrl, ApiError> {
@@ -60,7 +60,7 @@ pub async fn healthz() -> &'static str {
 
 /// Readiness: the database answers.
 #[utoipa::path(get, path = "/readyz",
-    responses((status = 200, body = String), (status = 503, body = super::problem::Problem)))]
+    responses((status = 200, body = String), (status = 503, body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     match state.registry.ping().await {
         Ok(()) => Ok("ready"),
@@ -75,22 +75,41 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     }
 }
 
-/// Prometheus metrics (OpenMetrics text).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let text = state.metrics.encode().map_err(|e| ApiError::internal(&e))?;
+/// Prometheus metrics: the text format 0.0.4 by default, OpenMetrics 1.0 when `Accept`
+/// prefers `application/openmetrics-text`.
+#[utoipa::path(get, path = "/metrics", responses((status = 200,
+    content((String = "text/plain"), (String = "application/openmetrics-text")))))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = ExpositionFormat::negotiate(accept);
+    let text = state
+        .metrics
+        .encode_as(format)
+        .map_err(|e| ApiError::internal(&e))?;
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
         text,
     ))
 }
 
 /// The OpenAPI document, generated from the code.
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(super::ApiDoc::openapi())
+pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(super::doc::document(&state.settings))
+}
+
+/// A known route asked with a method it does not answer (axum adds the `Allow` header).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not answer that method; see the `Allow` header",
+    )
 }
 
 /// Unknown routes.

@@ -172,8 +172,10 @@ async fn device_facts(state: &AppState, id: &str) -> Result<DeviceFacts, ApiErro
 /// the registry, and logs the decision before answering it.
 #[utoipa::path(post, path = "/v1/authorize", request_body = DecisionRequest,
     security(("operator_jwt" = []), ("device_mtls" = [])),
-    responses((status = 200, body = AuthorizeResponse), (status = "4XX", body = super::problem::Problem),
-              (status = 503, body = super::problem::Problem)))]
+    responses((status = 200, body = AuthorizeResponse),
+              (status = 422, description = "the action, data type or resource is not in the active policy schema, or the request does not fit it (`invalid_request`)", body = super::problem::Problem, content_type = "application/problem+json"),
+              (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json"),
+              (status = 503, body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn authorize(
     State(state): State<AppState>,
     caller: Caller,
@@ -281,15 +283,18 @@ pub async fn authorize(
 
 /// Query of `GET /v1/policy/decisions`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionQuery {
     /// Only decisions about this device (as principal).
+    #[param(min_length = 1, max_length = 128)]
     pub principal: Option<String>,
     /// Only decisions the shadow set decided otherwise.
     pub shadow_differs: Option<bool>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<i64>,
-    /// Page size, 1 to 1000 (default 100).
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -305,7 +310,7 @@ pub struct DecisionPage {
 /// Reads the decision log, newest first.
 #[utoipa::path(get, path = "/v1/policy/decisions", params(DecisionQuery),
     security(("operator_jwt" = [])),
-    responses((status = 200, body = DecisionPage), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 200, body = DecisionPage), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn decisions(
     State(state): State<AppState>,
     _operator: Operator,
@@ -316,6 +321,11 @@ pub async fn decisions(
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_DECISION_PAGE).contains(&limit) {
         return Err(bad(format!("limit must be 1 to {MAX_DECISION_PAGE}")));
+    }
+    if let Some(p) = &q.principal {
+        if p.is_empty() || p.chars().count() > 128 {
+            return Err(bad("principal has 1 to 128 characters".into()));
+        }
     }
     let mut page = state
         .registry
@@ -359,7 +369,7 @@ fn policy_status(state: &AppState) -> PolicyStatus {
 /// The active policy set's version, load time and last load error; the same for the shadow
 /// set.
 #[utoipa::path(get, path = "/v1/policy/status", security(("operator_jwt" = [])),
-    responses((status = 200, body = PolicyStatus), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 200, body = PolicyStatus), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn status(State(state): State<AppState>, _operator: Operator) -> Json<PolicyStatus> {
     Json(policy_status(&state))
 }
@@ -416,7 +426,7 @@ pub async fn reload_policies(
 /// active and is answered 422 `policy_invalid` with every problem.
 #[utoipa::path(post, path = "/v1/policy/reload", security(("operator_jwt" = [])),
     responses((status = 200, body = ReloadResponse), (status = 422, body = ReloadResponse),
-              (status = "4XX", body = super::problem::Problem)))]
+              (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn reload(
     State(state): State<AppState>,
     operator: Operator,
@@ -444,7 +454,7 @@ pub async fn reload(
 /// to verify against the trust bundle and cache. For devices (mTLS) and operators.
 #[utoipa::path(get, path = "/v1/policy/bundle", security(("operator_jwt" = []), ("device_mtls" = [])),
     responses((status = 200, content_type = "application/jose", body = String),
-              (status = "4XX", body = super::problem::Problem)))]
+              (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn bundle(
     State(state): State<AppState>,
     _caller: Caller,

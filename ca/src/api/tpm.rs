@@ -39,10 +39,22 @@ pub struct TpmEnrollStart {
     /// The bootstrap token (checked, not used up).
     pub token: String,
     /// The EK's `TPMT_PUBLIC`, base64.
+    #[schema(
+        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        content_encoding = "base64"
+    )]
     pub ek_public: String,
     /// The EK certificate (DER, base64), when the TPM has one.
+    #[schema(
+        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        content_encoding = "base64"
+    )]
     pub ek_certificate: Option<String>,
     /// The AK's `TPMT_PUBLIC`, base64.
+    #[schema(
+        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        content_encoding = "base64"
+    )]
     pub ak_public: String,
 }
 
@@ -88,7 +100,9 @@ fn tpm_public(field: &str, b64: &str) -> Result<(Vec<u8>, Public), ApiError> {
 /// against the configured TPM manufacturer roots) and the AK, and returns a credential that
 /// only the TPM holding both keys can activate.
 #[utoipa::path(post, path = "/v1/enroll/tpm", request_body = TpmEnrollStart,
-    responses((status = 201, body = TpmChallenge), (status = "4XX", body = super::problem::Problem)))]
+    responses((status = 201, body = TpmChallenge),
+        (status = 422, description = "the EK or AK is not a TPM structure Vouch accepts, the EK is not trusted, or the AK is not an attestation key (`tpm_structure_invalid`, `ek_certificate_invalid`, `ek_certificate_required`, `not_an_attestation_key`)", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn enroll_tpm_start(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<TpmEnrollStart>,
