@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine as root: installs what the tests use
 # (openssl for interoperability checks, git for policy repositories, swtpm and tpm2-tools for
-# the attestation tests, libtss2-dev for the agent's TPM access, PostgreSQL), starts PostgreSQL, then checks
-# formatting and lints, smoke-runs the benchmark and the fuzz targets, and runs every test.
+# the attestation tests, libtss2-dev for the agent's TPM access, PostgreSQL, promtool from
+# Debian's prometheus package, and in a Python virtual environment the independent checkers of
+# tests/interop/requirements.txt), starts PostgreSQL, then checks formatting and lints,
+# smoke-runs the benchmark and the fuzz targets, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # rustup installs cargo here; make sure a non-login shell finds it.
@@ -16,12 +18,28 @@ command -v swtpm >/dev/null || need+=(swtpm swtpm-tools)
 command -v tpm2_quote >/dev/null || need+=(tpm2-tools)
 # tss-esapi (vouch-agent's TPM access) links libtss2 and finds it with pkg-config.
 pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
+# `promtool check metrics` checks /metrics (the interop tests).
+command -v promtool >/dev/null || need+=(prometheus)
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 bash tests/postgres.sh
+
+# The interop tests run pyca/cryptography, py-spiffe, openapi-spec-validator, schemathesis and
+# prometheus_client (pinned in tests/interop/requirements.txt) from this environment.
+venv=target/interop-venv
+if ! cmp -s tests/interop/requirements.txt "$venv/requirements.txt"; then
+    echo "installing the interop checkers into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+    cp tests/interop/requirements.txt "$venv/requirements.txt"
+fi
+export VOUCH_PYTHON="$PWD/$venv/bin/python"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

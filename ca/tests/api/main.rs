@@ -13,6 +13,7 @@ mod attestation;
 mod conformance;
 mod enroll;
 mod hostile;
+mod interop;
 mod policy;
 mod processes;
 mod renew_revoke;
