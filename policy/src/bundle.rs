@@ -109,31 +109,63 @@ fn whole(file: &str, message: impl Into<String>) -> Problem {
 }
 
 fn read(dir: &Path, rel: &str, problems: &mut Vec<Problem>) -> Option<String> {
-    let path = dir.join(rel);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.len() > MAX_FILE_BYTES => {
-            problems.push(whole(rel, format!("larger than {MAX_FILE_BYTES} bytes")));
-            return None;
-        }
-        Ok(_) => {}
-        Err(e) => {
-            problems.push(whole(rel, e.to_string()));
-            return None;
-        }
-    }
-    match std::fs::read_to_string(&path) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            problems.push(whole(rel, e.to_string()));
+    match read_regular_file(&dir.join(rel)) {
+        Ok(text) => Some(text),
+        Err(message) => {
+            problems.push(whole(rel, message));
             None
         }
     }
 }
 
+/// Reads `path` if it is a regular file of at most [`MAX_FILE_BYTES`]. A policy directory
+/// holds only regular files: what is read here is parsed, reported through the API and shipped
+/// to every agent, so a symbolic link (to a key beside the policies, say), a device or a pipe
+/// is refused without being read, and so is a path replaced between the check and the read.
+fn read_regular_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let seen = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !seen.file_type().is_file() {
+        return Err(if seen.file_type().is_symlink() {
+            "is a symbolic link; policy files must be regular files".into()
+        } else {
+            "is not a regular file".into()
+        });
+    }
+    if seen.len() > MAX_FILE_BYTES {
+        return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let opened = file.metadata().map_err(|e| e.to_string())?;
+    if (opened.dev(), opened.ino()) != (seen.dev(), seen.ino()) {
+        return Err("changed while it was read; try again".into());
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
+    }
+    Ok(text)
+}
+
 /// The policy files of `dir`, sorted by name.
 fn policy_files(dir: &Path, problems: &mut Vec<Problem>) -> Vec<String> {
     let mut files = Vec::new();
-    match std::fs::read_dir(dir.join("policies")) {
+    let policies = dir.join("policies");
+    match std::fs::symlink_metadata(&policies) {
+        Ok(m) if !m.is_dir() => {
+            problems.push(whole(
+                "policies",
+                "is not a directory (symbolic links are refused)",
+            ));
+            return files;
+        }
+        _ => {}
+    }
+    match std::fs::read_dir(policies) {
         Ok(entries) => {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -175,7 +207,8 @@ pub fn read_dir_files(dir: &Path) -> Result<PolicyFiles, LoadErrors> {
             files.insert(rel, text);
         }
     }
-    if dir.join(REFERENCE_VALUES).exists() {
+    // Present as anything, even a dangling symbolic link: `read` says why it is refused.
+    if std::fs::symlink_metadata(dir.join(REFERENCE_VALUES)).is_ok() {
         if let Some(text) = read(dir, REFERENCE_VALUES, &mut problems) {
             files.insert(REFERENCE_VALUES.to_owned(), text);
         }

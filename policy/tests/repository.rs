@@ -187,3 +187,56 @@ fn an_oversized_policy_file_is_refused_before_parsing() {
         .iter()
         .any(|p| p.file == "policies/big.cedar" && p.message.contains("larger than")));
 }
+
+/// A policy directory holds regular files only: a symbolic link to a secret beside the
+/// policies (here one that even parses as a policy, so it would ship in the bundle) is refused
+/// without being read, and so are directories posing as policy files and a linked `policies`.
+#[test]
+fn symbolic_links_and_non_regular_files_are_refused_unread() {
+    use std::os::unix::fs::symlink;
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("bootstrap-token.key");
+    let secret_text = "permit(principal, action, resource); // s3cr3t-key-material";
+    std::fs::write(&secret, secret_text).unwrap();
+
+    let refused = |dir: &Path, file: &str, why: &str| {
+        let found = problems(dir);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.file == file && p.message.contains(why)),
+            "{file}: {found:?}"
+        );
+        assert!(
+            found.iter().all(|p| !p.message.contains("s3cr3t")),
+            "the link's target was read: {found:?}"
+        );
+    };
+
+    let dir = copy_example();
+    symlink(&secret, dir.path().join("policies/leak.cedar")).unwrap();
+    refused(dir.path(), "policies/leak.cedar", "symbolic link");
+
+    let dir = copy_example();
+    let fleet = dir.path().join("fleet.json");
+    std::fs::rename(&fleet, outside.path().join("fleet.json")).unwrap();
+    symlink(outside.path().join("fleet.json"), &fleet).unwrap();
+    refused(dir.path(), "fleet.json", "symbolic link");
+
+    let dir = copy_example();
+    std::fs::create_dir(dir.path().join("policies/nested.cedar")).unwrap();
+    refused(dir.path(), "policies/nested.cedar", "not a regular file");
+
+    let dir = copy_example();
+    symlink(&secret, dir.path().join("reference-values.json")).unwrap();
+    refused(dir.path(), "reference-values.json", "symbolic link");
+
+    let dir = copy_example();
+    let policies = dir.path().join("policies");
+    std::fs::rename(&policies, outside.path().join("policies")).unwrap();
+    symlink(outside.path().join("policies"), &policies).unwrap();
+    refused(dir.path(), "policies", "not a directory");
+
+    // The unbroken copy still loads: the refusals above are about the links only.
+    assert!(load_dir(copy_example().path()).is_ok());
+}
