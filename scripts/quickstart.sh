@@ -48,8 +48,10 @@ cleanup() {
 trap cleanup EXIT
 
 step "start the server: new CA for trust domain fleet.example, SQLite registry in $DATA, policies from examples/policies (+ reference values)"
+# The software TPM below has no manufacturer EK certificate, so this lab server takes EKs on
+# first use (--tpm-trust-on-first-use, loudly logged). A real fleet gives --tpm-roots.
 "$VOUCH" serve --data-dir "$DATA" --trust-domain fleet.example --listen 127.0.0.1:0 \
-    --policy-dir "$POLICIES" \
+    --policy-dir "$POLICIES" --tpm-trust-on-first-use \
     > server.out 2> server.log &
 SERVER_PID=$!
 for _ in $(seq 1 100); do grep -q '^listening on ' server.out 2>/dev/null && break; sleep 0.1; done

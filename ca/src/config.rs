@@ -108,7 +108,8 @@ pub struct AdminTokenArgs {
     /// Role: `admin`, `operator` or `auditor` (read only).
     #[arg(long)]
     pub role: String,
-    /// Lifetime, e.g. `1h`, `30m`, `7d`.
+    /// Lifetime, e.g. `1h`, `30m`; at most `7d` (operator tokens cannot be revoked before
+    /// they expire).
     #[arg(long, default_value = "1h")]
     pub ttl: String,
     /// Who the token is for (recorded in the audit log).
@@ -168,9 +169,9 @@ pub struct ServeArgs {
     /// once (coordinated through the database).
     #[arg(long, default_value = "1m")]
     pub sweep_every: String,
-    /// PEM file of TPM manufacturer CA certificates (roots and intermediates). When given,
-    /// a TPM device must present an EK certificate that chains to one of them; without it,
-    /// EKs are taken on first use (for development only).
+    /// PEM file of TPM manufacturer CA certificates (roots and intermediates). A TPM device
+    /// must present an EK certificate that chains to one of them, or have its EK on
+    /// `--tpm-ek-allowlist`. With neither option, TPM enrollment is refused.
     #[arg(long, value_name = "FILE")]
     pub tpm_roots: Option<PathBuf>,
     /// File of endorsement keys allowed without a certificate: one SHA-256 (hex) of an EK's
@@ -178,6 +179,12 @@ pub struct ServeArgs {
     /// `--tpm-roots`, every TPM must be on the list or present a certificate that chains.
     #[arg(long, value_name = "FILE")]
     pub tpm_ek_allowlist: Option<PathBuf>,
+    /// LAB ONLY: enroll any TPM's endorsement key without a manufacturer certificate or an
+    /// allowlist entry (trust on first use). Anyone with a bootstrap token can then bind any
+    /// RSA key as a "TPM" and get `high` trust. Logged as a warning at start and at every
+    /// such enrollment; cannot be combined with `--tpm-roots` or `--tpm-ek-allowlist`.
+    #[arg(long, env = "VOUCH_TPM_TRUST_ON_FIRST_USE")]
+    pub tpm_trust_on_first_use: bool,
     /// Policy directory (`schema.cedarschema`, `fleet.json`, `policies/*.cedar`), usually a
     /// Git work tree. Loaded at start (the server does not start if it does not load) and
     /// reloaded on change, on SIGHUP and on `POST /v1/policy/reload`. Without it every
@@ -297,6 +304,7 @@ impl ServeArgs {
                     }
                 },
             },
+            tpm_trust_on_first_use: self.tpm_trust_on_first_use,
             tpm_ek_allowlist: match &self.tpm_ek_allowlist {
                 None => Default::default(),
                 Some(path) => match read_ek_allowlist(path) {
@@ -308,6 +316,14 @@ impl ServeArgs {
                 },
             },
         };
+        if self.tpm_trust_on_first_use
+            && (self.tpm_roots.is_some() || self.tpm_ek_allowlist.is_some())
+        {
+            errors.push(
+                "--tpm-trust-on-first-use cannot be combined with --tpm-roots or --tpm-ek-allowlist"
+                    .into(),
+            );
+        }
         let sweep_every = seconds("sweep-every", &self.sweep_every, &mut errors);
         if settings.default_token_ttl_secs > settings.max_token_ttl_secs {
             errors.push("--token-ttl must not exceed --max-token-ttl".into());
@@ -488,6 +504,30 @@ mod tests {
         .unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors.iter().any(|e| e.contains("line 1")), "{errors:?}");
+    }
+
+    #[test]
+    fn trust_on_first_use_is_off_by_default_and_excludes_roots() {
+        let (config, _) = serve(&[]).validate().unwrap();
+        assert!(!config.settings.tpm_trust_on_first_use);
+        let (config, _) = serve(&["--tpm-trust-on-first-use"]).validate().unwrap();
+        assert!(config.settings.tpm_trust_on_first_use);
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("allow.txt");
+        std::fs::write(&list, format!("{}\n", "ab".repeat(32))).unwrap();
+        let errors = serve(&[
+            "--tpm-trust-on-first-use",
+            "--tpm-ek-allowlist",
+            list.to_str().unwrap(),
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("--tpm-trust-on-first-use")),
+            "{errors:?}"
+        );
     }
 
     #[test]

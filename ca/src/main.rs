@@ -98,6 +98,12 @@ fn admin_token(args: &config::AdminTokenArgs) -> Result<(), Failure> {
     let ttl = config::parse_seconds("ttl", &args.ttl)
         .map_err(|e| errors.push(e))
         .ok();
+    if ttl.is_some_and(|t| !(1..=vouch_ca::tokens::MAX_OPERATOR_TOKEN_TTL_SECS).contains(&t)) {
+        errors.push(format!(
+            "--ttl `{}` must be between 1s and 7d: an operator token cannot be revoked before it expires",
+            args.ttl
+        ));
+    }
     if args.subject.is_empty() || args.subject.len() > 128 {
         errors.push("--subject must be 1 to 128 characters".into());
     }
@@ -180,6 +186,12 @@ fn serve(args: &config::ServeArgs) -> Result<(), Failure> {
     runtime.block_on(async move {
         let mut server = app::start(&config, Arc::new(SystemClock)).await?;
         tracing::info!(addr = %server.addr, "listening");
+        let tpm = &config.settings;
+        if tpm.tpm_trust_on_first_use {
+            tracing::warn!("--tpm-trust-on-first-use: ANY key presented as a TPM endorsement key enrolls with high trust; for labs only, never in production");
+        } else if tpm.tpm_roots.is_empty() && tpm.tpm_ek_allowlist.is_empty() {
+            tracing::info!("no --tpm-roots or --tpm-ek-allowlist: TPM enrollment is refused");
+        }
         // A line on stdout that scripts and tests can wait for.
         println!("listening on {}", server.addr);
         let shutdown = server.take_shutdown();

@@ -19,6 +19,9 @@ pub const ISSUER: &str = "vouch";
 pub const BOOTSTRAP_AUDIENCE: &str = "vouch-bootstrap";
 /// Audience of operator tokens.
 pub const OPERATOR_AUDIENCE: &str = "vouch-operator";
+/// Longest life of an operator token, seconds (7 days): an operator token cannot be revoked
+/// before it expires, so none lives long.
+pub const MAX_OPERATOR_TOKEN_TTL_SECS: i64 = 7 * 24 * 3600;
 /// Longest token accepted, in bytes, before any parsing.
 pub const MAX_TOKEN_LEN: usize = 4096;
 

@@ -42,6 +42,11 @@ impl RealServer {
         .map(|s| s.to_string())
         .collect();
         args.push(data.display().to_string());
+        // The tests' software TPMs have no manufacturer certificates: take EKs on first use
+        // (lab only), unless the test configures manufacturer roots.
+        if !extra.contains(&"--tpm-roots") {
+            args.push("--tpm-trust-on-first-use".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let cli = <Cli as clap::Parser>::try_parse_from(&args).unwrap();
         let ServerCommand::Serve(serve) = cli.command else {

@@ -59,10 +59,14 @@ pub struct Settings {
     /// How long past the period a device may stay silent before it is stale, seconds.
     pub attestation_grace_secs: i64,
     /// TPM manufacturer CA certificates (DER; roots and intermediates) that EK certificates
-    /// must chain to. With neither these nor an allowlist, EKs are taken on first use.
+    /// must chain to. With neither these nor an allowlist, TPM enrollment is refused (unless
+    /// `tpm_trust_on_first_use`).
     pub tpm_roots: Vec<Vec<u8>>,
     /// EKs (SHA-256 of the public area, lowercase hex) enrolled without a certificate.
     pub tpm_ek_allowlist: std::collections::BTreeSet<String>,
+    /// Lab only: with neither roots nor an allowlist, take any EK on first use. Off by
+    /// default: then TPM enrollment is refused until roots or an allowlist are configured.
+    pub tpm_trust_on_first_use: bool,
 }
 
 impl Default for Settings {
@@ -78,6 +82,7 @@ impl Default for Settings {
             attestation_grace_secs: 5 * 60,
             tpm_roots: Vec::new(),
             tpm_ek_allowlist: Default::default(),
+            tpm_trust_on_first_use: false,
         }
     }
 }

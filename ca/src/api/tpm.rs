@@ -190,10 +190,10 @@ pub async fn enroll_tpm_start(
     ))
 }
 
-/// Whether this EK may enroll. With TPM manufacturer roots or an EK allowlist configured,
-/// an EK on the allowlist may come without a certificate; any other must present one that
-/// chains to a configured root (through the configured intermediates), is valid now, and
-/// certifies the EK's own key. With neither, any EK is taken on first use (development only).
+/// Whether this EK may enroll. An EK on the allowlist may come without a certificate; any
+/// other must present one that chains to a configured root (through the configured
+/// intermediates), is valid now, and certifies the EK's own key. With neither roots nor an
+/// allowlist no EK is trusted, unless the lab-only trust on first use is switched on.
 fn check_endorsement(
     settings: &super::Settings,
     ek: &Public,
@@ -204,7 +204,18 @@ fn check_endorsement(
     let invalid = |detail: String| refused("ek_certificate_invalid", detail);
     let (roots, allowlist) = (&settings.tpm_roots, &settings.tpm_ek_allowlist);
     if roots.is_empty() && allowlist.is_empty() {
-        return Ok(());
+        if settings.tpm_trust_on_first_use {
+            tracing::warn!(
+                ek_sha256 = %crate::store::ek_fingerprint(ek_bytes),
+                "TPM endorsement key taken on first use (--tpm-trust-on-first-use): lab only"
+            );
+            return Ok(());
+        }
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tpm_enrollment_unconfigured",
+            "this server trusts no TPM yet: its operator must configure TPM manufacturer roots (--tpm-roots) or an EK allowlist (--tpm-ek-allowlist)",
+        ));
     }
     if allowlist.contains(&crate::store::ek_fingerprint(ek_bytes)) {
         return Ok(());

@@ -315,6 +315,18 @@ fn bad_configuration_exits_64_with_every_problem() {
         "root",
     ]);
     assert_eq!(out.status.code(), Some(64));
+    // An operator token cannot be revoked, so none may outlive a week.
+    let out = vouch(&[
+        "admin-token",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--role",
+        "admin",
+        "--ttl",
+        "30d",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"));
     let out = vouch(&[
         "serve",
         "--data-dir",

@@ -33,6 +33,9 @@ pub fn postgres_admin_url() -> String {
 /// Creates a fresh PostgreSQL database and returns its URL.
 pub async fn fresh_postgres_database() -> String {
     use sqlx::Connection;
+    // Tests that open `sqlx::Any` connections of their own may run before any registry has
+    // installed the drivers (a test run alone, say).
+    sqlx::any::install_default_drivers();
     let admin = postgres_admin_url();
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
@@ -65,9 +68,13 @@ pub struct TestApp {
     pub database_url: String,
 }
 
+/// The tests' settings. Their software TPMs have no manufacturer certificates, so TPM
+/// enrollment takes EKs on first use (the lab-only switch); the tests of EK trust configure
+/// roots or an allowlist, and `tpm_enrollment.rs` shows the default refusing every EK.
 pub fn settings() -> Settings {
     Settings {
         crl_url: "https://localhost/v1/crl".into(),
+        tpm_trust_on_first_use: true,
         ..Settings::default()
     }
 }

@@ -117,6 +117,7 @@ async fn ek_certificates_must_chain_to_the_configured_manufacturer_roots() {
     stranger.create_ek_ak();
     let settings = vouch_ca::api::Settings {
         tpm_roots: roots_der(&roots),
+        tpm_trust_on_first_use: false,
         ..settings()
     };
     let app = spawn_app_full(Db::Sqlite, settings, Default::default()).await;
@@ -224,6 +225,7 @@ async fn an_ek_on_the_allowlist_enrolls_without_a_certificate_and_others_need_on
     let fingerprint = vouch_ca::store::ek_fingerprint(&listed.tpm.public_area("ek.pub"));
     let settings = vouch_ca::api::Settings {
         tpm_ek_allowlist: [fingerprint].into_iter().collect(),
+        tpm_trust_on_first_use: false,
         ..settings()
     };
     let app = spawn_app_full(Db::Sqlite, settings, Default::default()).await;
@@ -240,4 +242,21 @@ async fn an_ek_on_the_allowlist_enrolls_without_a_certificate_and_others_need_on
         )
     );
     assert!(p["detail"].as_str().unwrap().contains("allowlist"), "{p}");
+}
+
+/// Without manufacturer roots or an allowlist no EK is trusted: any RSA key could pose as a
+/// TPM and get `high` trust. Trust on first use is a lab switch, off by default.
+#[tokio::test]
+async fn by_default_no_endorsement_key_is_trusted() {
+    let settings = vouch_ca::api::Settings {
+        tpm_trust_on_first_use: false,
+        ..settings()
+    };
+    let app = spawn_app_full(Db::Sqlite, settings, Default::default()).await;
+    let booted = boot("fw-1", "cfg-a");
+    let (status, body) = problem(start_with_cert(&app, &booted.tpm, None).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["code"], "tpm_enrollment_unconfigured");
+    let counts = app.counts().await;
+    assert_eq!((counts.devices, counts.used_tokens), (0, 0));
 }
