@@ -203,6 +203,15 @@ pub fn mint_operator_token(
     ttl_secs: i64,
     now: i64,
 ) -> Result<String, AppError> {
+    if !(1..=crate::tokens::MAX_OPERATOR_TOKEN_TTL_SECS).contains(&ttl_secs) {
+        return Err(AppError::Invalid(
+            "operator token".into(),
+            format!(
+                "a lifetime of 1 s to {} days is needed",
+                crate::tokens::MAX_OPERATOR_TOKEN_TTL_SECS / 86_400
+            ),
+        ));
+    }
     let key = token_key(data_dir, DataFile::OperatorTokenKey)?;
     let claims = OperatorClaims {
         iss: ISSUER.into(),
@@ -399,9 +408,16 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
     ));
     let (tx, rx) = oneshot::channel();
     let router = api::router(state.clone());
-    let task = tokio::spawn(server::serve(listener, tls, router, async move {
-        let _ = rx.await;
-    }));
+    let trust_domain = state.trust_domain.clone();
+    let task = tokio::spawn(server::serve(
+        listener,
+        tls,
+        trust_domain,
+        router,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     Ok(RunningServer {
         addr,
         state,

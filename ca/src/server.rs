@@ -1,10 +1,14 @@
 //! The HTTPS listener: rustls with optional client certificates, serving the axum router.
 //!
 //! Client certificates are optional at the TLS layer (operators and new devices have none);
-//! when one is sent it must chain to the root CA, and its verified chain is handed to the
-//! handlers as [`PeerCertificate`]. Endpoints that need a device decide for themselves.
+//! when one is sent it must be signed by this server's issuing CA (the only trust anchor for
+//! clients: a root may be shared with other CAs, as after `vouch ca import` under a corporate
+//! root, and a sibling intermediate's certificate must not pass). The leaf is read once per
+//! connection into a [`PeerCertificate`] (serial, SPIFFE ID in this trust domain, expiry) and
+//! handed to the handlers. Endpoints that need a device decide for themselves.
 
 use crate::api::auth::PeerCertificate;
+use crate::ids::TrustDomain;
 use crate::pki::authority::Authority;
 use crate::pki::profile::issue_server_certificate;
 use crate::pki::PkiError;
@@ -43,7 +47,7 @@ pub enum TlsSetupError {
 }
 
 /// Builds the server's TLS configuration. The server certificate is issued by the issuing CA
-/// at start-up for `hostnames`; client certificates are verified against the root.
+/// at start-up for `hostnames`; client certificates are verified against the issuing CA.
 pub fn tls_config(
     ca: &Authority,
     hostnames: &[String],
@@ -57,7 +61,7 @@ pub fn tls_config(
     ];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let mut roots = RootCertStore::empty();
-    roots.add(CertificateDer::from(ca.root_der().to_vec()))?;
+    roots.add(CertificateDer::from(ca.issuing_der().to_vec()))?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()?;
@@ -73,6 +77,7 @@ pub fn tls_config(
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
+    trust_domain: TrustDomain,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -93,8 +98,9 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let trust_domain = trust_domain.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(acceptor, tcp, peer, router).await {
+            if let Err(e) = serve_connection(acceptor, tcp, peer, &trust_domain, router).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -105,11 +111,12 @@ async fn serve_connection(
     acceptor: TlsAcceptor,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
+    trust_domain: &TrustDomain,
     router: Router,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
-    let peer_cert = PeerCertificate::from_chain(tls.get_ref().1.peer_certificates());
+    let peer_cert = PeerCertificate::from_chain(tls.get_ref().1.peer_certificates(), trust_domain);
     let service = tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(peer_cert.clone());
         router.clone().oneshot(req.map(axum::body::Body::new))

@@ -147,6 +147,7 @@ async fn tpm_device(state: &AppState, caller: &DeviceCaller) -> Result<Arc<TpmId
                 "certificate is not known to the registry",
             )
         })?;
+    caller.check_record(&found.device.id)?;
     if found.device.status != DeviceStatus::Active {
         return Err(device_revoked());
     }
@@ -207,6 +208,16 @@ pub async fn challenge(
     caller: DeviceCaller,
 ) -> Result<(StatusCode, Json<AttestChallenge>), ApiError> {
     let device = tpm_device(&state, &caller).await?;
+    // What a certificate holder may do can change after the identity was cached (a
+    // re-enrollment on any replica supersedes the certificate): read its standing now.
+    if state
+        .registry
+        .certificate_revoked(&caller.serial.to_hex())
+        .await?
+        != Some(false)
+    {
+        return Err(super::auth::certificate_revoked_problem());
+    }
     let pcrs = pcrs_for(&state, device.device_class.as_deref());
     let now = state.clock.now();
     let expires_at = now.unix_timestamp() + NONCE_TTL_SECS;

@@ -6,16 +6,17 @@
 
 use super::problem::ApiError;
 use super::AppState;
-use crate::ids::Serial;
+use crate::ids::{DeviceId, Serial, TrustDomain};
 use crate::tokens::{OperatorClaims, Role, TokenError, OPERATOR_AUDIENCE};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use rustls_pki_types::CertificateDer;
+use x509_parser::extensions::GeneralName;
 
 /// The client certificate of the TLS connection, read once per connection (not per request)
-/// and inserted into each request by the server; rustls has already verified its chain up to
-/// the root.
+/// and inserted into each request by the server; rustls has already verified that this
+/// server's issuing CA signed it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum PeerCertificate {
     /// The client sent no certificate.
@@ -23,23 +24,52 @@ pub enum PeerCertificate {
     None,
     /// The leaf does not parse as X.509.
     Unparsable,
-    /// The leaf's serial is not one this CA issues to devices.
+    /// The leaf is not a device certificate of this trust domain (its serial or its SPIFFE ID
+    /// is not one this CA gives devices).
     NotADevice,
-    /// A device certificate with this serial.
-    Device(Serial),
+    /// A device certificate.
+    Device(PeerDevice),
+}
+
+/// What identifies the device behind a client certificate: the issuing CA (checked by
+/// rustls), the serial, and the device id of its SPIFFE ID, which must agree with the
+/// registry's record of that serial; and its expiry, checked on every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDevice {
+    /// The certificate's serial.
+    pub serial: Serial,
+    /// The device id of its SPIFFE ID (`spiffe://<trust domain>/device/<id>`).
+    pub device_id: DeviceId,
+    /// `notAfter`, Unix seconds.
+    pub not_after: i64,
 }
 
 impl PeerCertificate {
-    /// Reads the leaf of a verified client chain.
-    pub fn from_chain(chain: Option<&[CertificateDer<'_>]>) -> Self {
+    /// Reads the leaf of a verified client chain: a device certificate of `trust_domain` has
+    /// a device serial and exactly one URI SAN, the device's SPIFFE ID in that domain.
+    pub fn from_chain(chain: Option<&[CertificateDer<'_>]>, trust_domain: &TrustDomain) -> Self {
         let Some(leaf) = chain.and_then(<[_]>::first) else {
             return Self::None;
         };
-        match x509_parser::parse_x509_certificate(leaf.as_ref()) {
-            Err(_) => Self::Unparsable,
-            Ok((_, cert)) => {
-                Serial::from_der_bytes(cert.raw_serial()).map_or(Self::NotADevice, Self::Device)
-            }
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+            return Self::Unparsable;
+        };
+        let serial = Serial::from_der_bytes(cert.raw_serial());
+        let prefix = format!("spiffe://{}/device/", trust_domain.as_str());
+        let device_id = match cert.subject_alternative_name() {
+            Ok(Some(san)) => match san.value.general_names.as_slice() {
+                [GeneralName::URI(uri)] => uri.strip_prefix(&prefix).and_then(DeviceId::parse),
+                _ => None,
+            },
+            _ => None,
+        };
+        match (serial, device_id) {
+            (Some(serial), Some(device_id)) => Self::Device(PeerDevice {
+                serial,
+                device_id,
+                not_after: cert.validity().not_after.timestamp(),
+            }),
+            _ => Self::NotADevice,
         }
     }
 }
@@ -132,17 +162,48 @@ pub fn token_problem(e: &TokenError, kind: &str) -> ApiError {
     )
 }
 
-/// A device authenticated by its client certificate.
+/// The 403 for a client certificate that is itself revoked (superseded by a re-enrollment)
+/// while its device is not.
+pub fn certificate_revoked_problem() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "certificate_revoked",
+        "this certificate is revoked (superseded); use the device's current certificate",
+    )
+}
+
+/// A device authenticated by its client certificate (unexpired at this request).
 #[derive(Debug, Clone)]
 pub struct DeviceCaller {
     /// Serial of the presented certificate.
     pub serial: Serial,
+    /// The device its SPIFFE ID names.
+    pub device_id: DeviceId,
+}
+
+impl DeviceCaller {
+    /// Refuses a registry record of the serial that names another device than the
+    /// certificate's SPIFFE ID: a caller is identified by issuer, serial and SPIFFE ID, all
+    /// three.
+    pub fn check_record(&self, record_id: &str) -> Result<(), ApiError> {
+        if record_id == self.device_id.as_str() {
+            Ok(())
+        } else {
+            tracing::warn!(serial = %self.serial.to_hex(), certificate_device = %self.device_id.as_str(),
+                registry_device = %record_id, "client certificate names another device than its serial");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "device_unknown",
+                "client certificate does not match the registry's record of its serial",
+            ))
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for DeviceCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let required = || {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -150,7 +211,7 @@ impl FromRequestParts<AppState> for DeviceCaller {
                 "this call needs the device's certificate over mutual TLS",
             )
         };
-        let serial = match parts.extensions.get::<PeerCertificate>() {
+        let device = match parts.extensions.get::<PeerCertificate>() {
             None | Some(PeerCertificate::None) => return Err(required()),
             Some(PeerCertificate::Unparsable) => {
                 return Err(ApiError::new(
@@ -166,8 +227,20 @@ impl FromRequestParts<AppState> for DeviceCaller {
                     "client certificate was not issued to a device by this CA",
                 ))
             }
-            Some(PeerCertificate::Device(serial)) => serial.clone(),
+            Some(PeerCertificate::Device(device)) => device,
         };
-        Ok(Self { serial })
+        // The handshake checked expiry once; a kept-alive connection may outlive the
+        // certificate, so every request checks it again.
+        if state.clock.unix() > device.not_after + state.settings.clock_skew_secs {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "client_certificate_expired",
+                "the client certificate has expired; enroll again",
+            ));
+        }
+        Ok(Self {
+            serial: device.serial.clone(),
+            device_id: device.device_id.clone(),
+        })
     }
 }

@@ -49,7 +49,7 @@ fn refine_schemas(schemas: &mut serde_json::Map<String, Value>, settings: &Setti
     if let Some(request) = schemas.get_mut("DecisionRequest") {
         if let Some(props) = request.get_mut("properties") {
             props["principal"] = json!({
-                "type": "string", "minLength": 1, "maxLength": 128,
+                "type": "string", "minLength": 1, "maxLength": 64,
                 "description": "The acting device's id."});
             props["action"] = json!({
                 "type": "string", "minLength": 1, "maxLength": 128,
@@ -58,7 +58,7 @@ fn refine_schemas(schemas: &mut serde_json::Map<String, Value>, settings: &Setti
             "description": "The device or zone acted on.",
             "oneOf": [
                 {"type": "object", "required": ["device"], "additionalProperties": false,
-                 "properties": {"device": {"type": "string", "minLength": 1, "maxLength": 128}}},
+                 "properties": {"device": {"type": "string", "minLength": 1, "maxLength": 64}}},
                 {"type": "object", "required": ["zone"], "additionalProperties": false,
                  "properties": {"zone": {"type": "string", "minLength": 1, "maxLength": 64}}},
             ]});

@@ -363,6 +363,10 @@ async fn enroll_inner(state: &AppState, req: EnrollRequest) -> Result<EnrollResp
     if let Some(refusal) = refusal {
         return Err(enroll_refused(refusal));
     }
+    if claims.reenroll_device.is_some() {
+        // The re-enrollment revoked the certificates it supersedes: say so at once.
+        super::ops::publish_crl(state).await?;
+    }
     tracing::info!(device_id = %device_id, zone = %zone, serial = %cert.serial,
         server_keygen = private_key_pem.is_some(), "device enrolled");
     Ok(EnrollResponse {
@@ -461,7 +465,10 @@ pub async fn renew(
 fn renew_refused(refusal: RenewRefusal) -> ApiError {
     let code = match refusal {
         RenewRefusal::UnknownCertificate => "device_unknown",
-        RenewRefusal::DeviceRevoked | RenewRefusal::CertificateRevoked => "device_revoked",
+        RenewRefusal::DeviceRevoked => "device_revoked",
+        RenewRefusal::CertificateRevoked => "certificate_revoked",
+        RenewRefusal::DeviceQuarantined => "device_quarantined",
+        RenewRefusal::DeviceStale => "device_stale",
     };
     ApiError::new(StatusCode::FORBIDDEN, code, refusal.to_string())
 }
@@ -473,29 +480,26 @@ async fn renew_inner(
 ) -> Result<EnrollResponse, ApiError> {
     let old_serial = caller.serial.to_hex();
     // Early refusal before spending a signature; the registry checks again atomically.
-    let device = state
+    let (device, certificate_revoked) = state
         .registry
         .device_by_serial(&old_serial)
         .await?
         .ok_or_else(|| renew_refused(RenewRefusal::UnknownCertificate))?;
+    caller.check_record(&device.id)?;
     if device.status != crate::store::DeviceStatus::Active {
         return Err(renew_refused(RenewRefusal::DeviceRevoked));
     }
-    // A device that failed attestation or went silent gets no new certificate.
+    if certificate_revoked {
+        return Err(renew_refused(RenewRefusal::CertificateRevoked));
+    }
+    // A device that failed attestation or went silent gets no new certificate (checked again
+    // by the registry in the transaction that records it).
     match device.attestation {
         crate::store::AttestationState::Quarantined => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "device_quarantined",
-                "device is quarantined after a failed attestation; an operator must release it or it must attest again",
-            ))
+            return Err(renew_refused(RenewRefusal::DeviceQuarantined))
         }
         crate::store::AttestationState::Stale => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "device_stale",
-                "device has not attested within the attestation period; it must attest again",
-            ))
+            return Err(renew_refused(RenewRefusal::DeviceStale))
         }
         _ => {}
     }

@@ -1,7 +1,7 @@
 //! Policy endpoints: decisions (`/v1/authorize`), the decision log, status and reload of the
 //! policy sets, and the signed bundle for agents.
 
-use super::auth::{DeviceCaller, Operator};
+use super::auth::{certificate_revoked_problem, DeviceCaller, Operator};
 use super::problem::{bounded, ApiError, ApiJson};
 use super::AppState;
 use crate::authz::{DecisionRequest, ReloadOutcome, SetStatus};
@@ -52,7 +52,7 @@ impl FromRequestParts<AppState> for Caller {
             ));
         }
         let device = DeviceCaller::from_request_parts(parts, state).await?;
-        let record = state
+        let (record, certificate_revoked) = state
             .registry
             .device_by_serial(&device.serial.to_hex())
             .await?
@@ -63,12 +63,16 @@ impl FromRequestParts<AppState> for Caller {
                     "client certificate was not issued to a registered device",
                 )
             })?;
+        device.check_record(&record.id)?;
         if record.status != DeviceStatus::Active {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "device_revoked",
                 "this device is revoked",
             ));
+        }
+        if certificate_revoked {
+            return Err(certificate_revoked_problem());
         }
         Ok(Self::Device(record))
     }
@@ -113,13 +117,15 @@ impl From<&Annotation> for AnnotationView {
 
 /// What the policy model sees of a registered device.
 pub fn facts_of(device: &DeviceRecord) -> DeviceFacts {
-    // Revocation wins; then the attestation finding. A device never attested is `active`
-    // (as far as policy goes). Trust: `high` for a device whose keys are bound to a TPM at
-    // enrollment, `low` for one enrolled without.
+    // Revocation wins; then the attestation finding. A TPM device that has not yet passed an
+    // attestation is `unattested`: its trust rests on an attestation it has not given. A
+    // device without a TPM never attests and is `active`. Trust: `high` for a device whose
+    // keys are bound to a TPM at enrollment, `low` for one enrolled without.
     let status = match (device.status, device.attestation) {
         (DeviceStatus::Revoked, _) => "revoked",
         (_, AttestationState::Quarantined) => "quarantined",
         (_, AttestationState::Stale) => "stale",
+        (_, AttestationState::None) if device.ek_sha256.is_some() => "unattested",
         _ => "active",
     };
     DeviceFacts {
@@ -151,7 +157,7 @@ fn entity(ty: &str, id: &str) -> String {
 }
 
 async fn device_facts(state: &AppState, id: &str) -> Result<DeviceFacts, ApiError> {
-    if id.is_empty() || id.len() > 64 {
+    if id.is_empty() || id.chars().count() > 64 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
@@ -192,7 +198,20 @@ pub async fn authorize(
             ));
         }
     }
-    if req.action.is_empty() || req.action.len() > 128 {
+    // Every string of a decision goes into the append-only decision log: bounded here (the
+    // document states the same bounds).
+    let context = &req.context;
+    if context.data_type.is_empty()
+        || context.data_type.chars().count() > 128
+        || context.protocol.chars().count() > 64
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "a data type has 1 to 128 characters and a protocol at most 64",
+        ));
+    }
+    if req.action.is_empty() || req.action.chars().count() > 128 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
@@ -208,7 +227,7 @@ pub async fn authorize(
         Target::Device(id) if !devices.contains_key(id) => {
             devices.insert(id.clone(), device_facts(&state, id).await?);
         }
-        Target::Zone(z) if z.is_empty() || z.len() > 64 => {
+        Target::Zone(z) if z.is_empty() || z.chars().count() > 64 => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request",

@@ -209,16 +209,25 @@ pub fn verify(
         &[anchor],
         &intermediates,
         when,
-        // `required_if_present`: the CA certificates above carry no EKU; the leaf's is
-        // checked to hold code signing below.
+        // `required_if_present`: the CA certificates above carry no EKU. webpki lets a leaf
+        // without any EKU pass too, so the leaf's is required explicitly below.
         webpki::KeyUsage::required_if_present(CODE_SIGNING_OID),
         None,
         None,
     )
     .map_err(|e| untrusted(&e))?;
 
-    // The leaf must be this trust domain's policy signer.
+    // The leaf must be this trust domain's policy signer, for code signing: an
+    // extendedKeyUsage that names code signing, not merely no EKU at all (which any TLS-less
+    // end entity of the same root might have).
     let (_, parsed) = x509_parser::parse_x509_certificate(&leaf_der).map_err(|e| untrusted(&e))?;
+    let code_signing =
+        matches!(parsed.extended_key_usage(), Ok(Some(eku)) if eku.value.code_signing);
+    if !code_signing {
+        return Err(BundleError::UntrustedSigner(
+            "leaf certificate is not for code signing (no extendedKeyUsage codeSigning)".into(),
+        ));
+    }
     let expected = format!("spiffe://{}/{POLICY_SIGNER_PATH}", trust_domain.as_str());
     let names_signer = parsed
         .subject_alternative_name()

@@ -176,7 +176,8 @@ impl Registry {
 
     /// Runs the stale sweep for the period that `now` falls in, unless some replica already
     /// has: devices whose last passing attestation is older than `period + grace` become
-    /// `stale`. The claim and the sweep are one transaction, so a period is swept exactly
+    /// `stale`, and so do TPM devices that have not passed a first attestation within
+    /// `period + grace` of their TPM binding. The claim and the sweep are one transaction, so a period is swept exactly
     /// once across every replica sharing the database.
     pub async fn sweep_stale(
         &self,
@@ -208,7 +209,8 @@ impl Registry {
         sqlx::query(
             "INSERT INTO attestations (device_id, at, outcome, reason, reference_set) \
              SELECT id, $1, 'stale', $2, NULL FROM devices \
-             WHERE attestation = 'active' AND last_attested < $3",
+             WHERE (attestation = 'active' AND last_attested < $3) \
+                OR (attestation = 'none' AND tpm_bound_at < $3)",
         )
         .bind(now)
         .bind(&reason)
@@ -217,7 +219,8 @@ impl Registry {
         .await?;
         let stale = sqlx::query(
             "UPDATE devices SET attestation = 'stale', attestation_reason = $1, updated_at = $2 \
-             WHERE attestation = 'active' AND last_attested < $3",
+             WHERE (attestation = 'active' AND last_attested < $3) \
+                OR (attestation = 'none' AND tpm_bound_at < $3)",
         )
         .bind(&reason)
         .bind(now)

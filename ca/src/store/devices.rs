@@ -178,17 +178,36 @@ impl Registry {
         row.as_ref().map(device_from_row).transpose()
     }
 
-    /// The device that holds certificate `serial`.
-    pub async fn device_by_serial(&self, serial: &str) -> Result<Option<DeviceRecord>, StoreError> {
+    /// The device that holds certificate `serial`, and whether that certificate itself is
+    /// revoked (a device revocation revokes every certificate of the device; a re-enrollment
+    /// revokes the certificates it supersedes while the device stays active).
+    pub async fn device_by_serial(
+        &self,
+        serial: &str,
+    ) -> Result<Option<(DeviceRecord, bool)>, StoreError> {
         let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices d JOIN certificates k ON k.device_id = d.id \
-             WHERE k.serial = $1"
+            "SELECT {DEVICE_COLUMNS}, k.revoked_at AS certificate_revoked_at \
+             FROM devices d JOIN certificates k ON k.device_id = d.id WHERE k.serial = $1"
         );
         let row = sqlx::query(&sql)
             .bind(serial)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(device_from_row).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let revoked: Option<i64> = col(&row, "certificate_revoked_at")?;
+        Ok(Some((device_from_row(&row)?, revoked.is_some())))
+    }
+
+    /// Whether certificate `serial` is revoked (`None`: no such certificate).
+    pub async fn certificate_revoked(&self, serial: &str) -> Result<Option<bool>, StoreError> {
+        let row: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT revoked_at FROM certificates WHERE serial = $1")
+                .bind(serial)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(revoked_at,)| revoked_at.is_some()))
     }
 
     /// A page of devices ordered by id.

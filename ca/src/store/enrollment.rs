@@ -80,6 +80,12 @@ pub enum RenewRefusal {
     /// The presented certificate is revoked.
     #[error("certificate is revoked")]
     CertificateRevoked,
+    /// The device is quarantined after a failed attestation.
+    #[error("device is quarantined after a failed attestation; an operator must release it or it must attest again")]
+    DeviceQuarantined,
+    /// The device has not attested within the attestation period.
+    #[error("device has not attested within the attestation period; it must attest again")]
+    DeviceStale,
 }
 
 impl Registry {
@@ -154,7 +160,9 @@ impl Registry {
     }
 
     /// Records a renewed certificate for the device that holds certificate `old_serial`.
-    /// Refused if that certificate or its device is revoked or unknown. Returns the device id.
+    /// Refused if that certificate or its device is revoked or unknown, or the device is
+    /// quarantined or stale: checked here, in the transaction that writes, so that a device
+    /// quarantined after the handler's early check gets no certificate. Returns the device id.
     pub async fn renew(
         &self,
         old_serial: &str,
@@ -166,7 +174,7 @@ impl Registry {
         // the new one, only while both are in good standing.
         let touched = sqlx::query(
             "UPDATE devices SET updated_at = $1, current_serial = $3, current_not_after = $4 \
-             WHERE status = 'active' AND id = \
+             WHERE status = 'active' AND attestation NOT IN ('quarantined', 'stale') AND id = \
              (SELECT device_id FROM certificates WHERE serial = $2 AND revoked_at IS NULL)",
         )
         .bind(now)
@@ -176,8 +184,8 @@ impl Registry {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let row: Option<(String, String, Option<i64>)> = sqlx::query_as(
-            "SELECT d.id, d.status, c.revoked_at FROM certificates c \
+        let row: Option<(String, String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT d.id, d.status, d.attestation, c.revoked_at FROM certificates c \
              JOIN devices d ON d.id = c.device_id WHERE c.serial = $1",
         )
         .bind(old_serial)
@@ -185,9 +193,15 @@ impl Registry {
         .await?;
         let outcome = match row {
             None => Err(RenewRefusal::UnknownCertificate),
-            Some((_, status, _)) if status != "active" => Err(RenewRefusal::DeviceRevoked),
-            Some((_, _, Some(_))) => Err(RenewRefusal::CertificateRevoked),
-            Some((id, _, None)) if touched == 1 => Ok(id),
+            Some((_, status, _, _)) if status != "active" => Err(RenewRefusal::DeviceRevoked),
+            Some((_, _, _, Some(_))) => Err(RenewRefusal::CertificateRevoked),
+            Some((_, _, attestation, _)) if attestation == "quarantined" => {
+                Err(RenewRefusal::DeviceQuarantined)
+            }
+            Some((_, _, attestation, _)) if attestation == "stale" => {
+                Err(RenewRefusal::DeviceStale)
+            }
+            Some((id, _, _, None)) if touched == 1 => Ok(id),
             Some(_) => Err(RenewRefusal::UnknownCertificate),
         };
         let device_id = match outcome {

@@ -226,9 +226,14 @@ impl Registry {
             .execute(&mut *tx)
             .await?;
             sqlx::query(
+                // A quarantined device stays quarantined (only an operator's release or a
+                // passing attestation ends it); any other starts over: its first attestation
+                // is due within the period of this re-binding.
                 "UPDATE devices SET ek_sha256 = $1, ek_public = $2, ak_public = $3, \
-                 current_serial = $4, current_not_after = $5, updated_at = $6, \
-                 attestation = 'none', attestation_reason = NULL WHERE id = $7",
+                 current_serial = $4, current_not_after = $5, updated_at = $6, tpm_bound_at = $6, \
+                 attestation = CASE WHEN attestation = 'quarantined' THEN 'quarantined' ELSE 'none' END, \
+                 attestation_reason = CASE WHEN attestation = 'quarantined' THEN attestation_reason ELSE NULL END \
+                 WHERE id = $7",
             )
             .bind(&ek_sha256)
             .bind(&ek_public)
@@ -255,8 +260,9 @@ impl Registry {
                 serde_json::to_string(&d.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
                 "INSERT INTO devices (id, spiffe_id, zone, device_class, labels, status, created_at, \
-                 updated_at, current_serial, current_not_after, ek_sha256, ek_public, ak_public) \
-                 VALUES ($1, $2, $3, $4, $5, 'active', $6, $6, $7, $8, $9, $10, $11)",
+                 updated_at, current_serial, current_not_after, ek_sha256, ek_public, ak_public, \
+                 tpm_bound_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'active', $6, $6, $7, $8, $9, $10, $11, $6)",
             )
             .bind(&d.id)
             .bind(&d.spiffe_id)
