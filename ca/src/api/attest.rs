@@ -88,9 +88,10 @@ pub struct AttestOutcome {
 }
 
 /// What never changes for a certificate serial: the device it names, its class, and the TPM
-/// keys bound at enrollment (a re-enrollment issues a new serial). Kept in memory so that an
-/// attestation needs no registry read; what can change (revocation, the certificate's
-/// standing, the nonce) is checked again in the transaction that records a result.
+/// keys bound at enrollment (a re-enrollment issues a new serial). Kept in memory for
+/// [`IDENTITY_TTL_SECS`] so that an attestation needs no registry read; what can change
+/// (revocation, the certificate's standing, the nonce) is checked again in the transaction
+/// that records a result.
 #[derive(Debug)]
 pub struct TpmIdentity {
     /// The device.
@@ -105,26 +106,43 @@ pub struct TpmIdentity {
     pub parent_qualified_name: Vec<u8>,
 }
 
-/// [`TpmIdentity`] by certificate serial (hex). Bounded: emptied when full.
+/// [`TpmIdentity`] by certificate serial (hex), each with the time it was read. Bounded:
+/// emptied when full.
 #[derive(Debug, Default)]
 pub struct TpmIdentities {
-    by_serial: Mutex<HashMap<String, Arc<TpmIdentity>>>,
+    by_serial: Mutex<HashMap<String, (i64, Arc<TpmIdentity>)>>,
 }
 
 /// Most identities kept in memory (about 100 MB at most).
 pub const MAX_CACHED_IDENTITIES: usize = 200_000;
 
+/// How long a cached identity is used before the registry is read again, seconds. The read
+/// also checks the certificate's own standing, so a certificate superseded by a
+/// re-enrollment on another replica is refused a challenge within this time (this replica
+/// forgets the device at once); its quotes are refused at once on every replica, by the
+/// transaction that records them.
+pub const IDENTITY_TTL_SECS: i64 = 60;
+
 impl TpmIdentities {
-    fn get(&self, serial: &str) -> Option<Arc<TpmIdentity>> {
-        self.by_serial.lock().ok()?.get(serial).cloned()
+    fn get(&self, serial: &str, now: i64) -> Option<Arc<TpmIdentity>> {
+        let map = self.by_serial.lock().ok()?;
+        let (read_at, identity) = map.get(serial)?;
+        (now - read_at < IDENTITY_TTL_SECS).then(|| identity.clone())
     }
 
-    fn insert(&self, serial: String, identity: Arc<TpmIdentity>) {
+    fn insert(&self, serial: String, identity: Arc<TpmIdentity>, now: i64) {
         if let Ok(mut map) = self.by_serial.lock() {
             if map.len() >= MAX_CACHED_IDENTITIES {
                 map.clear();
             }
-            map.insert(serial, identity);
+            map.insert(serial, (now, identity));
+        }
+    }
+
+    /// Forgets every certificate of `device_id` (after its re-enrollment).
+    pub fn forget_device(&self, device_id: &str) {
+        if let Ok(mut map) = self.by_serial.lock() {
+            map.retain(|_, (_, identity)| identity.device_id != device_id);
         }
     }
 }
@@ -133,7 +151,9 @@ impl TpmIdentities {
 /// (and refuses a revoked device, or one without TPM keys); later ones use the copy in memory.
 async fn tpm_device(state: &AppState, caller: &DeviceCaller) -> Result<Arc<TpmIdentity>, ApiError> {
     let serial = caller.serial.to_hex();
-    if let Some(identity) = state.tpm_identities.get(&serial) {
+    let now = state.clock.unix();
+    if let Some(identity) = state.tpm_identities.get(&serial, now) {
+        caller.check_record(&identity.device_id)?;
         return Ok(identity);
     }
     let found = state
@@ -150,6 +170,9 @@ async fn tpm_device(state: &AppState, caller: &DeviceCaller) -> Result<Arc<TpmId
     caller.check_record(&found.device.id)?;
     if found.device.status != DeviceStatus::Active {
         return Err(device_revoked());
+    }
+    if found.certificate_revoked {
+        return Err(super::auth::certificate_revoked_problem());
     }
     let keys = found.keys.ok_or_else(|| {
         ApiError::new(
@@ -170,7 +193,7 @@ async fn tpm_device(state: &AppState, caller: &DeviceCaller) -> Result<Arc<TpmId
         ak,
         parent_qualified_name: qualified_name(&RH_ENDORSEMENT, &ek.name()),
     });
-    state.tpm_identities.insert(serial, identity.clone());
+    state.tpm_identities.insert(serial, identity.clone(), now);
     Ok(identity)
 }
 
@@ -208,16 +231,6 @@ pub async fn challenge(
     caller: DeviceCaller,
 ) -> Result<(StatusCode, Json<AttestChallenge>), ApiError> {
     let device = tpm_device(&state, &caller).await?;
-    // What a certificate holder may do can change after the identity was cached (a
-    // re-enrollment on any replica supersedes the certificate): read its standing now.
-    if state
-        .registry
-        .certificate_revoked(&caller.serial.to_hex())
-        .await?
-        != Some(false)
-    {
-        return Err(super::auth::certificate_revoked_problem());
-    }
     let pcrs = pcrs_for(&state, device.device_class.as_deref());
     let now = state.clock.now();
     let expires_at = now.unix_timestamp() + NONCE_TTL_SECS;

@@ -364,7 +364,9 @@ async fn enroll_inner(state: &AppState, req: EnrollRequest) -> Result<EnrollResp
         return Err(enroll_refused(refusal));
     }
     if claims.reenroll_device.is_some() {
-        // The re-enrollment revoked the certificates it supersedes: say so at once.
+        // The re-enrollment revoked the certificates it supersedes: say so at once, and stop
+        // answering them from memory here.
+        state.tpm_identities.forget_device(device_id.as_str());
         super::ops::publish_crl(state).await?;
     }
     tracing::info!(device_id = %device_id, zone = %zone, serial = %cert.serial,

@@ -27,7 +27,8 @@ use ring::rand::SystemRandom;
 use std::sync::Arc;
 
 pub use attest::{
-    AttestChallenge, AttestOutcome, QuoteSubmission, TpmIdentities, TpmIdentity, NONCE_TTL_SECS,
+    AttestChallenge, AttestOutcome, QuoteSubmission, TpmIdentities, TpmIdentity, IDENTITY_TTL_SECS,
+    NONCE_TTL_SECS,
 };
 pub use devices::{DeviceList, RevokeRequest, RevokeResponse};
 pub use enroll::{

@@ -200,16 +200,6 @@ impl Registry {
         Ok(Some((device_from_row(&row)?, revoked.is_some())))
     }
 
-    /// Whether certificate `serial` is revoked (`None`: no such certificate).
-    pub async fn certificate_revoked(&self, serial: &str) -> Result<Option<bool>, StoreError> {
-        let row: Option<(Option<i64>,)> =
-            sqlx::query_as("SELECT revoked_at FROM certificates WHERE serial = $1")
-                .bind(serial)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|(revoked_at,)| revoked_at.is_some()))
-    }
-
     /// A page of devices ordered by id.
     pub async fn list_devices(
         &self,

@@ -309,7 +309,7 @@ impl Registry {
         serial: &str,
     ) -> Result<Option<AttestingDevice>, StoreError> {
         let sql = format!(
-            "SELECT {DEVICE_COLUMNS}, d.ek_public, d.ak_public \
+            "SELECT {DEVICE_COLUMNS}, d.ek_public, d.ak_public, k.revoked_at AS certificate_revoked_at \
              FROM certificates k JOIN devices d ON d.id = k.device_id WHERE k.serial = $1"
         );
         let Some(row) = sqlx::query(&sql)
@@ -320,6 +320,7 @@ impl Registry {
             return Ok(None);
         };
         let device = device_from_row(&row)?;
+        let revoked: Option<i64> = col(&row, "certificate_revoked_at")?;
         let ek: Option<String> = col(&row, "ek_public")?;
         let ak: Option<String> = col(&row, "ak_public")?;
         let keys = match (ek, ak) {
@@ -329,7 +330,11 @@ impl Registry {
             }),
             _ => None,
         };
-        Ok(Some(AttestingDevice { device, keys }))
+        Ok(Some(AttestingDevice {
+            device,
+            keys,
+            certificate_revoked: revoked.is_some(),
+        }))
     }
 }
 
@@ -340,4 +345,6 @@ pub struct AttestingDevice {
     pub device: DeviceRecord,
     /// Its TPM keys (none for a device enrolled without a TPM).
     pub keys: Option<TpmKeys>,
+    /// Whether the presented certificate itself is revoked (superseded by a re-enrollment).
+    pub certificate_revoked: bool,
 }

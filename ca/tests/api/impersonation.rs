@@ -251,16 +251,26 @@ async fn a_superseded_certificate_is_on_the_crl_and_refused_everywhere() {
     let old = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
         .await
         .unwrap();
-    // A CRL is current before the re-enrollment (so that one signed on demand would not do).
+    // A CRL is current before the re-enrollment (so that one signed on demand would not do),
+    // and the server has the old certificate's identity in memory (it attested with it).
     assert_eq!(app.get("/v1/crl", None).await.status(), StatusCode::OK);
+    let old_client = client_for(&app.root_pem(), Some(&old.identity_pem()));
+    let r = old_client
+        .post(app.url("/v1/attest/challenge"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
     let token = sensor_token(&app, Some(old.device_id())).await;
     let new = tpm_enroll(&app, &booted.tpm, &token).await.unwrap();
 
     let crl = app.get("/v1/crl", None).await.bytes().await.unwrap();
     let (_, crl) = x509_parser::parse_x509_crl(&crl).unwrap();
+    // (A DER serial with its high bit set has a leading zero octet; read it as a Serial.)
     let listed: Vec<String> = crl
         .iter_revoked_certificates()
-        .map(|r| hex::encode(r.raw_serial()))
+        .filter_map(|r| vouch_ca::ids::Serial::from_der_bytes(r.raw_serial()))
+        .map(|s| s.to_hex())
         .collect();
     assert!(listed.contains(&old.serial().to_owned()), "{listed:?}");
     assert!(!listed.contains(&new.serial().to_owned()));
@@ -290,4 +300,36 @@ async fn a_superseded_certificate_is_on_the_crl_and_refused_everywhere() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// A certificate superseded on another replica (written straight into the shared registry
+/// here) is refused a challenge once this replica's cached identity has aged out.
+#[tokio::test]
+async fn a_certificate_revoked_elsewhere_is_refused_once_the_cached_identity_ages_out() {
+    use crate::tpm::{boot, policies_with_references, policy_config, sensor_token, tpm_enroll};
+    use sqlx::Connection;
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let booted = boot("fw-1", "cfg-a");
+    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
+        .await
+        .unwrap();
+    let client = client_for(&app.root_pem(), Some(&device.identity_pem()));
+    let challenge = || client.post(app.url("/v1/attest/challenge")).send();
+    assert_eq!(challenge().await.unwrap().status(), StatusCode::CREATED);
+
+    use vouch_ca::clock::Clock;
+    let mut conn = sqlx::AnyConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE certificates SET revoked_at = $1 WHERE serial = $2")
+        .bind(app.clock.unix())
+        .bind(device.serial())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    app.clock.advance(vouch_ca::api::IDENTITY_TTL_SECS + 1);
+    let (status, body) = problem(challenge().await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["code"], "certificate_revoked");
 }
