@@ -186,6 +186,24 @@ pub async fn create_bootstrap_token(
                     "a revoked device cannot be re-enrolled",
                 ))
             }
+            // Re-enrollment is proven by the TPM bound at enrollment: a device without one
+            // has nothing to prove itself with.
+            Some(d) if d.ek_sha256.is_none() => return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "device_has_no_tpm",
+                "a device enrolled without a TPM cannot be re-enrolled; enroll it as a new device",
+            )),
+            // A re-enrolled device keeps its zone (the registry's and the certificate's).
+            Some(d) if d.zone != zone.as_str() => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "zone_mismatch",
+                    format!(
+                        "the device is in zone `{}`; a re-enrollment token must name it",
+                        d.zone
+                    ),
+                ))
+            }
             Some(_) => {}
         }
     }
@@ -397,6 +415,8 @@ fn enroll_refused(refusal: TpmEnrollRefusal) -> ApiError {
         TpmEnrollRefusal::EkAlreadyEnrolled => (StatusCode::CONFLICT, "ek_already_enrolled"),
         TpmEnrollRefusal::DeviceUnknown => (StatusCode::NOT_FOUND, "device_unknown"),
         TpmEnrollRefusal::DeviceRevoked => (StatusCode::CONFLICT, "device_revoked"),
+        TpmEnrollRefusal::DeviceWithoutTpm => (StatusCode::CONFLICT, "device_has_no_tpm"),
+        TpmEnrollRefusal::ZoneMismatch => (StatusCode::CONFLICT, "zone_mismatch"),
     };
     ApiError::new(status, code, refusal.to_string())
 }

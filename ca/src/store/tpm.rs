@@ -78,6 +78,13 @@ pub enum TpmEnrollRefusal {
     /// The device to re-enroll is revoked.
     #[error("the device to re-enroll is revoked")]
     DeviceRevoked,
+    /// The device to re-enroll has no bound EK (it was enrolled without a TPM): no TPM can
+    /// prove it is that device.
+    #[error("the device to re-enroll was enrolled without a TPM; it cannot be re-enrolled")]
+    DeviceWithoutTpm,
+    /// The token's zone is not the device's: a re-enrollment keeps the device's zone.
+    #[error("the re-enrollment token names another zone than the device's")]
+    ZoneMismatch,
 }
 
 /// SHA-256 of an EK public area, hex: how an EK is named in the registry.
@@ -202,15 +209,22 @@ impl Registry {
         }
         let actor = format!("bootstrap-token:{}", e.jti);
         if let Some(id) = e.reenroll {
-            let current: Option<(String, Option<String>)> =
-                sqlx::query_as("SELECT status, ek_sha256 FROM devices WHERE id = $1")
+            let current: Option<(String, Option<String>, String)> =
+                sqlx::query_as("SELECT status, ek_sha256, zone FROM devices WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&mut *tx)
                     .await?;
             let refusal = match &current {
                 None => Some(TpmEnrollRefusal::DeviceUnknown),
-                Some((status, _)) if status != "active" => Some(TpmEnrollRefusal::DeviceRevoked),
-                Some((_, Some(bound))) if *bound != ek_sha256 => Some(TpmEnrollRefusal::EkMismatch),
+                Some((status, _, _)) if status != "active" => Some(TpmEnrollRefusal::DeviceRevoked),
+                Some((_, None, _)) => Some(TpmEnrollRefusal::DeviceWithoutTpm),
+                Some((_, Some(bound), _)) if *bound != ek_sha256 => {
+                    Some(TpmEnrollRefusal::EkMismatch)
+                }
+                // The certificate was made with the token's zone: it must be the device's.
+                Some((_, _, zone)) if *zone != e.device.zone => {
+                    Some(TpmEnrollRefusal::ZoneMismatch)
+                }
                 Some(_) => None,
             };
             if let Some(refusal) = refusal {

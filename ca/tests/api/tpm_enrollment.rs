@@ -63,8 +63,12 @@ async fn an_ek_enrolled_as_one_device_cannot_enroll_as_another() {
 
 #[tokio::test]
 async fn a_re_enrollment_token_needs_a_tpm() {
-    let app = spawn_app(Db::Sqlite).await;
-    let device = app.enroll("sensors").await;
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let booted = boot("fw-1", "cfg-a");
+    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
+        .await
+        .unwrap();
     let token = sensor_token(&app, Some(device.device_id())).await;
     let (csr, _) = rcgen_csr();
     let r = app
@@ -75,6 +79,29 @@ async fn a_re_enrollment_token_needs_a_tpm() {
         (status, p["code"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("token_requires_tpm"))
     );
+    // A device enrolled without a TPM has nothing to prove itself with: no re-enrollment
+    // token (any TPM could otherwise claim it), and none that moves a device to another zone
+    // (the certificate would name the token's zone while the registry keeps the device's).
+    let plain = app.enroll("sensors").await;
+    for (body, code) in [
+        (
+            json!({"zone": "sensors", "reenroll_device": plain.device_id()}),
+            "device_has_no_tpm",
+        ),
+        (
+            json!({"zone": "edge", "reenroll_device": device.device_id()}),
+            "zone_mismatch",
+        ),
+    ] {
+        let r = app
+            .post("/v1/bootstrap-tokens", Some(&app.admin), &body)
+            .await;
+        let (status, p) = problem(r).await;
+        assert_eq!(
+            (status, p["code"].as_str()),
+            (StatusCode::CONFLICT, Some(code))
+        );
+    }
     // And it cannot name a device that does not exist.
     let r = app
         .post(
