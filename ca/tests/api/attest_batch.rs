@@ -4,7 +4,7 @@
 //! own result, and that a nonce answered twice at once is recorded once.
 
 use crate::support::*;
-use crate::tpm::{policies_with_references, policy_config};
+use crate::tpm::tpm_app;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use reqwest::StatusCode;
@@ -161,8 +161,7 @@ async fn submit(app: &TestApp, device: &SoftDevice, body: &Value) -> StatusCode 
 #[tokio::test]
 async fn many_devices_attesting_at_once_each_get_their_own_result() {
     for db in [Db::Sqlite, Db::Postgres] {
-        let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-        let app = spawn_app_with_policies(db, policy_config(refs.path())).await;
+        let (app, _refs) = tpm_app(db).await;
         let mut fleet = Vec::new();
         for _ in 0..40 {
             fleet.push(soft_device(&app).await);
@@ -214,8 +213,7 @@ async fn many_devices_attesting_at_once_each_get_their_own_result() {
 #[tokio::test]
 async fn one_nonce_answered_twice_at_once_is_recorded_once() {
     for db in [Db::Sqlite, Db::Postgres] {
-        let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-        let app = spawn_app_with_policies(db, policy_config(refs.path())).await;
+        let (app, _refs) = tpm_app(db).await;
         let device = soft_device(&app).await;
         for _ in 0..10 {
             let challenge = fetch_challenge(&app, &device).await;
@@ -334,8 +332,7 @@ async fn a_batch_with_a_used_nonce_and_a_revoked_device_records_only_the_others(
 
 #[tokio::test]
 async fn hostile_quote_submissions_fail_closed_and_oversized_ones_are_refused_unread() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
     let device = soft_device(&app).await;
     // Each answers a good nonce with something broken: the device is quarantined for it.
     let breakages: Vec<(&str, Value)> = vec![
@@ -390,8 +387,7 @@ async fn hostile_quote_submissions_fail_closed_and_oversized_ones_are_refused_un
 
 #[tokio::test]
 async fn a_revoked_device_records_no_result_though_the_server_remembers_its_keys() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
     let device = soft_device(&app).await;
     // The first attestation reads the device; the server keeps its keys in memory.
     assert_eq!(attest(&app, &device, "fw-1").await, StatusCode::OK);
@@ -424,8 +420,7 @@ async fn a_revoked_device_records_no_result_though_the_server_remembers_its_keys
 
 #[tokio::test]
 async fn a_reload_that_changes_the_pcrs_between_challenge_and_quote_records_nothing() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (app, refs) = tpm_app(Db::Sqlite).await;
     let device = soft_device(&app).await;
     let challenge: Value = fetch_challenge(&app, &device).await;
     assert_eq!(challenge["pcrs"], json!([0, 1, 2, 3, 4, 5, 6, 7, 8]));
@@ -472,8 +467,7 @@ async fn a_reload_that_changes_the_pcrs_between_challenge_and_quote_records_noth
 
 #[tokio::test]
 async fn the_writer_recovers_when_postgresql_drops_its_connection() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Postgres, policy_config(refs.path())).await;
+    let (app, _refs) = tpm_app(Db::Postgres).await;
     let device = soft_device(&app).await;
     // The writer now holds its connection.
     assert_eq!(attest(&app, &device, "fw-1").await, StatusCode::OK);

@@ -38,6 +38,39 @@ fn der(pem_text: &str) -> Vec<u8> {
     pem::parse(pem_text).unwrap().contents().to_vec()
 }
 
+/// The serial of an enrolled device's certificate, as DER integer bytes.
+fn serial_of(device: &Enrolled) -> Vec<u8> {
+    let der = der(device.body["certificate_pem"].as_str().unwrap());
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.raw_serial().to_vec()
+}
+
+/// A client identity (PEM: certificate, `chain`, key) for a client-auth certificate with
+/// `serial` and the one URI SAN `spiffe_id`, signed by `issuer`.
+fn forged_identity(
+    serial: &[u8],
+    spiffe_id: &str,
+    (issuer, issuer_key): (&rcgen::Certificate, &KeyPair),
+    chain: &str,
+) -> String {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.serial_number = Some(SerialNumber::from_slice(serial));
+    params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().unwrap())];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer, issuer_key).unwrap();
+    format!("{}{chain}{}", cert.pem(), key.serialize_pem())
+}
+
+/// `identity` asks to renew: the response, or the TLS error if the handshake refused it.
+async fn renew_as(app: &TestApp, identity: &str) -> reqwest::Result<reqwest::Response> {
+    client_for(&app.root_pem(), Some(identity.as_bytes()))
+        .post(app.url("/v1/renew"))
+        .json(&json!({"csr_pem": rcgen_csr().0}))
+        .send()
+        .await
+}
+
 /// With a root shared by another CA (a corporate root over `vouch ca import`), a sibling
 /// intermediate mints a certificate with the victim's serial and SPIFFE ID. It must not renew
 /// as the victim, nor ask anything as the victim.
@@ -56,38 +89,15 @@ async fn a_sibling_intermediate_cannot_mint_a_victims_certificate() {
     sibling.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let sibling = sibling.signed_by(&sibling_key, &root, &root_key).unwrap();
 
-    let victim_der = der(victim.body["certificate_pem"].as_str().unwrap());
-    let (_, victim_cert) = x509_parser::parse_x509_certificate(&victim_der).unwrap();
-    let forged_key = KeyPair::generate().unwrap();
-    let mut forged = CertificateParams::default();
-    forged.serial_number = Some(SerialNumber::from_slice(victim_cert.raw_serial()));
-    forged.subject_alt_names = vec![SanType::URI(
-        victim.body["spiffe_id"]
-            .as_str()
-            .unwrap()
-            .try_into()
-            .unwrap(),
-    )];
-    forged.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let forged = forged
-        .signed_by(&forged_key, &sibling, &sibling_key)
-        .unwrap();
-    let identity = format!(
-        "{}{}{}",
-        forged.pem(),
-        sibling.pem(),
-        forged_key.serialize_pem()
+    let identity = forged_identity(
+        &serial_of(&victim),
+        victim.body["spiffe_id"].as_str().unwrap(),
+        (&sibling, &sibling_key),
+        &sibling.pem(),
     );
 
     let before = app.counts().await;
-    let client = client_for(&app.root_pem(), Some(identity.as_bytes()));
-    let (csr, _) = rcgen_csr();
-    let renewal = client
-        .post(app.url("/v1/renew"))
-        .json(&json!({"csr_pem": csr}))
-        .send()
-        .await;
-    match renewal {
+    match renew_as(&app, &identity).await {
         // The handshake refuses the chain: the issuing CA is the only anchor for clients.
         Err(_) => {}
         Ok(r) => assert!(
@@ -96,7 +106,10 @@ async fn a_sibling_intermediate_cannot_mint_a_victims_certificate() {
             r.status()
         ),
     }
-    let asked = client.get(app.url("/v1/policy/bundle")).send().await;
+    let asked = client_for(&app.root_pem(), Some(identity.as_bytes()))
+        .get(app.url("/v1/policy/bundle"))
+        .send()
+        .await;
     assert!(asked.is_err() || asked.unwrap().status().is_client_error());
     assert_eq!(app.counts().await.certificates, before.certificates);
     // The victim's own certificate still works.
@@ -112,51 +125,20 @@ async fn a_certificate_whose_spiffe_id_disagrees_with_its_serial_is_refused() {
     let victim = app.enroll("sensors").await;
     let other = app.enroll("sensors").await;
     let (ca, _, _) = authority(&app);
-    let victim_der = der(victim.body["certificate_pem"].as_str().unwrap());
-    let (_, victim_cert) = x509_parser::parse_x509_certificate(&victim_der).unwrap();
-
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.serial_number = Some(SerialNumber::from_slice(victim_cert.raw_serial()));
-    params.subject_alt_names = vec![SanType::URI(
-        other.body["spiffe_id"]
-            .as_str()
-            .unwrap()
-            .try_into()
-            .unwrap(),
-    )];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let (issuer, issuer_key) = ca.issuer();
-    let cert = params.signed_by(&key, issuer, issuer_key).unwrap();
-    let identity = format!("{}{}", cert.pem(), key.serialize_pem());
-    let client = client_for(&app.root_pem(), Some(identity.as_bytes()));
-    let (csr, _) = rcgen_csr();
-    let r = client
-        .post(app.url("/v1/renew"))
-        .json(&json!({"csr_pem": csr}))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = problem(r).await;
+    let identity = forged_identity(
+        &serial_of(&victim),
+        other.body["spiffe_id"].as_str().unwrap(),
+        ca.issuer(),
+        "",
+    );
+    let (status, body) = problem(renew_as(&app, &identity).await.unwrap()).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["code"], "device_unknown");
 
     // A certificate whose SPIFFE ID is of another trust domain is not a device at all.
-    let mut params = CertificateParams::default();
-    params.serial_number = Some(SerialNumber::from_slice(victim_cert.raw_serial()));
-    params.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://elsewhere.example/device/{}", victim.device_id())
-            .try_into()
-            .unwrap(),
-    )];
-    let cert = params.signed_by(&key, issuer, issuer_key).unwrap();
-    let identity = format!("{}{}", cert.pem(), key.serialize_pem());
-    let r = client_for(&app.root_pem(), Some(identity.as_bytes()))
-        .post(app.url("/v1/renew"))
-        .json(&json!({"csr_pem": rcgen_csr().0}))
-        .send()
-        .await
-        .unwrap();
+    let elsewhere = format!("spiffe://elsewhere.example/device/{}", victim.device_id());
+    let identity = forged_identity(&serial_of(&victim), &elsewhere, ca.issuer(), "");
+    let r = renew_as(&app, &identity).await.unwrap();
     let (status, _) = problem(r).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
@@ -244,13 +226,9 @@ async fn a_bundle_signed_without_the_code_signing_usage_is_refused() {
 /// refused on every device endpoint, though its device is in good standing.
 #[tokio::test]
 async fn a_superseded_certificate_is_on_the_crl_and_refused_everywhere() {
-    use crate::tpm::{boot, policies_with_references, policy_config, sensor_token, tpm_enroll};
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
-    let booted = boot("fw-1", "cfg-a");
-    let old = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    use crate::tpm::{enrolled_tpm, sensor_token, tpm_app, tpm_enroll};
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
+    let (booted, old) = enrolled_tpm(&app).await;
     // A CRL is current before the re-enrollment (so that one signed on demand would not do),
     // and the server has the old certificate's identity in memory (it attested with it).
     assert_eq!(app.get("/v1/crl", None).await.status(), StatusCode::OK);
@@ -306,14 +284,10 @@ async fn a_superseded_certificate_is_on_the_crl_and_refused_everywhere() {
 /// here) is refused a challenge once this replica's cached identity has aged out.
 #[tokio::test]
 async fn a_certificate_revoked_elsewhere_is_refused_once_the_cached_identity_ages_out() {
-    use crate::tpm::{boot, policies_with_references, policy_config, sensor_token, tpm_enroll};
+    use crate::tpm::{enrolled_tpm, tpm_app};
     use sqlx::Connection;
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
-    let booted = boot("fw-1", "cfg-a");
-    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
+    let (_booted, device) = enrolled_tpm(&app).await;
     let client = client_for(&app.root_pem(), Some(&device.identity_pem()));
     let challenge = || client.post(app.url("/v1/attest/challenge")).send();
     assert_eq!(challenge().await.unwrap().status(), StatusCode::CREATED);

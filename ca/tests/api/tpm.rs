@@ -60,6 +60,23 @@ pub async fn sensor_token(app: &TestApp, reenroll: Option<&str>) -> String {
         .to_owned()
 }
 
+/// A server (on `db`) whose reference values accept firmware `fw-1` with configuration
+/// `cfg-a`; keep the returned directory alive as long as the server.
+pub async fn tpm_app(db: Db) -> (TestApp, TempDir) {
+    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
+    let app = spawn_app_with_policies(db, policy_config(refs.path())).await;
+    (app, refs)
+}
+
+/// A software TPM booted with `fw-1`/`cfg-a` and enrolled as a new sensor.
+pub async fn enrolled_tpm(app: &TestApp) -> (Booted, Enrolled) {
+    let booted = boot("fw-1", "cfg-a");
+    let device = tpm_enroll(app, &booted.tpm, &sensor_token(app, None).await)
+        .await
+        .unwrap();
+    (booted, device)
+}
+
 /// Step 1 of a TPM enrollment: the credential to activate.
 pub async fn start_tpm_enrollment(
     app: &TestApp,
@@ -168,8 +185,7 @@ pub async fn attest(app: &TestApp, device: &Enrolled, booted: &Booted) -> reqwes
 #[tokio::test]
 async fn a_tpm_device_enrolls_by_credential_activation_attests_and_renews() {
     for db in [Db::Sqlite, Db::Postgres] {
-        let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-        let app = spawn_app_with_policies(db, policy_config(refs.path())).await;
+        let (app, _refs) = tpm_app(db).await;
         let booted = boot("fw-1", "cfg-a");
         let token = sensor_token(&app, None).await;
         let device = tpm_enroll(&app, &booted.tpm, &token).await.unwrap();
@@ -195,13 +211,9 @@ async fn a_tpm_device_enrolls_by_credential_activation_attests_and_renews() {
 
 #[tokio::test]
 async fn an_unexpected_firmware_digest_quarantines_the_device_denies_it_and_blocks_renewal() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
     let gateway = app.enroll("edge").await;
-    let booted = boot("fw-1", "cfg-a");
-    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    let (booted, device) = enrolled_tpm(&app).await;
     assert_eq!(
         attest(&app, &device, &booted).await.status(),
         StatusCode::OK
@@ -238,8 +250,7 @@ async fn an_unexpected_firmware_digest_quarantines_the_device_denies_it_and_bloc
 
 #[tokio::test]
 async fn a_reused_unknown_foreign_or_expired_nonce_is_refused_and_changes_nothing() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
     let (a, b) = (boot("fw-1", "cfg-a"), boot("fw-1", "cfg-a"));
     let device_a = tpm_enroll(&app, &a.tpm, &sensor_token(&app, None).await)
         .await
@@ -301,12 +312,8 @@ async fn a_reused_unknown_foreign_or_expired_nonce_is_refused_and_changes_nothin
 
 #[tokio::test]
 async fn a_replayed_quote_is_refused() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
-    let booted = boot("fw-1", "cfg-a");
-    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
+    let (booted, device) = enrolled_tpm(&app).await;
     let (nonce, pcrs) = challenge(&app, &device).await;
     let old = quote_body(&booted.tpm, &nonce, &pcrs, &booted.log);
     assert_eq!(submit(&app, &device, &old).await.status(), StatusCode::OK);
@@ -329,8 +336,7 @@ async fn a_replayed_quote_is_refused() {
 
 #[tokio::test]
 async fn a_quote_signed_by_another_tpms_ak_is_refused() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
     let (mine, other) = (boot("fw-1", "cfg-a"), boot("fw-1", "cfg-a"));
     let device = tpm_enroll(&app, &mine.tpm, &sensor_token(&app, None).await)
         .await
@@ -351,12 +357,8 @@ async fn a_quote_signed_by_another_tpms_ak_is_refused() {
 
 #[tokio::test]
 async fn a_pcr_selection_other_than_the_one_requested_is_refused() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
-    let booted = boot("fw-1", "cfg-a");
-    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
+    let (booted, device) = enrolled_tpm(&app).await;
     let (nonce, pcrs) = challenge(&app, &device).await;
     assert_eq!(
         pcrs,
@@ -375,12 +377,8 @@ async fn a_pcr_selection_other_than_the_one_requested_is_refused() {
 
 #[tokio::test]
 async fn an_event_log_that_does_not_replay_to_the_pcrs_is_refused() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
-    let booted = boot("fw-1", "cfg-a");
-    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
+    let (booted, device) = enrolled_tpm(&app).await;
     let (nonce, pcrs) = challenge(&app, &device).await;
     // The log of another boot than the one measured.
     let other_log = vouch_attestor::eventlog::write_log(&boot_events("fw-2", "cfg-a"));
@@ -431,8 +429,7 @@ async fn a_rollout_window_accepts_both_firmwares_until_the_old_one_is_removed() 
 
 #[tokio::test]
 async fn a_wrong_activation_secret_is_refused_and_writes_nothing() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
     let booted = boot("fw-1", "cfg-a");
     let token = sensor_token(&app, None).await;
     let r = start_tpm_enrollment(&app, &booted.tpm, &token).await;

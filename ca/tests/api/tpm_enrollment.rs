@@ -3,9 +3,7 @@
 //! local CA here), hostile enrollment inputs refused without a write.
 
 use crate::support::*;
-use crate::tpm::{
-    boot, policies_with_references, policy_config, sensor_token, start_tpm_enrollment, tpm_enroll,
-};
+use crate::tpm::{boot, enrolled_tpm, sensor_token, start_tpm_enrollment, tpm_app, tpm_enroll};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use reqwest::StatusCode;
@@ -14,8 +12,7 @@ use vouch_attestor::testing::SoftwareTpm;
 
 #[tokio::test]
 async fn re_enrolling_a_device_with_another_ek_is_refused_and_with_its_own_ek_is_allowed() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
     let (mine, other) = (boot("fw-1", "cfg-a"), boot("fw-1", "cfg-a"));
     let device = tpm_enroll(&app, &mine.tpm, &sensor_token(&app, None).await)
         .await
@@ -46,8 +43,7 @@ async fn re_enrolling_a_device_with_another_ek_is_refused_and_with_its_own_ek_is
 
 #[tokio::test]
 async fn an_ek_enrolled_as_one_device_cannot_enroll_as_another() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
     let booted = boot("fw-1", "cfg-a");
     tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
         .await
@@ -63,12 +59,8 @@ async fn an_ek_enrolled_as_one_device_cannot_enroll_as_another() {
 
 #[tokio::test]
 async fn a_re_enrollment_token_needs_a_tpm() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
-    let booted = boot("fw-1", "cfg-a");
-    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
+    let (_booted, device) = enrolled_tpm(&app).await;
     let token = sensor_token(&app, Some(device.device_id())).await;
     let (csr, _) = rcgen_csr();
     let r = app

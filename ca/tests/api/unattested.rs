@@ -5,7 +5,7 @@
 //! write, gets no certificate: the writing transaction checks again.
 
 use crate::support::*;
-use crate::tpm::{attest, boot, policies_with_references, policy_config, sensor_token, tpm_enroll};
+use crate::tpm::{attest, enrolled_tpm, sensor_token, tpm_app, tpm_enroll};
 use reqwest::StatusCode;
 use vouch_ca::app;
 use vouch_ca::clock::Clock;
@@ -16,14 +16,10 @@ use vouch_ca::store::{
 #[tokio::test]
 async fn a_tpm_device_that_never_attests_is_unattested_then_stale() {
     for db in [Db::Sqlite, Db::Postgres] {
-        let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-        let app = spawn_app_with_policies(db, policy_config(refs.path())).await;
+        let (app, _refs) = tpm_app(db).await;
         let gateway = app.enroll("edge").await;
         let without_tpm = app.enroll("sensors").await;
-        let booted = boot("fw-1", "cfg-a");
-        let silent = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
-            .await
-            .unwrap();
+        let (booted, silent) = enrolled_tpm(&app).await;
 
         // Before its first attestation a TPM device is not trusted as one that attested.
         let decision = app.telemetry_decision(&silent, &gateway).await;
@@ -79,12 +75,8 @@ async fn a_tpm_device_that_never_attests_is_unattested_then_stale() {
 
 #[tokio::test]
 async fn re_enrollment_never_clears_a_quarantine() {
-    let refs = policies_with_references(&[("fw-1", "fw-1", "cfg-a")]);
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
-    let booted = boot("fw-1", "cfg-a");
-    let device = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
+    let (booted, device) = enrolled_tpm(&app).await;
     booted.tpm.extend(0, &[0x66; 32]);
     let (status, _) = problem(attest(&app, &device, &booted).await).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
