@@ -24,5 +24,5 @@ cd "$report"
     --max-examples "${SCHEMATHESIS_EXAMPLES:-20}" \
     --max-time "${SCHEMATHESIS_SECONDS:-90}" \
     --seed "${SCHEMATHESIS_SEED:-20261202}" \
-    --workers 2 \
+    --workers 1 \
     --generation-database none
