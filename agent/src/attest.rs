@@ -2,9 +2,10 @@
 //! PCRs it names with the AK over its nonce, and the verdict, recorded in `identity.json`.
 
 use crate::lifecycle::{with_tpm, Agent, AgentError, Api, ClientIdentity};
-use crate::protocol::{AttestResult, QuoteRequest};
 use crate::state::{rfc3339, Enrolled, LastAttestation, StateError};
 use time::OffsetDateTime;
+use vouch_proto::attest::{AttestOutcome, QuoteSubmission};
+use vouch_proto::ProblemCode;
 
 impl<A: Api> Agent<A> {
     /// One attestation: challenge, quote, submit. Returns the verdict to record (a refusal
@@ -15,15 +16,17 @@ impl<A: Api> Agent<A> {
         let (result, reason, reference_set, next) = match self.quote_and_submit(enrolled).await {
             Ok(result) => {
                 tracing::info!(result = %result.result, reference_set = ?result.reference_set, "attestation passed");
-                (result.result, None, result.reference_set, next)
+                (result.result, None, Some(result.reference_set), next)
             }
-            Err(e) if e.is_transient() || e.code() == Some("nonce_invalid") => return Err(e),
+            Err(e) if e.is_transient() || e.code() == Some(ProblemCode::NonceInvalid) => {
+                return Err(e)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "attestation did not pass");
                 let (result, next) = match e.code() {
-                    Some("attestation_failed") => ("fail", next),
+                    Some(ProblemCode::AttestationFailed) => ("fail", next),
                     // The server holds no AK for this device: attesting again cannot help.
-                    Some("no_attestation_key") => ("error", None),
+                    Some(ProblemCode::NoAttestationKey) => ("error", None),
                     _ => ("error", next),
                 };
                 (result.to_owned(), Some(e.to_string()), None, next)
@@ -41,7 +44,7 @@ impl<A: Api> Agent<A> {
         })
     }
 
-    async fn quote_and_submit(&self, enrolled: &Enrolled) -> Result<AttestResult, AgentError> {
+    async fn quote_and_submit(&self, enrolled: &Enrolled) -> Result<AttestOutcome, AgentError> {
         let tcti = self.settings.tpm.clone().unwrap_or_default();
         let identity = ClientIdentity::from(enrolled);
         let challenge = self
@@ -59,20 +62,24 @@ impl<A: Api> Agent<A> {
             path: self.state.file(crate::state::AK),
             reason: "missing, but the device enrolled with a TPM".into(),
         })?;
-        let (nonce, pcrs) = (challenge.nonce.clone(), challenge.pcrs.clone());
-        let quoted = with_tpm(&tcti, move |tpm| tpm.quote(&ak, &nonce, &pcrs)).await?;
+        let nonce = challenge.nonce_bytes().map_err(|e| AgentError::Api {
+            what: "attestation challenge",
+            source: crate::client::ApiError::Protocol(format!("nonce is not hex: {e}")),
+        })?;
+        let (quoted_nonce, pcrs) = (nonce.clone(), challenge.pcrs.clone());
+        let quoted = with_tpm(&tcti, move |tpm| tpm.quote(&ak, &quoted_nonce, &pcrs)).await?;
         // Read after the quote: the log then holds at least what the quoted PCRs measured.
         let event_log = match &self.settings.event_log {
             Some(path) => Some(read_event_log(path).await?),
             None => None,
         };
-        let req = QuoteRequest {
-            nonce: challenge.nonce,
-            quote: quoted.attest,
-            signature: quoted.signature,
-            pcr_values: quoted.pcr_values,
-            event_log,
-        };
+        let req = QuoteSubmission::new(
+            &nonce,
+            &quoted.attest,
+            &quoted.signature,
+            &quoted.pcr_values,
+            event_log.as_deref(),
+        );
         self.api
             .attest_quote(&identity, &req)
             .await

@@ -4,15 +4,16 @@
 
 use crate::credentials::fingerprint;
 use crate::lifecycle::{Api, ClientIdentity};
-use crate::protocol::{
-    ActivationChallenge, AttestChallenge, AttestResult, EnrollRequest, EnrollResponse, Problem,
-    QuoteRequest, RenewRequest, TpmEnrollRequest,
-};
 use reqwest::{Certificate, Client, Identity, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::RwLock;
 use std::time::Duration;
+use vouch_proto::attest::{AttestChallenge, AttestOutcome, QuoteSubmission};
+use vouch_proto::enroll::{
+    EnrollRequest, EnrollResponse, RenewRequest, TpmChallenge, TpmEnrollStart,
+};
+use vouch_proto::{Problem, ProblemCode};
 
 /// Timeout of one request, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,7 +31,8 @@ pub enum ApiError {
     Problem {
         /// HTTP status.
         status: u16,
-        /// The problem's `code`.
+        /// The problem's `code` as sent (one this version may not know, or `http_<status>`
+        /// for an answer that is not a problem document).
         code: String,
         /// The problem's `detail`.
         detail: String,
@@ -62,10 +64,10 @@ impl ApiError {
         }
     }
 
-    /// The problem code, if the server answered with one.
-    pub fn code(&self) -> Option<&str> {
+    /// The problem code, if the server answered with one this version knows.
+    pub fn code(&self) -> Option<ProblemCode> {
         match self {
-            Self::Problem { code, .. } => Some(code),
+            Self::Problem { code, .. } => ProblemCode::parse(code),
             _ => None,
         }
     }
@@ -243,7 +245,7 @@ impl Api for HttpApi {
             .await
     }
 
-    async fn enroll_tpm(&self, req: &TpmEnrollRequest) -> Result<ActivationChallenge, ApiError> {
+    async fn enroll_tpm(&self, req: &TpmEnrollStart) -> Result<TpmChallenge, ApiError> {
         self.post(&self.pinned()?.anonymous, "/v1/enroll/tpm", req)
             .await
     }
@@ -271,8 +273,8 @@ impl Api for HttpApi {
     async fn attest_quote(
         &self,
         identity: &ClientIdentity,
-        req: &QuoteRequest,
-    ) -> Result<AttestResult, ApiError> {
+        req: &QuoteSubmission,
+    ) -> Result<AttestOutcome, ApiError> {
         self.post(&self.mtls(identity)?, "/v1/attest/quote", req)
             .await
     }
@@ -284,14 +286,14 @@ mod tests {
 
     #[test]
     fn problems_keep_their_code_and_odd_bodies_get_one() {
-        let e = problem(
-            StatusCode::FORBIDDEN,
-            br#"{"type":"about:blank","title":"Forbidden","status":403,"code":"device_quarantined","detail":"x"}"#,
-        );
-        assert_eq!(e.code(), Some("device_quarantined"));
+        let body = serde_json::json!({"type": "about:blank", "title": "Forbidden", "status": 403,
+            "code": ProblemCode::DeviceQuarantined.as_str(), "detail": "x"});
+        let e = problem(StatusCode::FORBIDDEN, body.to_string().as_bytes());
+        assert_eq!(e.code(), Some(ProblemCode::DeviceQuarantined));
         assert!(!e.is_transient());
         let e = problem(StatusCode::BAD_GATEWAY, b"<html>");
-        assert_eq!(e.code(), Some("http_502"));
+        assert!(matches!(&e, ApiError::Problem { code, .. } if code == "http_502"));
+        assert_eq!(e.code(), None);
         assert!(e.is_transient());
         assert!(problem(StatusCode::TOO_MANY_REQUESTS, b"").is_transient());
         assert!(ApiError::Transport("x".into()).is_transient());

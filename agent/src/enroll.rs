@@ -8,9 +8,10 @@
 
 use crate::credentials::{csr_pem, new_key};
 use crate::lifecycle::{with_tpm, Agent, AgentError, Api, Retry};
-use crate::protocol::{EnrollRequest, TpmActivation, TpmEnrollRequest};
 use crate::state::Enrolled;
 use crate::tpm::AkBlobs;
+use vouch_proto::encoding::base64;
+use vouch_proto::enroll::{EnrollRequest, TpmEnrollStart, TpmProof};
 
 impl<A: Api> Agent<A> {
     /// Enrolls with `token`, trusting `ca_pem` (already pinned), and saves the result.
@@ -50,7 +51,8 @@ impl<A: Api> Agent<A> {
         let with_tpm = tpm.is_some();
         let req = EnrollRequest {
             token: token.to_owned(),
-            csr_pem: csr,
+            csr_pem: Some(csr),
+            generate_key: None,
             tpm,
         };
         let resp = self
@@ -64,11 +66,7 @@ impl<A: Api> Agent<A> {
 
     /// Steps 1 and 2 of TPM enrollment: a new AK, the server's credential for it, and the
     /// TPM's activation of that credential.
-    async fn activate(
-        &self,
-        tcti: &str,
-        token: &str,
-    ) -> Result<(TpmActivation, AkBlobs), AgentError> {
+    async fn activate(&self, tcti: &str, token: &str) -> Result<(TpmProof, AkBlobs), AgentError> {
         let (endorsement, ak) = with_tpm(tcti, |tpm| {
             let endorsement = tpm.endorsement()?;
             let ak = tpm.create_ak()?;
@@ -79,26 +77,31 @@ impl<A: Api> Agent<A> {
             ek_certificate = endorsement.certificate.is_some(),
             "created the attestation key; asking the server for a credential"
         );
-        let req = TpmEnrollRequest {
+        let req = TpmEnrollStart {
             token: token.to_owned(),
-            ek_public: endorsement.public,
-            ek_certificate: endorsement.certificate,
-            ak_public: ak.public.clone(),
+            ek_public: base64(&endorsement.public),
+            ek_certificate: endorsement.certificate.as_deref().map(base64),
+            ak_public: base64(&ak.public),
         };
         let challenge = self
             .api
             .enroll_tpm(&req)
             .await
             .map_err(refused_unless_transient)?;
+        let (id_object, encrypted_secret) =
+            challenge.credential().map_err(|e| AgentError::Api {
+                what: "TPM enrollment",
+                source: crate::client::ApiError::Protocol(format!("credential is not base64: {e}")),
+            })?;
         let blobs = ak.clone();
         let secret = with_tpm(tcti, move |tpm| {
-            tpm.activate_credential(&blobs, &challenge.id_object, &challenge.encrypted_secret)
+            tpm.activate_credential(&blobs, &id_object, &encrypted_secret)
         })
         .await?;
         Ok((
-            TpmActivation {
+            TpmProof {
                 activation_id: challenge.activation_id,
-                secret,
+                secret: base64(&secret),
             },
             ak,
         ))

@@ -6,8 +6,8 @@
 //! - [`lifecycle`]: the schedule; [`enroll`], [`renew`] and [`attest`]: its steps, retried
 //!   through outages.
 //! - [`schedule`]: renewal timing and backoff, pure functions of a clock and an RNG.
-//! - [`token`], [`credentials`], [`protocol`]: the join token, keys and certificates, and
-//!   the wire types.
+//! - [`token`], [`credentials`]: the join token, keys and certificates. The wire types are
+//!   `vouch_proto`'s, the same the server answers with.
 //! - [`config`] and [`status`]: the command line.
 #![forbid(unsafe_code)]
 
@@ -17,7 +17,6 @@ pub mod config;
 pub mod credentials;
 pub mod enroll;
 pub mod lifecycle;
-pub mod protocol;
 pub mod renew;
 pub mod schedule;
 pub mod state;

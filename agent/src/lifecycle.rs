@@ -7,10 +7,6 @@
 
 use crate::client::{ApiError, HttpApi};
 use crate::credentials::CredentialError;
-use crate::protocol::{
-    ActivationChallenge, AttestChallenge, AttestResult, EnrollRequest, EnrollResponse,
-    QuoteRequest, RenewRequest, TpmEnrollRequest,
-};
 use crate::schedule::{renewal_time, until, Backoff, Clock, Random, RetryPolicy};
 use crate::state::{rfc3339, Enrolled, LastAttestation, StateDir, StateError};
 use crate::token::{JoinToken, TokenError};
@@ -20,6 +16,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
+use vouch_proto::attest::{AttestChallenge, AttestOutcome, QuoteSubmission};
+use vouch_proto::enroll::{
+    EnrollRequest, EnrollResponse, RenewRequest, TpmChallenge, TpmEnrollStart,
+};
+use vouch_proto::ProblemCode;
 
 /// Longest single sleep: the loop wakes at least this often to re-read the wall clock (a
 /// suspended device or a clock step must not make it miss a renewal).
@@ -69,8 +70,8 @@ pub trait Api: Send + Sync {
     /// `POST /v1/enroll/tpm`.
     fn enroll_tpm(
         &self,
-        req: &TpmEnrollRequest,
-    ) -> impl Future<Output = Result<ActivationChallenge, ApiError>> + Send;
+        req: &TpmEnrollStart,
+    ) -> impl Future<Output = Result<TpmChallenge, ApiError>> + Send;
     /// `POST /v1/renew` (mTLS).
     fn renew(
         &self,
@@ -86,8 +87,8 @@ pub trait Api: Send + Sync {
     fn attest_quote(
         &self,
         identity: &ClientIdentity,
-        req: &QuoteRequest,
-    ) -> impl Future<Output = Result<AttestResult, ApiError>> + Send;
+        req: &QuoteSubmission,
+    ) -> impl Future<Output = Result<AttestOutcome, ApiError>> + Send;
 }
 
 /// What the agent is told to do.
@@ -197,7 +198,7 @@ impl AgentError {
     }
 
     /// The server's problem code, if the server answered with one.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<ProblemCode> {
         match self {
             Self::Api { source, .. }
             | Self::EnrollmentRefused(source)
@@ -395,7 +396,7 @@ impl<A: Api> Agent<A> {
                     Err(e @ AgentError::RenewalRefused(_)) => return Err(e),
                     Err(e) => {
                         let delay = renew_backoff.next_delay(self.rng.as_ref());
-                        if attesting && e.code() == Some("device_stale") {
+                        if attesting && e.code() == Some(ProblemCode::DeviceStale) {
                             // A stale device becomes active again by attesting.
                             attest_at = Some(self.clock.now());
                         }

@@ -4,8 +4,9 @@
 use crate::client::ApiError;
 use crate::credentials::{certificates, presented_chain, CertificateInfo};
 use crate::lifecycle::{Agent, AgentError, Api, ClientIdentity};
-use crate::protocol::{EnrollResponse, RenewRequest};
 use crate::state::{rfc3339, Enrolled, Identity};
+use vouch_proto::enroll::{EnrollResponse, RenewRequest};
+use vouch_proto::ProblemCode;
 
 impl<A: Api> Agent<A> {
     /// Builds what is saved from an enrollment or renewal answer for `key_pem`.
@@ -58,7 +59,12 @@ impl<A: Api> Agent<A> {
         self.state.stage_next_key(&key_pem)?;
         let resp = match self.api.renew(&ClientIdentity::from(enrolled), &req).await {
             Ok(resp) => resp,
-            Err(e) if matches!(e.code(), Some("device_revoked" | "device_unknown")) => {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(ProblemCode::DeviceRevoked | ProblemCode::DeviceUnknown)
+                ) =>
+            {
                 return Err(AgentError::RenewalRefused(e))
             }
             Err(e) => {

@@ -54,6 +54,32 @@ impl Clock for SystemClock {
     }
 }
 
+/// The wall clock as tokio's timer sees it: the wall-clock time when the clock was made, plus
+/// the time tokio has counted since. The agent waits with tokio's timer, so with this clock
+/// its reading of the time and its waits move together; in tests with tokio's time paused,
+/// hours of schedule (30-minute attestations, renewals at half-life) pass in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    wall: OffsetDateTime,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock that reads the wall clock now and follows tokio's time from here.
+    pub fn starting_now() -> Self {
+        Self {
+            wall: OffsetDateTime::now_utc(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> OffsetDateTime {
+        self.wall + self.start.elapsed()
+    }
+}
+
 /// How retries back off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {

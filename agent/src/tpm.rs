@@ -85,10 +85,10 @@ pub struct Endorsement {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AkBlobs {
     /// `TPM2B_PRIVATE` buffer contents (encrypted by the TPM under the EK).
-    #[serde(with = "crate::protocol::b64")]
+    #[serde(with = "b64")]
     pub private: Vec<u8>,
     /// Marshalled `TPMT_PUBLIC` (no size prefix).
-    #[serde(with = "crate::protocol::b64")]
+    #[serde(with = "b64")]
     pub public: Vec<u8>,
 }
 
@@ -449,5 +449,19 @@ mod tests {
         assert_eq!(text, r#"{"private":"AQID","public":"ACP/"}"#);
         let back: AkBlobs = serde_json::from_str(&text).unwrap();
         assert_eq!(back, blobs);
+    }
+}
+
+/// The AK blobs are kept in the state directory as standard base64 strings.
+mod b64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&vouch_proto::encoding::base64(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        vouch_proto::encoding::from_base64(&text).map_err(serde::de::Error::custom)
     }
 }

@@ -309,7 +309,7 @@ async fn watch_policies(state: AppState, every: std::time::Duration) {
     loop {
         ticks.tick().await;
         if let Err(e) = api::policy::reload_policies(&state, "policy-watcher", false).await {
-            tracing::warn!(code = e.code, detail = %e.detail, "policy watcher could not reload");
+            tracing::warn!(code = e.code.as_str(), detail = %e.detail, "policy watcher could not reload");
         }
     }
 }

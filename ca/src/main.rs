@@ -222,7 +222,7 @@ async fn reload_on_hangup(state: vouch_ca::api::AppState) {
             if let Err(e) =
                 vouch_ca::api::policy::reload_policies(&state, "signal:SIGHUP", true).await
             {
-                tracing::warn!(code = e.code, detail = %e.detail, "policy reload failed");
+                tracing::warn!(code = e.code.as_str(), detail = %e.detail, "policy reload failed");
             }
         }
     }

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 use vouch_attestor::testing::{boot_events, measure};
+use vouch_proto::ProblemCode;
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -197,9 +198,14 @@ async fn a_tpm_device_enrolls_attests_renews_and_is_quarantined_by_a_changed_boo
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(reason.contains("attestation_failed"), "{reason}");
+    assert!(
+        reason.contains(ProblemCode::AttestationFailed.as_str()),
+        "{reason}"
+    );
     wait_for(Duration::from_secs(10), "a refused renewal", || {
-        process.log().contains("device_quarantined")
+        process
+            .log()
+            .contains(ProblemCode::DeviceQuarantined.as_str())
     })
     .await;
     assert!(process.is_running(), "{}", process.log());
@@ -240,7 +246,10 @@ async fn the_ek_certificate_goes_to_a_server_that_requires_one() {
     let out = agent(args, Some(&server.token(body).await)).await;
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("ek_certificate_required"), "{err}");
+    assert!(
+        err.contains(ProblemCode::EkCertificateRequired.as_str()),
+        "{err}"
+    );
     assert!(!state_dir(&other).join("identity.json").exists());
 }
 

@@ -8,16 +8,21 @@ use ring::rand::{SecureRandom, SystemRandom};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 use vouch_agent::client::ApiError;
 use vouch_agent::credentials::CertificateInfo;
 use vouch_agent::lifecycle::{Api, ClientIdentity};
-use vouch_agent::protocol::{
-    ActivationChallenge, AttestChallenge, AttestResult, EnrollRequest, EnrollResponse,
-    QuoteRequest, RenewRequest, TpmEnrollRequest,
-};
+use vouch_agent::schedule::{Clock, TokioClock};
 use vouch_attestor::credential::make_credential;
 use vouch_attestor::quote::{check_attestation_key, verify_quote, Evidence, Expected};
 use vouch_attestor::tpm::{qualified_name, PcrSelection, Public, RH_ENDORSEMENT};
+use vouch_proto::attest::{AttestChallenge, AttestOutcome, QuoteSubmission};
+use vouch_proto::device::AttestationState;
+use vouch_proto::encoding::{base64, from_base64};
+use vouch_proto::enroll::{
+    EnrollRequest, EnrollResponse, RenewRequest, TpmChallenge, TpmEnrollStart,
+};
+use vouch_proto::ProblemCode;
 
 pub const QUOTED: [u8; 9] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
 
@@ -31,7 +36,7 @@ pub struct Inner {
     /// Calls that failed as if unreachable.
     pub unreachable: u32,
     /// Renewals are refused with this code.
-    pub refuse_renewal: Option<&'static str>,
+    pub refuse_renewal: Option<ProblemCode>,
     pub token_used: bool,
     pub enrolls: u32,
     pub tpm_enrolls: u32,
@@ -50,6 +55,9 @@ pub struct Inner {
     /// Accepted PCR values; `None`: the first passing quote sets them.
     pub reference: Option<BTreeMap<u8, [u8; 32]>>,
     pub quarantined: bool,
+    /// When each quote and each renewal arrived (the fake's clock).
+    pub quote_times: Vec<OffsetDateTime>,
+    pub renewal_times: Vec<OffsetDateTime>,
 }
 
 pub struct Server {
@@ -58,7 +66,11 @@ pub struct Server {
     pub ca_pem: String,
     pub token: String,
     pub lifetime: time::Duration,
+    /// The time: tokio's, so tests with paused time control it.
+    pub clock: TokioClock,
     inner: Mutex<Inner>,
+    /// Signalled after every call, for [`Server::wait_until`].
+    called: Notify,
 }
 
 /// The agent's handle on the fake.
@@ -71,11 +83,37 @@ fn random(n: usize) -> Vec<u8> {
     b
 }
 
-fn problem(status: u16, code: &str, detail: &str) -> ApiError {
+fn problem(code: ProblemCode, detail: &str) -> ApiError {
     ApiError::Problem {
-        status,
-        code: code.into(),
+        status: code.status(),
+        code: code.as_str().into(),
         detail: detail.into(),
+    }
+}
+
+/// The quote submission's fields, decoded as the real server does (less strictly).
+struct Submission {
+    nonce: Vec<u8>,
+    quote: Vec<u8>,
+    signature: Vec<u8>,
+    pcr_values: BTreeMap<u8, [u8; 32]>,
+}
+
+fn decode(req: &QuoteSubmission) -> Submission {
+    Submission {
+        nonce: hex::decode(&req.nonce).unwrap(),
+        quote: from_base64(&req.quote).unwrap(),
+        signature: from_base64(&req.signature).unwrap(),
+        pcr_values: req
+            .pcr_values
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.parse().unwrap(),
+                    hex::decode(v).unwrap().try_into().unwrap(),
+                )
+            })
+            .collect(),
     }
 }
 
@@ -109,8 +147,25 @@ impl Server {
             ca_pem,
             token,
             lifetime,
+            clock: TokioClock::starting_now(),
             inner: Mutex::new(Inner::default()),
+            called: Notify::new(),
         })
+    }
+
+    /// Waits until `cond` holds, re-checking after every call the agent makes. It sets no
+    /// timer, so with tokio's time paused only the agent's own waits move the clock (a real
+    /// TPM's work takes no virtual time). A watchdog thread ends the test process if `cond`
+    /// does not hold within a minute of real time.
+    pub async fn wait_until(&self, what: &str, mut cond: impl FnMut(&Inner) -> bool) {
+        let _watchdog = Watchdog::start(what);
+        loop {
+            let notified = self.called.notified();
+            if cond(&self.inner()) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -118,8 +173,11 @@ impl Server {
     }
 
     /// Fails the call if the server is "down".
-    fn reachable(&self) -> Result<MutexGuard<'_, Inner>, ApiError> {
-        let mut inner = self.inner();
+    fn reachable(&self) -> Result<Call<'_>, ApiError> {
+        let mut inner = Call {
+            inner: self.inner(),
+            called: &self.called,
+        };
         if inner.down {
             inner.unreachable += 1;
             return Err(ApiError::Transport("connection refused".into()));
@@ -139,8 +197,8 @@ impl Server {
         csr_pem: &str,
     ) -> Result<EnrollResponse, ApiError> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|_| problem(400, "csr_malformed", "bad CSR"))?;
-        let now = OffsetDateTime::now_utc();
+            .map_err(|_| problem(ProblemCode::CsrMalformed, "bad CSR"))?;
+        let now = self.clock.now();
         let serial = random(16);
         csr.params.serial_number = Some(serial.clone().into());
         csr.params.not_before = now - time::Duration::seconds(1);
@@ -156,13 +214,14 @@ impl Server {
             certificate_pem: cert.pem(),
             ca_chain_pem: self.ca_pem.clone(),
             not_after: String::new(),
+            private_key_pem: None,
         })
     }
 
     /// The device presenting `identity`, as mTLS would establish it (expired: no handshake).
     fn caller(&self, inner: &Inner, identity: &ClientIdentity) -> Result<String, ApiError> {
         let cert = CertificateInfo::from_pem(&identity.cert_pem, "client certificate").unwrap();
-        if cert.not_after < OffsetDateTime::now_utc() {
+        if cert.not_after < self.clock.now() {
             return Err(ApiError::Transport(
                 "tls handshake: certificate expired".into(),
             ));
@@ -175,7 +234,7 @@ impl Server {
             .serials
             .get(&cert.serial)
             .cloned()
-            .ok_or_else(|| problem(403, "device_unknown", "unknown certificate"))
+            .ok_or_else(|| problem(ProblemCode::DeviceUnknown, "unknown certificate"))
     }
 }
 
@@ -200,46 +259,50 @@ impl Api for Fake {
     async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ApiError> {
         let mut inner = self.0.reachable()?;
         if req.token != self.0.token {
-            return Err(problem(401, "token_invalid", "unknown token"));
+            return Err(problem(ProblemCode::TokenInvalid, "unknown token"));
         }
         if inner.token_used {
-            return Err(problem(403, "token_used", "token already used"));
+            return Err(problem(ProblemCode::TokenUsed, "token already used"));
         }
         let device = format!("dev-{}", hex::encode(random(4)));
         if let Some(tpm) = &req.tpm {
             let Some((secret, ek, ak)) = inner.activations.remove(&tpm.activation_id) else {
-                return Err(problem(403, "activation_invalid", "unknown activation"));
+                return Err(problem(
+                    ProblemCode::ActivationInvalid,
+                    "unknown activation",
+                ));
             };
-            if secret != tpm.secret {
-                return Err(problem(403, "activation_invalid", "wrong secret"));
+            if base64(&secret) != tpm.secret {
+                return Err(problem(ProblemCode::ActivationInvalid, "wrong secret"));
             }
             inner.keys.insert(device.clone(), (ek, ak));
         }
-        let resp = self.0.issue(&mut inner, &device, &req.csr_pem)?;
+        let csr = req.csr_pem.as_deref().unwrap_or_default();
+        let resp = self.0.issue(&mut inner, &device, csr)?;
         inner.token_used = true;
         inner.enrolls += 1;
         Ok(resp)
     }
 
-    async fn enroll_tpm(&self, req: &TpmEnrollRequest) -> Result<ActivationChallenge, ApiError> {
+    async fn enroll_tpm(&self, req: &TpmEnrollStart) -> Result<TpmChallenge, ApiError> {
         let mut inner = self.0.reachable()?;
         if req.token != self.0.token || inner.token_used {
-            return Err(problem(401, "token_invalid", "bad token"));
+            return Err(problem(ProblemCode::TokenInvalid, "bad token"));
         }
-        let bad = |_| problem(400, "tpm_structure_invalid", "does not parse");
-        let ek = Public::parse(&req.ek_public).map_err(bad)?;
-        let ak = Public::parse(&req.ak_public).map_err(bad)?;
+        let bad = |_| problem(ProblemCode::TpmStructureInvalid, "does not parse");
+        let ek = Public::parse(&from_base64(&req.ek_public).unwrap()).map_err(bad)?;
+        let ak = Public::parse(&from_base64(&req.ak_public).unwrap()).map_err(bad)?;
         check_attestation_key(&ak)
-            .map_err(|e| problem(400, "not_an_attestation_key", &e.to_string()))?;
+            .map_err(|e| problem(ProblemCode::NotAnAttestationKey, &e.to_string()))?;
         let secret = random(32);
         let made = make_credential(&ek, &ak.name(), &secret, &SystemRandom::new()).unwrap();
         let id = hex::encode(random(16));
         inner.activations.insert(id.clone(), (secret, ek, ak));
         inner.tpm_enrolls += 1;
-        Ok(ActivationChallenge {
+        Ok(TpmChallenge {
             activation_id: id,
-            id_object: made.id_object,
-            encrypted_secret: made.encrypted_secret,
+            id_object: base64(&made.id_object),
+            encrypted_secret: base64(&made.encrypted_secret),
             expires_at: "2099-01-01T00:00:00Z".into(),
         })
     }
@@ -253,14 +316,16 @@ impl Api for Fake {
         let device = self.0.caller(&inner, identity)?;
         if let Some(code) = inner.refuse_renewal {
             inner.refused += 1;
-            return Err(problem(403, code, "refused by the test"));
+            return Err(problem(code, "refused by the test"));
         }
         if inner.quarantined {
             inner.refused += 1;
-            return Err(problem(403, "device_quarantined", "quarantined"));
+            return Err(problem(ProblemCode::DeviceQuarantined, "quarantined"));
         }
         let resp = self.0.issue(&mut inner, &device, &req.csr_pem)?;
         inner.renewals += 1;
+        let at = self.0.clock.now();
+        inner.renewal_times.push(at);
         Ok(resp)
     }
 
@@ -271,12 +336,15 @@ impl Api for Fake {
         let mut inner = self.0.reachable()?;
         let device = self.0.caller(&inner, identity)?;
         if !inner.keys.contains_key(&device) {
-            return Err(problem(409, "no_attestation_key", "enrolled without a TPM"));
+            return Err(problem(
+                ProblemCode::NoAttestationKey,
+                "enrolled without a TPM",
+            ));
         }
         let nonce = random(32);
         inner.nonces.insert(nonce.clone(), device);
         Ok(AttestChallenge {
-            nonce,
+            nonce: hex::encode(nonce),
             pcrs: QUOTED.to_vec(),
             hash: "sha256".into(),
             expires_at: "2099-01-01T00:00:00Z".into(),
@@ -286,14 +354,17 @@ impl Api for Fake {
     async fn attest_quote(
         &self,
         identity: &ClientIdentity,
-        req: &QuoteRequest,
-    ) -> Result<AttestResult, ApiError> {
+        req: &QuoteSubmission,
+    ) -> Result<AttestOutcome, ApiError> {
+        let req = &decode(req);
         let mut inner = self.0.reachable()?;
         let device = self.0.caller(&inner, identity)?;
         if inner.nonces.remove(&req.nonce).as_ref() != Some(&device) {
-            return Err(problem(403, "nonce_invalid", "unknown nonce"));
+            return Err(problem(ProblemCode::NonceInvalid, "unknown nonce"));
         }
         inner.quotes += 1;
+        let at = self.0.clock.now();
+        inner.quote_times.push(at);
         let (ek, ak) = inner.keys[&device].clone();
         let ek_qn = qualified_name(&RH_ENDORSEMENT, &ek.name());
         let selection = PcrSelection::sha256(&QUOTED);
@@ -324,16 +395,70 @@ impl Api for Fake {
                     .reference
                     .get_or_insert_with(|| req.pcr_values.clone());
                 inner.quarantined = false;
-                Ok(AttestResult {
+                Ok(AttestOutcome {
                     result: "pass".into(),
-                    attestation: "active".into(),
-                    reference_set: Some("golden".into()),
+                    attestation: AttestationState::Active,
+                    reference_set: "golden".into(),
                 })
             }
             Err(detail) => {
                 inner.quarantined = true;
-                Err(problem(422, "attestation_failed", &detail))
+                Err(problem(ProblemCode::AttestationFailed, &detail))
             }
         }
+    }
+}
+
+/// Ends the test process if it is not dropped within a minute of real time: a guard for
+/// waits that set no timer.
+struct Watchdog(Arc<std::sync::atomic::AtomicBool>);
+
+impl Watchdog {
+    fn start(what: &str) -> Self {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, what) = (done.clone(), what.to_owned());
+        std::thread::spawn(move || {
+            for _ in 0..600 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+            }
+            eprintln!("timed out after 60 s of real time waiting for {what}");
+            std::process::exit(101);
+        });
+        Self(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The fake's state for the length of one call; waiters of [`Server::wait_until`] re-check
+/// when it ends.
+struct Call<'a> {
+    inner: MutexGuard<'a, Inner>,
+    called: &'a Notify,
+}
+
+impl std::ops::Deref for Call<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Call<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.inner
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        self.called.notify_waiters();
     }
 }

@@ -6,10 +6,12 @@ use crate::fake::{join_token, Fake, Server};
 use crate::support::*;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use vouch_agent::lifecycle::{Agent, AgentError, Settings};
-use vouch_agent::schedule::{RetryPolicy, SystemClock, SystemRandom};
+use vouch_agent::schedule::{Clock, RetryPolicy, SystemRandom};
 use vouch_agent::state::{StateDir, AK, IDENTITY};
+use vouch_proto::ProblemCode;
 
 fn settings(server: &Server, dir: &Path, tpm: Option<String>, once: bool) -> Settings {
     Settings {
@@ -33,7 +35,7 @@ fn agent(server: &Arc<Server>, settings: Settings) -> Agent<Fake> {
         Fake(server.clone()),
         state,
         settings,
-        Arc::new(SystemClock),
+        Arc::new(server.clock),
         Arc::new(SystemRandom::default()),
     )
 }
@@ -52,7 +54,7 @@ fn identity(dir: &Path) -> vouch_agent::state::Identity {
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn plain_enrollment_then_restarts_without_the_token() {
     let server = Server::new(time::Duration::hours(1));
     let dir = tempfile::tempdir().unwrap();
@@ -70,7 +72,7 @@ async fn plain_enrollment_then_restarts_without_the_token() {
     assert_eq!(identity(dir.path()), id);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn tpm_enrollment_activates_the_credential_and_attests() {
     let tpm = SoftwareTpm::start();
     let server = Server::new(time::Duration::hours(1));
@@ -96,7 +98,7 @@ async fn tpm_enrollment_activates_the_credential_and_attests() {
     assert_eq!(open(&tpm).loaded_handles().unwrap(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_attestation_is_recorded_and_quarantine_is_not_fatal() {
     let tpm = SoftwareTpm::start();
     let server = Server::new(time::Duration::seconds(8));
@@ -110,7 +112,10 @@ async fn a_failed_attestation_is_recorded_and_quarantine_is_not_fatal() {
     assert!(matches!(err, AgentError::AttestationFailed(_)), "{err}");
     let failed = identity(dir.path()).last_attestation.unwrap();
     assert_eq!(failed.result, "fail");
-    assert!(failed.reason.unwrap().contains("attestation_failed"));
+    assert!(failed
+        .reason
+        .unwrap()
+        .contains(ProblemCode::AttestationFailed.as_str()));
 
     // Running on: renewals are refused (quarantined) and retried, attestations keep failing,
     // and the agent keeps its identity.
@@ -121,24 +126,19 @@ async fn a_failed_attestation_is_recorded_and_quarantine_is_not_fatal() {
         );
         async move { a.start().await }
     });
-    wait_for(
-        Duration::from_secs(10),
-        "two more failed quotes and a refused renewal",
-        || {
-            let inner = server.inner();
+    server
+        .wait_until("two more failed quotes and a refused renewal", |inner| {
             inner.quotes >= 4 && inner.refused >= 1
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(!task.is_finished());
     assert_eq!(server.inner().renewals, 0);
     // The reference changes to the new boot (an operator accepted it): the next quote
     // passes, quarantine ends, and the renewal goes through.
     server.inner().reference = None;
-    wait_for(Duration::from_secs(10), "a renewal", || {
-        server.inner().renewals >= 1
-    })
-    .await;
+    server
+        .wait_until("a renewal", |inner| inner.renewals >= 1)
+        .await;
     assert_eq!(
         identity(dir.path()).last_attestation.unwrap().result,
         "pass"
@@ -146,7 +146,7 @@ async fn a_failed_attestation_is_recorded_and_quarantine_is_not_fatal() {
     task.abort();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn renews_at_half_life_and_rides_out_an_outage() {
     let server = Server::new(time::Duration::seconds(6));
     let dir = tempfile::tempdir().unwrap();
@@ -155,15 +155,14 @@ async fn renews_at_half_life_and_rides_out_an_outage() {
         let a = agent(&server, settings(&server, dir.path(), None, false));
         async move { a.start().await }
     });
-    wait_for(Duration::from_secs(8), "a renewal", || {
-        server.inner().renewals >= 1
-    })
-    .await;
+    server
+        .wait_until("a renewal", |inner| inner.renewals >= 1)
+        .await;
     // Half of what was left of the certificate when it arrived (5 to 6 s: notAfter has
-    // whole seconds), ±10 % jitter, plus scheduling slack.
+    // whole seconds), ±10 % jitter. Time is tokio's, paused: no scheduling slack to allow.
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(2200) && took < Duration::from_millis(4000),
+        took >= Duration::from_millis(2250) && took <= Duration::from_millis(3300),
         "{took:?}"
     );
     let serial = identity(dir.path()).serial;
@@ -174,12 +173,11 @@ async fn renews_at_half_life_and_rides_out_an_outage() {
 
     // An outage shorter than the remaining validity: the agent retries and keeps going.
     server.inner().down = true;
-    wait_for(
-        Duration::from_secs(6),
-        "renewal attempts during the outage",
-        || server.inner().unreachable >= 2,
-    )
-    .await;
+    server
+        .wait_until("renewal attempts during the outage", |inner| {
+            inner.unreachable >= 2
+        })
+        .await;
     assert!(!task.is_finished());
     assert_eq!(
         identity(dir.path()).serial,
@@ -187,16 +185,15 @@ async fn renews_at_half_life_and_rides_out_an_outage() {
         "no renewal during the outage"
     );
     server.inner().down = false;
-    wait_for(Duration::from_secs(3), "a renewal after the outage", || {
-        server.inner().renewals >= 2
-    })
-    .await;
+    server
+        .wait_until("a renewal after the outage", |inner| inner.renewals >= 2)
+        .await;
     assert_ne!(identity(dir.path()).serial, serial);
     assert_eq!(server.inner().enrolls, 1);
     task.abort();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_outage_past_the_certificate_expiry_stops_the_agent() {
     let server = Server::new(time::Duration::seconds(2));
     let dir = tempfile::tempdir().unwrap();
@@ -210,32 +207,31 @@ async fn an_outage_past_the_certificate_expiry_stops_the_agent() {
     assert!(matches!(err, AgentError::Expired(_)), "{err}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_revoked_device_stops_and_a_stale_one_keeps_trying() {
     let server = Server::new(time::Duration::seconds(5));
     let dir = tempfile::tempdir().unwrap();
     once(&server, dir.path(), None).await.unwrap();
-    server.inner().refuse_renewal = Some("device_stale");
+    server.inner().refuse_renewal = Some(ProblemCode::DeviceStale);
     let task = tokio::spawn({
         let a = agent(&server, settings(&server, dir.path(), None, false));
         async move { a.start().await }
     });
-    wait_for(Duration::from_secs(5), "refused renewals", || {
-        server.inner().refused >= 2
-    })
-    .await;
+    server
+        .wait_until("refused renewals", |inner| inner.refused >= 2)
+        .await;
     assert!(!task.is_finished(), "a stale device is not a fatal error");
-    server.inner().refuse_renewal = Some("device_revoked");
+    server.inner().refuse_renewal = Some(ProblemCode::DeviceRevoked);
     let err = tokio::time::timeout(Duration::from_secs(3), task)
         .await
         .unwrap()
         .unwrap()
         .unwrap_err();
     assert!(matches!(err, AgentError::RenewalRefused(_)), "{err}");
-    assert_eq!(err.code(), Some("device_revoked"));
+    assert_eq!(err.code(), Some(ProblemCode::DeviceRevoked));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn first_enrollment_retries_transient_failures_a_few_times_with_once() {
     let server = Server::new(time::Duration::hours(1));
     let dir = tempfile::tempdir().unwrap();
@@ -251,7 +247,7 @@ async fn first_enrollment_retries_transient_failures_a_few_times_with_once() {
     assert!(!dir.path().join(IDENTITY).exists());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn refusals_and_a_wrong_pin_are_final_and_save_nothing() {
     let server = Server::new(time::Duration::hours(1));
     let dir = tempfile::tempdir().unwrap();
@@ -270,11 +266,55 @@ async fn refusals_and_a_wrong_pin_are_final_and_save_nothing() {
         .await
         .unwrap_err();
     assert!(matches!(err, AgentError::EnrollmentRefused(_)), "{err}");
-    assert_eq!(err.code(), Some("token_used"));
+    assert_eq!(err.code(), Some(ProblemCode::TokenUsed));
 
     let mut s = settings(&server, dir.path(), None, true);
     s.join_token = None;
     let err = agent(&server, s).start().await.unwrap_err();
     assert!(matches!(err, AgentError::NoJoinToken), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// The production schedule, run in virtual time: a TPM device with a 24-hour certificate
+/// attests every 30 minutes and renews at about half-life, for 28 hours. Tokio's time is
+/// paused, so the 28 hours take as long as the swtpm's 57 quotes (a few seconds).
+#[tokio::test(start_paused = true)]
+async fn a_day_of_30_minute_attestations_and_half_life_renewals() {
+    let tpm = SoftwareTpm::start();
+    let server = Server::new(time::Duration::hours(24));
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&server, dir.path(), Some(tpm.tcti()), false);
+    s.attest_every = Duration::from_secs(30 * 60);
+    let started = server.clock.now();
+    let task = tokio::spawn({
+        let a = agent(&server, s);
+        async move { a.start().await }
+    });
+    server
+        .wait_until("28 hours of quotes", |inner| inner.quote_times.len() >= 57)
+        .await;
+    task.abort();
+    let inner = server.inner();
+    let half_hour = time::Duration::minutes(30);
+    for pair in inner.quote_times.windows(2) {
+        assert_eq!(pair[1] - pair[0], half_hour, "quotes at {pair:?}");
+    }
+    assert_eq!(
+        inner.quote_times[0], started,
+        "the first quote follows enrollment"
+    );
+    assert_eq!(inner.quote_times[56] - started, time::Duration::hours(28));
+    // Renewal at half of the remaining lifetime, ±10 % jitter: 10.8 to 13.2 hours apart.
+    let mut previous = started;
+    for at in &inner.renewal_times {
+        let gap = *at - previous;
+        assert!(
+            gap >= time::Duration::minutes(648) && gap <= time::Duration::minutes(792),
+            "renewal {gap} after the previous certificate"
+        );
+        previous = *at;
+    }
+    // The second renewal is due by 26.4 hours, the third not before 32.4.
+    assert_eq!(inner.renewal_times.len(), 2, "{:?}", inner.renewal_times);
+    assert_eq!(inner.enrolls, 1);
 }

@@ -9,21 +9,21 @@ use super::auth::DeviceCaller;
 use super::problem::{bounded, ApiError, ApiJson};
 use super::AppState;
 use crate::nonce::NONCE_LEN;
-use crate::store::{AttestJob, AttestWrite, AttestationResult, AttestationState, DeviceStatus};
+use crate::store::{AttestJob, AttestWrite, AttestationResult, DeviceStatus};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use utoipa::ToSchema;
 use vouch_attestor::quote::{verify_quote, Evidence, Expected};
 use vouch_attestor::reference::evaluate;
 use vouch_attestor::tpm::{qualified_name, PcrSelection, Public, RH_ENDORSEMENT};
+use vouch_proto::attest::{AttestChallenge, AttestOutcome, QuoteSubmission};
+use vouch_proto::ProblemCode;
 
 /// How long a nonce may be answered, seconds.
 pub const NONCE_TTL_SECS: i64 = 300;
@@ -33,59 +33,6 @@ pub const MAX_EVENT_LOG_BYTES: usize = 512 * 1024;
 
 /// Body limit of `POST /v1/attest/quote`: an event log in base64 and the rest.
 pub const MAX_QUOTE_BODY_BYTES: usize = MAX_EVENT_LOG_BYTES * 4 / 3 + 64 * 1024;
-
-/// `POST /v1/attest/challenge` answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AttestChallenge {
-    /// The nonce to quote over (hex, 32 bytes).
-    pub nonce: String,
-    /// The PCRs to quote.
-    pub pcrs: Vec<u8>,
-    /// Their bank.
-    pub hash: String,
-    /// Answer before this time (RFC 3339).
-    pub expires_at: String,
-}
-
-/// `POST /v1/attest/quote` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct QuoteSubmission {
-    /// The nonce of the challenge (hex).
-    #[schema(pattern = "^[0-9a-f]{64}$")]
-    pub nonce: String,
-    /// `TPMS_ATTEST`, base64.
-    #[schema(
-        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
-        content_encoding = "base64"
-    )]
-    pub quote: String,
-    /// `TPMT_SIGNATURE`, base64.
-    #[schema(
-        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
-        content_encoding = "base64"
-    )]
-    pub signature: String,
-    /// SHA-256 PCR values by index (hex).
-    pub pcr_values: BTreeMap<String, String>,
-    /// The TCG crypto-agile event log, base64, if the device has one.
-    #[schema(
-        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
-        content_encoding = "base64"
-    )]
-    pub event_log: Option<String>,
-}
-
-/// `POST /v1/attest/quote` answer when the quote passes.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AttestOutcome {
-    /// `pass`.
-    pub result: String,
-    /// The device's attestation state now.
-    pub attestation: AttestationState,
-    /// The reference set the quote met.
-    pub reference_set: String,
-}
 
 /// What never changes for a certificate serial: the device it names, its class, and the TPM
 /// keys bound at enrollment (a re-enrollment issues a new serial). Kept in memory for
@@ -162,8 +109,7 @@ async fn tpm_device(state: &AppState, caller: &DeviceCaller) -> Result<Arc<TpmId
         .await?
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::FORBIDDEN,
-                "device_unknown",
+                ProblemCode::DeviceUnknown,
                 "certificate is not known to the registry",
             )
         })?;
@@ -176,8 +122,7 @@ async fn tpm_device(state: &AppState, caller: &DeviceCaller) -> Result<Arc<TpmId
     }
     let keys = found.keys.ok_or_else(|| {
         ApiError::new(
-            StatusCode::CONFLICT,
-            "no_attestation_key",
+            ProblemCode::NoAttestationKey,
             "device was enrolled without a TPM; it has no attestation key",
         )
     })?;
@@ -199,8 +144,7 @@ async fn tpm_device(state: &AppState, caller: &DeviceCaller) -> Result<Arc<TpmId
 
 fn device_revoked() -> ApiError {
     ApiError::new(
-        StatusCode::FORBIDDEN,
-        "device_revoked",
+        ProblemCode::DeviceRevoked,
         "the device or this certificate is revoked, or superseded by a re-enrollment",
     )
 }
@@ -274,8 +218,7 @@ pub async fn quote(
 ) -> Result<Json<AttestOutcome>, ApiError> {
     let nonce_invalid = || {
         ApiError::new(
-            StatusCode::FORBIDDEN,
-            "nonce_invalid",
+            ProblemCode::NonceInvalid,
             "nonce is unknown, used, expired or was issued to another device",
         )
     };
@@ -332,8 +275,7 @@ pub async fn quote(
         AttestationResult::Fail { reason } => {
             tracing::warn!(device_id = %device.device_id, reason = %reason, "attestation failed; device quarantined");
             Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "attestation_failed",
+                ProblemCode::AttestationFailed,
                 format!("attestation failed, device quarantined: {reason}"),
             ))
         }

@@ -5,22 +5,11 @@ use super::auth::Operator;
 use super::devices::{audited_reason, device_id, not_found};
 use super::problem::{ApiError, ApiJson};
 use super::AppState;
-use crate::store::{AttestationRecord, DeviceRecord, ReleaseOutcome};
+use crate::store::{DeviceRecord, ReleaseOutcome};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::Json;
-
-/// Most history entries returned.
-pub const HISTORY_LIMIT: i64 = 200;
-
-/// A device's attestation history, newest first.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct AttestationHistory {
-    /// The device.
-    pub device: DeviceRecord,
-    /// Results and state changes, newest first (at most 200).
-    pub attestations: Vec<AttestationRecord>,
-}
+use vouch_proto::device::{AttestationHistory, ReleaseRequest, HISTORY_LIMIT};
+use vouch_proto::ProblemCode;
 
 /// The attestation results and state changes of one device.
 #[utoipa::path(get, path = "/v1/devices/{id}/attestations", security(("operator_jwt" = [])),
@@ -47,15 +36,6 @@ pub async fn history(
     }))
 }
 
-/// Body of a release.
-#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReleaseRequest {
-    /// Why the device may return to service (1 to 256 characters; audited).
-    #[schema(min_length = 1, max_length = 256)]
-    pub reason: String,
-}
-
 /// Releases a quarantined device: it is `active` again until its next attestation says
 /// otherwise. `409 device_not_quarantined` if it is not quarantined.
 #[utoipa::path(post, path = "/v1/devices/{id}/release", request_body = ReleaseRequest,
@@ -78,8 +58,7 @@ pub async fn release(
     {
         ReleaseOutcome::NotFound => Err(not_found()),
         ReleaseOutcome::NotQuarantined => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "device_not_quarantined",
+            ProblemCode::DeviceNotQuarantined,
             "device is not quarantined",
         )),
         ReleaseOutcome::Released(device) => {

@@ -9,9 +9,10 @@ use super::AppState;
 use crate::ids::{DeviceId, Serial, TrustDomain};
 use crate::tokens::{OperatorClaims, Role, TokenError, OPERATOR_AUDIENCE};
 use axum::extract::FromRequestParts;
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
 use rustls_pki_types::CertificateDer;
+use vouch_proto::ProblemCode;
 use x509_parser::extensions::GeneralName;
 
 /// The client certificate of the TLS connection, read once per connection (not per request)
@@ -93,8 +94,7 @@ impl Operator {
             Ok(())
         } else {
             Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden_role",
+                ProblemCode::ForbiddenRole,
                 format!("role `{}` may only read", self.claims.role.as_str()),
             ))
         }
@@ -106,8 +106,7 @@ impl Operator {
             Ok(())
         } else {
             Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden_role",
+                ProblemCode::ForbiddenRole,
                 "this call needs the `admin` role",
             ))
         }
@@ -120,8 +119,7 @@ impl FromRequestParts<AppState> for Operator {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
+                ProblemCode::Unauthenticated,
                 "operator endpoints need `Authorization: Bearer <operator token>`",
             )
         })?;
@@ -131,8 +129,7 @@ impl FromRequestParts<AppState> for Operator {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
                 ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
+                    ProblemCode::Unauthenticated,
                     "authorization header must be `Bearer <operator token>`",
                 )
             })?;
@@ -152,22 +149,17 @@ impl FromRequestParts<AppState> for Operator {
 /// The 401 for a refused token.
 pub fn token_problem(e: &TokenError, kind: &str) -> ApiError {
     let code = match e {
-        TokenError::Expired => "token_expired",
-        TokenError::Malformed | TokenError::Invalid => "token_invalid",
+        TokenError::Expired => ProblemCode::TokenExpired,
+        TokenError::Malformed | TokenError::Invalid => ProblemCode::TokenInvalid,
     };
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        code,
-        format!("{kind} token refused: {e}"),
-    )
+    ApiError::new(code, format!("{kind} token refused: {e}"))
 }
 
 /// The 403 for a client certificate that is itself revoked (superseded by a re-enrollment)
 /// while its device is not.
 pub fn certificate_revoked_problem() -> ApiError {
     ApiError::new(
-        StatusCode::FORBIDDEN,
-        "certificate_revoked",
+        ProblemCode::CertificateRevoked,
         "this certificate is revoked (superseded); use the device's current certificate",
     )
 }
@@ -192,8 +184,7 @@ impl DeviceCaller {
             tracing::warn!(serial = %self.serial.to_hex(), certificate_device = %self.device_id.as_str(),
                 registry_device = %record_id, "client certificate names another device than its serial");
             Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "device_unknown",
+                ProblemCode::DeviceUnknown,
                 "client certificate does not match the registry's record of its serial",
             ))
         }
@@ -206,8 +197,7 @@ impl FromRequestParts<AppState> for DeviceCaller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let required = || {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "client_certificate_required",
+                ProblemCode::ClientCertificateRequired,
                 "this call needs the device's certificate over mutual TLS",
             )
         };
@@ -215,15 +205,13 @@ impl FromRequestParts<AppState> for DeviceCaller {
             None | Some(PeerCertificate::None) => return Err(required()),
             Some(PeerCertificate::Unparsable) => {
                 return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "client_certificate_invalid",
+                    ProblemCode::ClientCertificateInvalid,
                     "client certificate does not parse",
                 ))
             }
             Some(PeerCertificate::NotADevice) => {
                 return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "device_unknown",
+                    ProblemCode::DeviceUnknown,
                     "client certificate was not issued to a device by this CA",
                 ))
             }
@@ -233,8 +221,7 @@ impl FromRequestParts<AppState> for DeviceCaller {
         // certificate, so every request checks it again.
         if state.clock.unix() > device.not_after + state.settings.clock_skew_secs {
             return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "client_certificate_expired",
+                ProblemCode::ClientCertificateExpired,
                 "the client certificate has expired; enroll again",
             ));
         }

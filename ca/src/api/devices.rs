@@ -7,48 +7,12 @@ use crate::ids::DeviceId;
 use crate::store::{DeviceFilter, DeviceRecord, DeviceStatus, RevokeOutcome};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
-
-/// Largest page of devices.
-pub const MAX_PAGE: i64 = 1000;
-
-/// Query of `GET /v1/devices`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Only devices in this zone.
-    #[param(
-        pattern = "^[a-z0-9][a-z0-9._-]{0,62}$",
-        min_length = 1,
-        max_length = 63
-    )]
-    pub zone: Option<String>,
-    /// Only devices with this status.
-    #[param(value_type = Option<DeviceStatus>)]
-    pub status: Option<String>,
-    /// The `next_cursor` of the previous page (a device id).
-    #[param(pattern = "^[0-9a-f]{32}$")]
-    pub cursor: Option<String>,
-    /// Page size (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-}
-
-/// A page of devices.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct DeviceList {
-    /// Devices ordered by id.
-    pub devices: Vec<DeviceRecord>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    pub next_cursor: Option<String>,
-}
+use vouch_proto::device::{DeviceList, ListQuery, RevokeRequest, RevokeResponse, MAX_PAGE};
+use vouch_proto::ProblemCode;
 
 fn bad_query(detail: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", detail)
+    ApiError::new(ProblemCode::InvalidQuery, detail)
 }
 
 /// Lists devices, filtered by zone and status, with cursor pagination.
@@ -100,11 +64,7 @@ pub async fn list_devices(
 }
 
 pub(super) fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "device_not_found",
-        "no device with that id",
-    )
+    ApiError::new(ProblemCode::DeviceNotFound, "no device with that id")
 }
 
 /// An operator's reason for an audited change: trimmed, 1 to 256 characters.
@@ -112,8 +72,7 @@ pub(super) fn audited_reason(raw: &str) -> Result<&str, ApiError> {
     let reason = raw.trim();
     if reason.is_empty() || reason.chars().count() > 256 {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            ProblemCode::InvalidBody,
             "reason must be 1 to 256 characters",
         ));
     }
@@ -138,28 +97,6 @@ pub async fn get_device(
     device.map(Json).ok_or_else(not_found)
 }
 
-/// `POST /v1/devices/{id}/revoke` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RevokeRequest {
-    /// Why (recorded in the registry and the audit log), 1 to 256 characters.
-    #[schema(min_length = 1, max_length = 256)]
-    pub reason: String,
-}
-
-/// Answer of a revocation.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RevokeResponse {
-    /// The device.
-    pub device_id: String,
-    /// Always `revoked`.
-    pub status: DeviceStatus,
-    /// Serials revoked now; all appear on the CRL.
-    pub revoked_serials: Vec<String>,
-    /// Number of the CRL that lists them.
-    pub crl_number: i64,
-}
-
 /// Revokes a device: its certificates go on the CRL at once and it can no longer renew.
 #[utoipa::path(post, path = "/v1/devices/{id}/revoke", request_body = RevokeRequest,
     security(("operator_jwt" = [])), params(("id" = String, Path, description = "device id")),
@@ -182,8 +119,7 @@ pub async fn revoke_device(
         RevokeOutcome::Revoked(serials) => serials,
         RevokeOutcome::AlreadyRevoked => {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "device_already_revoked",
+                ProblemCode::DeviceAlreadyRevoked,
                 "device is already revoked",
             ))
         }

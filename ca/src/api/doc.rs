@@ -23,6 +23,25 @@ pub fn document(settings: &Settings) -> Value {
 }
 
 fn refine_schemas(schemas: &mut serde_json::Map<String, Value>, settings: &Settings) {
+    // Every code this server answers, with its status and meaning (`vouch_proto::ProblemCode`).
+    if let Some(code) = schemas
+        .get_mut("Problem")
+        .and_then(|p| p.pointer_mut("/properties/code"))
+    {
+        let codes = vouch_proto::ProblemCode::ALL;
+        let listing: Vec<String> = codes
+            .iter()
+            .map(|c| format!("- `{}` ({}): {}", c.as_str(), c.status(), c.doc()))
+            .collect();
+        *code = json!({
+            "type": "string",
+            "enum": codes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            "description": format!(
+                "Stable machine-readable code; clients act on it (a newer server may add codes).\n{}",
+                listing.join("\n")
+            ),
+        });
+    }
     if let Some(token) = schemas.get_mut("CreateTokenRequest") {
         if let Some(ttl) = token.pointer_mut("/properties/ttl_seconds") {
             ttl["maximum"] = json!(settings.max_token_ttl_secs);
@@ -31,7 +50,7 @@ fn refine_schemas(schemas: &mut serde_json::Map<String, Value>, settings: &Setti
             *labels = json!({
                 "type": "object",
                 "description": "Labels the device will carry: at most 32, keys named like zones, values printable ASCII up to 255 characters.",
-                "maxProperties": super::enroll::MAX_LABELS,
+                "maxProperties": vouch_proto::enroll::MAX_LABELS,
                 "propertyNames": {"pattern": NAME_PATTERN, "minLength": 1, "maxLength": 63},
                 "additionalProperties": {"type": "string", "pattern": "^[ -~]*$", "maxLength": 255},
             });

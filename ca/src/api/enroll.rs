@@ -1,14 +1,12 @@
 //! Bootstrap tokens, enrollment and renewal.
 
 use super::auth::{token_problem, DeviceCaller, Operator};
-use super::problem::{bounded, ApiError, ApiJson};
+use super::problem::{ApiError, ApiJson};
 use super::AppState;
+use crate::flows::issue::{certify, rfc3339, KeySource};
 use crate::ids::{check_device_class, check_label, DeviceId, Serial, Zone};
-use crate::pki::csr::{check_csr_pem, CsrError};
-use crate::pki::profile::{issue_device_certificate, DeviceCertificateSpec, IssuedCertificate};
 use crate::store::{
-    EnrollRefusal, NewBootstrapToken, NewCertificate, NewDevice, RenewRefusal, TpmEnrollRefusal,
-    TpmEnrollment,
+    EnrollRefusal, NewBootstrapToken, NewCertificate, NewDevice, TpmEnrollRefusal, TpmEnrollment,
 };
 use crate::tokens::{random_jti, BootstrapClaims, BOOTSTRAP_AUDIENCE, ISSUER};
 use axum::extract::State;
@@ -16,127 +14,15 @@ use axum::http::StatusCode;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use time::format_description::well_known::Rfc3339;
-use time::{Duration, OffsetDateTime};
-use utoipa::ToSchema;
-
-/// Most labels a token may carry.
-pub const MAX_LABELS: usize = 32;
-
-/// `POST /v1/bootstrap-tokens` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTokenRequest {
-    /// Zone the device will join: 1 to 63 lowercase letters, digits, `-`, `_`, `.`, starting
-    /// with a letter or digit.
-    #[schema(
-        pattern = "^[a-z0-9][a-z0-9._-]{0,62}$",
-        min_length = 1,
-        max_length = 63
-    )]
-    pub zone: String,
-    /// Token lifetime in seconds (default 3600, at most `--max-token-ttl`).
-    #[schema(minimum = 60)]
-    #[serde(default, deserialize_with = "vouch_policy::json::optional_integer")]
-    pub ttl_seconds: Option<i64>,
-    /// Labels the device will carry (at most 32; keys named like zones, values printable
-    /// ASCII up to 255 characters).
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Device class (reference values for attestation are chosen by it), named like a zone.
-    #[schema(
-        pattern = "^[a-z0-9][a-z0-9._-]{0,62}$",
-        min_length = 1,
-        max_length = 63
-    )]
-    pub device_class: Option<String>,
-    /// An existing device this token re-enrolls, e.g. after its disk was wiped. Only a TPM
-    /// enrollment can use such a token, and only with the EK bound to that device.
-    #[schema(pattern = "^[0-9a-f]{32}$")]
-    pub reenroll_device: Option<String>,
-}
-
-/// `POST /v1/bootstrap-tokens` answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CreateTokenResponse {
-    /// The one-time token (a JWT). Give it to the device; it is shown only here.
-    pub token: String,
-    /// The token id, as it appears in the audit log.
-    pub token_id: String,
-    /// Expiry, RFC 3339.
-    pub expires_at: String,
-    /// SHA-256 of the root CA certificate, also inside the token.
-    pub ca_sha256: String,
-}
-
-/// `POST /v1/enroll` body: a token and either a CSR or `generate_key: true`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollRequest {
-    /// The bootstrap token.
-    pub token: String,
-    /// PKCS#10 CSR, PEM. Names in it are ignored.
-    pub csr_pem: Option<String>,
-    /// Ask the server to generate the key pair (returned once, never stored).
-    pub generate_key: Option<bool>,
-    /// For a TPM device: the credential activation it answered (`POST /v1/enroll/tpm`).
-    pub tpm: Option<TpmProof>,
-}
-
-/// Proof that the AK lives in the same TPM as the EK: the activated secret.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TpmProof {
-    /// The `activation_id` of `POST /v1/enroll/tpm`.
-    #[schema(max_length = 64)]
-    pub activation_id: String,
-    /// The secret `TPM2_ActivateCredential` recovered, base64.
-    #[schema(
-        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
-        content_encoding = "base64",
-        max_length = 128
-    )]
-    pub secret: String,
-}
-
-/// Answer of enrollment and renewal.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct EnrollResponse {
-    /// The registry's device id.
-    pub device_id: String,
-    /// The SPIFFE ID in the certificate.
-    pub spiffe_id: String,
-    /// The zone in the certificate (subject OU).
-    pub zone: String,
-    /// Certificate serial, hex.
-    pub serial: String,
-    /// The device certificate, PEM.
-    pub certificate_pem: String,
-    /// Issuing CA then root CA, PEM.
-    pub ca_chain_pem: String,
-    /// Expiry, RFC 3339.
-    pub not_after: String,
-    /// Only with `generate_key`: the private key (PKCS#8 PEM). Not stored by the server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub private_key_pem: Option<String>,
-}
-
-/// `POST /v1/renew` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RenewRequest {
-    /// PKCS#10 CSR, PEM, for the new key (or the same key).
-    pub csr_pem: String,
-}
+use time::OffsetDateTime;
+use vouch_proto::enroll::{
+    CreateTokenRequest, CreateTokenResponse, EnrollRequest, EnrollResponse, RenewRequest,
+    MAX_LABELS,
+};
+use vouch_proto::ProblemCode;
 
 fn invalid(detail: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail)
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
+    ApiError::new(ProblemCode::InvalidBody, detail)
 }
 
 /// Creates a one-time bootstrap token for a zone.
@@ -174,30 +60,26 @@ pub async fn create_bootstrap_token(
         match state.registry.device(id.as_str()).await? {
             None => {
                 return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "device_unknown",
+                    ProblemCode::DeviceNotFound,
                     "`reenroll_device` names no device",
                 ))
             }
             Some(d) if d.status != crate::store::DeviceStatus::Active => {
                 return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "device_revoked",
+                    ProblemCode::DeviceAlreadyRevoked,
                     "a revoked device cannot be re-enrolled",
                 ))
             }
             // Re-enrollment is proven by the TPM bound at enrollment: a device without one
             // has nothing to prove itself with.
             Some(d) if d.ek_sha256.is_none() => return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "device_has_no_tpm",
+                ProblemCode::DeviceHasNoTpm,
                 "a device enrolled without a TPM cannot be re-enrolled; enroll it as a new device",
             )),
             // A re-enrolled device keeps its zone (the registry's and the certificate's).
             Some(d) if d.zone != zone.as_str() => {
                 return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "zone_mismatch",
+                    ProblemCode::ZoneMismatch,
                     format!(
                         "the device is in zone `{}`; a re-enrollment token must name it",
                         d.zone
@@ -255,21 +137,6 @@ pub async fn create_bootstrap_token(
     ))
 }
 
-fn csr_problem(e: &CsrError) -> ApiError {
-    let (status, code) = match e {
-        CsrError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "csr_too_large"),
-        CsrError::NotPem | CsrError::Malformed | CsrError::TrailingData => {
-            (StatusCode::BAD_REQUEST, "csr_malformed")
-        }
-        CsrError::UnsupportedKey(_) | CsrError::RsaKeySize { .. } => {
-            (StatusCode::BAD_REQUEST, "csr_unsupported_key")
-        }
-        CsrError::SignatureAlgorithm(_) => (StatusCode::BAD_REQUEST, "csr_unsupported_algorithm"),
-        CsrError::BadSignature => (StatusCode::BAD_REQUEST, "csr_bad_signature"),
-    };
-    ApiError::new(status, code, bounded(&e.to_string(), 300))
-}
-
 /// Enrolls a new device with a bootstrap token and a CSR or server-side key generation.
 #[utoipa::path(post, path = "/v1/enroll", request_body = EnrollRequest,
     responses((status = 201, body = EnrollResponse),
@@ -283,7 +150,7 @@ pub async fn enroll(
     let result = enroll_inner(&state, req).await;
     let outcome = match &result {
         Ok(_) => "issued",
-        Err(e) => e.code,
+        Err(e) => e.code.as_str(),
     };
     state.metrics.enrollment(outcome);
     result.map(|r| (StatusCode::CREATED, Json(r)))
@@ -315,8 +182,7 @@ async fn enroll_inner(state: &AppState, req: EnrollRequest) -> Result<EnrollResp
     };
     if claims.reenroll_device.is_some() && req.tpm.is_none() {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "token_requires_tpm",
+            ProblemCode::TokenRequiresTpm,
             "this token re-enrolls a device: only a TPM enrollment with that device's endorsement key can use it",
         ));
     }
@@ -402,67 +268,19 @@ async fn enroll_inner(state: &AppState, req: EnrollRequest) -> Result<EnrollResp
 }
 
 fn enroll_refused(refusal: TpmEnrollRefusal) -> ApiError {
-    let (status, code) = match refusal {
-        TpmEnrollRefusal::Token(EnrollRefusal::TokenUsed) => (StatusCode::FORBIDDEN, "token_used"),
-        TpmEnrollRefusal::Token(EnrollRefusal::TokenExpired) => {
-            (StatusCode::UNAUTHORIZED, "token_expired")
-        }
-        TpmEnrollRefusal::Token(EnrollRefusal::TokenUnknown) => {
-            (StatusCode::UNAUTHORIZED, "token_invalid")
-        }
-        TpmEnrollRefusal::ActivationInvalid => (StatusCode::FORBIDDEN, "activation_invalid"),
-        TpmEnrollRefusal::EkMismatch => (StatusCode::FORBIDDEN, "ek_mismatch"),
-        TpmEnrollRefusal::EkAlreadyEnrolled => (StatusCode::CONFLICT, "ek_already_enrolled"),
-        TpmEnrollRefusal::DeviceUnknown => (StatusCode::NOT_FOUND, "device_unknown"),
-        TpmEnrollRefusal::DeviceRevoked => (StatusCode::CONFLICT, "device_revoked"),
-        TpmEnrollRefusal::DeviceWithoutTpm => (StatusCode::CONFLICT, "device_has_no_tpm"),
-        TpmEnrollRefusal::ZoneMismatch => (StatusCode::CONFLICT, "zone_mismatch"),
+    let code = match refusal {
+        TpmEnrollRefusal::Token(EnrollRefusal::TokenUsed) => ProblemCode::TokenUsed,
+        TpmEnrollRefusal::Token(EnrollRefusal::TokenExpired) => ProblemCode::TokenExpired,
+        TpmEnrollRefusal::Token(EnrollRefusal::TokenUnknown) => ProblemCode::TokenInvalid,
+        TpmEnrollRefusal::ActivationInvalid => ProblemCode::ActivationInvalid,
+        TpmEnrollRefusal::EkMismatch => ProblemCode::EkMismatch,
+        TpmEnrollRefusal::EkAlreadyEnrolled => ProblemCode::EkAlreadyEnrolled,
+        TpmEnrollRefusal::DeviceUnknown => ProblemCode::DeviceNotFound,
+        TpmEnrollRefusal::DeviceRevoked => ProblemCode::DeviceAlreadyRevoked,
+        TpmEnrollRefusal::DeviceWithoutTpm => ProblemCode::DeviceHasNoTpm,
+        TpmEnrollRefusal::ZoneMismatch => ProblemCode::ZoneMismatch,
     };
-    ApiError::new(status, code, refusal.to_string())
-}
-
-/// Where the certified key comes from.
-enum KeySource {
-    /// A device's CSR (PEM), checked before use.
-    Csr(String),
-    /// A P-256 key generated here and returned once.
-    Generate,
-}
-
-/// Checks the key source and signs the device certificate (about 80 µs of CPU; measured
-/// against offloading to the blocking pool, running inline gives the higher throughput).
-fn certify(
-    state: &AppState,
-    device_id: &DeviceId,
-    zone: &Zone,
-    serial: &Serial,
-    now: OffsetDateTime,
-    source: KeySource,
-) -> Result<(IssuedCertificate, Option<String>), ApiError> {
-    let spec = DeviceCertificateSpec {
-        device_id,
-        trust_domain: &state.trust_domain,
-        zone,
-        serial,
-        now,
-        lifetime: Duration::seconds(state.settings.cert_lifetime_secs),
-        crl_url: &state.settings.crl_url,
-    };
-    match source {
-        KeySource::Csr(pem_text) => {
-            let key = check_csr_pem(&pem_text).map_err(|e| csr_problem(&e))?;
-            let issued = issue_device_certificate(&state.ca, &spec, &key)
-                .map_err(|e| ApiError::internal(&e))?;
-            Ok((issued, None))
-        }
-        KeySource::Generate => {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                .map_err(|e| ApiError::internal(&e))?;
-            let issued = issue_device_certificate(&state.ca, &spec, &key)
-                .map_err(|e| ApiError::internal(&e))?;
-            Ok((issued, Some(key.serialize_pem())))
-        }
-    }
+    ApiError::new(code, refusal.to_string())
 }
 
 /// Issues a new certificate to a device that presents its current one over mTLS.
@@ -476,87 +294,10 @@ pub async fn renew(
     caller: DeviceCaller,
     ApiJson(req): ApiJson<RenewRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
-    let result = renew_inner(&state, caller, req).await;
+    let result = crate::flows::renew::renew(&state, &caller, req, std::future::ready(())).await;
     state.metrics.renewal(match &result {
         Ok(_) => "issued",
-        Err(e) => e.code,
+        Err(e) => e.code.as_str(),
     });
     result.map(|r| (StatusCode::CREATED, Json(r)))
-}
-
-fn renew_refused(refusal: RenewRefusal) -> ApiError {
-    let code = match refusal {
-        RenewRefusal::UnknownCertificate => "device_unknown",
-        RenewRefusal::DeviceRevoked => "device_revoked",
-        RenewRefusal::CertificateRevoked => "certificate_revoked",
-        RenewRefusal::DeviceQuarantined => "device_quarantined",
-        RenewRefusal::DeviceStale => "device_stale",
-    };
-    ApiError::new(StatusCode::FORBIDDEN, code, refusal.to_string())
-}
-
-async fn renew_inner(
-    state: &AppState,
-    caller: DeviceCaller,
-    req: RenewRequest,
-) -> Result<EnrollResponse, ApiError> {
-    let old_serial = caller.serial.to_hex();
-    // Early refusal before spending a signature; the registry checks again atomically.
-    let (device, certificate_revoked) = state
-        .registry
-        .device_by_serial(&old_serial)
-        .await?
-        .ok_or_else(|| renew_refused(RenewRefusal::UnknownCertificate))?;
-    caller.check_record(&device.id)?;
-    if device.status != crate::store::DeviceStatus::Active {
-        return Err(renew_refused(RenewRefusal::DeviceRevoked));
-    }
-    if certificate_revoked {
-        return Err(renew_refused(RenewRefusal::CertificateRevoked));
-    }
-    // A device that failed attestation or went silent gets no new certificate (checked again
-    // by the registry in the transaction that records it).
-    match device.attestation {
-        crate::store::AttestationState::Quarantined => {
-            return Err(renew_refused(RenewRefusal::DeviceQuarantined))
-        }
-        crate::store::AttestationState::Stale => {
-            return Err(renew_refused(RenewRefusal::DeviceStale))
-        }
-        _ => {}
-    }
-    let device_id = DeviceId::parse(&device.id)
-        .ok_or_else(|| ApiError::internal(&"stored device id does not parse"))?;
-    let zone = Zone::parse(&device.zone).map_err(|e| ApiError::internal(&e))?;
-    let serial = Serial::random(&state.rng).map_err(|_| ApiError::internal(&"rng failure"))?;
-    let now = state.clock.now();
-    let (issued, _) = certify(
-        state,
-        &device_id,
-        &zone,
-        &serial,
-        now,
-        KeySource::Csr(req.csr_pem),
-    )?;
-    let cert = NewCertificate {
-        serial: serial.to_hex(),
-        not_before: issued.not_before.unix_timestamp(),
-        not_after: issued.not_after.unix_timestamp(),
-    };
-    state
-        .registry
-        .renew(&old_serial, &cert, now.unix_timestamp())
-        .await?
-        .map_err(renew_refused)?;
-    tracing::info!(device_id = %device_id, old_serial = %old_serial, serial = %cert.serial, "certificate renewed");
-    Ok(EnrollResponse {
-        device_id: device.id,
-        spiffe_id: device.spiffe_id,
-        zone: device.zone,
-        serial: cert.serial,
-        certificate_pem: issued.pem,
-        ca_chain_pem: state.ca.chain_pem().to_owned(),
-        not_after: rfc3339(issued.not_after),
-        private_key_pem: None,
-    })
 }

@@ -26,15 +26,7 @@ use axum::Router;
 use ring::rand::SystemRandom;
 use std::sync::Arc;
 
-pub use attest::{
-    AttestChallenge, AttestOutcome, QuoteSubmission, TpmIdentities, TpmIdentity, IDENTITY_TTL_SECS,
-    NONCE_TTL_SECS,
-};
-pub use devices::{DeviceList, RevokeRequest, RevokeResponse};
-pub use enroll::{
-    CreateTokenRequest, CreateTokenResponse, EnrollRequest, EnrollResponse, RenewRequest, TpmProof,
-};
-pub use tpm::{TpmChallenge, TpmEnrollStart};
+pub use attest::{TpmIdentities, TpmIdentity, IDENTITY_TTL_SECS, NONCE_TTL_SECS};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -7,10 +7,11 @@ use crate::metrics::ExpositionFormat;
 use crate::pki::crl::build_crl;
 use crate::store::StoredCrl;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::Json;
 use time::Duration;
+use vouch_proto::ProblemCode;
 
 /// Signs and stores a new CRL under the next number.
 pub async fn publish_crl(state: &AppState) -> Result<StoredCrl, ApiError> {
@@ -67,8 +68,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
+                ProblemCode::NotReady,
                 "database is not reachable",
             ))
         }
@@ -106,13 +106,12 @@ pub async fn openapi(State(state): State<AppState>) -> Json<serde_json::Value> {
 /// A known route asked with a method it does not answer (axum adds the `Allow` header).
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ProblemCode::MethodNotAllowed,
         "this endpoint does not answer that method; see the `Allow` header",
     )
 }
 
 /// Unknown routes.
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::new(ProblemCode::NotFound, "no such endpoint")
 }

@@ -16,8 +16,9 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use std::collections::BTreeMap;
-use vouch_policy::engine::Annotation;
 use vouch_policy::model::{DeviceFacts, Target};
+use vouch_proto::policy::{AuthorizeResponse, DecisionQuery};
+use vouch_proto::ProblemCode;
 
 /// Largest page of the decision log.
 pub const MAX_DECISION_PAGE: i64 = 1000;
@@ -58,16 +59,14 @@ impl FromRequestParts<AppState> for Caller {
             .await?
             .ok_or_else(|| {
                 ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "device_unknown",
+                    ProblemCode::DeviceUnknown,
                     "client certificate was not issued to a registered device",
                 )
             })?;
         device.check_record(&record.id)?;
         if record.status != DeviceStatus::Active {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "device_revoked",
+                ProblemCode::DeviceRevoked,
                 "this device is revoked",
             ));
         }
@@ -75,43 +74,6 @@ impl FromRequestParts<AppState> for Caller {
             return Err(certificate_revoked_problem());
         }
         Ok(Self::Device(record))
-    }
-}
-
-/// The answer to `POST /v1/authorize`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct AuthorizeResponse {
-    /// `allow` or `deny`.
-    pub decision: String,
-    /// The policies that decided it (empty for a default deny).
-    pub policies: Vec<String>,
-    /// Errors met while evaluating policies (those policies were skipped).
-    pub errors: Vec<String>,
-    /// The active policy set's version: the Git commit id, or `sha256:<hash>`.
-    pub policy_version: String,
-    /// Annotations of the deciding policies (e.g. `rate_limit`), for the enforcer.
-    #[schema(value_type = Vec<Object>)]
-    pub annotations: Vec<AnnotationView>,
-}
-
-/// One annotation of a deciding policy.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct AnnotationView {
-    /// The policy carrying it.
-    pub policy: String,
-    /// e.g. `rate_limit`.
-    pub key: String,
-    /// e.g. `1000/min`.
-    pub value: String,
-}
-
-impl From<&Annotation> for AnnotationView {
-    fn from(a: &Annotation) -> Self {
-        Self {
-            policy: a.policy.clone(),
-            key: a.key.clone(),
-            value: a.value.clone(),
-        }
     }
 }
 
@@ -159,15 +121,13 @@ fn entity(ty: &str, id: &str) -> String {
 async fn device_facts(state: &AppState, id: &str) -> Result<DeviceFacts, ApiError> {
     if id.is_empty() || id.chars().count() > 64 {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ProblemCode::InvalidRequest,
             "a device id has 1 to 64 characters",
         ));
     }
     let device = state.registry.device(id).await?.ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "device_unknown",
+            ProblemCode::DeviceNotFound,
             format!("no device `{}`", bounded(id, 64)),
         )
     })?;
@@ -192,8 +152,7 @@ pub async fn authorize(
             req.principal == me.id || matches!(&req.resource, Target::Device(d) if *d == me.id);
         if !about_me {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden_request",
+                ProblemCode::ForbiddenRequest,
                 "a device may ask only about requests where it is the principal or the resource",
             ));
         }
@@ -206,15 +165,13 @@ pub async fn authorize(
         || context.protocol.chars().count() > 64
     {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ProblemCode::InvalidRequest,
             "a data type has 1 to 128 characters and a protocol at most 64",
         ));
     }
     if req.action.is_empty() || req.action.chars().count() > 128 {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ProblemCode::InvalidRequest,
             "an action name has 1 to 128 characters",
         ));
     }
@@ -229,20 +186,16 @@ pub async fn authorize(
         }
         Target::Zone(z) if z.is_empty() || z.chars().count() > 64 => {
             return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
+                ProblemCode::InvalidRequest,
                 "a zone name has 1 to 64 characters",
             ))
         }
         _ => {}
     }
-    let outcome = state.policy.decide(&req, &devices).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            bounded(&e.to_string(), 300),
-        )
-    })?;
+    let outcome = state
+        .policy
+        .decide(&req, &devices)
+        .map_err(|e| ApiError::new(ProblemCode::InvalidRequest, bounded(&e.to_string(), 300)))?;
 
     let decision = &outcome.decision;
     let shadow = outcome.shadow.as_ref().map(|(d, version)| ShadowOutcome {
@@ -285,8 +238,7 @@ pub async fn authorize(
     state.decision_log.record(record).await.map_err(|e| {
         tracing::error!(error = %e, "decision not logged; refusing to answer it");
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "decision_log_unavailable",
+            ProblemCode::DecisionLogUnavailable,
             "the decision log cannot record decisions; try again",
         )
     })?;
@@ -298,23 +250,6 @@ pub async fn authorize(
         policy_version: outcome.version,
         annotations: decision.annotations.iter().map(Into::into).collect(),
     }))
-}
-
-/// Query of `GET /v1/policy/decisions`.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct DecisionQuery {
-    /// Only decisions about this device (as principal).
-    #[param(min_length = 1, max_length = 128)]
-    pub principal: Option<String>,
-    /// Only decisions the shadow set decided otherwise.
-    pub shadow_differs: Option<bool>,
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<i64>,
-    /// Page size (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
 }
 
 /// A page of the decision log.
@@ -335,7 +270,7 @@ pub async fn decisions(
     _operator: Operator,
     query: Result<Query<DecisionQuery>, QueryRejection>,
 ) -> Result<Json<DecisionPage>, ApiError> {
-    let bad = |d: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", d);
+    let bad = |d: String| ApiError::new(ProblemCode::InvalidQuery, d);
     let Query(q) = query.map_err(|e| bad(bounded(&e.body_text(), 300)))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_DECISION_PAGE).contains(&limit) {
@@ -480,8 +415,7 @@ pub async fn bundle(
 ) -> Result<impl IntoResponse, ApiError> {
     let set = state.policy.active().ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_policy",
+            ProblemCode::NoPolicy,
             "no policy directory is configured (`--policy-dir`)",
         )
     })?;

@@ -5,68 +5,53 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+pub use vouch_proto::Problem;
+use vouch_proto::ProblemCode;
 
-/// An error answered to a client.
+/// An error answered to a client: a stable code (which fixes the HTTP status) and a detail
+/// for people.
 #[derive(Debug)]
 pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
     /// Stable machine-readable code, e.g. `token_used`.
-    pub code: &'static str,
+    pub code: ProblemCode,
     /// Human-readable detail.
     pub detail: String,
 }
 
-/// The problem document (`application/problem+json`).
-#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Problem {
-    /// Always `about:blank`: `code` carries the machine-readable kind.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The HTTP status phrase.
-    pub title: String,
-    /// The HTTP status code.
-    pub status: u16,
-    /// Stable machine-readable code.
-    pub code: String,
-    /// What went wrong, for a person.
-    pub detail: String,
-}
-
 impl ApiError {
-    /// A problem with `status`, `code` and `detail`.
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    /// A problem with `code` and `detail`.
+    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             detail: detail.into(),
         }
     }
 
+    /// The HTTP status of the code.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
     /// A generic 500. The cause is logged here and not sent to the client.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the server log",
-        )
+        Self::new(ProblemCode::Internal, "internal error; see the server log")
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let body = Problem {
             kind: "about:blank".into(),
-            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: self.status.as_u16(),
-            code: self.code.to_owned(),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            code: self.code.as_str().to_owned(),
             detail: self.detail,
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         (
-            self.status,
+            status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             bytes,
         )
@@ -104,26 +89,20 @@ where
 fn json_rejection(rejection: &JsonRejection) -> ApiError {
     let detail = bounded(&rejection.body_text(), 300);
     match rejection {
-        JsonRejection::JsonDataError(_) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail)
-        }
-        JsonRejection::JsonSyntaxError(_) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", detail)
-        }
+        JsonRejection::JsonDataError(_) => ApiError::new(ProblemCode::InvalidBody, detail),
+        JsonRejection::JsonSyntaxError(_) => ApiError::new(ProblemCode::MalformedJson, detail),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ProblemCode::UnsupportedMediaType,
             "request body must be `application/json`",
         ),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ProblemCode::BodyTooLarge,
             format!(
                 "request body is larger than {} bytes",
                 super::MAX_BODY_BYTES
             ),
         ),
-        other => ApiError::new(other.status(), "bad_request", detail),
+        _ => ApiError::new(ProblemCode::BadRequest, detail),
     }
 }
 

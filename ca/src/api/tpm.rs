@@ -14,13 +14,13 @@ use axum::http::StatusCode;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use utoipa::ToSchema;
 use vouch_attestor::credential::make_credential;
 use vouch_attestor::quote::check_attestation_key;
 use vouch_attestor::tpm::{Public, PublicKey};
+use vouch_proto::enroll::{TpmChallenge, TpmEnrollStart};
+use vouch_proto::ProblemCode;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// How long a credential activation may be answered, seconds.
@@ -32,47 +32,8 @@ pub const MAX_EK_CERT_BYTES: usize = 8 * 1024;
 /// Deepest EK certificate chain followed to a configured root.
 const MAX_CHAIN: usize = 4;
 
-/// `POST /v1/enroll/tpm` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TpmEnrollStart {
-    /// The bootstrap token (checked, not used up).
-    pub token: String,
-    /// The EK's `TPMT_PUBLIC`, base64.
-    #[schema(
-        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
-        content_encoding = "base64"
-    )]
-    pub ek_public: String,
-    /// The EK certificate (DER, base64), when the TPM has one.
-    #[schema(
-        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
-        content_encoding = "base64"
-    )]
-    pub ek_certificate: Option<String>,
-    /// The AK's `TPMT_PUBLIC`, base64.
-    #[schema(
-        pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
-        content_encoding = "base64"
-    )]
-    pub ak_public: String,
-}
-
-/// `POST /v1/enroll/tpm` answer: the credential for `TPM2_ActivateCredential`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TpmChallenge {
-    /// Names this activation in `POST /v1/enroll`.
-    pub activation_id: String,
-    /// `TPM2B_ID_OBJECT` (with its size), base64.
-    pub id_object: String,
-    /// `TPM2B_ENCRYPTED_SECRET` (with its size), base64.
-    pub encrypted_secret: String,
-    /// Answer before this time (RFC 3339).
-    pub expires_at: String,
-}
-
-fn refused(code: &'static str, detail: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+fn refused(code: ProblemCode, detail: impl Into<String>) -> ApiError {
+    ApiError::new(code, detail)
 }
 
 /// Decodes a base64 TPM structure and parses it strictly.
@@ -80,16 +41,19 @@ fn tpm_public(field: &str, b64: &str) -> Result<(Vec<u8>, Public), ApiError> {
     // Base64 of the largest structure the parser takes, plus padding.
     if b64.len() > vouch_attestor::tpm::MAX_STRUCTURE_BYTES * 4 / 3 + 4 {
         return Err(refused(
-            "tpm_structure_invalid",
+            ProblemCode::TpmStructureInvalid,
             format!("`{field}` is too large"),
         ));
     }
-    let bytes = B64
-        .decode(b64)
-        .map_err(|_| refused("tpm_structure_invalid", format!("`{field}` is not base64")))?;
+    let bytes = B64.decode(b64).map_err(|_| {
+        refused(
+            ProblemCode::TpmStructureInvalid,
+            format!("`{field}` is not base64"),
+        )
+    })?;
     let public = Public::parse(&bytes).map_err(|e| {
         refused(
-            "tpm_structure_invalid",
+            ProblemCode::TpmStructureInvalid,
             format!("`{field}`: {}", bounded(&e.to_string(), 200)),
         )
     })?;
@@ -121,15 +85,13 @@ pub async fn enroll_tpm_start(
         Some(true) => {}
         Some(false) => {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "token_used",
+                ProblemCode::TokenUsed,
                 "bootstrap token has already been used",
             ))
         }
         None => {
             return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "token_invalid",
+                ProblemCode::TokenInvalid,
                 "bootstrap token is not known",
             ))
         }
@@ -143,14 +105,14 @@ pub async fn enroll_tpm_start(
         req.ek_certificate.as_deref(),
         now,
     )?;
-    check_attestation_key(&ak).map_err(|e| refused("not_an_attestation_key", e.to_string()))?;
+    check_attestation_key(&ak)
+        .map_err(|e| refused(ProblemCode::NotAnAttestationKey, e.to_string()))?;
     // An EK already bound elsewhere can only come back through a token that re-enrolls
     // that very device; refuse early (the registry checks again when the token is used).
     if let Some(holder) = state.registry.device_of_ek(&ek_bytes).await? {
         if claims.reenroll_device.as_deref() != Some(holder.as_str()) {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "ek_already_enrolled",
+                ProblemCode::EkAlreadyEnrolled,
                 "this endorsement key is already enrolled as another device; ask an operator for a re-enrollment token",
             ));
         }
@@ -162,7 +124,7 @@ pub async fn enroll_tpm_start(
         .and_then(|()| ring::rand::SecureRandom::fill(&state.rng, &mut id))
         .map_err(|_| ApiError::internal(&"rng failure"))?;
     let made = make_credential(&ek, &ak.name(), &secret, &state.rng)
-        .map_err(|e| refused("tpm_structure_invalid", e.to_string()))?;
+        .map_err(|e| refused(ProblemCode::TpmStructureInvalid, e.to_string()))?;
     let expires_at = now.unix_timestamp() + ACTIVATION_TTL_SECS;
     let mut secret_sha256 = [0u8; 32];
     secret_sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &secret).as_ref());
@@ -201,7 +163,7 @@ fn check_endorsement(
     cert_b64: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<(), ApiError> {
-    let invalid = |detail: String| refused("ek_certificate_invalid", detail);
+    let invalid = |detail: String| refused(ProblemCode::EkCertificateInvalid, detail);
     let (roots, allowlist) = (&settings.tpm_roots, &settings.tpm_ek_allowlist);
     if roots.is_empty() && allowlist.is_empty() {
         if settings.tpm_trust_on_first_use {
@@ -212,8 +174,7 @@ fn check_endorsement(
             return Ok(());
         }
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "tpm_enrollment_unconfigured",
+            ProblemCode::TpmEnrollmentUnconfigured,
             "this server trusts no TPM yet: its operator must configure TPM manufacturer roots (--tpm-roots) or an EK allowlist (--tpm-ek-allowlist)",
         ));
     }
@@ -222,7 +183,7 @@ fn check_endorsement(
     }
     let Some(cert_b64) = cert_b64 else {
         return Err(refused(
-            "ek_certificate_required",
+            ProblemCode::EkCertificateRequired,
             "this server enrolls only TPMs whose EK is on its allowlist or whose EK certificate chains to a configured manufacturer root",
         ));
     };

@@ -7,6 +7,7 @@ use super::audit::append;
 use super::devices::{device_from_row, DEVICE_COLUMNS};
 use super::{col, DeviceRecord, Registry, StoreError};
 use serde_json::json;
+pub use vouch_proto::device::AttestationRecord;
 
 /// The verifier's finding for one quote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,21 +51,6 @@ impl AttestationResult {
             },
         }
     }
-}
-
-/// One history entry.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-pub struct AttestationRecord {
-    /// Sequence number.
-    pub id: i64,
-    /// When (Unix seconds).
-    pub at: i64,
-    /// `pass`, `fail`, `stale` (by the sweep) or `released` (by an operator).
-    pub outcome: String,
-    /// Why, in words.
-    pub reason: String,
-    /// The reference set a passing quote met.
-    pub reference_set: Option<String>,
 }
 
 /// What a sweep call did.

@@ -17,6 +17,7 @@ use vouch_ca::store::{
     AttestJob, AttestWrite, AttestationResult, AttestationState, NewActivation, NewCertificate,
     NewDevice, TpmEnrollment,
 };
+use vouch_proto::ProblemCode;
 
 /// A device enrolled with a software AK (the registry half of a TPM enrollment; the API half
 /// is tested against swtpm in `tpm.rs`), with its mTLS client.
@@ -412,7 +413,10 @@ async fn a_revoked_device_records_no_result_though_the_server_remembers_its_keys
     let (status, p) = problem(r).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("device_revoked"))
+        (
+            StatusCode::FORBIDDEN,
+            Some(ProblemCode::DeviceRevoked.as_str())
+        )
     );
     let history = app.attestation_history(&device.id).await;
     assert_eq!(history.len(), 1);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use vouch_ca::app::{self, PolicyConfig, ServeConfig};
 use vouch_ca::store::{AttestationResult, AttestationState, SweepOutcome};
 use vouch_ca::tokens::Role;
+use vouch_proto::ProblemCode;
 
 fn policies() -> PolicyConfig {
     PolicyConfig {
@@ -71,7 +72,10 @@ async fn quarantine_reaches_policy_and_renewal_until_released() {
         let (status, p) = problem(app.renew(&sensor).await).await;
         assert_eq!(
             (status, p["code"].as_str()),
-            (StatusCode::FORBIDDEN, Some("device_quarantined"))
+            (
+                StatusCode::FORBIDDEN,
+                Some(ProblemCode::DeviceQuarantined.as_str())
+            )
         );
 
         // Only a writer may release, with a reason; then policy and renewal work again.
@@ -94,7 +98,10 @@ async fn quarantine_reaches_policy_and_renewal_until_released() {
         let r = app
             .post(&path, Some(&app.admin), &json!({"reason": "again"}))
             .await;
-        assert_eq!(problem(r).await.1["code"], "device_not_quarantined");
+        assert_eq!(
+            problem(r).await.1["code"],
+            ProblemCode::DeviceNotQuarantined.as_str()
+        );
         assert_eq!(
             app.telemetry_decision(&sensor, &gateway).await["decision"],
             "allow"
@@ -241,7 +248,10 @@ async fn a_silent_device_becomes_stale_in_one_sweep_per_period_across_replicas()
     let (status, p) = problem(app.renew(&silent).await).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("device_stale"))
+        (
+            StatusCode::FORBIDDEN,
+            Some(ProblemCode::DeviceStale.as_str())
+        )
     );
     // The sweep that changed something is audited once, by the replica that ran it.
     let sweeps: Vec<_> = registry

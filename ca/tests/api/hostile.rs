@@ -5,6 +5,7 @@
 use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::json;
+use vouch_proto::ProblemCode;
 
 /// Sends `body` (raw bytes, JSON content type) to `/v1/enroll` and checks the problem, that
 /// nothing was written, and that the server still answers.
@@ -49,7 +50,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         "hello",
         StatusCode::BAD_REQUEST,
-        "csr_malformed",
+        ProblemCode::CsrMalformed.as_str(),
     )
     .await;
     let cert_label = pem::encode(&pem::Pem::new("CERTIFICATE", good_der.clone()));
@@ -58,7 +59,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &cert_label,
         StatusCode::BAD_REQUEST,
-        "csr_malformed",
+        ProblemCode::CsrMalformed.as_str(),
     )
     .await;
     refused_csr(
@@ -66,7 +67,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &format!("{good}{good}"),
         StatusCode::BAD_REQUEST,
-        "csr_malformed",
+        ProblemCode::CsrMalformed.as_str(),
     )
     .await;
     refused_csr(
@@ -74,7 +75,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &der_to_pem(b"\x30\x82\xff\xff garbage"),
         StatusCode::BAD_REQUEST,
-        "csr_malformed",
+        ProblemCode::CsrMalformed.as_str(),
     )
     .await;
     refused_csr(
@@ -82,7 +83,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &der_to_pem(&good_der[..good_der.len() / 2]),
         StatusCode::BAD_REQUEST,
-        "csr_malformed",
+        ProblemCode::CsrMalformed.as_str(),
     )
     .await;
     let mut trailing = good_der.clone();
@@ -92,7 +93,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &der_to_pem(&trailing),
         StatusCode::BAD_REQUEST,
-        "csr_malformed",
+        ProblemCode::CsrMalformed.as_str(),
     )
     .await;
 
@@ -103,7 +104,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &big,
         StatusCode::PAYLOAD_TOO_LARGE,
-        "csr_too_large",
+        ProblemCode::CsrTooLarge.as_str(),
     )
     .await;
     let huge =
@@ -113,7 +114,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         huge,
         Some("application/json"),
         StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
+        ProblemCode::BodyTooLarge.as_str(),
     )
     .await;
 
@@ -124,7 +125,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &rsa1024,
         StatusCode::BAD_REQUEST,
-        "csr_unsupported_key",
+        ProblemCode::CsrUnsupportedKey.as_str(),
     )
     .await;
     let (p521, _) = openssl_csr(dir, "ec", &["ec_paramgen_curve:P-521"]);
@@ -133,7 +134,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &p521,
         StatusCode::BAD_REQUEST,
-        "csr_unsupported_key",
+        ProblemCode::CsrUnsupportedKey.as_str(),
     )
     .await;
     let key = write(
@@ -163,7 +164,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &sha384,
         StatusCode::BAD_REQUEST,
-        "csr_unsupported_algorithm",
+        ProblemCode::CsrUnsupportedAlgorithm.as_str(),
     )
     .await;
 
@@ -176,7 +177,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &der_to_pem(&tampered),
         StatusCode::BAD_REQUEST,
-        "csr_bad_signature",
+        ProblemCode::CsrBadSignature.as_str(),
     )
     .await;
 
@@ -201,7 +202,7 @@ async fn malformed_json_and_unknown_fields_are_refused() {
         b"{\"token\": ".to_vec(),
         ct,
         StatusCode::BAD_REQUEST,
-        "malformed_json",
+        ProblemCode::MalformedJson.as_str(),
     )
     .await;
     refused_raw(
@@ -209,7 +210,7 @@ async fn malformed_json_and_unknown_fields_are_refused() {
         b"\xff\xfe".to_vec(),
         ct,
         StatusCode::BAD_REQUEST,
-        "malformed_json",
+        ProblemCode::MalformedJson.as_str(),
     )
     .await;
     let unknown =
@@ -219,7 +220,7 @@ async fn malformed_json_and_unknown_fields_are_refused() {
         unknown,
         ct,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_body",
+        ProblemCode::InvalidBody.as_str(),
     )
     .await;
     let wrong_type = serde_json::to_vec(&json!({"token": 5, "generate_key": true})).unwrap();
@@ -228,7 +229,7 @@ async fn malformed_json_and_unknown_fields_are_refused() {
         wrong_type,
         ct,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_body",
+        ProblemCode::InvalidBody.as_str(),
     )
     .await;
     let both =
@@ -238,7 +239,7 @@ async fn malformed_json_and_unknown_fields_are_refused() {
         both,
         ct,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_body",
+        ProblemCode::InvalidBody.as_str(),
     )
     .await;
     let neither = serde_json::to_vec(&json!({"token": token})).unwrap();
@@ -247,7 +248,7 @@ async fn malformed_json_and_unknown_fields_are_refused() {
         neither,
         ct,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_body",
+        ProblemCode::InvalidBody.as_str(),
     )
     .await;
     let ok = serde_json::to_vec(&json!({"token": token, "generate_key": true})).unwrap();
@@ -256,7 +257,7 @@ async fn malformed_json_and_unknown_fields_are_refused() {
         ok,
         None,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
+        ProblemCode::UnsupportedMediaType.as_str(),
     )
     .await;
 
@@ -280,7 +281,7 @@ async fn malformed_json_and_unknown_fields_are_refused() {
     let (s, p) = problem(app.get("/v1/devices?limit=0", Some(&app.admin)).await).await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
-        (StatusCode::BAD_REQUEST, "invalid_query")
+        (StatusCode::BAD_REQUEST, ProblemCode::InvalidQuery.as_str())
     );
     let (s, _) = problem(app.get("/v1/devices?cursor=../x", Some(&app.admin)).await).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);

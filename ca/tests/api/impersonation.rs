@@ -13,6 +13,7 @@ use vouch_ca::authz::signed::{self, BundleError};
 use vouch_ca::datadir::DataFile;
 use vouch_ca::ids::TrustDomain;
 use vouch_ca::pki::authority::{Authority, CaFiles};
+use vouch_proto::ProblemCode;
 
 /// The server's CA as rcgen issuers, read from its data directory (whose root key is online
 /// in tests, as after `vouch ca init`).
@@ -133,7 +134,7 @@ async fn a_certificate_whose_spiffe_id_disagrees_with_its_serial_is_refused() {
     );
     let (status, body) = problem(renew_as(&app, &identity).await.unwrap()).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(body["code"], "device_unknown");
+    assert_eq!(body["code"], ProblemCode::DeviceUnknown.as_str());
 
     // A certificate whose SPIFFE ID is of another trust domain is not a device at all.
     let elsewhere = format!("spiffe://elsewhere.example/device/{}", victim.device_id());
@@ -168,7 +169,7 @@ async fn an_expired_certificate_on_a_kept_alive_connection_is_refused() {
         .unwrap();
     let (status, body) = problem(r).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(body["code"], "client_certificate_expired");
+    assert_eq!(body["code"], ProblemCode::ClientCertificateExpired.as_str());
 }
 
 /// A certificate of our own issuing CA that names the policy signer but carries no
@@ -268,7 +269,11 @@ async fn a_superseded_certificate_is_on_the_crl_and_refused_everywhere() {
     for ask in asks {
         let (status, body) = problem(ask.send().await.unwrap()).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-        assert_eq!(body["code"], "certificate_revoked", "{body}");
+        assert_eq!(
+            body["code"],
+            ProblemCode::CertificateRevoked.as_str(),
+            "{body}"
+        );
     }
     // The current certificate works.
     let current = client_for(&app.root_pem(), Some(&new.identity_pem()));
@@ -305,5 +310,5 @@ async fn a_certificate_revoked_elsewhere_is_refused_once_the_cached_identity_age
     app.clock.advance(vouch_ca::api::IDENTITY_TTL_SECS + 1);
     let (status, body) = problem(challenge().await.unwrap()).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(body["code"], "certificate_revoked");
+    assert_eq!(body["code"], ProblemCode::CertificateRevoked.as_str());
 }

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use vouch_ca::app::PolicyConfig;
 use vouch_ca::datadir::DataFile;
+use vouch_proto::ProblemCode;
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
@@ -550,7 +551,7 @@ async fn errors_and_405_answers_are_problem_documents() {
         .map(|v| v.to_str().unwrap().to_owned());
     let (status, body) = problem(r).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(body["code"], "method_not_allowed");
+    assert_eq!(body["code"], ProblemCode::MethodNotAllowed.as_str());
     assert_eq!(allow.as_deref(), Some("POST"));
     let (status, _) = problem(app.get("/v1/devices?limit=0", Some(&app.admin)).await).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use vouch_proto::ProblemCode;
 
 const VOUCH: &str = env!("CARGO_BIN_EXE_vouch");
 
@@ -125,7 +126,7 @@ async fn two_replicas_on_one_postgres_behave_as_one_ca() {
     let (s, p) = problem(enroll(&client, &b.base, &token).await).await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
-        (StatusCode::FORBIDDEN, "token_used")
+        (StatusCode::FORBIDDEN, ProblemCode::TokenUsed.as_str())
     );
 
     // One token raced across both replicas gives one device.

@@ -4,6 +4,7 @@
 use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use vouch_proto::ProblemCode;
 
 async fn renew(app: &TestApp, identity: Option<&[u8]>) -> reqwest::Response {
     let client = client_for(&app.root_pem(), identity);
@@ -30,7 +31,10 @@ async fn renewal_revocation_and_crl() {
     let (s, p) = problem(renew(&app, None).await).await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
-        (StatusCode::UNAUTHORIZED, "client_certificate_required")
+        (
+            StatusCode::UNAUTHORIZED,
+            ProblemCode::ClientCertificateRequired.as_str()
+        )
     );
 
     let r = renew(&app, Some(&device.identity_pem())).await;
@@ -60,7 +64,7 @@ async fn renewal_revocation_and_crl() {
     let (s, p) = problem(renew(&app, Some(&device.identity_pem())).await).await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
-        (StatusCode::FORBIDDEN, "device_revoked")
+        (StatusCode::FORBIDDEN, ProblemCode::DeviceRevoked.as_str())
     );
     assert_eq!(app.counts().await, before);
     let (s, _) = problem(
@@ -192,4 +196,91 @@ async fn a_client_certificate_from_another_ca_is_refused() {
         .send()
         .await;
     assert!(result.is_err(), "the TLS handshake must fail: {result:?}");
+}
+
+/// Acceptance (issue 10, item 1): the renewal flow checks the device's standing early, then
+/// signs, then records the certificate. A device whose standing changes between the early
+/// check and the write (quarantined, stale, revoked) gets no certificate: the transaction that
+/// records it checks everything again. The window is driven through the flow's `between` hook.
+async fn standing_changed_in_the_window(db: Db) {
+    use sqlx::Connection;
+    use vouch_ca::ids::{DeviceId, Serial};
+    use vouch_proto::enroll::RenewRequest;
+    let app = spawn_app(db).await;
+    let state = &app.server.state;
+    let changes: [(&str, ProblemCode); 3] = [
+        (
+            "UPDATE devices SET attestation = 'quarantined' WHERE id = $1",
+            ProblemCode::DeviceQuarantined,
+        ),
+        (
+            "UPDATE devices SET attestation = 'stale' WHERE id = $1",
+            ProblemCode::DeviceStale,
+        ),
+        ("revoke", ProblemCode::DeviceRevoked),
+    ];
+    for (change, want) in changes {
+        let device = app.enroll("factory-1").await;
+        let caller = vouch_ca::api::auth::DeviceCaller {
+            serial: Serial::from_hex(device.serial()).unwrap(),
+            device_id: DeviceId::parse(device.device_id()).unwrap(),
+        };
+        let before = app.counts().await;
+        let (csr_pem, _) = rcgen_csr();
+        let window = async {
+            if change == "revoke" {
+                let r = app
+                    .post(
+                        &format!("/v1/devices/{}/revoke", device.device_id()),
+                        Some(&app.admin),
+                        &json!({"reason": "stolen during renewal"}),
+                    )
+                    .await;
+                assert_eq!(r.status(), StatusCode::OK);
+            } else {
+                let mut conn = sqlx::AnyConnection::connect(&app.database_url)
+                    .await
+                    .unwrap();
+                let done = sqlx::query(change)
+                    .bind(device.device_id())
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(done.rows_affected(), 1);
+            }
+        };
+        let refused =
+            vouch_ca::flows::renew::renew(state, &caller, RenewRequest { csr_pem }, window)
+                .await
+                .expect_err("a device whose standing changed must get no certificate");
+        assert_eq!(refused.code, want, "{change}: {}", refused.detail);
+        let after = app.counts().await;
+        assert_eq!(after.certificates, before.certificates, "{change}");
+    }
+    // The same flow with nothing happening in the window renews.
+    let device = app.enroll("factory-1").await;
+    let caller = vouch_ca::api::auth::DeviceCaller {
+        serial: Serial::from_hex(device.serial()).unwrap(),
+        device_id: DeviceId::parse(device.device_id()).unwrap(),
+    };
+    let (csr_pem, _) = rcgen_csr();
+    let renewed = vouch_ca::flows::renew::renew(
+        state,
+        &caller,
+        RenewRequest { csr_pem },
+        std::future::ready(()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(renewed.device_id, device.device_id());
+}
+
+#[tokio::test]
+async fn a_device_quarantined_between_check_and_write_gets_no_certificate_sqlite() {
+    standing_changed_in_the_window(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_device_quarantined_between_check_and_write_gets_no_certificate_postgres() {
+    standing_changed_in_the_window(Db::Postgres).await;
 }

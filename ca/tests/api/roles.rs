@@ -5,6 +5,7 @@ use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use vouch_ca::tokens::Role;
+use vouch_proto::ProblemCode;
 
 #[tokio::test]
 async fn auditor_reads_but_cannot_write() {
@@ -27,7 +28,7 @@ async fn auditor_reads_but_cannot_write() {
     .await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
-        (StatusCode::FORBIDDEN, "forbidden_role")
+        (StatusCode::FORBIDDEN, ProblemCode::ForbiddenRole.as_str())
     );
     let (s, _) = problem(
         app.post(
@@ -65,7 +66,10 @@ async fn device_certificates_and_bootstrap_tokens_are_not_operators() {
         let (s, p) = problem(r).await;
         assert_eq!(
             (s, p["code"].as_str().unwrap()),
-            (StatusCode::UNAUTHORIZED, "unauthenticated")
+            (
+                StatusCode::UNAUTHORIZED,
+                ProblemCode::Unauthenticated.as_str()
+            )
         );
     }
     let r = as_device
@@ -80,7 +84,7 @@ async fn device_certificates_and_bootstrap_tokens_are_not_operators() {
     let (s, p) = problem(app.get("/v1/devices", Some(&bootstrap)).await).await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
-        (StatusCode::UNAUTHORIZED, "token_invalid")
+        (StatusCode::UNAUTHORIZED, ProblemCode::TokenInvalid.as_str())
     );
     let (s, _) = problem(
         app.post(
@@ -100,7 +104,7 @@ async fn device_certificates_and_bootstrap_tokens_are_not_operators() {
     let (s, p) = problem(app.get("/v1/devices", Some(&app.admin)).await).await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
-        (StatusCode::UNAUTHORIZED, "token_expired")
+        (StatusCode::UNAUTHORIZED, ProblemCode::TokenExpired.as_str())
     );
 }
 
@@ -139,6 +143,9 @@ async fn operations_endpoints_answer() {
     let (s, p) = problem(app.get("/readyz", None).await).await;
     assert_eq!(
         (s, p["code"].as_str().unwrap()),
-        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ProblemCode::NotReady.as_str()
+        )
     );
 }

@@ -6,6 +6,7 @@ use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use vouch_ca::tokens::{BootstrapClaims, TokenKey};
+use vouch_proto::ProblemCode;
 
 async fn enroll_with(app: &TestApp, token: &str) -> reqwest::Response {
     let (csr, _) = rcgen_csr();
@@ -40,7 +41,13 @@ async fn used_token_is_refused() {
         enroll_with(&app, &token).await.status(),
         StatusCode::CREATED
     );
-    assert_refused(&app, &token, StatusCode::FORBIDDEN, "token_used").await;
+    assert_refused(
+        &app,
+        &token,
+        StatusCode::FORBIDDEN,
+        ProblemCode::TokenUsed.as_str(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -70,7 +77,13 @@ async fn expired_token_is_refused() {
     );
     // Past expiry plus skew: refused.
     app.clock.advance(31);
-    assert_refused(&app, &tokens[1], StatusCode::UNAUTHORIZED, "token_expired").await;
+    assert_refused(
+        &app,
+        &tokens[1],
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::TokenExpired.as_str(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -83,7 +96,13 @@ async fn tampered_token_is_refused() {
         .encode(serde_json::to_vec(&claims).unwrap());
     let parts: Vec<&str> = token.split('.').collect();
     let tampered = format!("{}.{}.{}", parts[0], payload, parts[2]);
-    assert_refused(&app, &tampered, StatusCode::UNAUTHORIZED, "token_invalid").await;
+    assert_refused(
+        &app,
+        &tampered,
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::TokenInvalid.as_str(),
+    )
+    .await;
     // The genuine token is untouched by the attempt.
     assert_eq!(
         enroll_with(&app, &token).await.status(),
@@ -97,16 +116,34 @@ async fn token_signed_with_another_key_is_refused() {
     let token = app.bootstrap_token("factory-1").await;
     let (other, _) = TokenKey::generate(&ring::rand::SystemRandom::new()).unwrap();
     let forged = other.sign(&claims_of(&token)).unwrap();
-    assert_refused(&app, &forged, StatusCode::UNAUTHORIZED, "token_invalid").await;
+    assert_refused(
+        &app,
+        &forged,
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::TokenInvalid.as_str(),
+    )
+    .await;
     // An operator token is not a bootstrap token either.
     let admin = app.admin.clone();
-    assert_refused(&app, &admin, StatusCode::UNAUTHORIZED, "token_invalid").await;
-    assert_refused(&app, "not-a-jwt", StatusCode::UNAUTHORIZED, "token_invalid").await;
+    assert_refused(
+        &app,
+        &admin,
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::TokenInvalid.as_str(),
+    )
+    .await;
+    assert_refused(
+        &app,
+        "not-a-jwt",
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::TokenInvalid.as_str(),
+    )
+    .await;
     assert_refused(
         &app,
         &"a".repeat(5000),
         StatusCode::UNAUTHORIZED,
-        "token_invalid",
+        ProblemCode::TokenInvalid.as_str(),
     )
     .await;
 }

@@ -14,6 +14,7 @@ use vouch_attestor::testing::{
     boot_events, measure, policy_dir_with_references, write_reference_values, SoftwareTpm, QUOTED,
 };
 use vouch_ca::app::PolicyConfig;
+use vouch_proto::ProblemCode;
 
 /// The example policies with reference values for the `sensor` class accepting `sets`.
 pub fn policies_with_references(sets: &[(&str, &str, &str)]) -> TempDir {
@@ -228,7 +229,7 @@ async fn an_unexpected_firmware_digest_quarantines_the_device_denies_it_and_bloc
     booted.tpm.extend(0, &[0x66; 32]);
     let (status, body) = problem(attest(&app, &device, &booted).await).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(body["code"], "attestation_failed");
+    assert_eq!(body["code"], ProblemCode::AttestationFailed.as_str());
     let record = app.device_json(device.device_id()).await;
     assert_eq!(record["attestation"], "quarantined");
     assert!(
@@ -245,7 +246,7 @@ async fn an_unexpected_firmware_digest_quarantines_the_device_denies_it_and_bloc
     );
     let (status, body) = problem(app.renew(&device).await).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(body["code"], "device_quarantined");
+    assert_eq!(body["code"], ProblemCode::DeviceQuarantined.as_str());
 }
 
 #[tokio::test]
@@ -269,7 +270,10 @@ async fn a_reused_unknown_foreign_or_expired_nonce_is_refused_and_changes_nothin
     let (status, p) = problem(submit(&app, &device_a, &body).await).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("nonce_invalid"))
+        (
+            StatusCode::FORBIDDEN,
+            Some(ProblemCode::NonceInvalid.as_str())
+        )
     );
 
     // A's nonce, used by B (with a perfectly good quote from B's TPM).
@@ -278,7 +282,10 @@ async fn a_reused_unknown_foreign_or_expired_nonce_is_refused_and_changes_nothin
     let (status, p) = problem(submit(&app, &device_b, &foreign).await).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("nonce_invalid"))
+        (
+            StatusCode::FORBIDDEN,
+            Some(ProblemCode::NonceInvalid.as_str())
+        )
     );
 
     // A nonce never issued.
@@ -286,7 +293,10 @@ async fn a_reused_unknown_foreign_or_expired_nonce_is_refused_and_changes_nothin
     let (status, p) = problem(submit(&app, &device_b, &unknown).await).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("nonce_invalid"))
+        (
+            StatusCode::FORBIDDEN,
+            Some(ProblemCode::NonceInvalid.as_str())
+        )
     );
 
     // A nonce answered after it expired (the server's clock moves past its 5 minutes).
@@ -296,7 +306,10 @@ async fn a_reused_unknown_foreign_or_expired_nonce_is_refused_and_changes_nothin
     let (status, p) = problem(submit(&app, &device_b, &late).await).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("nonce_invalid"))
+        (
+            StatusCode::FORBIDDEN,
+            Some(ProblemCode::NonceInvalid.as_str())
+        )
     );
 
     // None of it touched B's state; A is still attested.
@@ -325,7 +338,10 @@ async fn a_replayed_quote_is_refused() {
     let (status, p) = problem(submit(&app, &device, &replay).await).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("attestation_failed"))
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(ProblemCode::AttestationFailed.as_str())
+        )
     );
     assert!(p["detail"].as_str().unwrap().contains("nonce"), "{p}");
     assert_eq!(
@@ -346,7 +362,10 @@ async fn a_quote_signed_by_another_tpms_ak_is_refused() {
     let (status, p) = problem(submit(&app, &device, &forged).await).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("attestation_failed"))
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(ProblemCode::AttestationFailed.as_str())
+        )
     );
     assert!(p["detail"].as_str().unwrap().contains("signature"), "{p}");
     assert_eq!(
@@ -370,7 +389,10 @@ async fn a_pcr_selection_other_than_the_one_requested_is_refused() {
     let (status, p) = problem(submit(&app, &device, &body).await).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("attestation_failed"))
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(ProblemCode::AttestationFailed.as_str())
+        )
     );
     assert!(p["detail"].as_str().unwrap().contains("selection"), "{p}");
 }
@@ -386,7 +408,10 @@ async fn an_event_log_that_does_not_replay_to_the_pcrs_is_refused() {
     let (status, p) = problem(submit(&app, &device, &body).await).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("attestation_failed"))
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(ProblemCode::AttestationFailed.as_str())
+        )
     );
     assert!(p["detail"].as_str().unwrap().contains("event log"), "{p}");
 }
@@ -448,7 +473,10 @@ async fn a_wrong_activation_secret_is_refused_and_writes_nothing() {
     let (status, p) = problem(r).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("activation_invalid"))
+        (
+            StatusCode::FORBIDDEN,
+            Some(ProblemCode::ActivationInvalid.as_str())
+        )
     );
     assert_eq!(app.counts().await, before);
     // The token is still good: the real TPM completes the enrollment.
@@ -468,6 +496,9 @@ async fn a_device_enrolled_without_a_tpm_has_no_attestation_key() {
     let (status, p) = problem(r).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::CONFLICT, Some("no_attestation_key"))
+        (
+            StatusCode::CONFLICT,
+            Some(ProblemCode::NoAttestationKey.as_str())
+        )
     );
 }

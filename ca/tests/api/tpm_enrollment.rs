@@ -9,6 +9,7 @@ use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use vouch_attestor::testing::SoftwareTpm;
+use vouch_proto::ProblemCode;
 
 #[tokio::test]
 async fn re_enrolling_a_device_with_another_ek_is_refused_and_with_its_own_ek_is_allowed() {
@@ -24,7 +25,10 @@ async fn re_enrolling_a_device_with_another_ek_is_refused_and_with_its_own_ek_is
     let (status, p) = tpm_enroll(&app, &other.tpm, &token).await.unwrap_err();
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("ek_mismatch"))
+        (
+            StatusCode::FORBIDDEN,
+            Some(ProblemCode::EkMismatch.as_str())
+        )
     );
     assert_eq!(app.counts().await.devices, before.devices);
     assert_eq!(app.counts().await.certificates, before.certificates);
@@ -53,7 +57,10 @@ async fn an_ek_enrolled_as_one_device_cannot_enroll_as_another() {
         .unwrap_err();
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::CONFLICT, Some("ek_already_enrolled"))
+        (
+            StatusCode::CONFLICT,
+            Some(ProblemCode::EkAlreadyEnrolled.as_str())
+        )
     );
 }
 
@@ -69,7 +76,10 @@ async fn a_re_enrollment_token_needs_a_tpm() {
     let (status, p) = problem(r).await;
     assert_eq!(
         (status, p["code"].as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, Some("token_requires_tpm"))
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(ProblemCode::TokenRequiresTpm.as_str())
+        )
     );
     // A device enrolled without a TPM has nothing to prove itself with: no re-enrollment
     // token (any TPM could otherwise claim it), and none that moves a device to another zone
@@ -78,11 +88,11 @@ async fn a_re_enrollment_token_needs_a_tpm() {
     for (body, code) in [
         (
             json!({"zone": "sensors", "reenroll_device": plain.device_id()}),
-            "device_has_no_tpm",
+            ProblemCode::DeviceHasNoTpm.as_str(),
         ),
         (
             json!({"zone": "edge", "reenroll_device": device.device_id()}),
-            "zone_mismatch",
+            ProblemCode::ZoneMismatch.as_str(),
         ),
     ] {
         let r = app
@@ -152,27 +162,27 @@ async fn ek_certificates_must_chain_to_the_configured_manufacturer_roots() {
         (status, p["code"].as_str()),
         (
             StatusCode::UNPROCESSABLE_ENTITY,
-            Some("ek_certificate_required")
+            Some(ProblemCode::EkCertificateRequired.as_str())
         )
     );
     // Another TPM's certificate, from another manufacturer CA.
     let (_, p) = problem(start_with_cert(&app, &tpm, Some(&stranger_cert)).await).await;
-    assert_eq!(p["code"], "ek_certificate_invalid");
+    assert_eq!(p["code"], ProblemCode::EkCertificateInvalid.as_str());
     assert!(
         p["detail"].as_str().unwrap().contains("does not certify"),
         "{p}"
     );
     // A TPM whose own certificate comes from a CA that is not configured.
     let (_, p) = problem(start_with_cert(&app, &stranger, Some(&stranger_cert)).await).await;
-    assert_eq!(p["code"], "ek_certificate_invalid");
+    assert_eq!(p["code"], ProblemCode::EkCertificateInvalid.as_str());
     assert!(p["detail"].as_str().unwrap().contains("chain"), "{p}");
     // Not a certificate at all; a certificate with bytes after it.
     let (_, p) = problem(start_with_cert(&app, &tpm, Some(b"not DER")).await).await;
-    assert_eq!(p["code"], "ek_certificate_invalid");
+    assert_eq!(p["code"], ProblemCode::EkCertificateInvalid.as_str());
     let mut trailing = cert.clone();
     trailing.push(0);
     let (_, p) = problem(start_with_cert(&app, &tpm, Some(&trailing)).await).await;
-    assert_eq!(p["code"], "ek_certificate_invalid");
+    assert_eq!(p["code"], ProblemCode::EkCertificateInvalid.as_str());
 }
 
 #[tokio::test]
@@ -187,24 +197,24 @@ async fn hostile_tpm_enrollment_inputs_are_refused_without_a_write() {
     let cases: Vec<(Value, &str)> = vec![
         (
             json!({"token": token, "ek_public": "%%%", "ak_public": ak}),
-            "tpm_structure_invalid",
+            ProblemCode::TpmStructureInvalid.as_str(),
         ),
         (
             json!({"token": token, "ek_public": ek, "ak_public": B64.encode(&ak_bytes[..ak_bytes.len() - 3])}),
-            "tpm_structure_invalid",
+            ProblemCode::TpmStructureInvalid.as_str(),
         ),
         (
             json!({"token": token, "ek_public": ek, "ak_public": "A".repeat(40_000)}),
-            "tpm_structure_invalid",
+            ProblemCode::TpmStructureInvalid.as_str(),
         ),
         // The EK is a decryption key, not an attestation key.
         (
             json!({"token": token, "ek_public": ek, "ak_public": ek}),
-            "not_an_attestation_key",
+            ProblemCode::NotAnAttestationKey.as_str(),
         ),
         (
             json!({"token": "not.a.jwt", "ek_public": ek, "ak_public": ak}),
-            "token_invalid",
+            ProblemCode::TokenInvalid.as_str(),
         ),
     ];
     for (body, code) in cases {
@@ -257,7 +267,7 @@ async fn an_ek_on_the_allowlist_enrolls_without_a_certificate_and_others_need_on
         (status, p["code"].as_str()),
         (
             StatusCode::UNPROCESSABLE_ENTITY,
-            Some("ek_certificate_required")
+            Some(ProblemCode::EkCertificateRequired.as_str())
         )
     );
     assert!(p["detail"].as_str().unwrap().contains("allowlist"), "{p}");
@@ -275,7 +285,10 @@ async fn by_default_no_endorsement_key_is_trusted() {
     let booted = boot("fw-1", "cfg-a");
     let (status, body) = problem(start_with_cert(&app, &booted.tpm, None).await).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(body["code"], "tpm_enrollment_unconfigured");
+    assert_eq!(
+        body["code"],
+        ProblemCode::TpmEnrollmentUnconfigured.as_str()
+    );
     let counts = app.counts().await;
     assert_eq!((counts.devices, counts.used_tokens), (0, 0));
 }

@@ -12,6 +12,7 @@ use vouch_ca::clock::Clock;
 use vouch_ca::store::{
     AttestationResult, AttestationState, NewCertificate, RenewRefusal, SweepOutcome,
 };
+use vouch_proto::ProblemCode;
 
 #[tokio::test]
 async fn a_tpm_device_that_never_attests_is_unattested_then_stale() {
@@ -61,7 +62,7 @@ async fn a_tpm_device_that_never_attests_is_unattested_then_stale() {
         assert_eq!(other_now.attestation, AttestationState::None);
         let (status, body) = problem(app.renew(&silent).await).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        assert_eq!(body["code"], "device_stale");
+        assert_eq!(body["code"], ProblemCode::DeviceStale.as_str());
 
         // A passing attestation brings it back.
         assert_eq!(
@@ -94,7 +95,7 @@ async fn re_enrollment_never_clears_a_quarantine() {
     assert_eq!(record["attestation"], "quarantined", "{record}");
     let (status, body) = problem(app.renew(&again).await).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(body["code"], "device_quarantined");
+    assert_eq!(body["code"], ProblemCode::DeviceQuarantined.as_str());
 }
 
 /// The renewal race: the handler's early check has passed (the device was in good standing),

@@ -5,6 +5,7 @@ use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use vouch_ca::tokens::Role;
+use vouch_proto::ProblemCode;
 
 #[tokio::test]
 async fn decisions_see_the_registry_and_name_the_version() {
@@ -138,7 +139,7 @@ async fn devices_ask_only_about_themselves_and_nobody_else_asks_unauthenticated(
     let r = device_authorize(&app, &device, &foreign).await;
     let (status, p) = problem(r).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(p["code"], "forbidden_request");
+    assert_eq!(p["code"], ProblemCode::ForbiddenRequest.as_str());
 
     // No credentials, or a bootstrap token as bearer: refused.
     let r = app.post("/v1/authorize", None, &egress).await;
@@ -195,43 +196,43 @@ async fn hostile_decision_requests_get_problems_and_log_nothing() {
             "unknown field",
             unknown_field,
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            ProblemCode::InvalidBody.as_str(),
         ),
         (
             "unknown context field",
             unknown_context,
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            ProblemCode::InvalidBody.as_str(),
         ),
         (
             "bad resource",
             bad_target,
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            ProblemCode::InvalidBody.as_str(),
         ),
         (
             "wrong type",
             wrong_type,
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            ProblemCode::InvalidBody.as_str(),
         ),
         (
             "action not in the schema",
             unknown_action,
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ProblemCode::InvalidRequest.as_str(),
         ),
         (
             "unknown device",
             unknown_device,
             StatusCode::NOT_FOUND,
-            "device_unknown",
+            ProblemCode::DeviceNotFound.as_str(),
         ),
         (
             "oversized id",
             long_id,
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ProblemCode::InvalidRequest.as_str(),
         ),
     ];
     for (name, body, want_status, want_code) in cases {
@@ -249,7 +250,10 @@ async fn hostile_decision_requests_get_problems_and_log_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(problem(r).await.1["code"], "malformed_json");
+    assert_eq!(
+        problem(r).await.1["code"],
+        ProblemCode::MalformedJson.as_str()
+    );
     let r = app
         .client
         .post(app.url("/v1/authorize"))
@@ -263,7 +267,10 @@ async fn hostile_decision_requests_get_problems_and_log_nothing() {
     let r = app
         .get("/v1/policy/decisions?limit=0", Some(&app.admin))
         .await;
-    assert_eq!(problem(r).await.1["code"], "invalid_query");
+    assert_eq!(
+        problem(r).await.1["code"],
+        ProblemCode::InvalidQuery.as_str()
+    );
     assert_eq!(decision_count(&app).await, 0);
 }
 
@@ -285,5 +292,5 @@ async fn without_a_policy_directory_everything_is_denied() {
     assert_eq!(d["decision"], "deny");
     assert_eq!(d["policy_version"], "none");
     let r = app.get("/v1/policy/bundle", Some(&app.admin)).await;
-    assert_eq!(problem(r).await.1["code"], "no_policy");
+    assert_eq!(problem(r).await.1["code"], ProblemCode::NoPolicy.as_str());
 }

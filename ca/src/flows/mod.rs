@@ -1,0 +1,8 @@
+//! The server's flows: each decides one operation (its rules, in order, and the transaction
+//! that writes its outcome), as a function of the server's state and a typed request.
+//! Handlers decode the request, call one flow and encode its answer; the problem a flow
+//! refuses with is [`crate::api::problem::ApiError`] (a [`vouch_proto::ProblemCode`] and a
+//! detail), turned into HTTP in one place.
+
+pub mod issue;
+pub mod renew;
