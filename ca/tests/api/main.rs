@@ -19,6 +19,7 @@ mod policy;
 mod processes;
 mod renew_revoke;
 mod roles;
+mod schema_equality;
 mod self_contained;
 mod storage;
 mod support;
