@@ -2,11 +2,13 @@
 //! tss-esapi, no libtss2), so the server builds and runs without a TPM.
 //!
 //! - [`credential`]: MakeCredential in software, for credential activation at enrollment.
+//! - [`endorsement`]: whether an endorsement key may enroll (allowlist, EK certificate chain).
 //! - [`tpm`]: strict parsers for `TPMS_ATTEST`, `TPMT_SIGNATURE`, `TPMT_PUBLIC` and PCR
 //!   selections, and object names.
 //! - [`eventlog`]: the TCG PC Client crypto-agile event log, and its replay.
 //! - [`quote`]: quote verification: AK attributes and signature, qualified signer, nonce,
 //!   PCR selection, PCR digest, event-log replay.
+//! - [`submission`]: a quote submission's encoded fields, bounded and decoded.
 //! - [`reference`]: reference values per device class, several accepted sets at once.
 //!
 //! Everything here is a plain function over bytes and values: no clock, no I/O. Every
@@ -14,9 +16,11 @@
 #![forbid(unsafe_code)]
 
 pub mod credential;
+pub mod endorsement;
 pub mod eventlog;
 pub mod quote;
 pub mod reference;
+pub mod submission;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tpm;

@@ -308,7 +308,7 @@ async fn watch_policies(state: AppState, every: std::time::Duration) {
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        if let Err(e) = api::policy::reload_policies(&state, "policy-watcher", false).await {
+        if let Err(e) = crate::flows::reload::reload(&state, "policy-watcher", false).await {
             tracing::warn!(code = e.code.as_str(), detail = %e.detail, "policy watcher could not reload");
         }
     }
@@ -326,28 +326,7 @@ async fn sweep_stale_devices(state: AppState, every: std::time::Duration, replic
 
 /// One sweep attempt for the current period (also what tests call with an injected clock).
 pub async fn run_sweep(state: &AppState, replica: &str) -> Option<crate::store::SweepOutcome> {
-    let s = &state.settings;
-    match state
-        .registry
-        .sweep_stale(
-            state.clock.unix(),
-            s.attestation_period_secs,
-            s.attestation_grace_secs,
-            replica,
-        )
-        .await
-    {
-        Ok(outcome) => {
-            if let crate::store::SweepOutcome::Ran { period, stale } = outcome {
-                tracing::info!(period, stale, replica, "stale sweep ran");
-            }
-            Some(outcome)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "stale sweep failed; next tick retries");
-            None
-        }
-    }
+    crate::flows::attest::sweep_stale(state, replica).await
 }
 
 /// Loads everything, connects the registry, binds the listener and starts serving.

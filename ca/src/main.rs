@@ -219,9 +219,7 @@ async fn reload_on_hangup(state: vouch_ca::api::AppState) {
         };
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading policies");
-            if let Err(e) =
-                vouch_ca::api::policy::reload_policies(&state, "signal:SIGHUP", true).await
-            {
+            if let Err(e) = vouch_ca::flows::reload::reload(&state, "signal:SIGHUP", true).await {
                 tracing::warn!(code = e.code.as_str(), detail = %e.detail, "policy reload failed");
             }
         }

@@ -68,7 +68,7 @@ pub struct FleetDefs {
 pub struct DeviceFacts {
     /// The device's zone.
     pub zone: String,
-    /// `low` (no TPM), `medium` or `high`.
+    /// `low` (no TPM), `medium` or `high` ([`Standing::trust`]).
     #[serde(default = "default_trust")]
     pub trust: String,
     /// Device class.
@@ -77,7 +77,7 @@ pub struct DeviceFacts {
     /// Capabilities, e.g. `camera`.
     #[serde(default)]
     pub capabilities: Vec<String>,
-    /// `active`, `stale`, `quarantined` or `revoked`.
+    /// `active`, `unattested`, `stale`, `quarantined` or `revoked` ([`Standing::status`]).
     #[serde(default = "default_status")]
     pub status: String,
     /// Last good attestation, Unix seconds (0: never).
@@ -86,6 +86,54 @@ pub struct DeviceFacts {
     /// Labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// Where a device stands in the registry: what its policy `status` and `trust` are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Revoked by an operator.
+    pub revoked: bool,
+    /// What attestation found last.
+    pub attestation: Attestation,
+    /// Its keys were bound to a TPM at enrollment.
+    pub tpm_bound: bool,
+}
+
+/// What a device's attestations have found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attestation {
+    /// No attestation recorded yet.
+    None,
+    /// The last attestation passed.
+    Passed,
+    /// An attestation failed.
+    Quarantined,
+    /// The device went silent past its attestation period.
+    Stale,
+}
+
+impl Standing {
+    /// The policy `status`: revocation wins; then the attestation finding. A TPM device that
+    /// has not yet passed an attestation is `unattested` (its trust rests on an attestation it
+    /// has not given); a device without a TPM never attests and is `active`.
+    pub fn status(&self) -> &'static str {
+        match (self.revoked, self.attestation) {
+            (true, _) => "revoked",
+            (false, Attestation::Quarantined) => "quarantined",
+            (false, Attestation::Stale) => "stale",
+            (false, Attestation::None) if self.tpm_bound => "unattested",
+            (false, Attestation::None | Attestation::Passed) => "active",
+        }
+    }
+
+    /// The policy `trust`: `high` for keys bound to a TPM at enrollment, `low` without.
+    pub fn trust(&self) -> &'static str {
+        if self.tpm_bound {
+            "high"
+        } else {
+            "low"
+        }
+    }
 }
 
 fn default_trust() -> String {

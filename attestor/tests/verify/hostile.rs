@@ -185,3 +185,121 @@ proptest! {
         }
     }
 }
+
+mod submission {
+    //! A submission's fields are bounded and decoded before any evidence is parsed; each
+    //! failure names the field.
+    use std::collections::BTreeMap;
+    use vouch_attestor::submission::{
+        decode_submission, EncodedSubmission, SubmissionError, MAX_PCR_VALUES,
+    };
+    use vouch_attestor::tpm::MAX_STRUCTURE_BYTES;
+
+    const LOG_LIMIT: usize = 1024;
+
+    fn decode(
+        quote: &str,
+        signature: &str,
+        pcrs: &[(&str, &str)],
+        log: Option<&str>,
+    ) -> Result<vouch_attestor::submission::DecodedSubmission, SubmissionError> {
+        let pcr_values: BTreeMap<String, String> = pcrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        decode_submission(
+            &EncodedSubmission {
+                quote,
+                signature,
+                pcr_values: &pcr_values,
+                event_log: log,
+            },
+            LOG_LIMIT,
+        )
+    }
+
+    #[test]
+    fn a_good_submission_decodes_to_its_bytes() {
+        let digest = "ab".repeat(32);
+        let d = decode(
+            "AQID",
+            "BAU=",
+            &[("0", &digest), ("23", &digest)],
+            Some("Bg=="),
+        )
+        .unwrap();
+        assert_eq!(d.attest, [1, 2, 3]);
+        assert_eq!(d.signature, [4, 5]);
+        assert_eq!(d.event_log.as_deref(), Some(&[6u8][..]));
+        assert_eq!(
+            d.pcr_values.keys().copied().collect::<Vec<_>>(),
+            vec![0, 23]
+        );
+        assert_eq!(d.pcr_values[&0], [0xab; 32]);
+        let e = d.evidence();
+        assert_eq!((e.attest, e.signature), (&d.attest[..], &d.signature[..]));
+    }
+
+    #[test]
+    fn each_bad_field_is_refused_and_named() {
+        let digest = "ab".repeat(32);
+        let big = "A".repeat(MAX_STRUCTURE_BYTES * 4 / 3 + 8);
+        let cases: Vec<(Result<_, _>, SubmissionError)> = vec![
+            (
+                decode("%%", "AA==", &[], None),
+                SubmissionError::NotBase64("quote"),
+            ),
+            (
+                decode("AA==", "A", &[], None),
+                SubmissionError::NotBase64("signature"),
+            ),
+            (
+                decode(&big, "AA==", &[], None),
+                SubmissionError::TooLarge("quote"),
+            ),
+            (
+                decode("AA==", &big, &[], None),
+                SubmissionError::TooLarge("signature"),
+            ),
+            (
+                decode("AA==", "AA==", &[], Some(&"A".repeat(LOG_LIMIT * 2))),
+                SubmissionError::TooLarge("event log"),
+            ),
+            (
+                decode("AA==", "AA==", &[], Some("*")),
+                SubmissionError::NotBase64("event log"),
+            ),
+            (
+                decode("AA==", "AA==", &[("24", &digest)], None),
+                SubmissionError::BadPcrIndex("24".into()),
+            ),
+            (
+                decode("AA==", "AA==", &[("-1", &digest)], None),
+                SubmissionError::BadPcrIndex("-1".into()),
+            ),
+            (
+                decode("AA==", "AA==", &[("0123456789abcdef", &digest)], None),
+                SubmissionError::BadPcrIndex("01234567".into()),
+            ),
+            (
+                decode("AA==", "AA==", &[("7", "abcd")], None),
+                SubmissionError::BadPcrValue(7),
+            ),
+            (
+                decode("AA==", "AA==", &[("7", &"zz".repeat(32))], None),
+                SubmissionError::BadPcrValue(7),
+            ),
+        ];
+        for (i, (got, want)) in cases.into_iter().enumerate() {
+            assert_eq!(got, Err(want), "case {i}");
+        }
+        let many: Vec<(String, String)> = (0..=MAX_PCR_VALUES)
+            .map(|i| (format!("{i:02}"), digest.clone()))
+            .collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            decode("AA==", "AA==", &many, None),
+            Err(SubmissionError::TooManyPcrs)
+        );
+    }
+}

@@ -8,5 +8,6 @@
 )]
 
 mod credential;
+mod endorsement;
 mod hostile;
 mod swtpm;

@@ -1,19 +1,17 @@
-//! Operator views of the registry, and revocation.
+//! Operators' views of the registry, revocation and release: decode, call
+//! [`crate::flows::devices`] or [`crate::flows::revoke`], encode.
 
 use super::auth::Operator;
 use super::problem::{ApiError, ApiJson};
 use super::AppState;
-use crate::ids::DeviceId;
-use crate::store::{DeviceFilter, DeviceRecord, DeviceStatus, RevokeOutcome};
+use crate::flows::devices::unreadable_query;
+use crate::store::DeviceRecord;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use vouch_proto::device::{DeviceList, ListQuery, RevokeRequest, RevokeResponse, MAX_PAGE};
-use vouch_proto::ProblemCode;
-
-fn bad_query(detail: impl Into<String>) -> ApiError {
-    ApiError::new(ProblemCode::InvalidQuery, detail)
-}
+use vouch_proto::device::{
+    AttestationHistory, DeviceList, ListQuery, ReleaseRequest, RevokeRequest, RevokeResponse,
+};
 
 /// Lists devices, filtered by zone and status, with cursor pagination.
 #[utoipa::path(get, path = "/v1/devices", params(ListQuery), security(("operator_jwt" = [])),
@@ -23,64 +21,8 @@ pub async fn list_devices(
     _operator: Operator,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<DeviceList>, ApiError> {
-    let Query(q) = query.map_err(|e| bad_query(super::problem::bounded(&e.body_text(), 300)))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(bad_query(format!("limit must be 1 to {MAX_PAGE}")));
-    }
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(
-            DeviceStatus::parse(s)
-                .ok_or_else(|| bad_query("status must be `active` or `revoked`"))?,
-        ),
-    };
-    if let Some(zone) = &q.zone {
-        crate::ids::Zone::parse(zone).map_err(|e| bad_query(e.to_string()))?;
-    }
-    if let Some(cursor) = &q.cursor {
-        DeviceId::parse(cursor).ok_or_else(|| bad_query("cursor is not a device id"))?;
-    }
-    let devices = state
-        .registry
-        .list_devices(&DeviceFilter {
-            zone: q.zone,
-            status,
-            after: q.cursor,
-            limit: limit + 1,
-        })
-        .await?;
-    let has_more = devices.len() as i64 > limit;
-    let page: Vec<DeviceRecord> = devices.into_iter().take(limit as usize).collect();
-    let next_cursor = if has_more {
-        page.last().map(|d| d.id.clone())
-    } else {
-        None
-    };
-    Ok(Json(DeviceList {
-        devices: page,
-        next_cursor,
-    }))
-}
-
-pub(super) fn not_found() -> ApiError {
-    ApiError::new(ProblemCode::DeviceNotFound, "no device with that id")
-}
-
-/// An operator's reason for an audited change: trimmed, 1 to 256 characters.
-pub(super) fn audited_reason(raw: &str) -> Result<&str, ApiError> {
-    let reason = raw.trim();
-    if reason.is_empty() || reason.chars().count() > 256 {
-        return Err(ApiError::new(
-            ProblemCode::InvalidBody,
-            "reason must be 1 to 256 characters",
-        ));
-    }
-    Ok(reason)
-}
-
-pub(super) fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
-    DeviceId::parse(raw).ok_or_else(not_found)
+    let Query(q) = query.map_err(|e| unreadable_query(&e.body_text()))?;
+    crate::flows::devices::list(&state, q).await.map(Json)
 }
 
 /// One device.
@@ -92,9 +34,7 @@ pub async fn get_device(
     _operator: Operator,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceRecord>, ApiError> {
-    let id = device_id(&id)?;
-    let device = state.registry.device(id.as_str()).await?;
-    device.map(Json).ok_or_else(not_found)
+    crate::flows::devices::show(&state, &id).await.map(Json)
 }
 
 /// Revokes a device: its certificates go on the CRL at once and it can no longer renew.
@@ -108,30 +48,36 @@ pub async fn revoke_device(
     ApiJson(req): ApiJson<RevokeRequest>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
     operator.require_write()?;
-    let id = device_id(&id)?;
-    let reason = audited_reason(&req.reason)?;
-    let now = state.clock.unix();
-    let serials = match state
-        .registry
-        .revoke_device(id.as_str(), reason, &operator.actor(), now)
-        .await?
-    {
-        RevokeOutcome::Revoked(serials) => serials,
-        RevokeOutcome::AlreadyRevoked => {
-            return Err(ApiError::new(
-                ProblemCode::DeviceAlreadyRevoked,
-                "device is already revoked",
-            ))
-        }
-        RevokeOutcome::NotFound => return Err(not_found()),
-    };
-    state.metrics.revocations.inc();
-    tracing::info!(device_id = %id, by = %operator.actor(), "device revoked");
-    let crl = super::ops::publish_crl(&state).await?;
-    Ok(Json(RevokeResponse {
-        device_id: id.as_str().to_owned(),
-        status: DeviceStatus::Revoked,
-        revoked_serials: serials,
-        crl_number: crl.number,
-    }))
+    crate::flows::revoke::revoke(&state, &operator.actor(), &id, &req)
+        .await
+        .map(Json)
+}
+
+/// The attestation results and state changes of one device.
+#[utoipa::path(get, path = "/v1/devices/{id}/attestations", security(("operator_jwt" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = AttestationHistory), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
+pub async fn history(
+    State(state): State<AppState>,
+    _operator: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<AttestationHistory>, ApiError> {
+    crate::flows::devices::history(&state, &id).await.map(Json)
+}
+
+/// Releases a quarantined device: it is `active` again until its next attestation says
+/// otherwise. `409 device_not_quarantined` if it is not quarantined.
+#[utoipa::path(post, path = "/v1/devices/{id}/release", request_body = ReleaseRequest,
+    security(("operator_jwt" = [])), params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = DeviceRecord), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
+pub async fn release(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ReleaseRequest>,
+) -> Result<Json<DeviceRecord>, ApiError> {
+    operator.require_write()?;
+    crate::flows::devices::release(&state, &operator.actor(), &id, &req)
+        .await
+        .map(Json)
 }

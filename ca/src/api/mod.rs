@@ -1,7 +1,6 @@
 //! The provisioning API: routes, shared state and the OpenAPI document.
 
 mod attest;
-mod attestation;
 pub mod auth;
 mod devices;
 pub mod doc;
@@ -26,7 +25,7 @@ use axum::Router;
 use ring::rand::SystemRandom;
 use std::sync::Arc;
 
-pub use attest::{TpmIdentities, TpmIdentity, IDENTITY_TTL_SECS, NONCE_TTL_SECS};
+pub use crate::flows::attest::{TpmIdentities, TpmIdentity, IDENTITY_TTL_SECS, NONCE_TTL_SECS};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -80,6 +79,17 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// What the server trusts TPMs by, for [`vouch_attestor::endorsement::check_endorsement`].
+    pub fn ek_trust(&self) -> vouch_attestor::endorsement::EkTrust {
+        vouch_attestor::endorsement::EkTrust {
+            roots: self.tpm_roots.clone(),
+            allowlist: self.tpm_ek_allowlist.clone(),
+            trust_on_first_use: self.tpm_trust_on_first_use,
+        }
+    }
+}
+
 /// Everything a handler may use; cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<AppInner>);
@@ -111,7 +121,7 @@ pub struct AppInner {
     /// The decision log writer.
     pub decision_log: DecisionLog,
     /// What never changes of an attesting certificate, kept in memory.
-    pub tpm_identities: attest::TpmIdentities,
+    pub tpm_identities: TpmIdentities,
     /// Signs policy bundles for agents.
     pub bundle_signing: BundleSigning,
 }
@@ -145,8 +155,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/devices", get(devices::list_devices))
         .route("/v1/devices/{id}", get(devices::get_device))
         .route("/v1/devices/{id}/revoke", post(devices::revoke_device))
-        .route("/v1/devices/{id}/release", post(attestation::release))
-        .route("/v1/devices/{id}/attestations", get(attestation::history))
+        .route("/v1/devices/{id}/release", post(devices::release))
+        .route("/v1/devices/{id}/attestations", get(devices::history))
         .route("/v1/authorize", post(policy::authorize))
         .route("/v1/policy/status", get(policy::status))
         .route("/v1/policy/reload", post(policy::reload))

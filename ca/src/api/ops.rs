@@ -4,42 +4,18 @@
 use super::problem::ApiError;
 use super::AppState;
 use crate::metrics::ExpositionFormat;
-use crate::pki::crl::build_crl;
-use crate::store::StoredCrl;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::Json;
-use time::Duration;
 use vouch_proto::ProblemCode;
-
-/// Signs and stores a new CRL under the next number.
-pub async fn publish_crl(state: &AppState) -> Result<StoredCrl, ApiError> {
-    let now = state.clock.now();
-    let validity = Duration::seconds(state.settings.crl_validity_secs);
-    let ca = &state.ca;
-    let crl = state
-        .registry
-        .publish_crl(now.unix_timestamp(), |number, revoked| {
-            build_crl(ca, number, revoked, now, validity)
-        })
-        .await?
-        .map_err(|e| ApiError::internal(&e))?;
-    tracing::info!(crl_number = crl.number, "CRL published");
-    Ok(crl)
-}
 
 /// The current CRL (DER), signed by the issuing CA. A new one is signed on every revocation
 /// and when the stored one has used a quarter of its validity.
 #[utoipa::path(get, path = "/v1/crl",
     responses((status = 200, content_type = "application/pkix-crl", body = Vec<u8>)))]
 pub async fn crl(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let now = state.clock.unix();
-    let refresh_after = state.settings.crl_validity_secs / 4;
-    let crl = match state.registry.latest_crl().await? {
-        Some(crl) if now - crl.this_update < refresh_after => crl,
-        _ => publish_crl(&state).await?,
-    };
+    let crl = crate::flows::revoke::current_crl(&state).await?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], crl.der))
 }
 

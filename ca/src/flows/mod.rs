@@ -4,5 +4,11 @@
 //! refuses with is [`crate::api::problem::ApiError`] (a [`vouch_proto::ProblemCode`] and a
 //! detail), turned into HTTP in one place.
 
+pub mod attest;
+pub mod authorize;
+pub mod devices;
+pub mod enroll;
 pub mod issue;
+pub mod reload;
 pub mod renew;
+pub mod revoke;

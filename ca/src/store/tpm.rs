@@ -87,10 +87,7 @@ pub enum TpmEnrollRefusal {
     ZoneMismatch,
 }
 
-/// SHA-256 of an EK public area, hex: how an EK is named in the registry.
-pub fn ek_fingerprint(ek_public: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, ek_public))
-}
+pub use vouch_attestor::endorsement::ek_fingerprint;
 
 fn unhex(column: &str, value: &str) -> Result<Vec<u8>, StoreError> {
     hex::decode(value).map_err(|_| StoreError::Corrupt(format!("{column} is not hex")))
