@@ -2,7 +2,6 @@
 //! import, loading, minting operator tokens, and starting the listener.
 
 use crate::api::{self, AppInner, AppState, Settings};
-use crate::authz::log::DecisionLog;
 use crate::authz::signed::BundleSigning;
 use crate::authz::PolicyService;
 use crate::clock::SharedClock;
@@ -359,7 +358,6 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
             .clone()
             .unwrap_or_else(|| format!("https://localhost:{}", addr.port()))
     );
-    let decision_log = DecisionLog::spawn(registry.clone());
     let state = AppState::new(AppInner {
         ca: loaded.ca,
         trust_domain: loaded.trust_domain,
@@ -372,7 +370,6 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         settings,
         metrics: Metrics::new(),
         policy,
-        decision_log,
         tpm_identities: Default::default(),
         bundle_signing: BundleSigning::default(),
     });

@@ -5,10 +5,14 @@
 //!   CRLs. Plain functions over bytes and values; time and randomness come in from the caller.
 //! - [`tokens`]: bootstrap and operator JWTs.
 //! - [`nonce`]: attestation nonces authenticated by the server, stored only once used.
-//! - [`store`]: the device registry over SQLite or PostgreSQL (sqlx).
+//! - [`store`]: the device registry over SQLite or PostgreSQL (sqlx), with one group-commit
+//!   writer for enrollments, attestation results and the decision log.
 //! - [`authz`]: the active and shadow policy sets (reloaded from a directory or Git work
-//!   tree), decisions with registry facts, the decision log writer and signed bundles.
-//! - [`api`]: the axum router, problem responses and authentication extractors.
+//!   tree) and signed bundles.
+//! - [`flows`]: one function per operation: its rules, in order, and the write that records
+//!   its outcome.
+//! - [`api`]: the axum router (handlers decode, call one flow, encode), problem responses and
+//!   authentication extractors.
 //! - [`server`]: the HTTPS/mTLS listener that serves the router.
 #![forbid(unsafe_code)]
 

@@ -10,7 +10,6 @@ pub mod policy;
 pub mod problem;
 mod tpm;
 
-use crate::authz::log::DecisionLog;
 use crate::authz::signed::BundleSigning;
 use crate::authz::PolicyService;
 use crate::clock::SharedClock;
@@ -118,8 +117,6 @@ pub struct AppInner {
     pub metrics: Metrics,
     /// The policy sets (active and shadow).
     pub policy: PolicyService,
-    /// The decision log writer.
-    pub decision_log: DecisionLog,
     /// What never changes of an attesting certificate, kept in memory.
     pub tpm_identities: TpmIdentities,
     /// Signs policy bundles for agents.

@@ -1,12 +1,11 @@
 //! Policy decisions in the server: the active Cedar policy set (loaded from `--policy-dir`,
 //! reloaded on change, swapped atomically), an optional candidate set evaluated beside it in
-//! shadow mode, the decision log and the signed policy bundle.
+//! shadow mode, and the signed policy bundle (the decision log is the registry's).
 //!
 //! A set that fails to load never replaces the running one; the failure is kept for
 //! `GET /v1/policy/status`. Without `--policy-dir` the active set is empty and every
 //! decision is a deny.
 
-pub mod log;
 pub mod signed;
 pub mod source;
 

@@ -164,7 +164,7 @@ pub async fn authorize(
         shadow,
     };
     // INVARIANT: a decision is answered only once it is in the decision log.
-    state.decision_log.record(record).await.map_err(|e| {
+    state.registry.log_decision(record).await.map_err(|e| {
         tracing::error!(error = %e, "decision not logged; refusing to answer it");
         ApiError::new(
             ProblemCode::DecisionLogUnavailable,

@@ -2,8 +2,9 @@
 //! task that commits whatever has queued in one transaction, then answers each waiting
 //! request. Every device attests every 30 minutes, so a large fleet's traffic is a steady
 //! stream of small writes; one transaction per write would serialize them on the database's
-//! single writer (measured with `benches/attest.rs`). The writer keeps one connection for
-//! its life and, under load, lets results gather for [`COMMIT_DELAY`] before each commit.
+//! single writer (measured with `benches/attest.rs`). The writer (`group_commit`) keeps one
+//! connection for its life and, under load, lets results gather for [`COMMIT_DELAY`] before
+//! each commit.
 //!
 //! A result is recorded with its nonce in the attestation history, whose nonce column is
 //! unique: that uses the nonce up. Of two results for one nonce, exactly one is recorded;
@@ -12,13 +13,11 @@
 
 use super::attestation::ResultEffect;
 use super::batch::{Param, Params};
-use super::{AttestationResult, AttestationState, Backend, Registry, StoreError};
+use super::group_commit::{self, Batch};
+use super::{AttestationResult, AttestationState, Registry, StoreError};
 use serde_json::json;
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use sqlx::AnyConnection;
+use std::collections::{HashMap, HashSet};
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -63,116 +62,37 @@ pub enum AttestWrite {
     NotCurrent,
 }
 
-pub(super) type Job = (AttestJob, oneshot::Sender<Result<AttestWrite, String>>);
+/// Attestation results, group-committed: at most one per device in a batch, and under load
+/// a [`COMMIT_DELAY`] before each batch.
+pub(super) struct Attestations;
 
-/// Starts the attestation writer on a thread of its own (see `batch::spawn_dedicated`).
-pub(super) async fn spawn_writer(
-    url: String,
-    backend: Backend,
-    sqlite_writer: Option<Arc<tokio::sync::Mutex<()>>>,
-) -> Result<mpsc::Sender<Job>, StoreError> {
-    super::batch::spawn_dedicated(
-        "attestation writer",
-        url,
-        backend,
-        sqlite_writer,
-        MAX_BATCH * 8,
-        run_writer,
-    )
-    .await
+impl Batch for Attestations {
+    type Job = AttestJob;
+    type Outcome = AttestWrite;
+    const NAME: &'static str = "attestation writer";
+    const MAX_BATCH: usize = MAX_BATCH;
+    const COMMIT_DELAY: Option<std::time::Duration> = Some(COMMIT_DELAY);
+
+    fn key(job: &AttestJob) -> Option<&str> {
+        Some(&job.device_id)
+    }
+
+    async fn commit(
+        registry: &Registry,
+        conn: &mut AnyConnection,
+        jobs: &[AttestJob],
+    ) -> Result<Vec<AttestWrite>, StoreError> {
+        registry.commit_batch_on(conn, jobs).await
+    }
 }
 
 impl Registry {
     /// Records `job` through the attestation writer (group commit); returns once it is
     /// durable in the database, or refused.
     pub async fn write_attestation(&self, job: AttestJob) -> Result<AttestWrite, StoreError> {
-        let Some(writer) = &self.attest_writer else {
-            // Inside the writer (not used there), or a registry without one: commit alone.
-            return self
-                .commit_attestation_batch(std::slice::from_ref(&job))
-                .await?
-                .pop()
-                .ok_or(StoreError::WriterGone);
-        };
-        let (reply_tx, reply_rx) = oneshot::channel();
-        writer
-            .send((job, reply_tx))
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        match reply_rx.await {
-            Ok(Ok(write)) => Ok(write),
-            Ok(Err(e)) => Err(StoreError::Batch(e)),
-            Err(_) => Err(StoreError::WriterGone),
-        }
-    }
-}
-
-async fn run_writer(registry: Registry, mut rx: mpsc::Receiver<Job>) {
-    // Results held for a later batch because their device already has one in this batch.
-    let mut deferred: VecDeque<Job> = VecDeque::new();
-    // The writer's connection, held across batches; dropped after an error (it may be
-    // broken: a restarted PostgreSQL) and taken again from the pool for the next batch.
-    let mut held: Option<PoolConnection<Any>> = None;
-    let mut last_batch = 0usize;
-    loop {
-        let first = match deferred.pop_front() {
-            Some(job) => job,
-            None => match rx.recv().await {
-                Some(job) => job,
-                None => break,
-            },
-        };
-        // Under load (the last batch had company), let more results queue before taking
-        // them. Results that arrive meanwhile wake nobody; see `COMMIT_DELAY`.
-        if last_batch > 1 {
-            tokio::time::sleep(COMMIT_DELAY).await;
-        }
-        let mut batch: Vec<Job> = Vec::new();
-        let mut devices: HashSet<String> = HashSet::new();
-        let mut later: VecDeque<Job> = VecDeque::new();
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            if devices.insert(job.0.device_id.clone()) {
-                batch.push(job);
-            } else {
-                later.push_back(job);
-            }
-            if batch.len() >= MAX_BATCH {
-                break;
-            }
-            next = deferred.pop_front().or_else(|| rx.try_recv().ok());
-        }
-        later.extend(deferred.drain(..));
-        deferred = later;
-
-        let jobs: Vec<AttestJob> = batch.iter().map(|(j, _)| j.clone()).collect();
-        last_batch = jobs.len();
-        let conn = match held.take() {
-            Some(conn) => Ok(conn),
-            None => registry.pool.acquire().await.map_err(StoreError::from),
-        };
-        let committed = match conn {
-            Ok(mut conn) => {
-                let done = registry.commit_batch_on(&mut conn, &jobs).await;
-                if done.is_ok() {
-                    held = Some(conn);
-                }
-                done
-            }
-            Err(e) => Err(e),
-        };
-        match committed {
-            Ok(writes) => {
-                for ((_, reply), write) in batch.into_iter().zip(writes) {
-                    let _ = reply.send(Ok(write));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, jobs = jobs.len(), "attestation commit failed");
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(e.to_string()));
-                }
-            }
+        match &self.writers {
+            Some(writers) => writers.attestations.submit(job).await,
+            None => group_commit::commit_alone::<Attestations>(self, job).await,
         }
     }
 }

@@ -1,18 +1,18 @@
-//! Group commit for enrollments.
+//! Group commit for enrollments, and the parameter lists of generated multi-row statements.
 //!
 //! Enrollment is the write that runs at fleet-rollout rates. Rather than one transaction of
-//! five statements per device, concurrent enrollments are queued to one writer task that
-//! commits whatever has queued up (up to [`MAX_BATCH`]) in one transaction of four
-//! multi-row statements. Single use of tokens is still decided by one conditional UPDATE per
+//! five statements per device, concurrent enrollments go to the enrollment writer
+//! (`group_commit`), which commits whatever has queued up (up to [`MAX_BATCH`]) in one
+//! transaction of four multi-row statements. Single use of tokens is still decided by one conditional UPDATE per
 //! token row (`... WHERE used_at IS NULL ... RETURNING jti`), so concurrent enrollments with
 //! one token, in one batch, in two batches or on two replicas, give exactly one device.
 
 use super::enrollment::{EnrollRefusal, NewCertificate, NewDevice};
-use super::{connect_pool, Backend, Registry, StoreError};
+use super::group_commit::Batch;
+use super::{Backend, Registry, StoreError};
 use serde_json::json;
+use sqlx::AnyConnection;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
 
 /// Most enrollments committed in one transaction.
 pub const MAX_BATCH: usize = 64;
@@ -26,9 +26,6 @@ pub(super) struct EnrollJob {
     pub now: i64,
     pub skew: i64,
 }
-
-pub(super) type EnrollOutcome = Result<Result<(), EnrollRefusal>, StoreError>;
-pub(super) type EnrollRequest = (EnrollJob, oneshot::Sender<EnrollOutcome>);
 
 /// A SQL parameter of one of the types the registry uses.
 pub(super) enum Param {
@@ -97,120 +94,29 @@ impl Params {
     }
 }
 
-/// Starts a group-commit writer (`run`, fed by the returned queue) on a thread of its own,
-/// with its own single-threaded runtime and its own connection pool. It ends when every
-/// sender is dropped.
-///
-/// Why a thread: on the shared runtime, each of the writer's awaits (one per statement)
-/// queued behind hundreds of request tasks doing signature work, so batches took several
-/// times longer than their database work and the CPU sat partly idle (measured with
-/// `benches/enroll.rs` and `benches/attest.rs`).
-pub(super) async fn spawn_dedicated<J, F, Fut>(
-    name: &str,
-    url: String,
-    backend: Backend,
-    sqlite_writer: Option<Arc<tokio::sync::Mutex<()>>>,
-    capacity: usize,
-    run: F,
-) -> Result<mpsc::Sender<J>, StoreError>
-where
-    J: Send + 'static,
-    F: FnOnce(Registry, mpsc::Receiver<J>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let (tx, rx) = mpsc::channel::<J>(capacity);
-    let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
-    let cannot = |e: std::io::Error| StoreError::Batch(format!("cannot start the {name}: {e}"));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(cannot)?;
-    std::thread::Builder::new()
-        .name(format!("vouch-{}", name.replace(' ', "-")))
-        .spawn(move || {
-            runtime.block_on(async move {
-                let pool = match connect_pool(&url, backend, 1).await {
-                    Ok(pool) => pool,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let registry = Registry {
-                    pool: pool.clone(),
-                    backend,
-                    sqlite_writer,
-                    enroll_writer: None,
-                    attest_writer: None,
-                };
-                run(registry, rx).await;
-                pool.close().await;
-            });
-        })
-        .map_err(cannot)?;
-    ready_rx.await.map_err(|_| StoreError::WriterGone)??;
-    Ok(tx)
-}
+/// Enrollments, group-committed: one transaction of four multi-row statements per batch.
+pub(super) struct Enrollments;
 
-/// Starts the enrollment writer (see [`spawn_dedicated`]).
-pub(super) async fn spawn_writer(
-    url: String,
-    backend: Backend,
-    sqlite_writer: Option<Arc<tokio::sync::Mutex<()>>>,
-) -> Result<mpsc::Sender<EnrollRequest>, StoreError> {
-    spawn_dedicated(
-        "enrollment writer",
-        url,
-        backend,
-        sqlite_writer,
-        MAX_BATCH * 16,
-        run_writer,
-    )
-    .await
-}
+impl Batch for Enrollments {
+    type Job = EnrollJob;
+    type Outcome = Result<(), EnrollRefusal>;
+    const NAME: &'static str = "enrollment writer";
+    const MAX_BATCH: usize = MAX_BATCH;
 
-async fn run_writer(registry: Registry, mut rx: mpsc::Receiver<EnrollRequest>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        let jobs: Vec<EnrollJob> = batch.iter().map(|(j, _)| j.clone()).collect();
-        match registry.enroll_batch(&jobs).await {
-            Ok(outcomes) => {
-                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            // The batch as a whole failed (nothing was committed): commit each on its own,
-            // so one bad enrollment cannot fail its neighbours.
-            Err(_) if batch.len() > 1 => {
-                for (job, reply) in batch {
-                    let outcome = registry
-                        .enroll_batch(std::slice::from_ref(&job))
-                        .await
-                        .map(|mut o| o.pop().unwrap_or(Err(EnrollRefusal::TokenUnknown)));
-                    let _ = reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "enrollment commit failed");
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(StoreError::Batch(e.to_string())));
-                }
-            }
-        }
+    async fn commit(
+        registry: &Registry,
+        conn: &mut AnyConnection,
+        jobs: &[EnrollJob],
+    ) -> Result<Vec<Self::Outcome>, StoreError> {
+        registry.enroll_batch(conn, jobs).await
     }
 }
 
 impl Registry {
     /// Commits `jobs` in one transaction and returns one outcome per job, in order.
-    pub(super) async fn enroll_batch(
+    async fn enroll_batch(
         &self,
+        conn: &mut AnyConnection,
         jobs: &[EnrollJob],
     ) -> Result<Vec<Result<(), EnrollRefusal>>, StoreError> {
         // Of several jobs with one token, only the first takes part; the rest share its fate.
@@ -256,7 +162,7 @@ impl Registry {
             in_list.join(", ")
         );
 
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_on(conn).await?;
         // INVARIANT: this conditional UPDATE is the only place a token becomes used; a token
         // row is returned to at most one enrollment, ever.
         let rows = p.bind(sqlx::query(&sql)).fetch_all(&mut *tx).await?;
@@ -296,7 +202,8 @@ impl Registry {
             for jti in &losers {
                 q = q.bind(*jti);
             }
-            q.fetch_all(&self.pool)
+            // On the writer's own connection: its pool has no other.
+            q.fetch_all(&mut *conn)
                 .await?
                 .into_iter()
                 .map(|(jti, used_at)| (jti, used_at.is_some()))

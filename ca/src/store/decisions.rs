@@ -1,9 +1,34 @@
 //! The policy decision log: one append-only row per decision the server answers, written in
-//! batches by the decision log writer (`authz::log`). The schema refuses updates and deletes.
+//! batches by the decision writer (`group_commit`) before the decision is answered, so the
+//! log cannot miss a decision that a caller acted on. The schema refuses updates and deletes.
+//! When the queue is full, callers wait (back-pressure) instead of entries being dropped,
+//! which is how OPA's asynchronous decision logs lose events under load; a decision that
+//! cannot be logged is not given.
 
 use super::batch::{Param, Params};
+use super::group_commit::{self, Batch};
 use super::{col, Registry, StoreError};
 use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
+
+/// Decisions, group-committed.
+pub(super) struct Decisions;
+
+impl Batch for Decisions {
+    type Job = NewDecision;
+    type Outcome = ();
+    const NAME: &'static str = "decision writer";
+    const MAX_BATCH: usize = 512;
+
+    async fn commit(
+        registry: &Registry,
+        conn: &mut AnyConnection,
+        jobs: &[NewDecision],
+    ) -> Result<Vec<()>, StoreError> {
+        registry.append_decisions(conn, jobs).await?;
+        Ok(vec![(); jobs.len()])
+    }
+}
 
 /// What the candidate (shadow) policy set decided beside the active one.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -130,13 +155,26 @@ fn record_from_row(row: &AnyRow) -> Result<DecisionRecord, StoreError> {
 }
 
 impl Registry {
+    /// Commits `decision` to the decision log (through the decision writer); returns once it
+    /// is durable in the database.
+    pub async fn log_decision(&self, decision: NewDecision) -> Result<(), StoreError> {
+        match &self.writers {
+            Some(writers) => writers.decisions.submit(decision).await,
+            None => group_commit::commit_alone::<Decisions>(self, decision).await,
+        }
+    }
+
     /// Appends `decisions` in one transaction (one multi-row statement per chunk): all or
     /// none are written.
-    pub async fn append_decisions(&self, decisions: &[NewDecision]) -> Result<(), StoreError> {
+    async fn append_decisions(
+        &self,
+        conn: &mut AnyConnection,
+        decisions: &[NewDecision],
+    ) -> Result<(), StoreError> {
         if decisions.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_on(conn).await?;
         // 13 parameters a row; 200 rows stay far below both backends' parameter limits.
         for chunk in decisions.chunks(200) {
             let mut p = Params::new(self.backend);

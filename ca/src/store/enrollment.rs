@@ -1,11 +1,11 @@
 //! Bootstrap tokens, enrollment and renewal: the writes that create identities.
 
 use super::audit::append;
-use super::batch::EnrollJob;
+use super::batch::{EnrollJob, Enrollments};
+use super::group_commit;
 use super::{Registry, StoreError};
 use serde_json::json;
 use std::collections::BTreeMap;
-use tokio::sync::oneshot;
 
 /// A bootstrap token to record when it is created.
 #[derive(Debug, Clone)]
@@ -142,20 +142,9 @@ impl Registry {
             now,
             skew,
         };
-        match &self.enroll_writer {
-            Some(writer) => {
-                let (reply, outcome) = oneshot::channel();
-                writer
-                    .send((job, reply))
-                    .await
-                    .map_err(|_| StoreError::WriterGone)?;
-                outcome.await.map_err(|_| StoreError::WriterGone)?
-            }
-            None => Ok(self
-                .enroll_batch(std::slice::from_ref(&job))
-                .await?
-                .pop()
-                .unwrap_or(Err(EnrollRefusal::TokenUnknown))),
+        match &self.writers {
+            Some(writers) => writers.enrollments.submit(job).await,
+            None => group_commit::commit_alone::<Enrollments>(self, job).await,
         }
     }
 

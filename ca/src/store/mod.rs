@@ -18,6 +18,7 @@ mod decisions;
 pub use decisions::{DecisionFilter, DecisionRecord, NewDecision, ShadowOutcome};
 mod devices;
 mod enrollment;
+mod group_commit;
 mod tpm;
 
 pub use attest_batch::{AttestJob, AttestWrite};
@@ -135,12 +136,17 @@ pub struct Registry {
     /// instead of polling SQLite's lock with `busy_timeout` sleeps (which cost milliseconds
     /// per conflict under load). `None` for PostgreSQL, which has row locks.
     sqlite_writer: Option<Arc<tokio::sync::Mutex<()>>>,
-    /// Queue of the group-commit writer for enrollments (see `batch`). `None` inside the
-    /// writer itself, so the writer does not keep its own queue alive.
-    enroll_writer: Option<tokio::sync::mpsc::Sender<batch::EnrollRequest>>,
-    /// Queue of the group-commit writer for attestation nonces and results (see
-    /// `attest_batch`); `None` inside that writer.
-    attest_writer: Option<tokio::sync::mpsc::Sender<attest_batch::Job>>,
+    /// The group-commit writers (see `group_commit`). `None` inside a writer itself, so
+    /// that a writer does not keep its own queue alive.
+    writers: Option<Writers>,
+}
+
+/// The queues of the group-commit writers.
+#[derive(Debug, Clone)]
+struct Writers {
+    enrollments: group_commit::Writer<batch::Enrollments>,
+    attestations: group_commit::Writer<attest_batch::Attestations>,
+    decisions: group_commit::Writer<decisions::Decisions>,
 }
 
 impl Registry {
@@ -155,15 +161,17 @@ impl Registry {
         }
         let sqlite_writer =
             (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
-        let writer = batch::spawn_writer(url.to_owned(), backend, sqlite_writer.clone()).await?;
-        let attest_writer =
-            attest_batch::spawn_writer(url.to_owned(), backend, sqlite_writer.clone()).await?;
+        let spawn_args = || (url.to_owned(), backend, sqlite_writer.clone());
+        let writers = Writers {
+            enrollments: spawn_writer(spawn_args()).await?,
+            attestations: spawn_writer(spawn_args()).await?,
+            decisions: spawn_writer(spawn_args()).await?,
+        };
         Ok(Self {
             pool,
             backend,
             sqlite_writer,
-            enroll_writer: Some(writer),
-            attest_writer: Some(attest_writer),
+            writers: Some(writers),
         })
     }
 
@@ -300,4 +308,11 @@ where
 {
     use sqlx::Row;
     row.try_get(name).map_err(StoreError::from)
+}
+
+/// Starts one group-commit writer.
+async fn spawn_writer<B: group_commit::Batch>(
+    (url, backend, sqlite_writer): (String, Backend, Option<Arc<tokio::sync::Mutex<()>>>),
+) -> Result<group_commit::Writer<B>, StoreError> {
+    group_commit::Writer::spawn(url, backend, sqlite_writer).await
 }
