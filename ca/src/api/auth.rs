@@ -7,6 +7,7 @@
 use super::problem::ApiError;
 use super::AppState;
 use crate::ids::{DeviceId, Serial, TrustDomain};
+use crate::store::{DeviceRecord, DeviceStatus};
 use crate::tokens::{OperatorClaims, Role, TokenError, OPERATOR_AUDIENCE};
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -229,5 +230,60 @@ impl FromRequestParts<AppState> for DeviceCaller {
             serial: device.serial.clone(),
             device_id: device.device_id.clone(),
         })
+    }
+}
+
+/// Who asks for a decision: an operator (bearer token) or a device (mTLS).
+#[derive(Debug)]
+pub enum Caller {
+    /// An operator; may ask about any request.
+    Operator(Operator),
+    /// A device; may ask only about requests where it is the principal or the resource.
+    Device(DeviceRecord),
+}
+
+impl Caller {
+    /// How the decision log names the caller.
+    pub(crate) fn name(&self) -> String {
+        match self {
+            Self::Operator(o) => o.actor(),
+            Self::Device(d) => format!("device:{}", d.id),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // An `Authorization` header means an operator, and only an operator: a bad token is
+        // refused, not retried as a device.
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(Self::Operator(
+                Operator::from_request_parts(parts, state).await?,
+            ));
+        }
+        let device = DeviceCaller::from_request_parts(parts, state).await?;
+        let (record, certificate_revoked) = state
+            .registry
+            .device_by_serial(&device.serial.to_hex())
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ProblemCode::DeviceUnknown,
+                    "client certificate was not issued to a registered device",
+                )
+            })?;
+        device.check_record(&record.id)?;
+        if record.status != DeviceStatus::Active {
+            return Err(ApiError::new(
+                ProblemCode::DeviceRevoked,
+                "this device is revoked",
+            ));
+        }
+        if certificate_revoked {
+            return Err(certificate_revoked_problem());
+        }
+        Ok(Self::Device(record))
     }
 }

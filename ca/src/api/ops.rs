@@ -39,16 +39,7 @@ pub async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/readyz",
     responses((status = 200, body = String), (status = 503, body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    match state.registry.ping().await {
-        Ok(()) => Ok("ready"),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::new(
-                ProblemCode::NotReady,
-                "database is not reachable",
-            ))
-        }
-    }
+    crate::flows::devices::ready(&state).await.map(|()| "ready")
 }
 
 /// Prometheus metrics: the text format 0.0.4 by default, OpenMetrics 1.0 when `Accept`

@@ -1,77 +1,20 @@
 //! Policy endpoints: decisions (`/v1/authorize`), the decision log, status and reload of the
 //! policy sets, and the signed bundle for agents.
 
-use super::auth::{certificate_revoked_problem, DeviceCaller, Operator};
+use super::auth::{Caller, Operator};
 use super::problem::{ApiError, ApiJson};
 use super::AppState;
 use crate::authz::{DecisionRequest, ReloadOutcome, SetStatus};
 use crate::flows::devices::unreadable_query;
-use crate::store::{DecisionRecord, DeviceRecord, DeviceStatus};
+use crate::store::DecisionRecord;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use vouch_proto::policy::{AuthorizeResponse, DecisionQuery};
-use vouch_proto::ProblemCode;
 
 pub use crate::flows::authorize::{facts_of, MAX_DECISION_PAGE};
-
-/// Who asks for a decision: an operator (bearer token) or a device (mTLS).
-#[derive(Debug)]
-pub enum Caller {
-    /// An operator; may ask about any request.
-    Operator(Operator),
-    /// A device; may ask only about requests where it is the principal or the resource.
-    Device(DeviceRecord),
-}
-
-impl Caller {
-    /// How the decision log names the caller.
-    pub(crate) fn name(&self) -> String {
-        match self {
-            Self::Operator(o) => o.actor(),
-            Self::Device(d) => format!("device:{}", d.id),
-        }
-    }
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // An `Authorization` header means an operator, and only an operator: a bad token is
-        // refused, not retried as a device.
-        if parts.headers.contains_key(header::AUTHORIZATION) {
-            return Ok(Self::Operator(
-                Operator::from_request_parts(parts, state).await?,
-            ));
-        }
-        let device = DeviceCaller::from_request_parts(parts, state).await?;
-        let (record, certificate_revoked) = state
-            .registry
-            .device_by_serial(&device.serial.to_hex())
-            .await?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ProblemCode::DeviceUnknown,
-                    "client certificate was not issued to a registered device",
-                )
-            })?;
-        device.check_record(&record.id)?;
-        if record.status != DeviceStatus::Active {
-            return Err(ApiError::new(
-                ProblemCode::DeviceRevoked,
-                "this device is revoked",
-            ));
-        }
-        if certificate_revoked {
-            return Err(certificate_revoked_problem());
-        }
-        Ok(Self::Device(record))
-    }
-}
 
 /// Decides whether a device may do an action on a device or zone, with the device facts of
 /// the registry, and logs the decision before answering it.
@@ -143,6 +86,14 @@ pub struct ReloadResponse {
     pub status: PolicyStatus,
 }
 
+impl ReloadResponse {
+    /// Whether a set failed to load (and the previous one stays active).
+    pub fn failed(&self) -> bool {
+        matches!(self.active, ReloadOutcome::Failed(_))
+            || matches!(self.shadow, ReloadOutcome::Failed(_))
+    }
+}
+
 /// Re-reads the policy directories now. A set that does not load leaves the previous one
 /// active and is answered 422 `policy_invalid` with every problem.
 #[utoipa::path(post, path = "/v1/policy/reload", security(("operator_jwt" = [])),
@@ -153,22 +104,13 @@ pub async fn reload(
     operator: Operator,
 ) -> Result<impl IntoResponse, ApiError> {
     operator.require_write()?;
-    let (active, shadow) = crate::flows::reload::reload(&state, &operator.actor(), true).await?;
-    let failed =
-        matches!(active, ReloadOutcome::Failed(_)) || matches!(shadow, ReloadOutcome::Failed(_));
-    let status = if failed {
+    let answer = crate::flows::reload::reload_now(&state, &operator.actor()).await?;
+    let status = if answer.failed() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(ReloadResponse {
-            active,
-            shadow,
-            status: crate::flows::reload::status(&state),
-        }),
-    ))
+    Ok((status, Json(answer)))
 }
 
 /// The active policy set as a signed bundle (compact JWS, see `authz::signed`) for agents

@@ -2,7 +2,8 @@
 //! the active policy set (and the shadow set beside it), and answers only once the decision
 //! is in the decision log; `decisions` reads that log.
 
-use crate::api::policy::{Caller, DecisionPage};
+use crate::api::auth::Caller;
+use crate::api::policy::DecisionPage;
 use crate::api::problem::{bounded, ApiError};
 use crate::api::AppState;
 use crate::authz::DecisionRequest;

@@ -1,5 +1,5 @@
 //! Operators' views of the registry (a page of devices, one device, its attestation
-//! history) and releasing a device from quarantine, an audited decision.
+//! history, whether it answers) and releasing a device from quarantine, an audited decision.
 
 use crate::api::problem::{bounded, ApiError};
 use crate::api::AppState;
@@ -39,6 +39,14 @@ pub(crate) fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
 /// The problem for a query string that does not parse (axum's words, bounded).
 pub(crate) fn unreadable_query(text: &str) -> ApiError {
     bad_query(bounded(text, 300))
+}
+
+/// Whether the registry answers (readiness).
+pub async fn ready(state: &AppState) -> Result<(), ApiError> {
+    state.registry.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness check failed");
+        ApiError::new(ProblemCode::NotReady, "database is not reachable")
+    })
 }
 
 /// A page of devices, by id, filtered by zone and status.

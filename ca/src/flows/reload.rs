@@ -1,7 +1,7 @@
 //! Policy sets: reloading them (from the API, SIGHUP and the watcher alike; each new set is
 //! audited), their status, and the signed bundle agents verify.
 
-use crate::api::policy::PolicyStatus;
+use crate::api::policy::{PolicyStatus, ReloadResponse};
 use crate::api::problem::ApiError;
 use crate::api::AppState;
 use crate::authz::ReloadOutcome;
@@ -42,6 +42,17 @@ pub async fn reload(
         }
     }
     Ok((active, shadow))
+}
+
+/// Re-reads the policy directories now, for an operator: retries a set that failed before,
+/// and answers with the outcome and the status after it.
+pub async fn reload_now(state: &AppState, actor: &str) -> Result<ReloadResponse, ApiError> {
+    let (active, shadow) = reload(state, actor, true).await?;
+    Ok(ReloadResponse {
+        active,
+        shadow,
+        status: status(state),
+    })
 }
 
 /// The active set's version, load time and last load error; the same for the shadow set.

@@ -15,6 +15,7 @@ mod enroll;
 mod hostile;
 mod impersonation;
 mod interop;
+mod layers;
 mod policy;
 mod processes;
 mod renew_revoke;
