@@ -54,4 +54,4 @@ impl Clock for ManualClock {
 }
 
 /// A shared clock handle.
-pub type SharedClock = Arc<dyn Clock>;
+pub(crate) type SharedClock = Arc<dyn Clock>;

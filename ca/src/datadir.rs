@@ -106,17 +106,17 @@ impl DataDir {
     }
 
     /// Writes a secret file with mode 0600. Never overwrites: the file is created exclusively.
-    pub fn write_secret(&self, file: DataFile, contents: &[u8]) -> Result<(), DataDirError> {
+    pub(crate) fn write_secret(&self, file: DataFile, contents: &[u8]) -> Result<(), DataDirError> {
         write_new(&self.file(file), contents, 0o600)
     }
 
     /// Writes a public file (a certificate) with mode 0644. Never overwrites.
-    pub fn write_public(&self, file: DataFile, contents: &[u8]) -> Result<(), DataDirError> {
+    pub(crate) fn write_public(&self, file: DataFile, contents: &[u8]) -> Result<(), DataDirError> {
         write_new(&self.file(file), contents, 0o644)
     }
 
     /// Reads a secret file, refusing one that group or others can read.
-    pub fn read_secret(&self, file: DataFile) -> Result<Vec<u8>, DataDirError> {
+    pub(crate) fn read_secret(&self, file: DataFile) -> Result<Vec<u8>, DataDirError> {
         let path = self.file(file);
         check_owner_only(&path)?;
         fs::read(&path).map_err(|source| DataDirError::Io { path, source })

@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 
 /// Label of an outcome: `issued` or the problem code of the refusal.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+pub(crate) struct OutcomeLabels {
     /// The outcome.
     pub outcome: String,
 }
@@ -121,7 +121,7 @@ impl Metrics {
     }
 
     /// Counts a decision the shadow set decided otherwise.
-    pub fn shadow_difference(&self) {
+    pub(crate) fn shadow_difference(&self) {
         self.shadow_differences.inc();
     }
 
@@ -133,7 +133,7 @@ impl Metrics {
     }
 
     /// The exposition in `format`.
-    pub fn encode_as(&self, format: ExpositionFormat) -> Result<String, std::fmt::Error> {
+    pub(crate) fn encode_as(&self, format: ExpositionFormat) -> Result<String, std::fmt::Error> {
         let openmetrics = self.encode()?;
         Ok(match format {
             ExpositionFormat::OpenMetrics => openmetrics,
@@ -144,7 +144,7 @@ impl Metrics {
 
 /// The two text formats a Prometheus scraper may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpositionFormat {
+pub(crate) enum ExpositionFormat {
     /// `application/openmetrics-text; version=1.0.0`.
     OpenMetrics,
     /// `text/plain; version=0.0.4`: what Prometheus reads from a target that does not

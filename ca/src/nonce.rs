@@ -35,7 +35,7 @@ use ring::rand::SecureRandom;
 use subtle::ConstantTimeEq;
 
 /// Length of a nonce in bytes.
-pub const NONCE_LEN: usize = 32;
+pub(crate) const NONCE_LEN: usize = 32;
 
 /// Bytes of the truncated HMAC tag.
 const TAG_LEN: usize = 16;

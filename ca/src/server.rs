@@ -48,7 +48,7 @@ pub enum TlsSetupError {
 
 /// Builds the server's TLS configuration. The server certificate is issued by the issuing CA
 /// at start-up for `hostnames`; client certificates are verified against the issuing CA.
-pub fn tls_config(
+pub(crate) fn tls_config(
     ca: &Authority,
     hostnames: &[String],
     now: OffsetDateTime,

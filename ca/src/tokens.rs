@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Issuer claim of every token.
-pub const ISSUER: &str = "vouch";
+pub(crate) const ISSUER: &str = "vouch";
 /// Audience of bootstrap tokens.
 pub const BOOTSTRAP_AUDIENCE: &str = "vouch-bootstrap";
 /// Audience of operator tokens.
-pub const OPERATOR_AUDIENCE: &str = "vouch-operator";
+pub(crate) const OPERATOR_AUDIENCE: &str = "vouch-operator";
 /// Longest life of an operator token, seconds (7 days): an operator token cannot be revoked
 /// before it expires, so none lives long.
 pub const MAX_OPERATOR_TOKEN_TTL_SECS: i64 = 7 * 24 * 3600;
@@ -96,7 +96,7 @@ impl Role {
     }
 
     /// Whether this role may change state.
-    pub fn can_write(self) -> bool {
+    pub(crate) fn can_write(self) -> bool {
         matches!(self, Self::Admin | Self::Operator)
     }
 
@@ -131,7 +131,7 @@ pub struct OperatorClaims {
 }
 
 /// The 32 bytes of a token key's file form (base64 text), if it is one.
-pub fn key_bytes_from_file_text(text: &[u8]) -> Option<[u8; TOKEN_KEY_LEN]> {
+pub(crate) fn key_bytes_from_file_text(text: &[u8]) -> Option<[u8; TOKEN_KEY_LEN]> {
     let trimmed = std::str::from_utf8(text).ok()?.trim();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(trimmed)
@@ -153,7 +153,7 @@ impl std::fmt::Debug for TokenKey {
 }
 
 /// Length of a token key in bytes.
-pub const TOKEN_KEY_LEN: usize = 32;
+pub(crate) const TOKEN_KEY_LEN: usize = 32;
 
 impl TokenKey {
     /// Draws a new key and returns it with its file form (base64 text).
@@ -170,7 +170,7 @@ impl TokenKey {
     }
 
     /// A key from its 32 bytes.
-    pub fn from_bytes(bytes: &[u8; TOKEN_KEY_LEN]) -> Self {
+    pub(crate) fn from_bytes(bytes: &[u8; TOKEN_KEY_LEN]) -> Self {
         Self {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
@@ -241,7 +241,7 @@ impl Expiring for OperatorClaims {
 }
 
 /// Makes a random token id (128 bits, hex).
-pub fn random_jti(rng: &dyn SecureRandom) -> Result<String, ring::error::Unspecified> {
+pub(crate) fn random_jti(rng: &dyn SecureRandom) -> Result<String, ring::error::Unspecified> {
     let mut bytes = [0u8; 16];
     rng.fill(&mut bytes)?;
     Ok(hex::encode(bytes))

@@ -8,7 +8,7 @@ use super::problem::ApiError;
 use super::AppState;
 use crate::ids::{DeviceId, Serial, TrustDomain};
 use crate::store::{DeviceRecord, DeviceStatus};
-use crate::tokens::{OperatorClaims, Role, TokenError, OPERATOR_AUDIENCE};
+use crate::tokens::{OperatorClaims, TokenError, OPERATOR_AUDIENCE};
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -20,7 +20,7 @@ use x509_parser::extensions::GeneralName;
 /// and inserted into each request by the server; rustls has already verified that this
 /// server's issuing CA signed it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum PeerCertificate {
+pub(crate) enum PeerCertificate {
     /// The client sent no certificate.
     #[default]
     None,
@@ -37,7 +37,7 @@ pub enum PeerCertificate {
 /// rustls), the serial, and the device id of its SPIFFE ID, which must agree with the
 /// registry's record of that serial; and its expiry, checked on every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerDevice {
+pub(crate) struct PeerDevice {
     /// The certificate's serial.
     pub serial: Serial,
     /// The device id of its SPIFFE ID (`spiffe://<trust domain>/device/<id>`).
@@ -49,7 +49,10 @@ pub struct PeerDevice {
 impl PeerCertificate {
     /// Reads the leaf of a verified client chain: a device certificate of `trust_domain` has
     /// a device serial and exactly one URI SAN, the device's SPIFFE ID in that domain.
-    pub fn from_chain(chain: Option<&[CertificateDer<'_>]>, trust_domain: &TrustDomain) -> Self {
+    pub(crate) fn from_chain(
+        chain: Option<&[CertificateDer<'_>]>,
+        trust_domain: &TrustDomain,
+    ) -> Self {
         let Some(leaf) = chain.and_then(<[_]>::first) else {
             return Self::None;
         };
@@ -90,25 +93,13 @@ impl Operator {
     }
 
     /// Refuses read-only roles.
-    pub fn require_write(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_write(&self) -> Result<(), ApiError> {
         if self.claims.role.can_write() {
             Ok(())
         } else {
             Err(ApiError::new(
                 ProblemCode::ForbiddenRole,
                 format!("role `{}` may only read", self.claims.role.as_str()),
-            ))
-        }
-    }
-
-    /// Refuses every role but admin.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.claims.role == Role::Admin {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                ProblemCode::ForbiddenRole,
-                "this call needs the `admin` role",
             ))
         }
     }
@@ -148,7 +139,7 @@ impl FromRequestParts<AppState> for Operator {
 }
 
 /// The 401 for a refused token.
-pub fn token_problem(e: &TokenError, kind: &str) -> ApiError {
+pub(crate) fn token_problem(e: &TokenError, kind: &str) -> ApiError {
     let code = match e {
         TokenError::Expired => ProblemCode::TokenExpired,
         TokenError::Malformed | TokenError::Invalid => ProblemCode::TokenInvalid,
@@ -158,7 +149,7 @@ pub fn token_problem(e: &TokenError, kind: &str) -> ApiError {
 
 /// The 403 for a client certificate that is itself revoked (superseded by a re-enrollment)
 /// while its device is not.
-pub fn certificate_revoked_problem() -> ApiError {
+pub(crate) fn certificate_revoked_problem() -> ApiError {
     ApiError::new(
         ProblemCode::CertificateRevoked,
         "this certificate is revoked (superseded); use the device's current certificate",
@@ -178,7 +169,7 @@ impl DeviceCaller {
     /// Refuses a registry record of the serial that names another device than the
     /// certificate's SPIFFE ID: a caller is identified by issuer, serial and SPIFFE ID, all
     /// three.
-    pub fn check_record(&self, record_id: &str) -> Result<(), ApiError> {
+    pub(crate) fn check_record(&self, record_id: &str) -> Result<(), ApiError> {
         if record_id == self.device_id.as_str() {
             Ok(())
         } else {

@@ -16,7 +16,7 @@ use vouch_proto::device::{
 /// Lists devices, filtered by zone and status, with cursor pagination.
 #[utoipa::path(get, path = "/v1/devices", params(ListQuery), security(("operator_jwt" = [])),
     responses((status = 200, body = DeviceList), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
-pub async fn list_devices(
+pub(crate) async fn list_devices(
     State(state): State<AppState>,
     _operator: Operator,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -29,7 +29,7 @@ pub async fn list_devices(
 #[utoipa::path(get, path = "/v1/devices/{id}", security(("operator_jwt" = [])),
     params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = DeviceRecord), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
-pub async fn get_device(
+pub(crate) async fn get_device(
     State(state): State<AppState>,
     _operator: Operator,
     Path(id): Path<String>,
@@ -41,7 +41,7 @@ pub async fn get_device(
 #[utoipa::path(post, path = "/v1/devices/{id}/revoke", request_body = RevokeRequest,
     security(("operator_jwt" = [])), params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = RevokeResponse), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
-pub async fn revoke_device(
+pub(crate) async fn revoke_device(
     State(state): State<AppState>,
     operator: Operator,
     Path(id): Path<String>,

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 /// A name of a zone, device class or label key, as `crate::ids` checks it.
-pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
+pub(crate) const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
 
 /// The document a server with `settings` serves at `/openapi.json`.
 pub fn document(settings: &Settings) -> Value {
@@ -131,7 +131,7 @@ fn refine_schemas(schemas: &mut serde_json::Map<String, Value>, settings: &Setti
     components(schemas(super::problem::Problem, crate::store::DeviceRecord, crate::store::DeviceStatus, crate::store::AttestationState)),
     modifiers(&SecuritySchemes)
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct SecuritySchemes;
 

@@ -15,7 +15,7 @@ use vouch_proto::enroll::{
 #[utoipa::path(post, path = "/v1/bootstrap-tokens", request_body = CreateTokenRequest,
     security(("operator_jwt" = [])),
     responses((status = 201, body = CreateTokenResponse), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
-pub async fn create_bootstrap_token(
+pub(crate) async fn create_bootstrap_token(
     State(state): State<AppState>,
     operator: Operator,
     ApiJson(req): ApiJson<CreateTokenRequest>,

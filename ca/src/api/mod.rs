@@ -27,7 +27,7 @@ use std::sync::Arc;
 pub use crate::flows::attest::{TpmIdentities, TpmIdentity, IDENTITY_TTL_SECS, NONCE_TTL_SECS};
 
 /// Largest request body accepted, in bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Settings the handlers need.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ impl Default for Settings {
 
 impl Settings {
     /// What the server trusts TPMs by, for [`vouch_attestor::endorsement::check_endorsement`].
-    pub fn ek_trust(&self) -> vouch_attestor::endorsement::EkTrust {
+    pub(crate) fn ek_trust(&self) -> vouch_attestor::endorsement::EkTrust {
         vouch_attestor::endorsement::EkTrust {
             roots: self.tpm_roots.clone(),
             allowlist: self.tpm_ek_allowlist.clone(),
@@ -138,7 +138,7 @@ impl std::ops::Deref for AppState {
 }
 
 /// The API's routes.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/bootstrap-tokens", post(enroll::create_bootstrap_token))
         .route("/v1/enroll", post(enroll::enroll))

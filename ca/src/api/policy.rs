@@ -77,7 +77,7 @@ pub async fn status(State(state): State<AppState>, _operator: Operator) -> Json<
 
 /// The answer to a reload.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ReloadResponse {
+pub(crate) struct ReloadResponse {
     /// What happened to the active set.
     pub active: ReloadOutcome,
     /// What happened to the shadow set.

@@ -14,7 +14,7 @@ use vouch_proto::enroll::{TpmChallenge, TpmEnrollStart};
     responses((status = 201, body = TpmChallenge),
         (status = 422, description = "the EK or AK is not a TPM structure Vouch accepts, the EK is not trusted, or the AK is not an attestation key (`tpm_structure_invalid`, `ek_certificate_invalid`, `ek_certificate_required`, `not_an_attestation_key`)", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
-pub async fn enroll_tpm_start(
+pub(crate) async fn enroll_tpm_start(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<TpmEnrollStart>,
 ) -> Result<(StatusCode, Json<TpmChallenge>), ApiError> {

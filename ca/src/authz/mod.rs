@@ -278,7 +278,7 @@ impl PolicyService {
     }
 
     /// Whether a policy or shadow directory is configured (so a watcher is worth running).
-    pub fn has_dirs(&self) -> bool {
+    pub(crate) fn has_dirs(&self) -> bool {
         self.active.dir.is_some() || self.shadow.dir.is_some()
     }
 

@@ -25,9 +25,9 @@ pub const SIGNER_LIFETIME_SECS: i64 = 7 * 24 * 3600;
 /// Largest bundle a verifier accepts, in bytes.
 pub const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
 /// Issuer claim of bundles.
-pub const BUNDLE_ISSUER: &str = "vouch";
+pub(crate) const BUNDLE_ISSUER: &str = "vouch";
 /// Media type of the bundle.
-pub const CONTENT_TYPE: &str = "application/jose";
+pub(crate) const CONTENT_TYPE: &str = "application/jose";
 
 /// The payload of a signed bundle.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -18,7 +18,7 @@ pub struct PolicyVersion {
 
 /// A read of the directory: its files and commit, not yet parsed.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// The files.
     pub files: PolicyFiles,
     /// The commit of `HEAD`, if any.
@@ -59,7 +59,7 @@ impl Snapshot {
 
 /// The commit id of `HEAD` of the Git repository that contains `dir`, if there is one and
 /// it has a commit.
-pub fn head_commit(dir: &Path) -> Option<String> {
+pub(crate) fn head_commit(dir: &Path) -> Option<String> {
     let repo = gix::discover(dir).ok()?;
     let id = repo.head_id().ok()?;
     Some(id.detach().to_string())

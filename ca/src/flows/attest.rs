@@ -58,7 +58,7 @@ pub struct TpmIdentities {
 }
 
 /// Most identities kept in memory (about 100 MB at most).
-pub const MAX_CACHED_IDENTITIES: usize = 200_000;
+pub(crate) const MAX_CACHED_IDENTITIES: usize = 200_000;
 
 /// How long a cached identity is used before the registry is read again, seconds. The read
 /// also checks the certificate's own standing, so a certificate superseded by a
@@ -84,7 +84,7 @@ impl TpmIdentities {
     }
 
     /// Forgets every certificate of `device_id` (after its re-enrollment).
-    pub fn forget_device(&self, device_id: &str) {
+    pub(crate) fn forget_device(&self, device_id: &str) {
         if let Ok(mut map) = self.by_serial.lock() {
             map.retain(|_, (_, identity)| identity.device_id != device_id);
         }

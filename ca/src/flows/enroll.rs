@@ -28,7 +28,7 @@ use vouch_proto::enroll::{
 use vouch_proto::ProblemCode;
 
 /// How long a credential activation may be answered, seconds.
-pub const ACTIVATION_TTL_SECS: i64 = 300;
+pub(crate) const ACTIVATION_TTL_SECS: i64 = 300;
 
 /// Largest EK certificate accepted (DER), bytes.
 pub use vouch_attestor::endorsement::MAX_EK_CERT_BYTES;
@@ -315,7 +315,10 @@ fn tpm_public(field: &str, b64: &str) -> Result<(Vec<u8>, Public), ApiError> {
 /// (an attestation key), refuses an EK bound to another device unless the token re-enrolls
 /// that device, and returns a credential that only the TPM holding both keys can activate.
 /// The activation is stored with a hash of its secret.
-pub async fn start_tpm(state: &AppState, req: TpmEnrollStart) -> Result<TpmChallenge, ApiError> {
+pub(crate) async fn start_tpm(
+    state: &AppState,
+    req: TpmEnrollStart,
+) -> Result<TpmChallenge, ApiError> {
     let now = state.clock.now();
     let claims: BootstrapClaims = state
         .bootstrap_key

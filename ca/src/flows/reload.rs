@@ -46,7 +46,7 @@ pub async fn reload(
 
 /// Re-reads the policy directories now, for an operator: retries a set that failed before,
 /// and answers with the outcome and the status after it.
-pub async fn reload_now(state: &AppState, actor: &str) -> Result<ReloadResponse, ApiError> {
+pub(crate) async fn reload_now(state: &AppState, actor: &str) -> Result<ReloadResponse, ApiError> {
     let (active, shadow) = reload(state, actor, true).await?;
     Ok(ReloadResponse {
         active,

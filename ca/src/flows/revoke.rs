@@ -48,7 +48,7 @@ pub async fn revoke(
 }
 
 /// Signs and stores a new CRL (the next number) listing every revoked certificate.
-pub async fn publish_crl(state: &AppState) -> Result<StoredCrl, ApiError> {
+pub(crate) async fn publish_crl(state: &AppState) -> Result<StoredCrl, ApiError> {
     let now = state.clock.now();
     let validity = Duration::seconds(state.settings.crl_validity_secs);
     let ca = &state.ca;
@@ -64,7 +64,7 @@ pub async fn publish_crl(state: &AppState) -> Result<StoredCrl, ApiError> {
 }
 
 /// The CRL to serve: the latest, or a new one once a quarter of its validity has passed.
-pub async fn current_crl(state: &AppState) -> Result<StoredCrl, ApiError> {
+pub(crate) async fn current_crl(state: &AppState) -> Result<StoredCrl, ApiError> {
     let now = state.clock.unix();
     let refresh_after = state.settings.crl_validity_secs / 4;
     match state.registry.latest_crl().await? {

@@ -163,7 +163,7 @@ impl Authority {
     }
 
     /// SHA-256 of the root certificate, lowercase hex: what bootstrap tokens carry.
-    pub fn root_fingerprint(&self) -> &str {
+    pub(crate) fn root_fingerprint(&self) -> &str {
         &self.root_fingerprint
     }
 }

@@ -8,7 +8,7 @@ use time::{Duration, OffsetDateTime};
 
 /// One revoked certificate as the registry knows it.
 #[derive(Debug, Clone)]
-pub struct RevokedEntry {
+pub(crate) struct RevokedEntry {
     /// The certificate's serial.
     pub serial: Serial,
     /// When the registry revoked it.
@@ -17,7 +17,7 @@ pub struct RevokedEntry {
 
 /// Builds and signs a CRL with number `crl_number` listing `revoked`, valid from `now` for
 /// `validity`. Returns DER.
-pub fn build_crl(
+pub(crate) fn build_crl(
     ca: &Authority,
     crl_number: u64,
     revoked: &[RevokedEntry],

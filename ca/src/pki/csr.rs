@@ -16,7 +16,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
 /// Largest CSR accepted, in PEM characters. A 4096-bit RSA CSR is about 1.7 KB of PEM.
-pub const MAX_CSR_PEM_LEN: usize = 16 * 1024;
+pub(crate) const MAX_CSR_PEM_LEN: usize = 16 * 1024;
 
 /// Why a CSR was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

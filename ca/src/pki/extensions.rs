@@ -18,10 +18,17 @@ const SUBJECT_KEY_IDENTIFIER: &[u64] = &[2, 5, 29, 14];
 
 /// One bit of the keyUsage named bit list (RFC 5280 4.2.1.3), by its position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyUsageBit {
+pub(crate) enum KeyUsageBit {
     /// Bit 0: signatures other than on certificates and CRLs.
     DigitalSignature = 0,
     /// Bit 4: key agreement (ECDH).
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the key-agreement certificate profile (issue 16) sets it"
+        )
+    )]
     KeyAgreement = 4,
     /// Bit 5: signing certificates.
     KeyCertSign = 5,
@@ -31,14 +38,14 @@ pub enum KeyUsageBit {
 
 /// basicConstraints of an end entity, critical: an empty SEQUENCE (cA takes its DEFAULT,
 /// FALSE, and so is absent). X.509-SVIDs must carry the extension with cA false.
-pub fn end_entity_basic_constraints() -> CustomExtension {
+pub(crate) fn end_entity_basic_constraints() -> CustomExtension {
     let mut ext = CustomExtension::from_oid_content(BASIC_CONSTRAINTS, vec![0x30, 0x00]);
     ext.set_criticality(true);
     ext
 }
 
 /// keyUsage with exactly `bits`, critical, as a minimal named bit list.
-pub fn key_usage(bits: &[KeyUsageBit]) -> CustomExtension {
+pub(crate) fn key_usage(bits: &[KeyUsageBit]) -> CustomExtension {
     let mut ext = CustomExtension::from_oid_content(KEY_USAGE, key_usage_der(bits));
     ext.set_criticality(true);
     ext
@@ -65,7 +72,7 @@ fn key_usage_der(bits: &[KeyUsageBit]) -> Vec<u8> {
 
 /// subjectKeyIdentifier, not critical: the leftmost 160 bits of the SHA-256 of the
 /// subjectPublicKey bits (RFC 7093 section 2, method 1).
-pub fn subject_key_identifier(subject_public_key: &[u8]) -> CustomExtension {
+pub(crate) fn subject_key_identifier(subject_public_key: &[u8]) -> CustomExtension {
     let digest = ring::digest::digest(&ring::digest::SHA256, subject_public_key);
     let mut der = vec![0x04, 20];
     der.extend(digest.as_ref().iter().take(20));

@@ -27,6 +27,6 @@ pub enum PkiError {
 }
 
 /// SHA-256 fingerprint of a DER certificate, lowercase hex (what a device pins).
-pub fn fingerprint_sha256(der: &[u8]) -> String {
+pub(crate) fn fingerprint_sha256(der: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
 }

@@ -25,7 +25,7 @@ use time::{Duration, OffsetDateTime};
 
 /// Backdating of `notBefore`, so that a device whose clock is slightly behind accepts a
 /// certificate it has just received.
-pub const BACKDATE: Duration = Duration::minutes(5);
+pub(crate) const BACKDATE: Duration = Duration::minutes(5);
 
 /// Everything that goes into one device certificate.
 #[derive(Debug)]
@@ -100,7 +100,7 @@ pub fn issue_device_certificate(
 }
 
 /// Issues the server's own TLS certificate for `hostnames` (DNS names or IP addresses).
-pub fn issue_server_certificate(
+pub(crate) fn issue_server_certificate(
     ca: &Authority,
     hostnames: &[String],
     now: OffsetDateTime,
@@ -115,16 +115,16 @@ pub fn issue_server_certificate(
 }
 
 /// The SPIFFE path of the server's policy bundle signer.
-pub const POLICY_SIGNER_PATH: &str = "vouch/policy-signer";
+pub(crate) const POLICY_SIGNER_PATH: &str = "vouch/policy-signer";
 
 /// The DER value of the `id-kp-codeSigning` extended key usage OID (1.3.6.1.5.5.7.3.3),
 /// which the policy signer's certificate carries and verifiers require.
-pub const CODE_SIGNING_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
+pub(crate) const CODE_SIGNING_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
 
 /// Issues a certificate for a fresh key that signs policy bundles: SAN
 /// `spiffe://<trust domain>/vouch/policy-signer`, keyUsage digitalSignature, extendedKeyUsage
 /// codeSigning only (so it cannot serve as a TLS identity). The key stays in memory.
-pub fn issue_policy_signer_certificate(
+pub(crate) fn issue_policy_signer_certificate(
     ca: &Authority,
     trust_domain: &TrustDomain,
     now: OffsetDateTime,

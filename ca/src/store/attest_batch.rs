@@ -20,7 +20,7 @@ use sqlx::AnyConnection;
 use std::collections::{HashMap, HashSet};
 
 /// Most jobs committed in one transaction.
-pub const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 256;
 
 /// How long the writer waits, once a result has arrived and the last batch held more than
 /// one, before it takes what has queued and commits (PostgreSQL's `commit_delay`, for the
@@ -29,7 +29,7 @@ pub const MAX_BATCH: usize = 256;
 /// keep it busy. In the attest benchmark the wait took the database's CPU per attestation
 /// from about 80 µs to about 55 µs. It adds at most this much to an attestation's answer
 /// under load, and nothing to a lone one.
-pub const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+pub(crate) const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A verified (or refused) quote's result, recorded if its nonce is unused and the facts it
 /// was verified with still hold (the certificate and device in good standing, the AK still
@@ -89,7 +89,10 @@ impl Batch for Attestations {
 impl Registry {
     /// Records `job` through the attestation writer (group commit); returns once it is
     /// durable in the database, or refused.
-    pub async fn write_attestation(&self, job: AttestJob) -> Result<AttestWrite, StoreError> {
+    pub(crate) async fn write_attestation(
+        &self,
+        job: AttestJob,
+    ) -> Result<AttestWrite, StoreError> {
         match &self.writers {
             Some(writers) => writers.attestations.submit(job).await,
             None => group_commit::commit_alone::<Attestations>(self, job).await,

@@ -232,7 +232,7 @@ impl Registry {
 
     /// Releases a quarantined device (an operator's decision): it is `active` again until
     /// its next quote or the sweep says otherwise.
-    pub async fn release_device(
+    pub(crate) async fn release_device(
         &self,
         device_id: &str,
         reason: &str,

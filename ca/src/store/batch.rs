@@ -15,7 +15,7 @@ use sqlx::AnyConnection;
 use std::collections::{HashMap, HashSet};
 
 /// Most enrollments committed in one transaction.
-pub const MAX_BATCH: usize = 64;
+pub(crate) const MAX_BATCH: usize = 64;
 
 /// One enrollment waiting to be committed.
 #[derive(Debug, Clone)]

@@ -38,7 +38,7 @@ impl Registry {
     /// Signs and stores a new CRL under the next CRL number. `sign` gets the number and the
     /// revoked, unexpired certificates; it runs inside the transaction that takes the number,
     /// so numbers increase in the order CRLs are stored, across replicas.
-    pub async fn publish_crl<F, E>(
+    pub(crate) async fn publish_crl<F, E>(
         &self,
         now: i64,
         sign: F,

@@ -157,7 +157,7 @@ fn record_from_row(row: &AnyRow) -> Result<DecisionRecord, StoreError> {
 impl Registry {
     /// Commits `decision` to the decision log (through the decision writer); returns once it
     /// is durable in the database.
-    pub async fn log_decision(&self, decision: NewDecision) -> Result<(), StoreError> {
+    pub(crate) async fn log_decision(&self, decision: NewDecision) -> Result<(), StoreError> {
         match &self.writers {
             Some(writers) => writers.decisions.submit(decision).await,
             None => group_commit::commit_alone::<Decisions>(self, decision).await,

@@ -74,7 +74,7 @@ impl Registry {
     /// The device that holds certificate `serial`, and whether that certificate itself is
     /// revoked (a device revocation revokes every certificate of the device; a re-enrollment
     /// revokes the certificates it supersedes while the device stays active).
-    pub async fn device_by_serial(
+    pub(crate) async fn device_by_serial(
         &self,
         serial: &str,
     ) -> Result<Option<(DeviceRecord, bool)>, StoreError> {
@@ -94,7 +94,7 @@ impl Registry {
     }
 
     /// A page of devices ordered by id.
-    pub async fn list_devices(
+    pub(crate) async fn list_devices(
         &self,
         filter: &DeviceFilter,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -130,7 +130,7 @@ impl Registry {
     }
 
     /// Revokes a device and all its certificates, with an audit record, in one transaction.
-    pub async fn revoke_device(
+    pub(crate) async fn revoke_device(
         &self,
         id: &str,
         reason: &str,

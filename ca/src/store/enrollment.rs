@@ -90,7 +90,10 @@ pub enum RenewRefusal {
 
 impl Registry {
     /// Records a new bootstrap token and its audit record.
-    pub async fn create_bootstrap_token(&self, t: &NewBootstrapToken) -> Result<(), StoreError> {
+    pub(crate) async fn create_bootstrap_token(
+        &self,
+        t: &NewBootstrapToken,
+    ) -> Result<(), StoreError> {
         let labels =
             serde_json::to_string(&t.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.begin_write().await?;

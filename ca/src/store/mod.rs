@@ -46,7 +46,7 @@ use std::time::Duration;
 /// times between checkpoints (the device rows, the ends of the history's indexes) is
 /// copied once, and the fsync that ends a checkpoint comes eight times less often. In the
 /// attest benchmark that cut the pages copied by checkpoints by 60% and the fsyncs by 85%.
-pub const SQLITE_PRAGMAS: &[&str] = &[
+pub(crate) const SQLITE_PRAGMAS: &[&str] = &[
     "PRAGMA journal_mode = WAL",
     "PRAGMA busy_timeout = 10000",
     "PRAGMA foreign_keys = ON",
@@ -206,7 +206,7 @@ impl Registry {
     }
 
     /// Whether the database answers (for `/readyz`).
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }

@@ -121,7 +121,10 @@ impl Registry {
     }
 
     /// The device an EK is bound to, if any.
-    pub async fn device_of_ek(&self, ek_public: &[u8]) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn device_of_ek(
+        &self,
+        ek_public: &[u8],
+    ) -> Result<Option<String>, StoreError> {
         let row: Option<(String,)> = sqlx::query_as("SELECT id FROM devices WHERE ek_sha256 = $1")
             .bind(ek_fingerprint(ek_public))
             .fetch_optional(&self.pool)
@@ -130,7 +133,7 @@ impl Registry {
     }
 
     /// Whether bootstrap token `jti` is recorded and unused (it may still be expired).
-    pub async fn token_unused(&self, jti: &str) -> Result<Option<bool>, StoreError> {
+    pub(crate) async fn token_unused(&self, jti: &str) -> Result<Option<bool>, StoreError> {
         let row: Option<(Option<i64>,)> =
             sqlx::query_as("SELECT used_at FROM bootstrap_tokens WHERE jti = $1")
                 .bind(jti)
@@ -315,7 +318,7 @@ impl Registry {
 
     /// What an attestation request needs, in one read: the device holding certificate
     /// `serial`, and its TPM keys if it has any.
-    pub async fn attesting_device(
+    pub(crate) async fn attesting_device(
         &self,
         serial: &str,
     ) -> Result<Option<AttestingDevice>, StoreError> {
