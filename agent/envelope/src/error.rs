@@ -103,7 +103,7 @@ impl EnvelopeError {
             EnvelopeError::IdentityMismatch(_) => "identity_mismatch",
             EnvelopeError::DecryptionFailed => "decryption_failed",
             EnvelopeError::InvalidKey(_) => "invalid_key",
-            EnvelopeError::InvalidRequest(_) => "invalid_request",
+            EnvelopeError::InvalidRequest(_) => "invalid_seal_request",
             EnvelopeError::RandomFailed => "random_failed",
             EnvelopeError::SigningFailed => "signing_failed",
             EnvelopeError::EncodingFailed => "encoding_failed",

@@ -520,13 +520,16 @@ fn invalid_seal_requests_are_refused() {
     };
     let rng = ring::rand::SystemRandom::new();
     let cache = SharedSecretCache::new(1);
-    assert_eq!(reason(seal(&request, &rng, &cache)), "invalid_request");
+    assert_eq!(reason(seal(&request, &rng, &cache)), "invalid_seal_request");
     let empty_type = SealRequest {
         exp: EXP,
         data_type: "",
         ..request
     };
-    assert_eq!(reason(seal(&empty_type, &rng, &cache)), "invalid_request");
+    assert_eq!(
+        reason(seal(&empty_type, &rng, &cache)),
+        "invalid_seal_request"
+    );
     assert_eq!(
         reason(RecipientKeys::new(
             f.b.spiffe_id.clone(),
