@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+pub mod bundle;
 pub mod device;
 pub mod encoding;
 pub mod enroll;

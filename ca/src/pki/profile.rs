@@ -22,6 +22,7 @@ use rcgen::{
     IsCa, SanType,
 };
 use time::{Duration, OffsetDateTime};
+use vouch_proto::bundle::POLICY_SIGNER_PATH;
 
 /// Backdating of `notBefore`, so that a device whose clock is slightly behind accepts a
 /// certificate it has just received.
@@ -113,13 +114,6 @@ pub(crate) fn issue_server_certificate(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     issue_for_fresh_key(ca, params, now, lifetime)
 }
-
-/// The SPIFFE path of the server's policy bundle signer.
-pub(crate) const POLICY_SIGNER_PATH: &str = "vouch/policy-signer";
-
-/// The DER value of the `id-kp-codeSigning` extended key usage OID (1.3.6.1.5.5.7.3.3),
-/// which the policy signer's certificate carries and verifiers require.
-pub(crate) const CODE_SIGNING_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
 
 /// Issues a certificate for a fresh key that signs policy bundles: SAN
 /// `spiffe://<trust domain>/vouch/policy-signer`, keyUsage digitalSignature, extendedKeyUsage
