@@ -7,20 +7,11 @@
 use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::sync::Arc;
-use vouch_ca::app::{self, PolicyConfig, ServeConfig};
+use vouch_ca::app::{self, ServeConfig};
 use vouch_ca::store::{AttestationResult, AttestationState, SweepOutcome};
 use vouch_ca::tokens::Role;
 use vouch_proto::ProblemCode;
-
-fn policies() -> PolicyConfig {
-    PolicyConfig {
-        dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies")),
-        shadow_dir: None,
-        poll: None,
-    }
-}
 
 fn pass() -> AttestationResult {
     AttestationResult::Pass {
@@ -31,7 +22,7 @@ fn pass() -> AttestationResult {
 #[tokio::test]
 async fn quarantine_reaches_policy_and_renewal_until_released() {
     for db in [Db::Sqlite, Db::Postgres] {
-        let app = spawn_app_with_policies(db, policies()).await;
+        let app = spawn_app_with_example_policies(db).await;
         let sensor = app.enroll("sensors").await;
         let gateway = app.enroll("edge").await;
         let registry = &app.server.state.registry;
@@ -69,14 +60,8 @@ async fn quarantine_reaches_policy_and_renewal_until_released() {
         let verdict = app.telemetry_decision(&sensor, &gateway).await;
         assert_eq!(verdict["decision"], "deny");
         assert_eq!(verdict["policies"], json!(["quarantine"]));
-        let (status, p) = problem(app.renew(&sensor).await).await;
-        assert_eq!(
-            (status, p["code"].as_str()),
-            (
-                StatusCode::FORBIDDEN,
-                Some(ProblemCode::DeviceQuarantined.as_str())
-            )
-        );
+        app.assert_renewal_forbidden(&sensor, ProblemCode::DeviceQuarantined)
+            .await;
 
         // Only a writer may release, with a reason; then policy and renewal work again.
         let path = format!("/v1/devices/{}/release", sensor.device_id());
@@ -169,7 +154,7 @@ async fn replica_of(app: &TestApp) -> app::RunningServer {
         hostnames: vec!["127.0.0.1".into()],
         max_connections: 4,
         settings: settings(),
-        policy: policies(),
+        policy: policy_config(&example_policy_dir()),
         sweep_every: std::time::Duration::from_secs(3600),
     };
     app::start(&config, Arc::new(app.clock.clone()))
@@ -179,7 +164,7 @@ async fn replica_of(app: &TestApp) -> app::RunningServer {
 
 #[tokio::test]
 async fn a_silent_device_becomes_stale_in_one_sweep_per_period_across_replicas() {
-    let app = spawn_app_with_policies(Db::Postgres, policies()).await;
+    let app = spawn_app_with_example_policies(Db::Postgres).await;
     let other = replica_of(&app).await;
     let silent = app.enroll("sensors").await;
     let steady = app.enroll("sensors").await;
@@ -198,13 +183,7 @@ async fn a_silent_device_becomes_stale_in_one_sweep_per_period_across_replicas()
 
     // Within period + grace nothing is stale.
     app.clock.advance(period + grace - 10);
-    let first = app::run_sweep(&app.server.state, "replica-a")
-        .await
-        .unwrap();
-    assert!(
-        matches!(first, SweepOutcome::Ran { stale: 0, .. }),
-        "{first:?}"
-    );
+    app.assert_sweep_made_stale("replica-a", 0).await;
     // The steady device attests again; the silent one does not.
     registry
         .record_attestation(steady.device_id(), app.clock.unix(), &pass())
@@ -245,14 +224,8 @@ async fn a_silent_device_becomes_stale_in_one_sweep_per_period_across_replicas()
         app.telemetry_decision(&steady, &gateway).await["decision"],
         "allow"
     );
-    let (status, p) = problem(app.renew(&silent).await).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::FORBIDDEN,
-            Some(ProblemCode::DeviceStale.as_str())
-        )
-    );
+    app.assert_renewal_forbidden(&silent, ProblemCode::DeviceStale)
+        .await;
     // The sweep that changed something is audited once, by the replica that ran it.
     let sweeps: Vec<_> = registry
         .recent_audit(50)

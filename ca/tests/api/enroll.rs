@@ -4,44 +4,17 @@
 use crate::support::*;
 use reqwest::StatusCode;
 use rustls_pki_types::{CertificateDer, UnixTime};
-use serde_json::{json, Value};
+use serde_json::Value;
 use x509_parser::extensions::GeneralName;
 
 fn check_certificate(app: &TestApp, body: &Value) {
     let dir = app.dir.path();
     let cert_pem = body["certificate_pem"].as_str().unwrap();
-    write(dir, "device.pem", cert_pem.as_bytes());
-    write(
-        dir,
-        "chain.pem",
-        body["ca_chain_pem"].as_str().unwrap().as_bytes(),
-    );
+    write_device_certificate(dir, body);
     write(dir, "root.pem", &app.root_pem());
-    let out = openssl(
-        dir,
-        &[
-            "verify",
-            "-CAfile",
-            "root.pem",
-            "-untrusted",
-            "chain.pem",
-            "device.pem",
-        ],
-    );
+    let out = openssl_verify_device(dir, &[]);
     assert!(out.contains("device.pem: OK"), "{out}");
-    let out = openssl(
-        dir,
-        &[
-            "verify",
-            "-purpose",
-            "sslclient",
-            "-CAfile",
-            "root.pem",
-            "-untrusted",
-            "chain.pem",
-            "device.pem",
-        ],
-    );
+    let out = openssl_verify_device(dir, &["-purpose", "sslclient"]);
     assert!(out.contains("OK"), "{out}");
 
     // SPIFFE ID: exactly one URI SAN; zone in the subject OU.
@@ -99,9 +72,7 @@ async fn csr_enrollment_passes_openssl_and_webpki() {
     let app = spawn_app(Db::Sqlite).await;
     let token = app.bootstrap_token("factory-1").await;
     let (csr, _key) = openssl_csr(app.dir.path(), "ec", &["ec_paramgen_curve:P-256"]);
-    let r = app
-        .post("/v1/enroll", None, &json!({"token": token, "csr_pem": csr}))
-        .await;
+    let r = app.enroll_with_csr(&token, &csr).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let body: Value = r.json().await.unwrap();
     assert!(body.get("private_key_pem").is_none());
@@ -115,14 +86,7 @@ async fn csr_enrollment_passes_openssl_and_webpki() {
     assert!(!format!("{}", parsed.subject()).contains("ignored"));
 
     // The registry has it, with the token's labels and class.
-    let r = app
-        .get(
-            &format!("/v1/devices/{}", body["device_id"].as_str().unwrap()),
-            Some(&app.admin),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
-    let device: Value = r.json().await.unwrap();
+    let device = app.device_json(body["device_id"].as_str().unwrap()).await;
     assert_eq!(device["status"], "active");
     assert_eq!(device["labels"]["line"], "a");
     assert_eq!(device["device_class"], "sensor");
@@ -135,9 +99,7 @@ async fn rsa_and_ed25519_csrs_are_accepted() {
     for (newkey, opts) in [("rsa:2048", vec![]), ("ed25519", vec![])] {
         let token = app.bootstrap_token("factory-1").await;
         let (csr, _) = openssl_csr(app.dir.path(), newkey, &opts);
-        let r = app
-            .post("/v1/enroll", None, &json!({"token": token, "csr_pem": csr}))
-            .await;
+        let r = app.enroll_with_csr(&token, &csr).await;
         assert_eq!(r.status(), StatusCode::CREATED, "{newkey}");
     }
 }
@@ -145,16 +107,7 @@ async fn rsa_and_ed25519_csrs_are_accepted() {
 #[tokio::test]
 async fn server_keygen_returns_the_key_once_and_never_stores_it() {
     let app = spawn_app(Db::Sqlite).await;
-    let token = app.bootstrap_token("factory-1").await;
-    let r = app
-        .post(
-            "/v1/enroll",
-            None,
-            &json!({"token": token, "generate_key": true}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let body: Value = r.json().await.unwrap();
+    let body = app.enroll_with_server_key("factory-1").await;
     check_certificate(&app, &body);
 
     // The returned key is the certificate's key.

@@ -14,20 +14,19 @@ async fn refused_raw(
     body: Vec<u8>,
     content_type: Option<&str>,
     status: StatusCode,
-    code: &str,
+    code: ProblemCode,
 ) {
     let before = app.counts().await;
     let mut r = app.client.post(app.url("/v1/enroll")).body(body);
     if let Some(ct) = content_type {
         r = r.header("content-type", ct);
     }
-    let (s, p) = problem(r.send().await.unwrap()).await;
-    assert_eq!((s, p["code"].as_str().unwrap()), (status, code), "{p}");
+    assert_problem(r.send().await.unwrap(), status, code).await;
     assert_eq!(app.counts().await, before);
     assert_eq!(app.get("/healthz", None).await.status(), StatusCode::OK);
 }
 
-async fn refused_csr(app: &TestApp, token: &str, csr: &str, status: StatusCode, code: &str) {
+async fn refused_csr(app: &TestApp, token: &str, csr: &str, status: StatusCode, code: ProblemCode) {
     let body = serde_json::to_vec(&json!({"token": token, "csr_pem": csr})).unwrap();
     refused_raw(app, body, Some("application/json"), status, code).await;
 }
@@ -45,57 +44,26 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
     let good_der = pem::parse(&good).unwrap().into_contents();
 
     // Not PEM, wrong label, two blocks, garbage DER, truncated DER, trailing bytes.
-    refused_csr(
-        &app,
-        &token,
-        "hello",
-        StatusCode::BAD_REQUEST,
-        ProblemCode::CsrMalformed.as_str(),
-    )
-    .await;
-    let cert_label = pem::encode(&pem::Pem::new("CERTIFICATE", good_der.clone()));
-    refused_csr(
-        &app,
-        &token,
-        &cert_label,
-        StatusCode::BAD_REQUEST,
-        ProblemCode::CsrMalformed.as_str(),
-    )
-    .await;
-    refused_csr(
-        &app,
-        &token,
-        &format!("{good}{good}"),
-        StatusCode::BAD_REQUEST,
-        ProblemCode::CsrMalformed.as_str(),
-    )
-    .await;
-    refused_csr(
-        &app,
-        &token,
-        &der_to_pem(b"\x30\x82\xff\xff garbage"),
-        StatusCode::BAD_REQUEST,
-        ProblemCode::CsrMalformed.as_str(),
-    )
-    .await;
-    refused_csr(
-        &app,
-        &token,
-        &der_to_pem(&good_der[..good_der.len() / 2]),
-        StatusCode::BAD_REQUEST,
-        ProblemCode::CsrMalformed.as_str(),
-    )
-    .await;
     let mut trailing = good_der.clone();
     trailing.extend_from_slice(b"\0\0");
-    refused_csr(
-        &app,
-        &token,
-        &der_to_pem(&trailing),
-        StatusCode::BAD_REQUEST,
-        ProblemCode::CsrMalformed.as_str(),
-    )
-    .await;
+    let malformed = [
+        "hello".to_owned(),
+        pem::encode(&pem::Pem::new("CERTIFICATE", good_der.clone())),
+        format!("{good}{good}"),
+        der_to_pem(b"\x30\x82\xff\xff garbage"),
+        der_to_pem(&good_der[..good_der.len() / 2]),
+        der_to_pem(&trailing),
+    ];
+    for csr in &malformed {
+        refused_csr(
+            &app,
+            &token,
+            csr,
+            StatusCode::BAD_REQUEST,
+            ProblemCode::CsrMalformed,
+        )
+        .await;
+    }
 
     // Oversized CSR inside an acceptable body; oversized body.
     let big = format!("{good}{}", "A".repeat(20 * 1024));
@@ -104,7 +72,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &big,
         StatusCode::PAYLOAD_TOO_LARGE,
-        ProblemCode::CsrTooLarge.as_str(),
+        ProblemCode::CsrTooLarge,
     )
     .await;
     let huge =
@@ -114,29 +82,23 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         huge,
         Some("application/json"),
         StatusCode::PAYLOAD_TOO_LARGE,
-        ProblemCode::BodyTooLarge.as_str(),
+        ProblemCode::BodyTooLarge,
     )
     .await;
 
     // Wrong algorithm or key size: RSA-1024, P-521, P-256 signed with SHA-384.
     let (rsa1024, _) = openssl_csr(dir, "rsa:1024", &[]);
-    refused_csr(
-        &app,
-        &token,
-        &rsa1024,
-        StatusCode::BAD_REQUEST,
-        ProblemCode::CsrUnsupportedKey.as_str(),
-    )
-    .await;
     let (p521, _) = openssl_csr(dir, "ec", &["ec_paramgen_curve:P-521"]);
-    refused_csr(
-        &app,
-        &token,
-        &p521,
-        StatusCode::BAD_REQUEST,
-        ProblemCode::CsrUnsupportedKey.as_str(),
-    )
-    .await;
+    for csr in [&rsa1024, &p521] {
+        refused_csr(
+            &app,
+            &token,
+            csr,
+            StatusCode::BAD_REQUEST,
+            ProblemCode::CsrUnsupportedKey,
+        )
+        .await;
+    }
     let key = write(
         dir,
         "k.pem",
@@ -164,7 +126,7 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &sha384,
         StatusCode::BAD_REQUEST,
-        ProblemCode::CsrUnsupportedAlgorithm.as_str(),
+        ProblemCode::CsrUnsupportedAlgorithm,
     )
     .await;
 
@@ -177,18 +139,12 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
         &token,
         &der_to_pem(&tampered),
         StatusCode::BAD_REQUEST,
-        ProblemCode::CsrBadSignature.as_str(),
+        ProblemCode::CsrBadSignature,
     )
     .await;
 
     // Every refusal left the token usable.
-    let r = app
-        .post(
-            "/v1/enroll",
-            None,
-            &json!({"token": token, "csr_pem": good}),
-        )
-        .await;
+    let r = app.enroll_with_csr(&token, &good).await;
     assert_eq!(r.status(), StatusCode::CREATED);
 }
 
@@ -196,68 +152,49 @@ async fn hostile_csrs_are_refused_and_write_nothing() {
 async fn malformed_json_and_unknown_fields_are_refused() {
     let app = spawn_app(Db::Sqlite).await;
     let token = app.bootstrap_token("factory-1").await;
-    let ct = Some("application/json");
-    refused_raw(
-        &app,
-        b"{\"token\": ".to_vec(),
-        ct,
-        StatusCode::BAD_REQUEST,
-        ProblemCode::MalformedJson.as_str(),
-    )
-    .await;
-    refused_raw(
-        &app,
-        b"\xff\xfe".to_vec(),
-        ct,
-        StatusCode::BAD_REQUEST,
-        ProblemCode::MalformedJson.as_str(),
-    )
-    .await;
-    let unknown =
-        serde_json::to_vec(&json!({"token": token, "generate_key": true, "admin": true})).unwrap();
-    refused_raw(
-        &app,
-        unknown,
-        ct,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        ProblemCode::InvalidBody.as_str(),
-    )
-    .await;
-    let wrong_type = serde_json::to_vec(&json!({"token": 5, "generate_key": true})).unwrap();
-    refused_raw(
-        &app,
-        wrong_type,
-        ct,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        ProblemCode::InvalidBody.as_str(),
-    )
-    .await;
-    let both =
-        serde_json::to_vec(&json!({"token": token, "generate_key": true, "csr_pem": "x"})).unwrap();
-    refused_raw(
-        &app,
-        both,
-        ct,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        ProblemCode::InvalidBody.as_str(),
-    )
-    .await;
-    let neither = serde_json::to_vec(&json!({"token": token})).unwrap();
-    refused_raw(
-        &app,
-        neither,
-        ct,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        ProblemCode::InvalidBody.as_str(),
-    )
-    .await;
-    let ok = serde_json::to_vec(&json!({"token": token, "generate_key": true})).unwrap();
+    let json_body = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+    let cases = [
+        (
+            b"{\"token\": ".to_vec(),
+            StatusCode::BAD_REQUEST,
+            ProblemCode::MalformedJson,
+        ),
+        (
+            b"\xff\xfe".to_vec(),
+            StatusCode::BAD_REQUEST,
+            ProblemCode::MalformedJson,
+        ),
+        (
+            json_body(json!({"token": token, "generate_key": true, "admin": true})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemCode::InvalidBody,
+        ),
+        (
+            json_body(json!({"token": 5, "generate_key": true})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemCode::InvalidBody,
+        ),
+        (
+            json_body(json!({"token": token, "generate_key": true, "csr_pem": "x"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemCode::InvalidBody,
+        ),
+        (
+            json_body(json!({"token": token})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemCode::InvalidBody,
+        ),
+    ];
+    for (body, status, code) in cases {
+        refused_raw(&app, body, Some("application/json"), status, code).await;
+    }
+    let ok = json_body(json!({"token": token, "generate_key": true}));
     refused_raw(
         &app,
         ok,
         None,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ProblemCode::UnsupportedMediaType.as_str(),
+        ProblemCode::UnsupportedMediaType,
     )
     .await;
 
@@ -278,11 +215,12 @@ async fn malformed_json_and_unknown_fields_are_refused() {
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body} {p}");
     }
     assert_eq!(app.counts().await, before);
-    let (s, p) = problem(app.get("/v1/devices?limit=0", Some(&app.admin)).await).await;
-    assert_eq!(
-        (s, p["code"].as_str().unwrap()),
-        (StatusCode::BAD_REQUEST, ProblemCode::InvalidQuery.as_str())
-    );
+    assert_problem(
+        app.get("/v1/devices?limit=0", Some(&app.admin)).await,
+        StatusCode::BAD_REQUEST,
+        ProblemCode::InvalidQuery,
+    )
+    .await;
     let (s, _) = problem(app.get("/v1/devices?cursor=../x", Some(&app.admin)).await).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, _) = problem(app.get("/v1/devices/not-an-id", Some(&app.admin)).await).await;

@@ -132,9 +132,12 @@ async fn a_certificate_whose_spiffe_id_disagrees_with_its_serial_is_refused() {
         ca.issuer(),
         "",
     );
-    let (status, body) = problem(renew_as(&app, &identity).await.unwrap()).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(body["code"], ProblemCode::DeviceUnknown.as_str());
+    assert_problem(
+        renew_as(&app, &identity).await.unwrap(),
+        StatusCode::FORBIDDEN,
+        ProblemCode::DeviceUnknown,
+    )
+    .await;
 
     // A certificate whose SPIFFE ID is of another trust domain is not a device at all.
     let elsewhere = format!("spiffe://elsewhere.example/device/{}", victim.device_id());
@@ -150,7 +153,7 @@ async fn a_certificate_whose_spiffe_id_disagrees_with_its_serial_is_refused() {
 async fn an_expired_certificate_on_a_kept_alive_connection_is_refused() {
     let app = spawn_app(Db::Sqlite).await;
     let device = app.enroll("sensors").await;
-    let client = client_for(&app.root_pem(), Some(&device.identity_pem()));
+    let client = app.device_client(&device);
     let bundle = client
         .get(app.url("/v1/trust-bundle"))
         .send()
@@ -160,31 +163,19 @@ async fn an_expired_certificate_on_a_kept_alive_connection_is_refused() {
 
     // Past the 24-hour lifetime and the clock skew, on the same client (and connection).
     app.clock.advance(25 * 3600);
-    let (csr, _) = rcgen_csr();
-    let r = client
-        .post(app.url("/v1/renew"))
-        .json(&json!({"csr_pem": csr}))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = problem(r).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(body["code"], ProblemCode::ClientCertificateExpired.as_str());
+    assert_problem(
+        app.renew_over(&client).await,
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::ClientCertificateExpired,
+    )
+    .await;
 }
 
 /// A certificate of our own issuing CA that names the policy signer but carries no
 /// extendedKeyUsage (so not codeSigning) cannot sign a bundle an agent accepts.
 #[tokio::test]
 async fn a_bundle_signed_without_the_code_signing_usage_is_refused() {
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
-    let app = spawn_app_with_policies(
-        Db::Sqlite,
-        vouch_ca::app::PolicyConfig {
-            dir: Some(examples),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn_app_with_example_policies(Db::Sqlite).await;
     let r = app.get("/v1/policy/bundle", Some(&app.admin)).await;
     assert_eq!(r.status(), StatusCode::OK);
     let jws = r.text().await.unwrap();
@@ -233,8 +224,8 @@ async fn a_superseded_certificate_is_on_the_crl_and_refused_everywhere() {
     // A CRL is current before the re-enrollment (so that one signed on demand would not do),
     // and the server has the old certificate's identity in memory (it attested with it).
     assert_eq!(app.get("/v1/crl", None).await.status(), StatusCode::OK);
-    let old_client = client_for(&app.root_pem(), Some(&old.identity_pem()));
-    let r = old_client
+    let r = app
+        .device_client(&old)
         .post(app.url("/v1/attest/challenge"))
         .send()
         .await
@@ -254,7 +245,8 @@ async fn a_superseded_certificate_is_on_the_crl_and_refused_everywhere() {
     assert!(listed.contains(&old.serial().to_owned()), "{listed:?}");
     assert!(!listed.contains(&new.serial().to_owned()));
 
-    let stale_client = client_for(&app.root_pem(), Some(&old.identity_pem()));
+    // A new connection with the old certificate.
+    let stale_client = app.device_client(&old);
     let asks = [
         stale_client.get(app.url("/v1/policy/bundle")),
         stale_client.post(app.url("/v1/attest/challenge")),
@@ -267,21 +259,11 @@ async fn a_superseded_certificate_is_on_the_crl_and_refused_everywhere() {
             .json(&json!({"csr_pem": rcgen_csr().0})),
     ];
     for ask in asks {
-        let (status, body) = problem(ask.send().await.unwrap()).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-        assert_eq!(
-            body["code"],
-            ProblemCode::CertificateRevoked.as_str(),
-            "{body}"
-        );
+        let r = ask.send().await.unwrap();
+        assert_problem(r, StatusCode::FORBIDDEN, ProblemCode::CertificateRevoked).await;
     }
     // The current certificate works.
-    let current = client_for(&app.root_pem(), Some(&new.identity_pem()));
-    let r = current
-        .get(app.url("/v1/policy/bundle"))
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_as(&new, "/v1/policy/bundle").await;
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -293,7 +275,7 @@ async fn a_certificate_revoked_elsewhere_is_refused_once_the_cached_identity_age
     use sqlx::Connection;
     let (app, _refs) = tpm_app(Db::Sqlite).await;
     let (_booted, device) = enrolled_tpm(&app).await;
-    let client = client_for(&app.root_pem(), Some(&device.identity_pem()));
+    let client = app.device_client(&device);
     let challenge = || client.post(app.url("/v1/attest/challenge")).send();
     assert_eq!(challenge().await.unwrap().status(), StatusCode::CREATED);
 
@@ -308,7 +290,10 @@ async fn a_certificate_revoked_elsewhere_is_refused_once_the_cached_identity_age
         .await
         .unwrap();
     app.clock.advance(vouch_ca::api::IDENTITY_TTL_SECS + 1);
-    let (status, body) = problem(challenge().await.unwrap()).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(body["code"], ProblemCode::CertificateRevoked.as_str());
+    assert_problem(
+        challenge().await.unwrap(),
+        StatusCode::FORBIDDEN,
+        ProblemCode::CertificateRevoked,
+    )
+    .await;
 }

@@ -14,10 +14,9 @@
 
 use crate::support::*;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vouch_ca::app::PolicyConfig;
 use vouch_ca::datadir::DataFile;
 use vouch_proto::ProblemCode;
 
@@ -65,18 +64,6 @@ fn pem_blocks(text: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A server with the example policies (so that it signs policy bundles).
-async fn spawn_with_examples() -> TestApp {
-    spawn_app_with_policies(
-        Db::Sqlite,
-        PolicyConfig {
-            dir: Some(repo_file("examples/policies")),
-            ..PolicyConfig::default()
-        },
-    )
-    .await
-}
-
 /// Every certificate kind the server issues, DER, plus a device key and the CRL.
 struct Issued {
     root: Vec<u8>,
@@ -91,16 +78,7 @@ struct Issued {
 
 async fn collect_issued(app: &TestApp) -> Issued {
     // A device whose key the server generates (so that py-spiffe gets a key to load too).
-    let token = app.bootstrap_token("sensors").await;
-    let r = app
-        .post(
-            "/v1/enroll",
-            None,
-            &json!({"token": token, "generate_key": true}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let body: Value = r.json().await.unwrap();
+    let body = app.enroll_with_server_key("sensors").await;
     let device = pem_blocks(body["certificate_pem"].as_str().unwrap()).remove(0);
     let identity = format!(
         "{}{}{}",
@@ -136,13 +114,7 @@ async fn collect_issued(app: &TestApp) -> Issued {
 
     // A CRL that lists something.
     let victim = app.enroll("sensors").await;
-    let r = app
-        .post(
-            &format!("/v1/devices/{}/revoke", victim.device_id()),
-            Some(&app.admin),
-            &json!({"reason": "interop test"}),
-        )
-        .await;
+    let r = app.revoke(victim.device_id(), "interop test").await;
     assert_eq!(r.status(), StatusCode::OK);
     let crl = app
         .get("/v1/crl", None)
@@ -271,7 +243,8 @@ const KEY_USAGE: &str = "2.5.29.15";
 // The server runs on the test's runtime while a tool talks to it: a second worker serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_certificate_and_the_crl_are_der_exact() {
-    let app = spawn_with_examples().await;
+    // The example policies make it sign policy bundles.
+    let app = spawn_app_with_example_policies(Db::Sqlite).await;
     let issued = collect_issued(&app).await;
     // basicConstraints of an end entity: an empty SEQUENCE (cA FALSE is the DEFAULT); keyUsage
     // digitalSignature as one bit, not nine.
@@ -279,38 +252,33 @@ async fn every_certificate_and_the_crl_are_der_exact() {
         (BASIC_CONSTRAINTS, true, &[0x30, 0x00]),
         (KEY_USAGE, true, &[0x03, 0x02, 0x07, 0x80]),
     ];
+    // The CAs: cA TRUE with a path length (1 for the root, 0 below it).
+    let root: &[(&str, bool, &[u8])] = &[
+        (
+            BASIC_CONSTRAINTS,
+            true,
+            &[0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x01],
+        ),
+        (KEY_USAGE, true, &[0x03, 0x02, 0x01, 0x06]),
+    ];
+    let issuing_ca: &[(&str, bool, &[u8])] = &[
+        (
+            BASIC_CONSTRAINTS,
+            true,
+            &[0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x00],
+        ),
+        (KEY_USAGE, true, &[0x03, 0x02, 0x01, 0x86]),
+    ];
     let mut problems = Vec::new();
-    problems.extend(check_certificate("device", &issued.device, end_entity));
-    problems.extend(check_certificate("server", &issued.server, end_entity));
-    problems.extend(check_certificate(
-        "policy signer",
-        &issued.policy_signer,
-        end_entity,
-    ));
-    problems.extend(check_certificate(
-        "root",
-        &issued.root,
-        &[
-            (
-                BASIC_CONSTRAINTS,
-                true,
-                &[0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x01],
-            ),
-            (KEY_USAGE, true, &[0x03, 0x02, 0x01, 0x06]),
-        ],
-    ));
-    problems.extend(check_certificate(
-        "issuing CA",
-        &issued.issuing,
-        &[
-            (
-                BASIC_CONSTRAINTS,
-                true,
-                &[0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x00],
-            ),
-            (KEY_USAGE, true, &[0x03, 0x02, 0x01, 0x86]),
-        ],
-    ));
+    for (name, der, expected) in [
+        ("device", &issued.device, end_entity),
+        ("server", &issued.server, end_entity),
+        ("policy signer", &issued.policy_signer, end_entity),
+        ("root", &issued.root, root),
+        ("issuing CA", &issued.issuing, issuing_ca),
+    ] {
+        problems.extend(check_certificate(name, der, expected));
+    }
     der_problems(&issued.crl, "CRL", &mut problems);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
@@ -352,7 +320,8 @@ fn the_der_checker_refuses_what_rcgen_used_to_write() {
 // The server runs on the test's runtime while a tool talks to it: a second worker serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyca_cryptography_and_py_spiffe_accept_every_certificate_and_the_crl() {
-    let app = spawn_with_examples().await;
+    // The example policies make it sign policy bundles.
+    let app = spawn_app_with_example_policies(Db::Sqlite).await;
     let issued = collect_issued(&app).await;
     let dir = tempfile::tempdir().unwrap();
     let pem = |der: &[u8]| vouch_ca::pki::authority::cert_pem(der).into_bytes();
@@ -515,7 +484,8 @@ async fn the_openapi_document_is_valid() {
 // The server runs on the test's runtime while a tool talks to it: a second worker serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_failure_against_the_live_server() {
-    let app = spawn_with_examples().await;
+    // The example policies make it sign policy bundles.
+    let app = spawn_app_with_example_policies(Db::Sqlite).await;
     // The device the device operations ask about.
     let device = app.enroll("sensors").await;
     let dir = tempfile::tempdir().unwrap();
@@ -549,9 +519,12 @@ async fn errors_and_405_answers_are_problem_documents() {
         .headers()
         .get("allow")
         .map(|v| v.to_str().unwrap().to_owned());
-    let (status, body) = problem(r).await;
-    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(body["code"], ProblemCode::MethodNotAllowed.as_str());
+    assert_problem(
+        r,
+        StatusCode::METHOD_NOT_ALLOWED,
+        ProblemCode::MethodNotAllowed,
+    )
+    .await;
     assert_eq!(allow.as_deref(), Some("POST"));
     let (status, _) = problem(app.get("/v1/devices?limit=0", Some(&app.admin)).await).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

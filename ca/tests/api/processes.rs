@@ -61,13 +61,8 @@ fn vouch(args: &[&str]) -> std::process::Output {
 }
 
 fn admin_token(data_dir: &Path, role: &str) -> String {
-    let out = vouch(&[
-        "admin-token",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--role",
-        role,
-    ]);
+    let data_dir = data_dir.to_str().unwrap();
+    let out = vouch(&["admin-token", "--data-dir", data_dir, "--role", role]);
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
@@ -123,22 +118,22 @@ async fn two_replicas_on_one_postgres_behave_as_one_ca() {
         enroll(&client, &a.base, &token).await.status(),
         StatusCode::CREATED
     );
-    let (s, p) = problem(enroll(&client, &b.base, &token).await).await;
-    assert_eq!(
-        (s, p["code"].as_str().unwrap()),
-        (StatusCode::FORBIDDEN, ProblemCode::TokenUsed.as_str())
-    );
+    assert_problem(
+        enroll(&client, &b.base, &token).await,
+        StatusCode::FORBIDDEN,
+        ProblemCode::TokenUsed,
+    )
+    .await;
+
+    // Requests alternate between the replicas.
+    let replica = |i: usize| [&a.base, &b.base][i % 2].clone();
 
     // One token raced across both replicas gives one device.
     for _ in 0..5 {
         let token = create_token(&client, &b.base, &admin).await;
         let mut tasks = Vec::new();
         for i in 0..6 {
-            let base = if i % 2 == 0 {
-                a.base.clone()
-            } else {
-                b.base.clone()
-            };
+            let base = replica(i);
             let (client, token) = (client.clone(), token.clone());
             tasks.push(tokio::spawn(async move {
                 enroll(&client, &base, &token).await.status()
@@ -160,11 +155,7 @@ async fn two_replicas_on_one_postgres_behave_as_one_ca() {
     }
     let mut tasks = Vec::new();
     for (i, token) in tokens.into_iter().enumerate() {
-        let base = if i % 2 == 0 {
-            a.base.clone()
-        } else {
-            b.base.clone()
-        };
+        let base = replica(i);
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
             let r = enroll(&client, &base, &token).await;
@@ -290,10 +281,11 @@ async fn key_files_are_0600_and_logs_hold_no_key_material() {
 #[test]
 fn bad_configuration_exits_64_with_every_problem() {
     let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
     let out = vouch(&[
         "serve",
         "--data-dir",
-        dir.path().to_str().unwrap(),
+        data_dir,
         "--listen",
         "nowhere",
         "--cert-lifetime",
@@ -308,19 +300,13 @@ fn bad_configuration_exits_64_with_every_problem() {
     // Nothing was created.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 
-    let out = vouch(&[
-        "admin-token",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--role",
-        "root",
-    ]);
+    let out = vouch(&["admin-token", "--data-dir", data_dir, "--role", "root"]);
     assert_eq!(out.status.code(), Some(64));
     // An operator token cannot be revoked, so none may outlive a week.
     let out = vouch(&[
         "admin-token",
         "--data-dir",
-        dir.path().to_str().unwrap(),
+        data_dir,
         "--role",
         "admin",
         "--ttl",
@@ -450,33 +436,14 @@ async fn an_openssl_made_ca_can_be_imported_and_issues_verifiable_certificates()
         .as_str()
         .unwrap()
         .starts_with("spiffe://acme.example/device/"));
-    write(
-        d,
-        "device.pem",
-        body["certificate_pem"].as_str().unwrap().as_bytes(),
-    );
-    write(
-        d,
-        "chain.pem",
-        body["ca_chain_pem"].as_str().unwrap().as_bytes(),
-    );
-    let out = openssl(
-        d,
-        &[
-            "verify",
-            "-CAfile",
-            "root.pem",
-            "-untrusted",
-            "chain.pem",
-            "device.pem",
-        ],
-    );
+    write_device_certificate(d, &body);
+    let out = openssl_verify_device(d, &[]);
     assert!(out.contains("device.pem: OK"));
 }
 
 #[test]
 fn policy_check_and_test_commands() {
-    let example = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    let example = example_policy_dir();
     let out = vouch(&["policy", "check", example.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 4 policies"));
@@ -485,15 +452,7 @@ fn policy_check_and_test_commands() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("policy tests: 12 passed, 0 failed"));
 
     // A broken copy: check names the file, line and column, and both commands fail.
-    let dir = tempfile::tempdir().unwrap();
-    for sub in ["", "policies", "tests"] {
-        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        for e in std::fs::read_dir(example.join(sub)).unwrap().flatten() {
-            if e.file_type().unwrap().is_file() {
-                std::fs::copy(e.path(), dir.path().join(sub).join(e.file_name())).unwrap();
-            }
-        }
-    }
+    let dir = copy_of_example_policies(&["", "policies", "tests"]);
     std::fs::write(
         dir.path().join("policies/bad.cedar"),
         "permit (principal, action, resource)\nwhen { context.tls && };\n",
@@ -509,11 +468,12 @@ fn policy_check_and_test_commands() {
     }
 }
 
-/// A copy of the example policy repository.
-fn example_policies() -> tempfile::TempDir {
-    let example = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+/// A copy of the files in the example policy repository's directories `subdirs` (`""` for
+/// the top).
+fn copy_of_example_policies(subdirs: &[&str]) -> tempfile::TempDir {
+    let example = example_policy_dir();
     let dir = tempfile::tempdir().unwrap();
-    for sub in ["", "policies"] {
+    for sub in subdirs {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         for e in std::fs::read_dir(example.join(sub)).unwrap().flatten() {
             if e.file_type().unwrap().is_file() {
@@ -528,7 +488,7 @@ fn example_policies() -> tempfile::TempDir {
 async fn sighup_reloads_policies_and_a_broken_directory_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let policies = example_policies();
+    let policies = copy_of_example_policies(&["", "policies"]);
     let policy_dir = policies.path().to_str().unwrap();
 
     // A directory that does not load: the server does not start, and says where.

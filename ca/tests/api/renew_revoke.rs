@@ -4,16 +4,26 @@
 use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use vouch_ca::api::problem::ApiError;
+use vouch_proto::enroll::{EnrollResponse, RenewRequest};
 use vouch_proto::ProblemCode;
 
-async fn renew(app: &TestApp, identity: Option<&[u8]>) -> reqwest::Response {
-    let client = client_for(&app.root_pem(), identity);
-    let (csr, _) = rcgen_csr();
-    client
-        .post(app.url("/v1/renew"))
-        .json(&json!({"csr_pem": csr}))
-        .send()
+/// What `openssl crl -text` prints about the DER CRL `file` in `dir`.
+fn openssl_crl_text(dir: &std::path::Path, file: &str) -> String {
+    openssl(
+        dir,
+        &["crl", "-inform", "DER", "-in", file, "-noout", "-text"],
+    )
+}
+
+/// The newest CRL in the registry.
+async fn latest_crl(app: &TestApp) -> vouch_ca::store::StoredCrl {
+    app.server
+        .state
+        .registry
+        .latest_crl()
         .await
+        .unwrap()
         .unwrap()
 }
 
@@ -28,29 +38,21 @@ async fn renewal_revocation_and_crl() {
     let device = app.enroll("factory-1").await;
 
     // Renewal needs the device certificate.
-    let (s, p) = problem(renew(&app, None).await).await;
-    assert_eq!(
-        (s, p["code"].as_str().unwrap()),
-        (
-            StatusCode::UNAUTHORIZED,
-            ProblemCode::ClientCertificateRequired.as_str()
-        )
-    );
+    assert_problem(
+        app.renew_over(&app.client).await,
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::ClientCertificateRequired,
+    )
+    .await;
 
-    let r = renew(&app, Some(&device.identity_pem())).await;
+    let r = app.renew(&device).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let renewed: Value = r.json().await.unwrap();
     assert_eq!(renewed["device_id"].as_str(), Some(device.device_id()));
     assert_ne!(renewed["serial"].as_str(), Some(device.serial()));
 
     // Revoke (as an operator), then neither certificate renews.
-    let r = app
-        .post(
-            &format!("/v1/devices/{}/revoke", device.device_id()),
-            Some(&app.admin),
-            &json!({"reason": "stolen"}),
-        )
-        .await;
+    let r = app.revoke(device.device_id(), "stolen").await;
     assert_eq!(r.status(), StatusCode::OK);
     let revoked: Value = r.json().await.unwrap();
     let serials: Vec<String> = revoked["revoked_serials"]
@@ -61,21 +63,10 @@ async fn renewal_revocation_and_crl() {
         .collect();
     assert_eq!(serials.len(), 2);
     let before = app.counts().await;
-    let (s, p) = problem(renew(&app, Some(&device.identity_pem())).await).await;
-    assert_eq!(
-        (s, p["code"].as_str().unwrap()),
-        (StatusCode::FORBIDDEN, ProblemCode::DeviceRevoked.as_str())
-    );
+    app.assert_renewal_forbidden(&device, ProblemCode::DeviceRevoked)
+        .await;
     assert_eq!(app.counts().await, before);
-    let (s, _) = problem(
-        app.post(
-            &format!("/v1/devices/{}/revoke", device.device_id()),
-            Some(&app.admin),
-            &json!({"reason": "again"}),
-        )
-        .await,
-    )
-    .await;
+    let (s, _) = problem(app.revoke(device.device_id(), "again").await).await;
     assert_eq!(s, StatusCode::CONFLICT);
 
     // The CRL lists both serials, parses with openssl and verifies against the issuing CA.
@@ -90,10 +81,7 @@ async fn renewal_revocation_and_crl() {
         "chain.pem",
         device.body["ca_chain_pem"].as_str().unwrap().as_bytes(),
     );
-    let text = openssl(
-        dir,
-        &["crl", "-inform", "DER", "-in", "crl.der", "-noout", "-text"],
-    );
+    let text = openssl_crl_text(dir, "crl.der");
     for serial in &serials {
         assert!(
             text.contains(&openssl_serial(serial)),
@@ -101,34 +89,20 @@ async fn renewal_revocation_and_crl() {
         );
     }
     assert!(text.contains("X509v3 CRL Number"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "crl",
-            "-inform",
-            "DER",
-            "-in",
-            "crl.der",
-            "-CAfile",
-            "chain.pem",
-            "-noout",
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    // `openssl crl` says `verify OK` on standard error.
+    let out = run_successfully(
+        std::process::Command::new("openssl")
+            .args(["crl", "-inform", "DER", "-in", "crl.der"])
+            .args(["-CAfile", "chain.pem", "-noout"])
+            .current_dir(dir),
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("verify OK"),
         "{out:?}"
     );
 
     // The registry shows the device revoked.
-    let r = app
-        .get(
-            &format!("/v1/devices/{}", device.device_id()),
-            Some(&app.admin),
-        )
-        .await;
-    let d: Value = r.json().await.unwrap();
+    let d = app.device_json(device.device_id()).await;
     assert_eq!(d["status"], "revoked");
     assert_eq!(d["revocation_reason"], "stolen");
 }
@@ -138,48 +112,18 @@ async fn crl_numbers_increase_and_an_empty_crl_parses() {
     let app = spawn_app(Db::Sqlite).await;
     let first = app.get("/v1/crl", None).await.bytes().await.unwrap();
     write(app.dir.path(), "empty.der", &first);
-    let text = openssl(
-        app.dir.path(),
-        &[
-            "crl",
-            "-inform",
-            "DER",
-            "-in",
-            "empty.der",
-            "-noout",
-            "-text",
-        ],
-    );
+    let text = openssl_crl_text(app.dir.path(), "empty.der");
     assert!(text.contains("No Revoked Certificates"), "{text}");
     let device = app.enroll("z").await;
-    app.post(
-        &format!("/v1/devices/{}/revoke", device.device_id()),
-        Some(&app.admin),
-        &json!({"reason": "r"}),
-    )
-    .await;
-    let second = app
-        .server
-        .state
-        .registry
-        .latest_crl()
-        .await
-        .unwrap()
-        .unwrap();
+    app.revoke(device.device_id(), "r").await;
+    let second = latest_crl(&app).await;
     assert!(second.number >= 2);
     // The stored CRL is served until a quarter of its validity has passed, then re-signed.
     let served = app.get("/v1/crl", None).await.bytes().await.unwrap();
     assert_eq!(served.as_ref(), second.der.as_slice());
     app.clock.advance(7 * 3600);
     app.get("/v1/crl", None).await;
-    let third = app
-        .server
-        .state
-        .registry
-        .latest_crl()
-        .await
-        .unwrap()
-        .unwrap();
+    let third = latest_crl(&app).await;
     assert_eq!(third.number, second.number + 1);
 }
 
@@ -188,7 +132,7 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     let app = spawn_app(Db::Sqlite).await;
     let other = spawn_app(Db::Sqlite).await;
     let foreign = other.enroll("z").await;
-    let client = client_for(&app.root_pem(), Some(&foreign.identity_pem()));
+    let client = app.device_client(&foreign);
     let (csr, _) = rcgen_csr();
     let result = client
         .post(app.url("/v1/renew"))
@@ -198,16 +142,31 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     assert!(result.is_err(), "the TLS handshake must fail: {result:?}");
 }
 
+/// `device` renews with a fresh CSR through the renewal flow itself, which runs `window`
+/// between its early check and its write.
+async fn renew_in_flow(
+    app: &TestApp,
+    device: &Enrolled,
+    window: impl std::future::Future<Output = ()>,
+) -> Result<EnrollResponse, ApiError> {
+    use vouch_ca::ids::{DeviceId, Serial};
+    let caller = vouch_ca::api::auth::DeviceCaller {
+        serial: Serial::from_hex(device.serial()).unwrap(),
+        device_id: DeviceId::parse(device.device_id()).unwrap(),
+    };
+    let request = RenewRequest {
+        csr_pem: rcgen_csr().0,
+    };
+    vouch_ca::flows::renew::renew(&app.server.state, &caller, request, window).await
+}
+
 /// Acceptance (issue 10, item 1): the renewal flow checks the device's standing early, then
 /// signs, then records the certificate. A device whose standing changes between the early
 /// check and the write (quarantined, stale, revoked) gets no certificate: the transaction that
 /// records it checks everything again. The window is driven through the flow's `between` hook.
 async fn standing_changed_in_the_window(db: Db) {
     use sqlx::Connection;
-    use vouch_ca::ids::{DeviceId, Serial};
-    use vouch_proto::enroll::RenewRequest;
     let app = spawn_app(db).await;
-    let state = &app.server.state;
     let changes: [(&str, ProblemCode); 3] = [
         (
             "UPDATE devices SET attestation = 'quarantined' WHERE id = $1",
@@ -221,20 +180,11 @@ async fn standing_changed_in_the_window(db: Db) {
     ];
     for (change, want) in changes {
         let device = app.enroll("factory-1").await;
-        let caller = vouch_ca::api::auth::DeviceCaller {
-            serial: Serial::from_hex(device.serial()).unwrap(),
-            device_id: DeviceId::parse(device.device_id()).unwrap(),
-        };
         let before = app.counts().await;
-        let (csr_pem, _) = rcgen_csr();
         let window = async {
             if change == "revoke" {
                 let r = app
-                    .post(
-                        &format!("/v1/devices/{}/revoke", device.device_id()),
-                        Some(&app.admin),
-                        &json!({"reason": "stolen during renewal"}),
-                    )
+                    .revoke(device.device_id(), "stolen during renewal")
                     .await;
                 assert_eq!(r.status(), StatusCode::OK);
             } else {
@@ -249,29 +199,18 @@ async fn standing_changed_in_the_window(db: Db) {
                 assert_eq!(done.rows_affected(), 1);
             }
         };
-        let refused =
-            vouch_ca::flows::renew::renew(state, &caller, RenewRequest { csr_pem }, window)
-                .await
-                .expect_err("a device whose standing changed must get no certificate");
+        let refused = renew_in_flow(&app, &device, window)
+            .await
+            .expect_err("a device whose standing changed must get no certificate");
         assert_eq!(refused.code, want, "{change}: {}", refused.detail);
         let after = app.counts().await;
         assert_eq!(after.certificates, before.certificates, "{change}");
     }
     // The same flow with nothing happening in the window renews.
     let device = app.enroll("factory-1").await;
-    let caller = vouch_ca::api::auth::DeviceCaller {
-        serial: Serial::from_hex(device.serial()).unwrap(),
-        device_id: DeviceId::parse(device.device_id()).unwrap(),
-    };
-    let (csr_pem, _) = rcgen_csr();
-    let renewed = vouch_ca::flows::renew::renew(
-        state,
-        &caller,
-        RenewRequest { csr_pem },
-        std::future::ready(()),
-    )
-    .await
-    .unwrap();
+    let renewed = renew_in_flow(&app, &device, std::future::ready(()))
+        .await
+        .unwrap();
     assert_eq!(renewed.device_id, device.device_id());
 }
 

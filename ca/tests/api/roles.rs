@@ -7,6 +7,12 @@ use serde_json::json;
 use vouch_ca::tokens::Role;
 use vouch_proto::ProblemCode;
 
+/// The holder of `bearer` asks for a bootstrap token for zone `z`.
+async fn ask_for_bootstrap_token(app: &TestApp, bearer: &str) -> reqwest::Response {
+    app.post("/v1/bootstrap-tokens", Some(bearer), &json!({"zone": "z"}))
+        .await
+}
+
 #[tokio::test]
 async fn auditor_reads_but_cannot_write() {
     let app = spawn_app(Db::Sqlite).await;
@@ -17,39 +23,21 @@ async fn auditor_reads_but_cannot_write() {
         StatusCode::OK
     );
     let before = app.counts().await;
-    let (s, p) = problem(
-        app.post(
-            "/v1/bootstrap-tokens",
-            Some(&auditor),
-            &json!({"zone": "z"}),
-        )
-        .await,
+    assert_problem(
+        ask_for_bootstrap_token(&app, &auditor).await,
+        StatusCode::FORBIDDEN,
+        ProblemCode::ForbiddenRole,
     )
     .await;
-    assert_eq!(
-        (s, p["code"].as_str().unwrap()),
-        (StatusCode::FORBIDDEN, ProblemCode::ForbiddenRole.as_str())
-    );
-    let (s, _) = problem(
-        app.post(
-            &format!("/v1/devices/{}/revoke", device.device_id()),
-            Some(&auditor),
-            &json!({"reason": "x"}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    let revoke = format!("/v1/devices/{}/revoke", device.device_id());
+    let r = app
+        .post(&revoke, Some(&auditor), &json!({"reason": "x"}))
+        .await;
+    assert_eq!(problem(r).await.0, StatusCode::FORBIDDEN);
     assert_eq!(app.counts().await, before);
     // The operator role may write.
     let operator = app.token_for(Role::Operator);
-    let r = app
-        .post(
-            "/v1/bootstrap-tokens",
-            Some(&operator),
-            &json!({"zone": "z"}),
-        )
-        .await;
+    let r = ask_for_bootstrap_token(&app, &operator).await;
     assert_eq!(r.status(), StatusCode::CREATED);
 }
 
@@ -57,20 +45,13 @@ async fn auditor_reads_but_cannot_write() {
 async fn device_certificates_and_bootstrap_tokens_are_not_operators() {
     let app = spawn_app(Db::Sqlite).await;
     let device = app.enroll("z").await;
-    let as_device = client_for(&app.root_pem(), Some(&device.identity_pem()));
+    let as_device = app.device_client(&device);
     for path in [
         "/v1/devices",
         &format!("/v1/devices/{}", device.device_id()),
     ] {
         let r = as_device.get(app.url(path)).send().await.unwrap();
-        let (s, p) = problem(r).await;
-        assert_eq!(
-            (s, p["code"].as_str().unwrap()),
-            (
-                StatusCode::UNAUTHORIZED,
-                ProblemCode::Unauthenticated.as_str()
-            )
-        );
+        assert_problem(r, StatusCode::UNAUTHORIZED, ProblemCode::Unauthenticated).await;
     }
     let r = as_device
         .post(app.url("/v1/bootstrap-tokens"))
@@ -81,31 +62,25 @@ async fn device_certificates_and_bootstrap_tokens_are_not_operators() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     let bootstrap = app.bootstrap_token("z").await;
-    let (s, p) = problem(app.get("/v1/devices", Some(&bootstrap)).await).await;
-    assert_eq!(
-        (s, p["code"].as_str().unwrap()),
-        (StatusCode::UNAUTHORIZED, ProblemCode::TokenInvalid.as_str())
-    );
-    let (s, _) = problem(
-        app.post(
-            "/v1/bootstrap-tokens",
-            Some(&bootstrap),
-            &json!({"zone": "z"}),
-        )
-        .await,
+    assert_problem(
+        app.get("/v1/devices", Some(&bootstrap)).await,
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::TokenInvalid,
     )
     .await;
+    let (s, _) = problem(ask_for_bootstrap_token(&app, &bootstrap).await).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, _) = problem(app.get("/v1/devices", None).await).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // An expired operator token is refused.
     app.clock.advance(3600 + 61);
-    let (s, p) = problem(app.get("/v1/devices", Some(&app.admin)).await).await;
-    assert_eq!(
-        (s, p["code"].as_str().unwrap()),
-        (StatusCode::UNAUTHORIZED, ProblemCode::TokenExpired.as_str())
-    );
+    assert_problem(
+        app.get("/v1/devices", Some(&app.admin)).await,
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::TokenExpired,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -140,12 +115,10 @@ async fn operations_endpoints_answer() {
     assert_eq!(bundle.as_ref(), app.root_pem().as_slice());
     // With the database gone, the server is not ready.
     app.server.state.registry.close().await;
-    let (s, p) = problem(app.get("/readyz", None).await).await;
-    assert_eq!(
-        (s, p["code"].as_str().unwrap()),
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            ProblemCode::NotReady.as_str()
-        )
-    );
+    assert_problem(
+        app.get("/readyz", None).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        ProblemCode::NotReady,
+    )
+    .await;
 }

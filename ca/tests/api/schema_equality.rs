@@ -657,6 +657,24 @@ impl Migrated {
         }
     }
 
+    /// Runs `sql` (a schema change) on the `db` backend only.
+    async fn execute_on(&mut self, db: Db, sql: &str) {
+        match db {
+            Db::Sqlite => {
+                sqlx::query(sql).execute(&mut self.sqlite).await.unwrap();
+            }
+            Db::Postgres => {
+                sqlx::query(sql).execute(&mut self.postgres).await.unwrap();
+            }
+        }
+    }
+
+    /// Checks that the differences between the two schemas are now exactly `expected`.
+    async fn assert_differences(&mut self, expected: Vec<Difference>) {
+        let differences = self.differences().await;
+        assert_eq!(differences, expected, "{}", report(&differences));
+    }
+
     /// The differences between the two schemas as they are now.
     async fn differences(&mut self) -> Vec<Difference> {
         let sqlite = sqlite_schema(&mut self.sqlite).await;
@@ -697,76 +715,61 @@ async fn a_column_on_one_backend_only_is_reported() {
     let mut db = Migrated::new().await;
     assert_eq!(db.differences().await, vec![]);
 
-    sqlx::query("ALTER TABLE devices ADD COLUMN extra TEXT")
-        .execute(&mut db.sqlite)
-        .await
-        .unwrap();
-    let differences = db.differences().await;
-    assert_eq!(
-        differences,
-        vec![Difference::OnlyIn {
-            db: Db::Sqlite,
-            fact: "column devices.extra".into(),
-            value: "position 20, text, nullable, no default".into(),
-        }],
-        "{}",
-        report(&differences)
-    );
+    db.execute_on(Db::Sqlite, "ALTER TABLE devices ADD COLUMN extra TEXT")
+        .await;
+    db.assert_differences(vec![Difference::OnlyIn {
+        db: Db::Sqlite,
+        fact: "column devices.extra".into(),
+        value: "position 20, text, nullable, no default".into(),
+    }])
+    .await;
 
     // The same column on PostgreSQL, but NOT NULL with a default: reported as differing.
-    sqlx::query("ALTER TABLE devices ADD COLUMN extra TEXT NOT NULL DEFAULT ''")
-        .execute(&mut db.postgres)
-        .await
-        .unwrap();
-    let differences = db.differences().await;
-    assert_eq!(
-        differences,
-        vec![Difference::Differs {
-            fact: "column devices.extra".into(),
-            sqlite: "position 20, text, nullable, no default".into(),
-            postgres: "position 20, text, NOT NULL, has a default".into(),
-        }],
-        "{}",
-        report(&differences)
-    );
+    db.execute_on(
+        Db::Postgres,
+        "ALTER TABLE devices ADD COLUMN extra TEXT NOT NULL DEFAULT ''",
+    )
+    .await;
+    db.assert_differences(vec![Difference::Differs {
+        fact: "column devices.extra".into(),
+        sqlite: "position 20, text, nullable, no default".into(),
+        postgres: "position 20, text, NOT NULL, has a default".into(),
+    }])
+    .await;
 }
 
 #[tokio::test]
 async fn an_index_on_one_backend_only_is_reported() {
     let mut db = Migrated::new().await;
-    sqlx::query("CREATE INDEX devices_extra ON devices (zone, status)")
-        .execute(&mut db.postgres)
-        .await
-        .unwrap();
+    db.execute_on(
+        Db::Postgres,
+        "CREATE INDEX devices_extra ON devices (zone, status)",
+    )
+    .await;
     // Same name on both, different columns and partial on one side only.
-    sqlx::query("CREATE INDEX certificates_extra ON certificates (not_after)")
-        .execute(&mut db.sqlite)
-        .await
-        .unwrap();
-    sqlx::query(
+    db.execute_on(
+        Db::Sqlite,
+        "CREATE INDEX certificates_extra ON certificates (not_after)",
+    )
+    .await;
+    db.execute_on(
+        Db::Postgres,
         "CREATE INDEX certificates_extra ON certificates (not_before) WHERE revoked_at IS NULL",
     )
-    .execute(&mut db.postgres)
-    .await
-    .unwrap();
-    let differences = db.differences().await;
-    assert_eq!(
-        differences,
-        vec![
-            Difference::Differs {
-                fact: "index certificates_extra".into(),
-                sqlite: "on certificates (not_after)".into(),
-                postgres: "on certificates (not_before), partial".into(),
-            },
-            Difference::OnlyIn {
-                db: Db::Postgres,
-                fact: "index devices_extra".into(),
-                value: "on devices (zone, status)".into(),
-            },
-        ],
-        "{}",
-        report(&differences)
-    );
+    .await;
+    db.assert_differences(vec![
+        Difference::Differs {
+            fact: "index certificates_extra".into(),
+            sqlite: "on certificates (not_after)".into(),
+            postgres: "on certificates (not_before), partial".into(),
+        },
+        Difference::OnlyIn {
+            db: Db::Postgres,
+            fact: "index devices_extra".into(),
+            value: "on devices (zone, status)".into(),
+        },
+    ])
+    .await;
 }
 
 #[test]

@@ -2,8 +2,21 @@
 
 use crate::support::*;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use vouch_ca::store::DeviceStatus;
+
+/// The devices of one page of `GET /v1/devices?{query}`, as an admin lists them, and the
+/// cursor to the next page.
+async fn list_devices(app: &TestApp, query: &str) -> (Vec<Value>, Option<String>) {
+    let page: Value = app
+        .get(&format!("/v1/devices?{query}"), Some(&app.admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let next = page["next_cursor"].as_str().map(str::to_owned);
+    (page["devices"].as_array().unwrap().clone(), next)
+}
 
 async fn storage_scenario(db: Db) {
     let app = spawn_app(db).await;
@@ -21,31 +34,19 @@ async fn storage_scenario(db: Db) {
     assert_eq!(counts.audit_records, 15);
 
     // Filter by zone, and page through with a cursor.
-    let r: Value = app
-        .get("/v1/devices?zone=north", Some(&app.admin))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r["devices"].as_array().unwrap().len(), 3);
+    assert_eq!(list_devices(&app, "zone=north").await.0.len(), 3);
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let path = match &cursor {
-            Some(c) => format!("/v1/devices?limit=2&cursor={c}"),
-            None => "/v1/devices?limit=2".into(),
+        let query = match &cursor {
+            Some(c) => format!("limit=2&cursor={c}"),
+            None => "limit=2".into(),
         };
-        let page: Value = app.get(&path, Some(&app.admin)).await.json().await.unwrap();
-        let ids: Vec<String> = page["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["id"].as_str().unwrap().to_owned())
-            .collect();
-        assert!(ids.len() <= 2);
-        seen.extend(ids);
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
+        let (page, next) = list_devices(&app, &query).await;
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|d| d["id"].as_str().unwrap().to_owned()));
+        match next {
+            Some(c) => cursor = Some(c),
             None => break,
         }
     }
@@ -54,30 +55,10 @@ async fn storage_scenario(db: Db) {
     assert_eq!(seen, expected, "pages cover every device once, in id order");
 
     // Renew one, revoke another.
-    let client = client_for(&app.root_pem(), Some(&devices[0].identity_pem()));
-    let (csr, _) = rcgen_csr();
-    let r = client
-        .post(app.url("/v1/renew"))
-        .json(&json!({"csr_pem": csr}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let r = app
-        .post(
-            &format!("/v1/devices/{}/revoke", devices[1].device_id()),
-            Some(&app.admin),
-            &json!({"reason": "decommissioned"}),
-        )
-        .await;
+    assert_eq!(app.renew(&devices[0]).await.status(), StatusCode::CREATED);
+    let r = app.revoke(devices[1].device_id(), "decommissioned").await;
     assert_eq!(r.status(), StatusCode::OK);
-    let revoked: Value = app
-        .get("/v1/devices?status=revoked", Some(&app.admin))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let revoked = revoked["devices"].as_array().unwrap();
+    let (revoked, _) = list_devices(&app, "status=revoked").await;
     assert_eq!(revoked.len(), 1);
     assert_eq!(revoked[0]["id"].as_str(), Some(devices[1].device_id()));
 
@@ -126,20 +107,12 @@ async fn audit_log_is_append_only_on_both_backends() {
         let app = spawn_app(db).await;
         app.enroll("z").await;
         let pool = sqlx::AnyPool::connect(&app.database_url).await.unwrap();
-        assert!(
-            sqlx::query("UPDATE audit_log SET actor = 'x'")
-                .execute(&pool)
-                .await
-                .is_err(),
-            "{db:?}"
-        );
-        assert!(
-            sqlx::query("DELETE FROM audit_log")
-                .execute(&pool)
-                .await
-                .is_err(),
-            "{db:?}"
-        );
+        for sql in ["UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"] {
+            assert!(
+                sqlx::query(sql).execute(&pool).await.is_err(),
+                "{db:?}: {sql} must be refused"
+            );
+        }
         assert_eq!(app.counts().await.audit_records, 3);
     }
 }

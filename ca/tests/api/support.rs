@@ -12,7 +12,9 @@ use vouch_ca::app::{self, PolicyConfig, RunningServer, ServeConfig};
 use vouch_ca::clock::ManualClock;
 use vouch_ca::datadir::{DataDir, DataFile};
 use vouch_ca::ids::TrustDomain;
+use vouch_ca::store::SweepOutcome;
 use vouch_ca::tokens::Role;
+use vouch_proto::ProblemCode;
 
 pub const TRUST_DOMAIN: &str = "fleet.example";
 
@@ -92,6 +94,11 @@ pub async fn spawn_app_with_policies(db: Db, policy: PolicyConfig) -> TestApp {
     spawn_app_full(db, settings(), policy).await
 }
 
+/// A server whose policies are the example repository, read in place.
+pub async fn spawn_app_with_example_policies(db: Db) -> TestApp {
+    spawn_app_with_policies(db, policy_config(&example_policy_dir())).await
+}
+
 pub async fn spawn_app_full(db: Db, settings: Settings, policy: PolicyConfig) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = DataDir::new(dir.path().join("data"));
@@ -142,6 +149,20 @@ pub fn client_for(root_pem: &[u8], identity_pem: Option<&[u8]>) -> Client {
         b = b.identity(Identity::from_pem(id).unwrap());
     }
     b.build().unwrap()
+}
+
+/// The example policy repository, `examples/policies`.
+pub fn example_policy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies")
+}
+
+/// Policies loaded from `dir` alone: no shadow set, no polling.
+pub fn policy_config(dir: &Path) -> PolicyConfig {
+    PolicyConfig {
+        dir: Some(dir.to_path_buf()),
+        shadow_dir: None,
+        poll: None,
+    }
 }
 
 /// A device's credentials after enrollment.
@@ -203,6 +224,20 @@ impl TestApp {
         r.send().await.unwrap()
     }
 
+    /// An HTTPS client presenting `device`'s certificate.
+    pub fn device_client(&self, device: &Enrolled) -> Client {
+        client_for(&self.root_pem(), Some(&device.identity_pem()))
+    }
+
+    /// `GET path` over mTLS as `device`.
+    pub async fn get_as(&self, device: &Enrolled, path: &str) -> Response {
+        self.device_client(device)
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Creates a bootstrap token for `zone` as admin.
     pub async fn bootstrap_token(&self, zone: &str) -> String {
         let r = self
@@ -217,18 +252,57 @@ impl TestApp {
         v["token"].as_str().unwrap().to_owned()
     }
 
+    /// `POST /v1/enroll` with `token` and `csr_pem`.
+    pub async fn enroll_with_csr(&self, token: &str, csr_pem: &str) -> Response {
+        self.post(
+            "/v1/enroll",
+            None,
+            &json!({"token": token, "csr_pem": csr_pem}),
+        )
+        .await
+    }
+
     /// Enrolls a device in `zone` with a fresh P-256 CSR.
     pub async fn enroll(&self, zone: &str) -> Enrolled {
         let token = self.bootstrap_token(zone).await;
         let (csr, key_pem) = rcgen_csr();
-        let r = self
-            .post("/v1/enroll", None, &json!({"token": token, "csr_pem": csr}))
-            .await;
+        let r = self.enroll_with_csr(&token, &csr).await;
         assert_eq!(r.status(), StatusCode::CREATED);
         Enrolled {
             body: r.json().await.unwrap(),
             key_pem,
         }
+    }
+
+    /// Enrolls a device in `zone` with a key the server generates; the response body, which
+    /// holds that key (`private_key_pem`).
+    pub async fn enroll_with_server_key(&self, zone: &str) -> Value {
+        let token = self.bootstrap_token(zone).await;
+        let r = self
+            .post(
+                "/v1/enroll",
+                None,
+                &json!({"token": token, "generate_key": true}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    }
+
+    /// An admin revokes device `id` for `reason`.
+    pub async fn revoke(&self, id: &str, reason: &str) -> Response {
+        self.post(
+            &format!("/v1/devices/{id}/revoke"),
+            Some(&self.admin),
+            &json!({"reason": reason}),
+        )
+        .await
+    }
+
+    /// An admin asks the server to reload its policies.
+    pub async fn reload_policies(&self) -> Response {
+        self.post("/v1/policy/reload", Some(&self.admin), &json!({}))
+            .await
     }
 
     /// The device record of `id`, as an operator reads it.
@@ -250,10 +324,26 @@ impl TestApp {
         body["attestations"].as_array().unwrap().clone()
     }
 
+    /// The attestation state (`none`, `active`, `quarantined`, `stale`) of `device`, as an
+    /// operator reads it.
+    pub async fn attestation_state(&self, device: &Enrolled) -> Value {
+        self.device_json(device.device_id()).await["attestation"].clone()
+    }
+
     /// `device` renews over mTLS with a fresh CSR.
     pub async fn renew(&self, device: &Enrolled) -> Response {
+        self.renew_over(&self.device_client(device)).await
+    }
+
+    /// Checks that `device` may not renew: 403 with `code`.
+    pub async fn assert_renewal_forbidden(&self, device: &Enrolled, code: ProblemCode) {
+        assert_problem(self.renew(device).await, StatusCode::FORBIDDEN, code).await;
+    }
+
+    /// A renewal with a fresh CSR sent by `client` (whatever identity it presents, if any).
+    pub async fn renew_over(&self, client: &Client) -> Response {
         let (csr, _) = rcgen_csr();
-        client_for(&self.root_pem(), Some(&device.identity_pem()))
+        client
             .post(self.url("/v1/renew"))
             .json(&json!({"csr_pem": csr}))
             .send()
@@ -279,6 +369,16 @@ impl TestApp {
         r.json().await.unwrap()
     }
 
+    /// Runs the staleness sweep as `replica` and checks that it ran this period and made
+    /// `stale` devices stale.
+    pub async fn assert_sweep_made_stale(&self, replica: &str, stale: u64) {
+        let outcome = app::run_sweep(&self.server.state, replica).await.unwrap();
+        assert!(
+            matches!(outcome, SweepOutcome::Ran { stale: n, .. } if n == stale),
+            "expected {stale} stale: {outcome:?}"
+        );
+    }
+
     pub async fn counts(&self) -> vouch_ca::store::TableCounts {
         self.server.state.registry.counts().await.unwrap()
     }
@@ -296,20 +396,55 @@ pub fn rcgen_csr() -> (String, String) {
     (csr, key.serialize_pem())
 }
 
-/// Runs `openssl` with `args` in `dir`, returning stdout; fails the test on a non-zero exit.
-pub fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
+/// Runs `command` and returns its output; fails the test, showing that output, unless it
+/// exits 0.
+pub fn run_successfully(command: &mut Command) -> std::process::Output {
+    let out = command
         .output()
-        .expect("openssl is installed");
+        .unwrap_or_else(|e| panic!("cannot run {command:?} (is it installed?): {e}"));
     assert!(
         out.status.success(),
-        "openssl {args:?} failed: {}{}",
+        "{command:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// Runs `openssl` with `args` in `dir`, returning stdout; fails the test on a non-zero exit.
+pub fn openssl(dir: &Path, args: &[&str]) -> String {
+    let out = run_successfully(Command::new("openssl").args(args).current_dir(dir));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes the certificate and CA chain of an enrollment response `body` to `device.pem` and
+/// `chain.pem` in `dir`, for [`openssl_verify_device`].
+pub fn write_device_certificate(dir: &Path, body: &Value) {
+    write(
+        dir,
+        "device.pem",
+        body["certificate_pem"].as_str().unwrap().as_bytes(),
+    );
+    write(
+        dir,
+        "chain.pem",
+        body["ca_chain_pem"].as_str().unwrap().as_bytes(),
+    );
+}
+
+/// `openssl verify` (with `options`, such as `-purpose sslclient`) of `device.pem` through
+/// `chain.pem` to `root.pem`, all in `dir`; returns what it prints.
+pub fn openssl_verify_device(dir: &Path, options: &[&str]) -> String {
+    let mut args = vec!["verify"];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&[
+        "-CAfile",
+        "root.pem",
+        "-untrusted",
+        "chain.pem",
+        "device.pem",
+    ]);
+    openssl(dir, &args)
 }
 
 /// An openssl-made CSR for a key of `newkey` (e.g. `ec`, `rsa:2048`) with extra `-pkeyopt`s.
@@ -351,6 +486,17 @@ pub async fn problem(r: Response) -> (StatusCode, Value) {
     assert_eq!(v["status"].as_u64(), Some(u64::from(status.as_u16())));
     assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
     (status, v)
+}
+
+/// The problem document of `r`, checked (see [`problem`]) to have `status` and `code`.
+pub async fn assert_problem(r: Response, status: StatusCode, code: ProblemCode) -> Value {
+    let (s, p) = problem(r).await;
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (status, Some(code.as_str())),
+        "{p}"
+    );
+    p
 }
 
 pub fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {

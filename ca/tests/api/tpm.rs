@@ -8,28 +8,17 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::path::Path;
 use tempfile::TempDir;
 use vouch_attestor::testing::{
     boot_events, measure, policy_dir_with_references, write_reference_values, SoftwareTpm, QUOTED,
 };
-use vouch_ca::app::PolicyConfig;
 use vouch_proto::ProblemCode;
 
 /// The example policies with reference values for the `sensor` class accepting `sets`.
 pub fn policies_with_references(sets: &[(&str, &str, &str)]) -> TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
-    policy_dir_with_references(&examples, dir.path(), sets);
+    policy_dir_with_references(&example_policy_dir(), dir.path(), sets);
     dir
-}
-
-pub fn policy_config(dir: &Path) -> PolicyConfig {
-    PolicyConfig {
-        dir: Some(dir.to_path_buf()),
-        shadow_dir: None,
-        poll: None,
-    }
 }
 
 /// A TPM that booted `firmware` with `config`: EK and AK made, boot measured.
@@ -72,10 +61,15 @@ pub async fn tpm_app(db: Db) -> (TestApp, TempDir) {
 /// A software TPM booted with `fw-1`/`cfg-a` and enrolled as a new sensor.
 pub async fn enrolled_tpm(app: &TestApp) -> (Booted, Enrolled) {
     let booted = boot("fw-1", "cfg-a");
-    let device = tpm_enroll(app, &booted.tpm, &sensor_token(app, None).await)
-        .await
-        .unwrap();
+    let device = enroll_new_sensor(app, &booted.tpm).await;
     (booted, device)
+}
+
+/// `tpm` enrolls as a new sensor, which must succeed.
+pub async fn enroll_new_sensor(app: &TestApp, tpm: &SoftwareTpm) -> Enrolled {
+    tpm_enroll(app, tpm, &sensor_token(app, None).await)
+        .await
+        .unwrap()
 }
 
 /// Step 1 of a TPM enrollment: the credential to activate.
@@ -131,14 +125,19 @@ pub async fn tpm_enroll(
     })
 }
 
-/// A fresh nonce and selection for `device`.
-pub async fn challenge(app: &TestApp, device: &Enrolled) -> (Vec<u8>, Vec<u8>) {
-    let r = client_for(&app.root_pem(), Some(&device.identity_pem()))
+/// `device` asks for an attestation challenge.
+pub async fn request_challenge(app: &TestApp, device: &Enrolled) -> reqwest::Response {
+    app.device_client(device)
         .post(app.url("/v1/attest/challenge"))
         .json(&json!({}))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A fresh nonce and selection for `device`.
+pub async fn challenge(app: &TestApp, device: &Enrolled) -> (Vec<u8>, Vec<u8>) {
+    let r = request_challenge(app, device).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["hash"], "sha256");
@@ -164,7 +163,7 @@ pub fn quote_body(tpm: &SoftwareTpm, nonce: &[u8], pcrs: &[u8], log: &[u8]) -> V
 }
 
 pub async fn submit(app: &TestApp, device: &Enrolled, body: &Value) -> reqwest::Response {
-    client_for(&app.root_pem(), Some(&device.identity_pem()))
+    app.device_client(device)
         .post(app.url("/v1/attest/quote"))
         .json(body)
         .send()
@@ -181,6 +180,17 @@ pub async fn attest(app: &TestApp, device: &Enrolled, booted: &Booted) -> reqwes
         &quote_body(&booted.tpm, &nonce, &pcrs, &booted.log),
     )
     .await
+}
+
+/// Checks that `r` refuses a quote as a failed attestation whose detail mentions `why`.
+async fn assert_attestation_failed(r: reqwest::Response, why: &str) {
+    let p = assert_problem(
+        r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ProblemCode::AttestationFailed,
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains(why), "{p}");
 }
 
 #[tokio::test]
@@ -227,9 +237,12 @@ async fn an_unexpected_firmware_digest_quarantines_the_device_denies_it_and_bloc
     // Something extends a firmware PCR with a digest no reference set knows; the event log
     // does not record it either.
     booted.tpm.extend(0, &[0x66; 32]);
-    let (status, body) = problem(attest(&app, &device, &booted).await).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(body["code"], ProblemCode::AttestationFailed.as_str());
+    assert_problem(
+        attest(&app, &device, &booted).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ProblemCode::AttestationFailed,
+    )
+    .await;
     let record = app.device_json(device.device_id()).await;
     assert_eq!(record["attestation"], "quarantined");
     assert!(
@@ -244,21 +257,17 @@ async fn an_unexpected_firmware_digest_quarantines_the_device_denies_it_and_bloc
         app.telemetry_decision(&device, &gateway).await["decision"],
         "deny"
     );
-    let (status, body) = problem(app.renew(&device).await).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(body["code"], ProblemCode::DeviceQuarantined.as_str());
+    app.assert_renewal_forbidden(&device, ProblemCode::DeviceQuarantined)
+        .await;
 }
 
 #[tokio::test]
 async fn a_reused_unknown_foreign_or_expired_nonce_is_refused_and_changes_nothing() {
     let (app, _refs) = tpm_app(Db::Sqlite).await;
     let (a, b) = (boot("fw-1", "cfg-a"), boot("fw-1", "cfg-a"));
-    let device_a = tpm_enroll(&app, &a.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
-    let device_b = tpm_enroll(&app, &b.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    let device_a = enroll_new_sensor(&app, &a.tpm).await;
+    let device_b = enroll_new_sensor(&app, &b.tpm).await;
+    let nonce_invalid = |r| assert_problem(r, StatusCode::FORBIDDEN, ProblemCode::NonceInvalid);
 
     let (nonce, pcrs) = challenge(&app, &device_a).await;
     let body = quote_body(&a.tpm, &nonce, &pcrs, &a.log);
@@ -267,60 +276,26 @@ async fn a_reused_unknown_foreign_or_expired_nonce_is_refused_and_changes_nothin
         StatusCode::OK
     );
     // The same nonce again (the same quote, too).
-    let (status, p) = problem(submit(&app, &device_a, &body).await).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::FORBIDDEN,
-            Some(ProblemCode::NonceInvalid.as_str())
-        )
-    );
+    nonce_invalid(submit(&app, &device_a, &body).await).await;
 
     // A's nonce, used by B (with a perfectly good quote from B's TPM).
     let (nonce, pcrs) = challenge(&app, &device_a).await;
     let foreign = quote_body(&b.tpm, &nonce, &pcrs, &b.log);
-    let (status, p) = problem(submit(&app, &device_b, &foreign).await).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::FORBIDDEN,
-            Some(ProblemCode::NonceInvalid.as_str())
-        )
-    );
+    nonce_invalid(submit(&app, &device_b, &foreign).await).await;
 
     // A nonce never issued.
     let unknown = quote_body(&b.tpm, &[7u8; 32], &QUOTED, &b.log);
-    let (status, p) = problem(submit(&app, &device_b, &unknown).await).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::FORBIDDEN,
-            Some(ProblemCode::NonceInvalid.as_str())
-        )
-    );
+    nonce_invalid(submit(&app, &device_b, &unknown).await).await;
 
     // A nonce answered after it expired (the server's clock moves past its 5 minutes).
     let (nonce, pcrs) = challenge(&app, &device_b).await;
     let late = quote_body(&b.tpm, &nonce, &pcrs, &b.log);
     app.clock.advance(vouch_ca::api::NONCE_TTL_SECS);
-    let (status, p) = problem(submit(&app, &device_b, &late).await).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::FORBIDDEN,
-            Some(ProblemCode::NonceInvalid.as_str())
-        )
-    );
+    nonce_invalid(submit(&app, &device_b, &late).await).await;
 
     // None of it touched B's state; A is still attested.
-    assert_eq!(
-        app.device_json(device_b.device_id()).await["attestation"],
-        "none"
-    );
-    assert_eq!(
-        app.device_json(device_a.device_id()).await["attestation"],
-        "active"
-    );
+    assert_eq!(app.attestation_state(&device_b).await, "none");
+    assert_eq!(app.attestation_state(&device_a).await, "active");
 }
 
 #[tokio::test]
@@ -335,43 +310,19 @@ async fn a_replayed_quote_is_refused() {
     let (fresh, _) = challenge(&app, &device).await;
     let mut replay = old.clone();
     replay["nonce"] = json!(hex::encode(&fresh));
-    let (status, p) = problem(submit(&app, &device, &replay).await).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some(ProblemCode::AttestationFailed.as_str())
-        )
-    );
-    assert!(p["detail"].as_str().unwrap().contains("nonce"), "{p}");
-    assert_eq!(
-        app.device_json(device.device_id()).await["attestation"],
-        "quarantined"
-    );
+    assert_attestation_failed(submit(&app, &device, &replay).await, "nonce").await;
+    assert_eq!(app.attestation_state(&device).await, "quarantined");
 }
 
 #[tokio::test]
 async fn a_quote_signed_by_another_tpms_ak_is_refused() {
     let (app, _refs) = tpm_app(Db::Sqlite).await;
     let (mine, other) = (boot("fw-1", "cfg-a"), boot("fw-1", "cfg-a"));
-    let device = tpm_enroll(&app, &mine.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    let device = enroll_new_sensor(&app, &mine.tpm).await;
     let (nonce, pcrs) = challenge(&app, &device).await;
     let forged = quote_body(&other.tpm, &nonce, &pcrs, &other.log);
-    let (status, p) = problem(submit(&app, &device, &forged).await).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some(ProblemCode::AttestationFailed.as_str())
-        )
-    );
-    assert!(p["detail"].as_str().unwrap().contains("signature"), "{p}");
-    assert_eq!(
-        app.device_json(device.device_id()).await["attestation"],
-        "quarantined"
-    );
+    assert_attestation_failed(submit(&app, &device, &forged).await, "signature").await;
+    assert_eq!(app.attestation_state(&device).await, "quarantined");
 }
 
 #[tokio::test]
@@ -386,15 +337,7 @@ async fn a_pcr_selection_other_than_the_one_requested_is_refused() {
     );
     // Leave out the configuration PCR.
     let body = quote_body(&booted.tpm, &nonce, &QUOTED[..8], &booted.log);
-    let (status, p) = problem(submit(&app, &device, &body).await).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some(ProblemCode::AttestationFailed.as_str())
-        )
-    );
-    assert!(p["detail"].as_str().unwrap().contains("selection"), "{p}");
+    assert_attestation_failed(submit(&app, &device, &body).await, "selection").await;
 }
 
 #[tokio::test]
@@ -405,15 +348,7 @@ async fn an_event_log_that_does_not_replay_to_the_pcrs_is_refused() {
     // The log of another boot than the one measured.
     let other_log = vouch_attestor::eventlog::write_log(&boot_events("fw-2", "cfg-a"));
     let body = quote_body(&booted.tpm, &nonce, &pcrs, &other_log);
-    let (status, p) = problem(submit(&app, &device, &body).await).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some(ProblemCode::AttestationFailed.as_str())
-        )
-    );
-    assert!(p["detail"].as_str().unwrap().contains("event log"), "{p}");
+    assert_attestation_failed(submit(&app, &device, &body).await, "event log").await;
 }
 
 #[tokio::test]
@@ -422,12 +357,8 @@ async fn a_rollout_window_accepts_both_firmwares_until_the_old_one_is_removed() 
         policies_with_references(&[("fw-N", "fw-N", "cfg-a"), ("fw-N+1", "fw-N+1", "cfg-a")]);
     let app = spawn_app_with_policies(Db::Sqlite, policy_config(refs.path())).await;
     let (old, new) = (boot("fw-N", "cfg-a"), boot("fw-N+1", "cfg-a"));
-    let on_old = tpm_enroll(&app, &old.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
-    let on_new = tpm_enroll(&app, &new.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    let on_old = enroll_new_sensor(&app, &old.tpm).await;
+    let on_new = enroll_new_sensor(&app, &new.tpm).await;
     let r = attest(&app, &on_old, &old).await;
     assert_eq!(r.json::<Value>().await.unwrap()["reference_set"], "fw-N");
     let r = attest(&app, &on_new, &new).await;
@@ -435,21 +366,12 @@ async fn a_rollout_window_accepts_both_firmwares_until_the_old_one_is_removed() 
 
     // The rollout is done: firmware N leaves the reference values (a policy reload).
     write_reference_values(refs.path(), &[("fw-N+1", "fw-N+1", "cfg-a")]);
-    let r = app
-        .post("/v1/policy/reload", Some(&app.admin), &json!({}))
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(app.reload_policies().await.status(), StatusCode::OK);
     assert_eq!(attest(&app, &on_new, &new).await.status(), StatusCode::OK);
     let (status, _) = problem(attest(&app, &on_old, &old).await).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        app.device_json(on_old.device_id()).await["attestation"],
-        "quarantined"
-    );
-    assert_eq!(
-        app.device_json(on_new.device_id()).await["attestation"],
-        "active"
-    );
+    assert_eq!(app.attestation_state(&on_old).await, "quarantined");
+    assert_eq!(app.attestation_state(&on_new).await, "active");
 }
 
 #[tokio::test]
@@ -470,14 +392,7 @@ async fn a_wrong_activation_secret_is_refused_and_writes_nothing() {
                     "tpm": {"activation_id": activation["activation_id"], "secret": B64.encode([0u8; 32])}}),
         )
         .await;
-    let (status, p) = problem(r).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::FORBIDDEN,
-            Some(ProblemCode::ActivationInvalid.as_str())
-        )
-    );
+    assert_problem(r, StatusCode::FORBIDDEN, ProblemCode::ActivationInvalid).await;
     assert_eq!(app.counts().await, before);
     // The token is still good: the real TPM completes the enrollment.
     tpm_enroll(&app, &booted.tpm, &token).await.unwrap();
@@ -487,18 +402,10 @@ async fn a_wrong_activation_secret_is_refused_and_writes_nothing() {
 async fn a_device_enrolled_without_a_tpm_has_no_attestation_key() {
     let app = spawn_app(Db::Sqlite).await;
     let device = app.enroll("sensors").await;
-    let r = client_for(&app.root_pem(), Some(&device.identity_pem()))
-        .post(app.url("/v1/attest/challenge"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    let (status, p) = problem(r).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::CONFLICT,
-            Some(ProblemCode::NoAttestationKey.as_str())
-        )
-    );
+    assert_problem(
+        request_challenge(&app, &device).await,
+        StatusCode::CONFLICT,
+        ProblemCode::NoAttestationKey,
+    )
+    .await;
 }

@@ -3,7 +3,9 @@
 //! local CA here), hostile enrollment inputs refused without a write.
 
 use crate::support::*;
-use crate::tpm::{boot, enrolled_tpm, sensor_token, start_tpm_enrollment, tpm_app, tpm_enroll};
+use crate::tpm::{
+    boot, enroll_new_sensor, enrolled_tpm, sensor_token, start_tpm_enrollment, tpm_app, tpm_enroll,
+};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use reqwest::StatusCode;
@@ -11,25 +13,30 @@ use serde_json::{json, Value};
 use vouch_attestor::testing::SoftwareTpm;
 use vouch_proto::ProblemCode;
 
+/// Checks the status and problem code of a refused [`tpm_enroll`].
+fn assert_refused_with(
+    (status, p): (StatusCode, Value),
+    want_status: StatusCode,
+    want_code: ProblemCode,
+) {
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (want_status, Some(want_code.as_str())),
+        "{p}"
+    );
+}
+
 #[tokio::test]
 async fn re_enrolling_a_device_with_another_ek_is_refused_and_with_its_own_ek_is_allowed() {
     let (app, _refs) = tpm_app(Db::Sqlite).await;
     let (mine, other) = (boot("fw-1", "cfg-a"), boot("fw-1", "cfg-a"));
-    let device = tpm_enroll(&app, &mine.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
+    let device = enroll_new_sensor(&app, &mine.tpm).await;
 
     // An operator issues a token to re-enroll the device; another TPM presents it.
     let token = sensor_token(&app, Some(device.device_id())).await;
     let before = app.counts().await;
-    let (status, p) = tpm_enroll(&app, &other.tpm, &token).await.unwrap_err();
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::FORBIDDEN,
-            Some(ProblemCode::EkMismatch.as_str())
-        )
-    );
+    let refused = tpm_enroll(&app, &other.tpm, &token).await.unwrap_err();
+    assert_refused_with(refused, StatusCode::FORBIDDEN, ProblemCode::EkMismatch);
     assert_eq!(app.counts().await.devices, before.devices);
     assert_eq!(app.counts().await.certificates, before.certificates);
 
@@ -49,18 +56,14 @@ async fn re_enrolling_a_device_with_another_ek_is_refused_and_with_its_own_ek_is
 async fn an_ek_enrolled_as_one_device_cannot_enroll_as_another() {
     let (app, _refs) = tpm_app(Db::Sqlite).await;
     let booted = boot("fw-1", "cfg-a");
-    tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
-        .await
-        .unwrap();
-    let (status, p) = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
+    enroll_new_sensor(&app, &booted.tpm).await;
+    let refused = tpm_enroll(&app, &booted.tpm, &sensor_token(&app, None).await)
         .await
         .unwrap_err();
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::CONFLICT,
-            Some(ProblemCode::EkAlreadyEnrolled.as_str())
-        )
+    assert_refused_with(
+        refused,
+        StatusCode::CONFLICT,
+        ProblemCode::EkAlreadyEnrolled,
     );
 }
 
@@ -70,17 +73,12 @@ async fn a_re_enrollment_token_needs_a_tpm() {
     let (_booted, device) = enrolled_tpm(&app).await;
     let token = sensor_token(&app, Some(device.device_id())).await;
     let (csr, _) = rcgen_csr();
-    let r = app
-        .post("/v1/enroll", None, &json!({"token": token, "csr_pem": csr}))
-        .await;
-    let (status, p) = problem(r).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some(ProblemCode::TokenRequiresTpm.as_str())
-        )
-    );
+    assert_problem(
+        app.enroll_with_csr(&token, &csr).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ProblemCode::TokenRequiresTpm,
+    )
+    .await;
     // A device enrolled without a TPM has nothing to prove itself with: no re-enrollment
     // token (any TPM could otherwise claim it), and none that moves a device to another zone
     // (the certificate would name the token's zone while the registry keeps the device's).
@@ -88,29 +86,23 @@ async fn a_re_enrollment_token_needs_a_tpm() {
     for (body, code) in [
         (
             json!({"zone": "sensors", "reenroll_device": plain.device_id()}),
-            ProblemCode::DeviceHasNoTpm.as_str(),
+            ProblemCode::DeviceHasNoTpm,
         ),
         (
             json!({"zone": "edge", "reenroll_device": device.device_id()}),
-            ProblemCode::ZoneMismatch.as_str(),
+            ProblemCode::ZoneMismatch,
         ),
     ] {
         let r = app
             .post("/v1/bootstrap-tokens", Some(&app.admin), &body)
             .await;
-        let (status, p) = problem(r).await;
-        assert_eq!(
-            (status, p["code"].as_str()),
-            (StatusCode::CONFLICT, Some(code))
-        );
+        assert_problem(r, StatusCode::CONFLICT, code).await;
     }
     // And it cannot name a device that does not exist.
+    let nobody =
+        json!({"zone": "sensors", "reenroll_device": "dev-00000000000000000000000000000000"});
     let r = app
-        .post(
-            "/v1/bootstrap-tokens",
-            Some(&app.admin),
-            &json!({"zone": "sensors", "reenroll_device": "dev-00000000000000000000000000000000"}),
-        )
+        .post("/v1/bootstrap-tokens", Some(&app.admin), &nobody)
         .await;
     assert!(r.status().is_client_error());
 }
@@ -157,14 +149,12 @@ async fn ek_certificates_must_chain_to_the_configured_manufacturer_roots() {
         StatusCode::CREATED
     );
     // No certificate.
-    let (status, p) = problem(start_with_cert(&app, &tpm, None).await).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some(ProblemCode::EkCertificateRequired.as_str())
-        )
-    );
+    assert_problem(
+        start_with_cert(&app, &tpm, None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ProblemCode::EkCertificateRequired,
+    )
+    .await;
     // Another TPM's certificate, from another manufacturer CA.
     let (_, p) = problem(start_with_cert(&app, &tpm, Some(&stranger_cert)).await).await;
     assert_eq!(p["code"], ProblemCode::EkCertificateInvalid.as_str());
@@ -262,14 +252,12 @@ async fn an_ek_on_the_allowlist_enrolls_without_a_certificate_and_others_need_on
         start_with_cert(&app, &listed.tpm, None).await.status(),
         StatusCode::CREATED
     );
-    let (status, p) = problem(start_with_cert(&app, &unlisted.tpm, None).await).await;
-    assert_eq!(
-        (status, p["code"].as_str()),
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some(ProblemCode::EkCertificateRequired.as_str())
-        )
-    );
+    let p = assert_problem(
+        start_with_cert(&app, &unlisted.tpm, None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ProblemCode::EkCertificateRequired,
+    )
+    .await;
     assert!(p["detail"].as_str().unwrap().contains("allowlist"), "{p}");
 }
 
@@ -283,12 +271,12 @@ async fn by_default_no_endorsement_key_is_trusted() {
     };
     let app = spawn_app_full(Db::Sqlite, settings, Default::default()).await;
     let booted = boot("fw-1", "cfg-a");
-    let (status, body) = problem(start_with_cert(&app, &booted.tpm, None).await).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(
-        body["code"],
-        ProblemCode::TpmEnrollmentUnconfigured.as_str()
-    );
+    assert_problem(
+        start_with_cert(&app, &booted.tpm, None).await,
+        StatusCode::FORBIDDEN,
+        ProblemCode::TpmEnrollmentUnconfigured,
+    )
+    .await;
     let counts = app.counts().await;
     assert_eq!((counts.devices, counts.used_tokens), (0, 0));
 }

@@ -7,11 +7,8 @@
 use crate::support::*;
 use crate::tpm::{attest, enrolled_tpm, sensor_token, tpm_app, tpm_enroll};
 use reqwest::StatusCode;
-use vouch_ca::app;
 use vouch_ca::clock::Clock;
-use vouch_ca::store::{
-    AttestationResult, AttestationState, NewCertificate, RenewRefusal, SweepOutcome,
-};
+use vouch_ca::store::{AttestationResult, AttestationState, NewCertificate, RenewRefusal};
 use vouch_proto::ProblemCode;
 
 #[tokio::test]
@@ -33,23 +30,11 @@ async fn a_tpm_device_that_never_attests_is_unattested_then_stale() {
         let period = settings().attestation_period_secs;
         let grace = settings().attestation_grace_secs;
         app.clock.advance(period + grace - 10);
-        let first = app::run_sweep(&app.server.state, "replica-a")
-            .await
-            .unwrap();
-        assert!(
-            matches!(first, SweepOutcome::Ran { stale: 0, .. }),
-            "{first:?}"
-        );
+        app.assert_sweep_made_stale("replica-a", 0).await;
 
         // Past it, without a quote: stale, and no renewal.
         app.clock.advance(period);
-        let second = app::run_sweep(&app.server.state, "replica-a")
-            .await
-            .unwrap();
-        assert!(
-            matches!(second, SweepOutcome::Ran { stale: 1, .. }),
-            "{db:?}: {second:?}"
-        );
+        app.assert_sweep_made_stale("replica-a", 1).await;
         // (Read from the registry: the operator token of `app` has expired by now.)
         let registry = &app.server.state.registry;
         let silent_now = registry.device(silent.device_id()).await.unwrap().unwrap();
@@ -60,9 +45,8 @@ async fn a_tpm_device_that_never_attests_is_unattested_then_stale() {
             .unwrap()
             .unwrap();
         assert_eq!(other_now.attestation, AttestationState::None);
-        let (status, body) = problem(app.renew(&silent).await).await;
-        assert_eq!(status, StatusCode::FORBIDDEN);
-        assert_eq!(body["code"], ProblemCode::DeviceStale.as_str());
+        app.assert_renewal_forbidden(&silent, ProblemCode::DeviceStale)
+            .await;
 
         // A passing attestation brings it back.
         assert_eq!(
@@ -81,10 +65,7 @@ async fn re_enrollment_never_clears_a_quarantine() {
     booted.tpm.extend(0, &[0x66; 32]);
     let (status, _) = problem(attest(&app, &device, &booted).await).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        app.device_json(device.device_id()).await["attestation"],
-        "quarantined"
-    );
+    assert_eq!(app.attestation_state(&device).await, "quarantined");
 
     // The same TPM re-enrolls (say, after its disk was wiped): a new certificate, but the
     // quarantine stays until an operator releases it or an attestation passes.
@@ -93,9 +74,8 @@ async fn re_enrollment_never_clears_a_quarantine() {
     assert_eq!(again.device_id(), device.device_id());
     let record = app.device_json(device.device_id()).await;
     assert_eq!(record["attestation"], "quarantined", "{record}");
-    let (status, body) = problem(app.renew(&again).await).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(body["code"], ProblemCode::DeviceQuarantined.as_str());
+    app.assert_renewal_forbidden(&again, ProblemCode::DeviceQuarantined)
+        .await;
 }
 
 /// The renewal race: the handler's early check has passed (the device was in good standing),

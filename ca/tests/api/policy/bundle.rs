@@ -9,15 +9,9 @@ use vouch_ca::ids::TrustDomain;
 
 #[tokio::test]
 async fn the_bundle_is_signed_and_verifies_against_the_trust_bundle_only() {
-    let repo = copy_example();
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(repo.path())).await;
+    let (app, _repo) = spawn_app_with_example_copy(Db::Sqlite).await;
     let sensor = app.enroll("sensors").await;
-    let device = client_for(&app.root_pem(), Some(&sensor.identity_pem()));
-    let r = device
-        .get(app.url("/v1/policy/bundle"))
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_as(&sensor, "/v1/policy/bundle").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "application/jose");
     let jws = r.text().await.unwrap();

@@ -3,7 +3,7 @@
 use super::*;
 use crate::support::*;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -12,22 +12,12 @@ use std::sync::Arc;
 async fn the_decision_log_keeps_every_decision_of_a_burst() {
     const N: usize = 100_000;
     const CLIENTS: usize = 64;
-    let repo = copy_example();
-    let app = Arc::new(spawn_app_with_policies(Db::Sqlite, policy_config(repo.path())).await);
+    let (app, _repo) = spawn_app_with_example_copy(Db::Sqlite).await;
+    let app = Arc::new(app);
     let sensor = app.enroll("sensors").await;
     let gateway = app.enroll("edge").await;
-    let allow = telemetry(
-        sensor.device_id(),
-        json!({"device": gateway.device_id()}),
-        "mqtt",
-        false,
-    );
-    let deny = telemetry(
-        sensor.device_id(),
-        json!({"device": gateway.device_id()}),
-        "https",
-        true,
-    );
+    let allow = telemetry(&sensor, &gateway, "mqtt", false);
+    let deny = telemetry(&sensor, &gateway, "https", true);
     let next = Arc::new(AtomicUsize::new(0));
     let allowed = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
@@ -56,16 +46,8 @@ async fn the_decision_log_keeps_every_decision_of_a_burst() {
     assert_eq!(allowed.load(Ordering::Relaxed), N / 2);
     // Every answered decision was committed before it was answered: count them.
     assert_eq!(decision_count(&app).await, N as i64);
-    let r = app
-        .get(
-            &format!(
-                "/v1/policy/decisions?principal={}&limit=1000",
-                sensor.device_id()
-            ),
-            Some(&app.admin),
-        )
-        .await;
-    let page: Value = r.json().await.unwrap();
+    let query = format!("principal={}&limit=1000", sensor.device_id());
+    let page = decision_log_page(&app, &app.admin, &query).await;
     let ids: Vec<i64> = page["decisions"]
         .as_array()
         .unwrap()
@@ -83,16 +65,10 @@ async fn the_decision_log_keeps_every_decision_of_a_burst() {
 #[tokio::test]
 async fn the_decision_log_is_append_only_on_both_backends() {
     for db in [Db::Sqlite, Db::Postgres] {
-        let repo = copy_example();
-        let app = spawn_app_with_policies(db, policy_config(repo.path())).await;
+        let (app, _repo) = spawn_app_with_example_copy(db).await;
         let a = app.enroll("sensors").await;
         let b = app.enroll("edge").await;
-        let body = telemetry(
-            a.device_id(),
-            json!({"device": b.device_id()}),
-            "coap",
-            false,
-        );
+        let body = telemetry(&a, &b, "coap", false);
         for _ in 0..3 {
             assert_eq!(authorize(&app, &body).await["decision"], "allow");
         }

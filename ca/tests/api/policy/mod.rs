@@ -13,11 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vouch_ca::app::PolicyConfig;
-
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies")
-}
+use std::time::{Duration, Instant};
 
 /// A copy of the example policy repository in a fresh temporary directory.
 fn copy_example() -> tempfile::TempDir {
@@ -25,8 +21,9 @@ fn copy_example() -> tempfile::TempDir {
     for sub in ["policies", "tests"] {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
     }
-    for entry in walk(&example()) {
-        let rel = entry.strip_prefix(example()).unwrap();
+    let example = example_policy_dir();
+    for entry in walk(&example) {
+        let rel = entry.strip_prefix(&example).unwrap();
         std::fs::copy(&entry, dir.path().join(rel)).unwrap();
     }
     dir
@@ -45,34 +42,29 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn policy_config(dir: &Path) -> PolicyConfig {
-    PolicyConfig {
-        dir: Some(dir.to_path_buf()),
-        shadow_dir: None,
-        poll: None,
-    }
+/// A server (on `db`) whose policies are a fresh copy of the example repository; keep the
+/// returned directory alive as long as the server.
+async fn spawn_app_with_example_copy(db: Db) -> (TestApp, tempfile::TempDir) {
+    let repo = copy_example();
+    let app = spawn_app_with_policies(db, policy_config(repo.path())).await;
+    (app, repo)
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Policy Author",
-            "-c",
-            "user.email=author@fleet.example",
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git is installed");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_successfully(
+        Command::new("git")
+            .args([
+                "-c",
+                "user.name=Policy Author",
+                "-c",
+                "user.email=author@fleet.example",
+                "-c",
+                "commit.gpgsign=false",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir),
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
@@ -88,11 +80,13 @@ permit (
 when { context.data_type == DataType::"telemetry" };
 "#;
 
-fn telemetry(principal: &str, target: Value, protocol: &str, tls: bool) -> Value {
+/// A request to decide whether `from` may send telemetry to `to` over `protocol`, with (m)TLS
+/// or without.
+fn telemetry(from: &Enrolled, to: &Enrolled, protocol: &str, tls: bool) -> Value {
     json!({
-        "principal": principal,
+        "principal": from.device_id(),
         "action": "send",
-        "resource": target,
+        "resource": {"device": to.device_id()},
         "context": {"data_type": "telemetry", "protocol": protocol, "tls": tls, "mtls": tls, "size": 256}
     })
 }
@@ -119,6 +113,30 @@ async fn device_authorize(
 
 async fn status(app: &TestApp) -> Value {
     let r = app.get("/v1/policy/status", Some(&app.admin)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+/// Polls the policy status until `done` holds (failing the test, with `what`, after 30 s);
+/// returns that status.
+async fn wait_for_status(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(app).await;
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A page of the decision log (`query` is the query string), as the holder of `bearer`
+/// reads it.
+async fn decision_log_page(app: &TestApp, bearer: &str, query: &str) -> Value {
+    let r = app
+        .get(&format!("/v1/policy/decisions?{query}"), Some(bearer))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     r.json().await.unwrap()
 }

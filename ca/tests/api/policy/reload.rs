@@ -5,14 +5,13 @@ use super::*;
 use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vouch_ca::app::PolicyConfig;
 use vouch_ca::tokens::Role;
 
 #[tokio::test]
 async fn a_bad_reload_leaves_the_previous_set_active_and_visible() {
-    let repo = copy_example();
-    let app = spawn_app_with_policies(Db::Sqlite, policy_config(repo.path())).await;
+    let (app, repo) = spawn_app_with_example_copy(Db::Sqlite).await;
     let sensor = app.enroll("sensors").await;
     let cloud = app.enroll("cloud").await;
     let before = active_version(&app).await;
@@ -32,9 +31,7 @@ async fn a_bad_reload_leaves_the_previous_set_active_and_visible() {
         )
         .await;
     assert_eq!(problem(r).await.0, StatusCode::FORBIDDEN);
-    let r = app
-        .post("/v1/policy/reload", Some(&app.admin), &json!({}))
-        .await;
+    let r = app.reload_policies().await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["active"]["outcome"], "failed");
@@ -53,23 +50,12 @@ async fn a_bad_reload_leaves_the_previous_set_active_and_visible() {
         .as_array()
         .unwrap()
         .is_empty());
-    let d = authorize(
-        &app,
-        &telemetry(
-            sensor.device_id(),
-            json!({"device": cloud.device_id()}),
-            "mqtt",
-            true,
-        ),
-    )
-    .await;
+    let d = authorize(&app, &telemetry(&sensor, &cloud, "mqtt", true)).await;
     assert_eq!(d["policy_version"], before.as_str());
 
     // Fixed: the next reload swaps, clears the error and is audited.
     std::fs::write(repo.path().join("policies/broken.cedar"), SENSOR_TO_CLOUD).unwrap();
-    let r = app
-        .post("/v1/policy/reload", Some(&app.admin), &json!({}))
-        .await;
+    let r = app.reload_policies().await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["active"]["outcome"], "loaded");
@@ -78,16 +64,7 @@ async fn a_bad_reload_leaves_the_previous_set_active_and_visible() {
     assert_ne!(after, before);
     let s = status(&app).await;
     assert!(s["active"]["last_error"].is_null());
-    let d = authorize(
-        &app,
-        &telemetry(
-            sensor.device_id(),
-            json!({"device": cloud.device_id()}),
-            "mqtt",
-            true,
-        ),
-    )
-    .await;
+    let d = authorize(&app, &telemetry(&sensor, &cloud, "mqtt", true)).await;
     assert_eq!(d["decision"], "allow");
     assert_eq!(d["policy_version"], after.as_str());
     let audit = app.server.state.registry.recent_audit(5).await.unwrap();
@@ -96,9 +73,7 @@ async fn a_bad_reload_leaves_the_previous_set_active_and_visible() {
         && a.actor == "operator:test-admin"));
 
     // Reloading the same content changes nothing.
-    let r = app
-        .post("/v1/policy/reload", Some(&app.admin), &json!({}))
-        .await;
+    let r = app.reload_policies().await;
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["active"]["outcome"], "unchanged");
 }
@@ -123,12 +98,7 @@ async fn a_git_commit_becomes_the_active_version_without_restart() {
     assert_eq!(s["active"]["version"]["commit"], first.as_str());
     let sensor = app.enroll("sensors").await;
     let cloud = app.enroll("cloud").await;
-    let to_cloud = telemetry(
-        sensor.device_id(),
-        json!({"device": cloud.device_id()}),
-        "mqtt",
-        true,
-    );
+    let to_cloud = telemetry(&sensor, &cloud, "mqtt", true);
     let d = authorize(&app, &to_cloud).await;
     assert_eq!(
         (d["decision"].as_str(), d["policy_version"].as_str()),
@@ -145,15 +115,10 @@ async fn a_git_commit_becomes_the_active_version_without_restart() {
     assert_ne!(first, second);
 
     // The watcher picks the commit up; nobody calls reload.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(&app).await;
-        if s["active"]["version"]["id"] == second.as_str() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "commit not picked up: {s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_status(&app, "commit not picked up", |s| {
+        s["active"]["version"]["id"] == second.as_str()
+    })
+    .await;
     let d = authorize(&app, &to_cloud).await;
     assert_eq!(d["decision"], "allow");
     assert_eq!(d["policies"], json!(["sensor-to-cloud"]));
@@ -163,16 +128,11 @@ async fn a_git_commit_becomes_the_active_version_without_restart() {
     std::fs::write(repo.path().join("policies/cloud.cedar"), "permit (").unwrap();
     git(repo.path(), &["commit", "-q", "-am", "oops"]);
     let third = git(repo.path(), &["rev-parse", "HEAD"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = status(&app).await;
-        if s["active"]["last_error"]["commit"] == third.as_str() {
-            assert_eq!(s["active"]["version"]["id"], second.as_str());
-            break;
-        }
-        assert!(Instant::now() < deadline, "failure not reported: {s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let s = wait_for_status(&app, "failure not reported", |s| {
+        s["active"]["last_error"]["commit"] == third.as_str()
+    })
+    .await;
+    assert_eq!(s["active"]["version"]["id"], second.as_str());
     let d = authorize(&app, &to_cloud).await;
     assert_eq!(d["policy_version"], second.as_str());
 }
@@ -201,26 +161,13 @@ async fn shadow_mode_logs_differences_without_enforcing_them() {
     let sensor = app.enroll("sensors").await;
     let cloud = app.enroll("cloud").await;
     let gateway = app.enroll("edge").await;
-    let to_cloud = telemetry(
-        sensor.device_id(),
-        json!({"device": cloud.device_id()}),
-        "mqtt",
-        true,
-    );
+    let to_cloud = telemetry(&sensor, &cloud, "mqtt", true);
     let d = authorize(&app, &to_cloud).await;
     assert_eq!(d["decision"], "deny", "the candidate set is not enforced");
-    let same = telemetry(
-        sensor.device_id(),
-        json!({"device": gateway.device_id()}),
-        "mqtt",
-        false,
-    );
+    let same = telemetry(&sensor, &gateway, "mqtt", false);
     assert_eq!(authorize(&app, &same).await["decision"], "allow");
 
-    let r = app
-        .get("/v1/policy/decisions?shadow_differs=true", Some(&app.admin))
-        .await;
-    let page: Value = r.json().await.unwrap();
+    let page = decision_log_page(&app, &app.admin, "shadow_differs=true").await;
     let differing = page["decisions"].as_array().unwrap();
     assert_eq!(differing.len(), 1, "{page}");
     assert_eq!(differing[0]["decision"], "deny");
