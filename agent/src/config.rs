@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// doubling, with full jitter) [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub max_retry_delay: Option<String>,
+    /// Where peers deliver messages to this device, published with its key-agreement
+    /// certificate (`https://HOST:PORT` for direct delivery, `mqtt://` or `mqtts://` for a
+    /// broker); repeatable, at most 4.
+    #[arg(long, value_name = "URL")]
+    pub advertise: Vec<String>,
     /// TOML file with any of these settings (keys named as the flags); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -120,6 +125,8 @@ pub struct ConfigFile {
     pub max_retry_delay: Option<String>,
     /// `once`.
     pub once: Option<bool>,
+    /// `advertise`: a list of URLs.
+    pub advertise: Option<Vec<String>>,
 }
 
 impl ConfigFile {
@@ -191,6 +198,14 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
         .unwrap_or_else(|| DEFAULT_MAX_RETRY_DELAY.into());
     let max = duration("max-retry-delay", &max_delay, &mut errors);
     let once = args.once || file.once.unwrap_or(false);
+    let advertise = if args.advertise.is_empty() {
+        file.advertise.unwrap_or_default()
+    } else {
+        args.advertise
+    };
+    if let Err(e) = vouch_proto::peer::check_endpoints(&advertise) {
+        errors.push(format!("`advertise`: {e}"));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -201,6 +216,7 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
         tpm,
         attest_every,
         event_log,
+        advertise,
         retry: RetryPolicy {
             initial: RetryPolicy::default().initial.min(max),
             max,

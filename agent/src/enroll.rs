@@ -41,6 +41,9 @@ impl<A: Api> Agent<A> {
     ) -> Result<(Enrolled, Option<AkBlobs>), AgentError> {
         let key = new_key()?;
         let csr = csr_pem(&key)?;
+        // A second key, for key agreement only: messages to this device are encrypted to it.
+        let ka_key = new_key()?;
+        let ka_csr = csr_pem(&ka_key)?;
         let (tpm, ak) = match &self.settings.tpm {
             None => (None, None),
             Some(tcti) => {
@@ -54,13 +57,16 @@ impl<A: Api> Agent<A> {
             csr_pem: Some(csr),
             generate_key: None,
             tpm,
+            key_agreement_csr_pem: Some(ka_csr),
+            advertise: self.settings.advertise.clone(),
         };
         let resp = self
             .api
             .enroll(&req)
             .await
             .map_err(refused_unless_transient)?;
-        let enrolled = self.credentials(resp, key.serialize_pem(), ca_pem, None, with_tpm)?;
+        let keys = (key.serialize_pem(), Some(ka_key.serialize_pem()));
+        let enrolled = self.credentials(resp, keys, ca_pem, None, with_tpm)?;
         Ok((enrolled, ak))
     }
 

@@ -106,6 +106,8 @@ pub struct Settings {
     pub attest_every: Duration,
     /// The firmware's event log, sent with every quote.
     pub event_log: Option<PathBuf>,
+    /// Delivery endpoints published with the key-agreement certificate.
+    pub advertise: Vec<String>,
     /// How failed calls are retried.
     pub retry: RetryPolicy,
     /// Do one pass (enroll if needed, attest once, renew if due) and return.
@@ -124,6 +126,7 @@ impl std::fmt::Debug for Settings {
             .field("tpm", &self.tpm)
             .field("attest_every", &self.attest_every)
             .field("event_log", &self.event_log)
+            .field("advertise", &self.advertise)
             .field("retry", &self.retry)
             .field("once", &self.once)
             .finish()

@@ -38,6 +38,12 @@ pub const CERT: &str = "cert.pem";
 pub const CA: &str = "ca.pem";
 /// `ak.json`.
 pub const AK: &str = "ak.json";
+/// The key-agreement key (ECDH P-256; messages to this device are encrypted to it), 0600.
+pub const KA_KEY: &str = "ka-key.pem";
+/// The key-agreement key a renewal in progress asked a certificate for.
+pub const NEXT_KA_KEY: &str = "ka-key.pem.next";
+/// The key-agreement certificate.
+pub const KA_CERT: &str = "ka-cert.pem";
 /// Mode of every file.
 const FILE_MODE: u32 = 0o600;
 /// Mode of the directory.
@@ -116,6 +122,19 @@ pub struct Enrolled {
     pub cert_pem: String,
     /// `ca.pem`.
     pub ca_pem: String,
+    /// The certificate, parsed.
+    pub certificate: CertificateInfo,
+    /// The key-agreement key and certificate, if the server issued one.
+    pub key_agreement: Option<KeyAgreement>,
+}
+
+/// The key-agreement key and its certificate (`ka-key.pem`, `ka-cert.pem`).
+#[derive(Debug, Clone)]
+pub struct KeyAgreement {
+    /// The private key, PKCS#8 PEM.
+    pub key_pem: String,
+    /// The certificate, PEM.
+    pub cert_pem: String,
     /// The certificate, parsed.
     pub certificate: CertificateInfo,
 }
@@ -272,11 +291,38 @@ impl StateDir {
             identity.obtained_at = rfc3339(certificate.not_before);
             self.save_identity(&identity)?;
         }
+        let key_agreement = self.load_key_agreement()?;
         Ok(Some(Enrolled {
             identity,
             key_pem,
             cert_pem,
             ca_pem,
+            certificate,
+            key_agreement,
+        }))
+    }
+
+    /// The key-agreement key and certificate, if any, finishing a renewal a crash
+    /// interrupted (the certificate is written before its key is moved into place).
+    fn load_key_agreement(&self) -> Result<Option<KeyAgreement>, StateError> {
+        let Some(cert_pem) = self.read(KA_CERT)? else {
+            return Ok(None);
+        };
+        let certificate = CertificateInfo::from_pem(&cert_pem, "ka-cert.pem")
+            .map_err(|e| self.damaged(KA_CERT, e.to_string()))?;
+        let mut key_pem = self.required(KA_KEY)?;
+        if !certificate.matches_key(&key_pem) {
+            match self.read(NEXT_KA_KEY)? {
+                Some(next) if certificate.matches_key(&next) => {
+                    self.rename(NEXT_KA_KEY, KA_KEY)?;
+                    key_pem = next;
+                }
+                _ => return Err(self.damaged(KA_KEY, "it is not the key of ka-cert.pem")),
+            }
+        }
+        Ok(Some(KeyAgreement {
+            key_pem,
+            cert_pem,
             certificate,
         }))
     }
@@ -287,16 +333,34 @@ impl StateDir {
         self.write(CA, enrolled.ca_pem.as_bytes())?;
         self.write(KEY, enrolled.key_pem.as_bytes())?;
         self.write(CERT, enrolled.cert_pem.as_bytes())?;
+        if let Some(ka) = &enrolled.key_agreement {
+            self.write(KA_KEY, ka.key_pem.as_bytes())?;
+            self.write(KA_CERT, ka.cert_pem.as_bytes())?;
+        }
         self.save_identity(&enrolled.identity)
     }
 
-    /// Step 1 of a renewal: keeps the new key beside the current one.
-    pub fn stage_next_key(&self, key_pem: &str) -> Result<(), StateError> {
+    /// Step 1 of a renewal: keeps the new keys beside the current ones.
+    pub fn stage_next_key(
+        &self,
+        key_pem: &str,
+        ka_key_pem: Option<&str>,
+    ) -> Result<(), StateError> {
+        if let Some(ka) = ka_key_pem {
+            self.write(NEXT_KA_KEY, ka.as_bytes())?;
+        }
         self.write(NEXT_KEY, key_pem.as_bytes())
     }
 
-    /// Step 2 of a renewal: the new certificate, then its key, then the identity.
+    /// Step 2 of a renewal: each new certificate, then its key, then the identity. A crash
+    /// between any two steps leaves each certificate beside a key that `load` matches to it.
     pub fn save_renewal(&self, enrolled: &Enrolled) -> Result<(), StateError> {
+        if let Some(ka) = &enrolled.key_agreement {
+            self.write(KA_CERT, ka.cert_pem.as_bytes())?;
+            if self.read(NEXT_KA_KEY)?.is_some() {
+                self.rename(NEXT_KA_KEY, KA_KEY)?;
+            }
+        }
         self.write(CERT, enrolled.cert_pem.as_bytes())?;
         self.rename(NEXT_KEY, KEY)?;
         self.save_identity(&enrolled.identity)
@@ -344,6 +408,16 @@ mod tests {
         params.self_signed(key).unwrap().pem()
     }
 
+    fn key_agreement(days: i64) -> KeyAgreement {
+        let key = new_key().unwrap();
+        let cert_pem = certificate(&key, days);
+        KeyAgreement {
+            key_pem: key.serialize_pem(),
+            certificate: CertificateInfo::from_pem(&cert_pem, "test").unwrap(),
+            cert_pem,
+        }
+    }
+
     fn enrolled(days: i64) -> Enrolled {
         let key = new_key().unwrap();
         let cert_pem = certificate(&key, days);
@@ -364,6 +438,7 @@ mod tests {
             key_pem: key.serialize_pem(),
             ca_pem: cert_pem.clone(),
             cert_pem,
+            key_agreement: Some(key_agreement(days)),
             certificate,
         }
     }
@@ -472,7 +547,7 @@ mod tests {
         dir.save_enrollment(&first).unwrap();
         // The renewal staged its key and wrote the certificate, then the process died.
         let key = new_key().unwrap();
-        dir.stage_next_key(&key.serialize_pem()).unwrap();
+        dir.stage_next_key(&key.serialize_pem(), None).unwrap();
         let renewed = certificate(&key, 2);
         dir.write(CERT, renewed.as_bytes()).unwrap();
         let loaded = dir.load().unwrap().unwrap();
@@ -482,6 +557,36 @@ mod tests {
         assert_eq!(dir.identity().unwrap().unwrap(), loaded.identity);
         // A key that fits nothing is damage, not a guess.
         dir.write(KEY, new_key().unwrap().serialize_pem().as_bytes())
+            .unwrap();
+        assert!(matches!(dir.load(), Err(StateError::Damaged { .. })));
+    }
+
+    #[test]
+    fn key_agreement_credentials_survive_a_crash_at_every_step_of_a_renewal() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(base.path()).unwrap();
+        let first = enrolled(1);
+        dir.save_enrollment(&first).unwrap();
+        let loaded = dir.load().unwrap().unwrap();
+        let ka = loaded.key_agreement.unwrap();
+        assert_eq!(ka.key_pem, first.key_agreement.as_ref().unwrap().key_pem);
+        assert_eq!(mode(&dir.file(KA_KEY)), 0o600);
+        // Staged, and the new key-agreement certificate written: the staged key is taken.
+        let next = key_agreement(2);
+        dir.stage_next_key(&new_key().unwrap().serialize_pem(), Some(&next.key_pem))
+            .unwrap();
+        let loaded = dir.load().unwrap().unwrap();
+        assert_eq!(
+            loaded.key_agreement.unwrap().key_pem,
+            ka.key_pem,
+            "only staged"
+        );
+        dir.write(KA_CERT, next.cert_pem.as_bytes()).unwrap();
+        let loaded = dir.load().unwrap().unwrap();
+        assert_eq!(loaded.key_agreement.unwrap().key_pem, next.key_pem);
+        assert!(dir.read(NEXT_KA_KEY).unwrap().is_none());
+        // A key-agreement key that fits nothing is damage.
+        dir.write(KA_KEY, new_key().unwrap().serialize_pem().as_bytes())
             .unwrap();
         assert!(matches!(dir.load(), Err(StateError::Damaged { .. })));
     }

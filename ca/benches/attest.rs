@@ -447,6 +447,7 @@ fn main() {
                         serial: serial.to_hex(),
                         not_before: issued.not_before.unix_timestamp(),
                         not_after: issued.not_after.unix_timestamp(),
+                        key_agreement: None,
                     },
                     now,
                     skew: 60,

@@ -24,7 +24,15 @@ async fn a_plain_device_enrolls_once_and_restarts_without_its_token() {
     let token = server.token(lab()).await;
     let base = tempfile::tempdir().unwrap();
     let state = state_dir(&base);
-    let out = agent(run_args(&server, &state, &["--once"]), Some(&token)).await;
+    let out = agent(
+        run_args(
+            &server,
+            &state,
+            &["--once", "--advertise", "https://device.local:8444"],
+        ),
+        Some(&token),
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let id = identity(&state);
     assert_eq!(id["tpm"], false);
@@ -33,9 +41,28 @@ async fn a_plain_device_enrolls_once_and_restarts_without_its_token() {
     let device = server.get(&format!("/v1/devices/{device_id}")).await;
     assert_eq!(device["current_serial"], id["serial"]);
     assert_eq!(mode(&state), 0o700);
-    for f in ["identity.json", "key.pem", "cert.pem", "ca.pem"] {
+    for f in [
+        "identity.json",
+        "key.pem",
+        "cert.pem",
+        "ca.pem",
+        "ka-key.pem",
+        "ka-cert.pem",
+    ] {
         assert_eq!(mode(&state.join(f)), 0o600, "{f}");
     }
+    // Its key-agreement certificate and endpoint are what peers find in the directory.
+    let peer = server.get(&format!("/v1/peers/{device_id}")).await;
+    let ka_cert = std::fs::read_to_string(state.join("ka-cert.pem")).unwrap();
+    let first_block = |pem_text: &str| pem::parse_many(pem_text).unwrap()[0].contents().to_vec();
+    assert_eq!(
+        first_block(&ka_cert),
+        first_block(peer["key_agreement_certificate_pem"].as_str().unwrap())
+    );
+    assert_eq!(
+        peer["endpoints"],
+        serde_json::json!(["https://device.local:8444"])
+    );
     let log = stderr(&out);
     assert!(
         !log.contains(&token) && !log.contains("PRIVATE KEY"),
@@ -96,6 +123,23 @@ async fn the_binary_renews_and_keeps_its_identity_through_an_outage() {
     })
     .await;
     let renewed = identity(&state);
+    // The key-agreement certificate was renewed with it.
+    let ka_serial = |pem_text: &str| {
+        let der = pem::parse_many(pem_text).unwrap()[0].contents().to_vec();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        cert.raw_serial().to_vec()
+    };
+    let peer = server
+        .get(&format!(
+            "/v1/peers/{}",
+            renewed["device_id"].as_str().unwrap()
+        ))
+        .await;
+    let ka_cert = std::fs::read_to_string(state.join("ka-cert.pem")).unwrap();
+    assert_eq!(
+        ka_serial(&ka_cert),
+        ka_serial(peer["key_agreement_certificate_pem"].as_str().unwrap())
+    );
     let device = server
         .get(&format!(
             "/v1/devices/{}",

@@ -215,6 +215,8 @@ impl Server {
             ca_chain_pem: self.ca_pem.clone(),
             not_after: String::new(),
             private_key_pem: None,
+            // As a server from before key-agreement certificates answers.
+            key_agreement_certificate_pem: None,
         })
     }
 

@@ -21,6 +21,7 @@ fn settings(server: &Server, dir: &Path, tpm: Option<String>, once: bool) -> Set
         tpm,
         attest_every: Duration::from_secs(1),
         event_log: None,
+        advertise: Vec::new(),
         retry: RetryPolicy {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(300),

@@ -75,6 +75,18 @@ pub struct EnrollRequest {
     /// For a TPM device: the credential activation it answered (`POST /v1/enroll/tpm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<TpmProof>,
+    /// A second PKCS#10 CSR (PEM) for the key-agreement key (ECDH P-256): the server issues a
+    /// key-agreement certificate with the device certificate (same SPIFFE ID, zone and
+    /// lifetime; keyUsage keyAgreement only). Messages are encrypted to that key; the device
+    /// key only signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_agreement_csr_pem: Option<String>,
+    /// Where peers deliver messages to this device (`https://…` for direct delivery,
+    /// `mqtt://…` or `mqtts://…` for a broker); at most 4, each at most 256 characters.
+    /// Registered with the key-agreement certificate, published by `GET /v1/peers/{id}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 4)]
+    pub advertise: Vec<String>,
 }
 
 /// Proof that the AK lives in the same TPM as the EK: the activated secret.
@@ -113,6 +125,9 @@ pub struct EnrollResponse {
     /// Only with `generate_key`: the private key (PKCS#8 PEM). Not stored by the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key_pem: Option<String>,
+    /// Only with `key_agreement_csr_pem`: the key-agreement certificate, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_agreement_certificate_pem: Option<String>,
 }
 
 /// `POST /v1/renew` body.
@@ -121,6 +136,18 @@ pub struct EnrollResponse {
 pub struct RenewRequest {
     /// PKCS#10 CSR, PEM, for the new key (or the same key).
     pub csr_pem: String,
+    /// A second PKCS#10 CSR (PEM) for the key-agreement key (ECDH P-256): the server issues a
+    /// key-agreement certificate with the device certificate (same SPIFFE ID, zone and
+    /// lifetime; keyUsage keyAgreement only). Messages are encrypted to that key; the device
+    /// key only signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_agreement_csr_pem: Option<String>,
+    /// Where peers deliver messages to this device (`https://…` for direct delivery,
+    /// `mqtt://…` or `mqtts://…` for a broker); at most 4, each at most 256 characters.
+    /// Registered with the key-agreement certificate, published by `GET /v1/peers/{id}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 4)]
+    pub advertise: Vec<String>,
 }
 
 /// `POST /v1/enroll/tpm` body.

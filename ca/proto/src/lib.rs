@@ -13,6 +13,7 @@ pub mod device;
 pub mod encoding;
 pub mod enroll;
 pub mod ids;
+pub mod peer;
 pub mod policy;
 pub mod problem;
 

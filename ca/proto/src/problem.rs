@@ -154,6 +154,13 @@ problem_codes! {
     NoPolicy = ("no_policy", 404),
     /// The decision could not be logged, so it is not given.
     DecisionLogUnavailable = ("decision_log_unavailable", 503),
+
+    // Peer directory.
+    /// The device has no current key-agreement certificate (it enrolled or renewed without a
+    /// key-agreement CSR), so no message can be sealed to it.
+    NoKeyAgreementCertificate = ("no_key_agreement_certificate", 404),
+    /// The peer is revoked: nothing may be sent to it.
+    PeerRevoked = ("peer_revoked", 410),
 }
 
 impl Serialize for ProblemCode {

@@ -60,6 +60,8 @@ const RELEASED: &[(&str, u16)] = &[
     ("forbidden_request", 403),
     ("no_policy", 404),
     ("decision_log_unavailable", 503),
+    ("no_key_agreement_certificate", 404),
+    ("peer_revoked", 410),
 ];
 
 #[test]

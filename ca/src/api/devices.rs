@@ -1,7 +1,7 @@
 //! Operators' views of the registry, revocation and release: decode, call
 //! [`crate::flows::devices`] or [`crate::flows::revoke`], encode.
 
-use super::auth::Operator;
+use super::auth::{Caller, Operator};
 use super::problem::{ApiError, ApiJson};
 use super::AppState;
 use crate::flows::devices::unreadable_query;
@@ -12,6 +12,7 @@ use axum::Json;
 use vouch_proto::device::{
     AttestationHistory, DeviceList, ListQuery, ReleaseRequest, RevokeRequest, RevokeResponse,
 };
+use vouch_proto::peer::PeerRecord;
 
 /// Lists devices, filtered by zone and status, with cursor pagination.
 #[utoipa::path(get, path = "/v1/devices", params(ListQuery), security(("operator_jwt" = [])),
@@ -80,4 +81,20 @@ pub async fn release(
     crate::flows::devices::release(&state, &operator.actor(), &id, &req)
         .await
         .map(Json)
+}
+
+/// A device as its peers see it: its current device and key-agreement certificates, the CA
+/// chain and its delivery endpoints. For devices (mTLS) and operators.
+#[utoipa::path(get, path = "/v1/peers/{id}", security(("device_mtls" = []), ("operator_jwt" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = PeerRecord),
+        (status = 404, description = "no such device (`device_not_found`), or it has no key-agreement certificate (`no_key_agreement_certificate`)", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 410, description = "the device is revoked (`peer_revoked`)", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
+pub async fn peer(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<PeerRecord>, ApiError> {
+    crate::flows::peers::peer(&state, &id).await.map(Json)
 }

@@ -117,6 +117,7 @@ fn refine_schemas(schemas: &mut serde_json::Map<String, Value>, settings: &Setti
         super::devices::revoke_device,
         super::devices::release,
         super::devices::history,
+        super::devices::peer,
         super::policy::authorize,
         super::policy::decisions,
         super::policy::status,

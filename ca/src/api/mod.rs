@@ -154,6 +154,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/devices/{id}/revoke", post(devices::revoke_device))
         .route("/v1/devices/{id}/release", post(devices::release))
         .route("/v1/devices/{id}/attestations", get(devices::history))
+        .route("/v1/peers/{id}", get(devices::peer))
         .route("/v1/authorize", post(policy::authorize))
         .route("/v1/policy/status", get(policy::status))
         .route("/v1/policy/reload", post(policy::reload))

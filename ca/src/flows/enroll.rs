@@ -4,7 +4,7 @@
 //! TPM step is [`enroll`] with the recovered secret; `docs/agent-protocol.md` has the whole
 //! exchange.
 
-use super::issue::{certify, rfc3339, KeySource};
+use super::issue::{certify, certify_key_agreement, rfc3339, KeySource};
 use crate::api::auth::token_problem;
 use crate::api::problem::{bounded, ApiError};
 use crate::api::AppState;
@@ -211,10 +211,20 @@ async fn enroll_checked(state: &AppState, req: EnrollRequest) -> Result<EnrollRe
         device_class: claims.device_class.clone(),
         labels: claims.labels.clone(),
     };
+    let key_agreement = certify_key_agreement(
+        state,
+        &device_id,
+        &zone,
+        &issued,
+        req.key_agreement_csr_pem.as_deref(),
+        &req.advertise,
+    )?;
+    let key_agreement_certificate_pem = key_agreement.as_ref().map(|k| k.certificate_pem.clone());
     let cert = NewCertificate {
         serial: serial.to_hex(),
         not_before: issued.not_before.unix_timestamp(),
         not_after: issued.not_after.unix_timestamp(),
+        key_agreement,
     };
     let refusal = match (&req.tpm, &secret) {
         (Some(proof), Some(secret)) => state
@@ -264,6 +274,7 @@ async fn enroll_checked(state: &AppState, req: EnrollRequest) -> Result<EnrollRe
         ca_chain_pem: state.ca.chain_pem().to_owned(),
         not_after: rfc3339(issued.not_after),
         private_key_pem,
+        key_agreement_certificate_pem,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod authorize;
 pub mod devices;
 pub mod enroll;
 pub mod issue;
+pub mod peers;
 pub mod reload;
 pub mod renew;
 pub mod revoke;

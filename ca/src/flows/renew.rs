@@ -5,7 +5,7 @@
 //! is spent) and again, all of them, inside the transaction that records the new certificate
 //! (`Registry::renew`), so a device whose standing changes in between gets nothing.
 
-use super::issue::{certify, rfc3339, KeySource};
+use super::issue::{certify, certify_key_agreement, rfc3339, KeySource};
 use crate::api::auth::DeviceCaller;
 use crate::api::problem::ApiError;
 use crate::api::AppState;
@@ -73,10 +73,20 @@ pub async fn renew(
         KeySource::Csr(req.csr_pem),
     )?;
     between.await;
+    let key_agreement = certify_key_agreement(
+        state,
+        &device_id,
+        &zone,
+        &issued,
+        req.key_agreement_csr_pem.as_deref(),
+        &req.advertise,
+    )?;
+    let key_agreement_certificate_pem = key_agreement.as_ref().map(|k| k.certificate_pem.clone());
     let cert = NewCertificate {
         serial: serial.to_hex(),
         not_before: issued.not_before.unix_timestamp(),
         not_after: issued.not_after.unix_timestamp(),
+        key_agreement,
     };
     state
         .registry
@@ -93,5 +103,6 @@ pub async fn renew(
         ca_chain_pem: state.ca.chain_pem().to_owned(),
         not_after: rfc3339(issued.not_after),
         private_key_pem: None,
+        key_agreement_certificate_pem,
     })
 }

@@ -62,6 +62,13 @@ pub struct CsrPublicKey {
     alg: &'static SignatureAlgorithm,
 }
 
+impl CsrPublicKey {
+    /// Whether the key is an EC P-256 key (what a key-agreement certificate certifies).
+    pub fn is_p256(&self) -> bool {
+        *self.alg == rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
 impl PublicKeyData for CsrPublicKey {
     fn der_bytes(&self) -> &[u8] {
         &self.raw

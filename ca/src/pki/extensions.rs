@@ -22,13 +22,6 @@ pub(crate) enum KeyUsageBit {
     /// Bit 0: signatures other than on certificates and CRLs.
     DigitalSignature = 0,
     /// Bit 4: key agreement (ECDH).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the key-agreement certificate profile (issue 16) sets it"
-        )
-    )]
     KeyAgreement = 4,
     /// Bit 5: signing certificates.
     KeyCertSign = 5,

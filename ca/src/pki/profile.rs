@@ -60,7 +60,9 @@ pub struct IssuedCertificate {
     pub not_after: OffsetDateTime,
 }
 
-/// Issues a device certificate for `public_key`, signed by the issuing CA.
+/// Issues the device certificate of `spec` for `public_key`: the SPIFFE ID as the only URI
+/// SAN, the zone as subject OU, keyUsage digitalSignature only (critical), serverAuth and
+/// clientAuth, and the CRL distribution point.
 pub fn issue_device_certificate(
     ca: &Authority,
     spec: &DeviceCertificateSpec<'_>,
@@ -68,8 +70,44 @@ pub fn issue_device_certificate(
 ) -> Result<IssuedCertificate, PkiError> {
     // Certificates carry whole seconds; so do the times we record and report.
     let now = spec.now.replace_nanosecond(0).unwrap_or(spec.now);
-    let not_before = now - BACKDATE;
-    let not_after = now + spec.lifetime;
+    let mut params = device_params(spec, now - BACKDATE, now + spec.lifetime)?;
+    end_entity_signing_key(&mut params, public_key);
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    sign(ca, params, public_key)
+}
+
+/// Issues the key-agreement certificate that goes with `device` (the device certificate
+/// issued for the same `spec`, but for its own serial): the same subject, SPIFFE ID, zone
+/// and validity, for an ECDH P-256 key, with keyUsage keyAgreement only (critical) and no
+/// extended key usage. Messages are encrypted to this key; it never signs, and the device
+/// key never agrees keys.
+pub fn issue_key_agreement_certificate(
+    ca: &Authority,
+    spec: &DeviceCertificateSpec<'_>,
+    device: &IssuedCertificate,
+    public_key: &impl rcgen::PublicKeyData,
+) -> Result<IssuedCertificate, PkiError> {
+    let mut params = device_params(spec, device.not_before, device.not_after)?;
+    params.is_ca = IsCa::NoCa;
+    params.key_usages = Vec::new();
+    params.custom_extensions.extend([
+        end_entity_basic_constraints(),
+        key_usage(&[KeyUsageBit::KeyAgreement]),
+        subject_key_identifier(public_key.der_bytes()),
+    ]);
+    sign(ca, params, public_key)
+}
+
+/// What a device's certificates share: subject, SPIFFE ID, CRL distribution point, serial
+/// and validity.
+fn device_params(
+    spec: &DeviceCertificateSpec<'_>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, spec.trust_domain.as_str());
@@ -78,11 +116,6 @@ pub fn issue_device_certificate(
     params.distinguished_name = dn;
     let uri = spec.device_id.spiffe_id(spec.trust_domain);
     params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
-    end_entity_signing_key(&mut params, public_key);
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
     params.use_authority_key_identifier_extension = true;
     params.crl_distribution_points = vec![CrlDistributionPoint {
         uris: vec![spec.crl_url.to_owned()],
@@ -90,6 +123,15 @@ pub fn issue_device_certificate(
     params.serial_number = Some(rcgen::SerialNumber::from_slice(spec.serial.bytes()));
     params.not_before = not_before;
     params.not_after = not_after;
+    Ok(params)
+}
+
+fn sign(
+    ca: &Authority,
+    params: CertificateParams,
+    public_key: &impl rcgen::PublicKeyData,
+) -> Result<IssuedCertificate, PkiError> {
+    let (not_before, not_after) = (params.not_before, params.not_after);
     let (issuer, issuer_key) = ca.issuer();
     let cert = params.signed_by(public_key, issuer, issuer_key)?;
     Ok(IssuedCertificate {

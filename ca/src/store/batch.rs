@@ -9,6 +9,7 @@
 
 use super::enrollment::{EnrollRefusal, NewCertificate, NewDevice};
 use super::group_commit::Batch;
+use super::peers::insert_key_agreement;
 use super::{Backend, Registry, StoreError};
 use serde_json::json;
 use sqlx::AnyConnection;
@@ -298,6 +299,12 @@ async fn insert_winners(
         cert_rows.join(", ")
     );
     certs.bind(sqlx::query(&sql)).execute(&mut *conn).await?;
+    for job in winners {
+        if let Some(ka) = &job.cert.key_agreement {
+            let (device, cert) = (&job.device.id, &job.cert);
+            insert_key_agreement(conn, device, &cert.serial, cert.not_after, ka, job.now).await?;
+        }
+    }
     let sql = format!(
         "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES {}",
         audit_rows.join(", ")

@@ -53,8 +53,12 @@ impl Registry {
         .fetch_one(&mut *tx)
         .await?;
         let rows: Vec<(String, i64)> = sqlx::query_as(
+            // A key-agreement certificate is revoked with the device certificate it came with.
             "SELECT serial, revoked_at FROM certificates \
-             WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY serial",
+             WHERE revoked_at IS NOT NULL AND not_after > $1 \
+             UNION ALL SELECT k.serial, c.revoked_at FROM key_agreement_certificates k \
+             JOIN certificates c ON c.serial = k.device_serial \
+             WHERE c.revoked_at IS NOT NULL AND c.not_after > $1 ORDER BY serial",
         )
         .bind(now)
         .fetch_all(&mut *tx)

@@ -52,6 +52,8 @@ pub struct NewCertificate {
     pub not_before: i64,
     /// End of validity (Unix seconds).
     pub not_after: i64,
+    /// The key-agreement certificate issued with it, if the device asked for one.
+    pub key_agreement: Option<super::NewKeyAgreement>,
 }
 
 /// Why an enrollment was refused by the registry.
@@ -233,7 +235,11 @@ pub(super) async fn insert_certificate(
     .bind(cert.not_before)
     .bind(cert.not_after)
     .bind(now)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    if let Some(ka) = &cert.key_agreement {
+        super::peers::insert_key_agreement(conn, device_id, &cert.serial, cert.not_after, ka, now)
+            .await?;
+    }
     Ok(())
 }

@@ -19,6 +19,8 @@ pub use decisions::{DecisionFilter, DecisionRecord, NewDecision, ShadowOutcome};
 mod devices;
 mod enrollment;
 mod group_commit;
+mod peers;
+pub use peers::{NewKeyAgreement, PeerCredentials, PeerEntry};
 mod tpm;
 
 pub use attest_batch::{AttestJob, AttestWrite};

@@ -93,6 +93,7 @@ async fn soft_device(app: &TestApp) -> SoftDevice {
                 serial: serial.to_hex(),
                 not_before: issued.not_before.unix_timestamp(),
                 not_after: issued.not_after.unix_timestamp(),
+                key_agreement: None,
             },
             now,
             skew: 60,

@@ -16,6 +16,7 @@ mod hostile;
 mod impersonation;
 mod interop;
 mod layers;
+mod peers;
 mod policy;
 mod processes;
 mod renew_revoke;

@@ -156,6 +156,8 @@ async fn renew_in_flow(
     };
     let request = RenewRequest {
         csr_pem: rcgen_csr().0,
+        key_agreement_csr_pem: None,
+        advertise: Vec::new(),
     };
     vouch_ca::flows::renew::renew(&app.server.state, &caller, request, window).await
 }

@@ -99,6 +99,7 @@ async fn a_device_quarantined_before_the_renewal_is_written_gets_no_certificate(
             serial: random_hex(16),
             not_before: now,
             not_after: now + 3600,
+            key_agreement: None,
         };
         let written = registry.renew(device.serial(), &cert, now).await.unwrap();
         assert_eq!(written, Err(RenewRefusal::DeviceQuarantined), "{db:?}");
