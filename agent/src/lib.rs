@@ -8,6 +8,8 @@
 //! - [`schedule`]: renewal timing and backoff, pure functions of a clock and an RNG.
 //! - [`token`], [`credentials`]: the join token, keys and certificates. The wire types are
 //!   `vouch_proto`'s, the same the server answers with.
+//! - [`messaging`]: messages between devices: peer trust, revocation, replay windows and
+//!   the receiver's checks (the envelope is `vouch_envelope`'s).
 //! - [`config`] and [`status`]: the command line.
 #![forbid(unsafe_code)]
 
@@ -17,6 +19,7 @@ pub mod config;
 pub mod credentials;
 pub mod enroll;
 pub mod lifecycle;
+pub mod messaging;
 pub mod renew;
 pub mod schedule;
 pub mod state;

@@ -1,5 +1,6 @@
 //! Tests of the agent: the TPM quoter against a real software TPM (swtpm), the lifecycle
-//! against a fake server, and the binary against a real `vouch` server.
+//! against a fake server, the binary against a real `vouch` server, and the receiver's
+//! checks against certificates that server issues.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,6 +11,7 @@
 mod e2e;
 mod fake;
 mod lifecycle;
+mod messaging;
 mod server;
 mod support;
 mod tpm;

@@ -106,6 +106,31 @@ impl RealServer {
             .to_owned()
     }
 
+    /// `POST path` with `body` as the admin; the answer's status and body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The current CRL (DER).
+    pub async fn crl(&self) -> Vec<u8> {
+        let r = self
+            .client
+            .get(format!("{}/v1/crl", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        r.bytes().await.unwrap().to_vec()
+    }
+
     /// `GET path` as the admin.
     pub async fn get(&self, path: &str) -> Value {
         let r = self
