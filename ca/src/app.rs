@@ -372,6 +372,10 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         policy,
         tpm_identities: Default::default(),
         bundle_signing: BundleSigning::default(),
+        decision_rate: crate::flows::rate::CallerBuckets::new(
+            config.settings.decisions_per_second,
+            config.settings.decision_burst,
+        ),
     });
     if let (Some(every), true) = (config.policy.poll, state.policy.has_dirs()) {
         tokio::spawn(watch_policies(state.clone(), every));

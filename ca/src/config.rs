@@ -165,6 +165,10 @@ pub struct ServeArgs {
     /// Grace after the attestation period before a silent device is `stale`.
     #[arg(long, default_value = "5m")]
     pub attestation_grace: String,
+    /// Decisions each caller may ask for per second (`POST /v1/authorize`); 0 turns the
+    /// limit off. Bursts of twice as many are allowed.
+    #[arg(long, default_value_t = 100)]
+    pub decision_rate: u32,
     /// How often this replica tries the stale sweep; across replicas each period is swept
     /// once (coordinated through the database).
     #[arg(long, default_value = "1m")]
@@ -305,6 +309,9 @@ impl ServeArgs {
                 },
             },
             tpm_trust_on_first_use: self.tpm_trust_on_first_use,
+            decisions_per_second: self.decision_rate,
+            decision_burst: self.decision_rate.saturating_mul(2),
+            max_decision_page_bytes: Settings::default().max_decision_page_bytes,
             tpm_ek_allowlist: match &self.tpm_ek_allowlist {
                 None => Default::default(),
                 Some(path) => match read_ek_allowlist(path) {

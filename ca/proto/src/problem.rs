@@ -154,6 +154,9 @@ problem_codes! {
     NoPolicy = ("no_policy", 404),
     /// The decision could not be logged, so it is not given.
     DecisionLogUnavailable = ("decision_log_unavailable", 503),
+    /// The caller asked for more decisions than its rate allows; `Retry-After` says when
+    /// to ask again.
+    RateLimited = ("rate_limited", 429),
 
     // Peer directory.
     /// The device has no current key-agreement certificate (it enrolled or renewed without a

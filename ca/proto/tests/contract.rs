@@ -60,6 +60,7 @@ const RELEASED: &[(&str, u16)] = &[
     ("forbidden_request", 403),
     ("no_policy", 404),
     ("decision_log_unavailable", 503),
+    ("rate_limited", 429),
     ("no_key_agreement_certificate", 404),
     ("peer_revoked", 410),
 ];

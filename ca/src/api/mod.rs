@@ -58,6 +58,15 @@ pub struct Settings {
     /// Lab only: with neither roots nor an allowlist, take any EK on first use. Off by
     /// default: then TPM enrollment is refused until roots or an allowlist are configured.
     pub tpm_trust_on_first_use: bool,
+    /// Decisions (`POST /v1/authorize`) each caller may ask for per second, in bursts of
+    /// `decision_burst` (0: no limit). Every decision is an append-only log row: the limit
+    /// keeps one token from filling the log.
+    pub decisions_per_second: u32,
+    /// Largest burst of decisions per caller.
+    pub decision_burst: u32,
+    /// Largest decision-log page (`GET /v1/policy/decisions`), in bytes of its records; a
+    /// page ends early (with a cursor) rather than grow past it.
+    pub max_decision_page_bytes: usize,
 }
 
 impl Default for Settings {
@@ -74,6 +83,9 @@ impl Default for Settings {
             tpm_roots: Vec::new(),
             tpm_ek_allowlist: Default::default(),
             tpm_trust_on_first_use: false,
+            decisions_per_second: 100,
+            decision_burst: 200,
+            max_decision_page_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -121,6 +133,8 @@ pub struct AppInner {
     pub tpm_identities: TpmIdentities,
     /// Signs policy bundles for agents.
     pub bundle_signing: BundleSigning,
+    /// Per-caller limit of decisions.
+    pub decision_rate: crate::flows::rate::CallerBuckets,
 }
 
 impl AppState {

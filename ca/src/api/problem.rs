@@ -16,6 +16,8 @@ pub struct ApiError {
     pub code: ProblemCode,
     /// Human-readable detail.
     pub detail: String,
+    /// Seconds after which the call may be tried again (`Retry-After`), if known.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,7 +26,14 @@ impl ApiError {
         Self {
             code,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same problem, telling the client to retry after `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// The HTTP status of the code.
@@ -50,12 +59,18 @@ impl IntoResponse for ApiError {
             detail: self.detail,
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             bytes,
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

@@ -77,6 +77,18 @@ pub async fn authorize(
     caller: &Caller,
     req: DecisionRequest,
 ) -> Result<AuthorizeResponse, ApiError> {
+    let now_ms = i64::try_from(state.clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    if let Err(wait) = state.decision_rate.take(&caller.name(), now_ms) {
+        state.metrics.decision(ProblemCode::RateLimited.as_str());
+        return Err(ApiError::new(
+            ProblemCode::RateLimited,
+            format!(
+                "more than {} decisions a second from this caller; try again in {wait} s",
+                state.settings.decisions_per_second
+            ),
+        )
+        .retry_after(wait));
+    }
     if let Caller::Device(me) = caller {
         let about_me =
             req.principal == me.id || matches!(&req.resource, Target::Device(d) if *d == me.id);
@@ -203,8 +215,22 @@ pub async fn decisions(state: &AppState, q: DecisionQuery) -> Result<DecisionPag
             limit: limit + 1,
         })
         .await?;
-    let has_more = page.len() as i64 > limit;
+    let mut has_more = page.len() as i64 > limit;
     page.truncate(usize::try_from(limit).unwrap_or(0));
+    // The page ends early rather than grow past its byte bound (at least one record).
+    let mut bytes = 0usize;
+    let fits = page
+        .iter()
+        .take_while(|d| {
+            bytes += serde_json::to_vec(d).map_or(0, |v| v.len());
+            bytes <= state.settings.max_decision_page_bytes
+        })
+        .count()
+        .max(1);
+    if fits < page.len() {
+        page.truncate(fits);
+        has_more = true;
+    }
     let next_cursor = if has_more {
         page.last().map(|d| d.id)
     } else {

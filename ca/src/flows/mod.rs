@@ -10,6 +10,7 @@ pub mod devices;
 pub mod enroll;
 pub mod issue;
 pub mod peers;
+pub mod rate;
 pub mod reload;
 pub mod renew;
 pub mod revoke;

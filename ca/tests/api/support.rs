@@ -77,6 +77,8 @@ pub fn settings() -> Settings {
     Settings {
         crl_url: "https://localhost/v1/crl".into(),
         tpm_trust_on_first_use: true,
+        // Tests ask for decisions in bursts; the limit has its own test (policy::limits).
+        decisions_per_second: 0,
         ..Settings::default()
     }
 }

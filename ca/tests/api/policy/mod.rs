@@ -5,6 +5,7 @@
 
 mod bundle;
 mod decisions;
+mod limits;
 mod log;
 mod reload;
 
