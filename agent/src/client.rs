@@ -219,6 +219,37 @@ impl HttpApi {
     }
 }
 
+impl HttpApi {
+    /// `GET /v1/peers/{device_id}` (mTLS): what the server says of a peer. The answer is
+    /// checked by the caller (`messaging::peers::verify_peer_record`) before it is used.
+    pub async fn peer(
+        &self,
+        identity: &ClientIdentity,
+        device_id: &str,
+    ) -> Result<vouch_proto::peer::PeerRecord, ApiError> {
+        if !(1..=64).contains(&device_id.len()) || !device_id.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(ApiError::Protocol(format!(
+                "`{}` is not a device id",
+                device_id.chars().take(64).collect::<String>()
+            )));
+        }
+        let path = format!("/v1/peers/{device_id}");
+        let response = self
+            .mtls(identity)?
+            .get(url(&self.server, &path))
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(problem(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Protocol(format!("{path}: {e}")))
+    }
+}
+
 impl Api for HttpApi {
     async fn pin_root(&self, ca_sha256: &[u8; 32]) -> Result<String, ApiError> {
         let root_pem = pin_root(&self.server, ca_sha256).await?;

@@ -1,9 +1,11 @@
-//! The messaging half of the sidecar, receiving side first: who a peer is ([`trust`]), whom
-//! the CA has revoked ([`revocation`]), which messages were seen ([`replay`]) and the
-//! receiver's checks in their fixed order ([`receive`]). The envelope itself is
-//! `vouch_envelope`'s.
+//! The messaging half of the sidecar: who a peer is ([`trust`]), what the peer directory says
+//! of it, checked and cached ([`peers`]), sealing to it ([`send`]), whom the CA has revoked
+//! ([`revocation`]), which messages were seen ([`replay`]) and the receiver's checks in their
+//! fixed order ([`receive`]). The envelope itself is `vouch_envelope`'s.
 
+pub mod peers;
 pub mod receive;
 pub mod replay;
 pub mod revocation;
+pub mod send;
 pub mod trust;

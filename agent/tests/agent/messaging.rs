@@ -6,10 +6,14 @@ use crate::server::{lab, RealServer};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
+use vouch_agent::client::{ApiError, HttpApi};
 use vouch_agent::credentials::{certificates, csr_pem, new_key};
+use vouch_agent::lifecycle::{Api, ClientIdentity};
+use vouch_agent::messaging::peers::verify_peer_record;
 use vouch_agent::messaging::receive::{Delivered, Limits, Receiver, Refusal};
 use vouch_agent::messaging::replay::ReplayGuard;
 use vouch_agent::messaging::revocation::RevocationList;
+use vouch_agent::messaging::send::{Credentials, Outbox};
 use vouch_agent::messaging::trust::{TrustAnchors, VerifiedDevice};
 use vouch_envelope::{
     certificate_sha256, seal, KeyAgreementKey, RecipientKeys, SealRequest, SenderKeys,
@@ -24,6 +28,10 @@ struct Device {
     ka_pkcs8: Vec<u8>,
     ka_cert: Vec<u8>,
     chain_pem: String,
+    /// The enrollment answer.
+    body: Value,
+    key_pem: String,
+    ka_key_pem: String,
 }
 
 async fn enroll(server: &RealServer) -> Device {
@@ -51,6 +59,9 @@ async fn enroll(server: &RealServer) -> Device {
         ka_pkcs8: ka.serialize_der(),
         ka_cert: first("key_agreement_certificate_pem"),
         chain_pem: body["ca_chain_pem"].as_str().unwrap().to_owned(),
+        key_pem: key.serialize_pem(),
+        ka_key_pem: ka.serialize_pem(),
+        body,
     }
 }
 
@@ -380,4 +391,77 @@ async fn a_revoked_sender_another_fleet_and_a_stale_crl_are_refused() {
     assert_eq!(status, 200);
     let inbox = Inbox::new(&server, inbox.me).await;
     assert_eq!(reason(inbox.open(&good, &mut replay)), "revoked");
+}
+
+impl Device {
+    fn device_id(&self) -> &str {
+        self.body["device_id"].as_str().unwrap()
+    }
+
+    fn credentials(&self) -> Credentials<'_> {
+        Credentials {
+            spiffe_id: &self.spiffe_id,
+            key_pem: &self.key_pem,
+            cert_pem: self.body["certificate_pem"].as_str().unwrap(),
+            ka_key_pem: &self.ka_key_pem,
+            ka_cert_pem: self.body["key_agreement_certificate_pem"].as_str().unwrap(),
+        }
+    }
+
+    /// The server's API as this device calls it over mutual TLS.
+    fn api(&self, server: &RealServer) -> (HttpApi, ClientIdentity) {
+        let api = HttpApi::new(&server.base);
+        let root = ::pem::encode(&::pem::Pem::new("CERTIFICATE", self.root()));
+        api.trust_root(&root).unwrap();
+        let identity = ClientIdentity {
+            cert_pem: format!(
+                "{}{}",
+                self.body["certificate_pem"].as_str().unwrap(),
+                ::pem::encode(&::pem::Pem::new("CERTIFICATE", self.issuing_ca()))
+            ),
+            key_pem: self.key_pem.clone(),
+        };
+        (api, identity)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_seals_to_what_the_directory_says_and_the_receiver_opens_it() {
+    let server = RealServer::start(&[]).await;
+    let (a, b, c) = (
+        enroll(&server).await,
+        enroll(&server).await,
+        enroll(&server).await,
+    );
+    let anchors = TrustAnchors::new(&a.chain_pem, &a.root(), "fleet.example").unwrap();
+    let (api, identity) = a.api(&server);
+    let record = api.peer(&identity, b.device_id()).await.unwrap();
+    let peer = verify_peer_record(&anchors, &record, b.device_id(), now()).unwrap();
+    assert_eq!(peer.device.spiffe_id, b.spiffe_id);
+
+    let outbox = Outbox::new(&a.credentials()).unwrap();
+    let first = outbox
+        .seal(&peer, "telemetry", b"t=1", now() as u64, true)
+        .unwrap();
+    let second = outbox
+        .seal(&peer, "telemetry", b"t=2", now() as u64, false)
+        .unwrap();
+    let mut inbox = Inbox::new(&server, b).await;
+    let mut replay = ReplayGuard::in_memory();
+    assert_eq!(inbox.open(&first, &mut replay).unwrap().payload, b"t=1");
+    // The second, without certificates, opens once the sender is known.
+    inbox.known = vec![a.cert.clone(), a.ka_cert.clone()];
+    assert_eq!(inbox.open(&second, &mut replay).unwrap().payload, b"t=2");
+
+    // A directory answer that does not fit the device asked for is refused: C's
+    // certificates under B's name, or B's device certificate with C's key-agreement one.
+    let c_record = api.peer(&identity, c.device_id()).await.unwrap();
+    assert!(verify_peer_record(&anchors, &c_record, inbox.me.device_id(), now()).is_err());
+    let mut mixed = record.clone();
+    mixed.key_agreement_certificate_pem = c_record.key_agreement_certificate_pem.clone();
+    assert!(verify_peer_record(&anchors, &mixed, inbox.me.device_id(), now()).is_err());
+    // An unknown device, and a path that is not a device id, are errors, not panics.
+    let unknown = api.peer(&identity, &"0".repeat(32)).await.unwrap_err();
+    assert!(matches!(unknown, ApiError::Problem { .. }), "{unknown:?}");
+    assert!(api.peer(&identity, "../etc").await.is_err());
 }
