@@ -1,8 +1,10 @@
 //! The messaging half of the sidecar: who a peer is ([`trust`]), what the peer directory says
 //! of it, checked and cached ([`peers`]), sealing to it ([`send`]), whom the CA has revoked
 //! ([`revocation`]), which messages were seen ([`replay`]) and the receiver's checks in their
-//! fixed order ([`receive`]). The envelope itself is `vouch_envelope`'s.
+//! fixed order ([`receive`]), and delivery between sidecars over mutual TLS ([`deliver`]).
+//! The envelope itself is `vouch_envelope`'s.
 
+pub mod deliver;
 pub mod peers;
 pub mod receive;
 pub mod replay;

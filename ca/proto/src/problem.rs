@@ -164,6 +164,11 @@ problem_codes! {
     NoKeyAgreementCertificate = ("no_key_agreement_certificate", 404),
     /// The peer is revoked: nothing may be sent to it.
     PeerRevoked = ("peer_revoked", 410),
+
+    // Between sidecars.
+    /// The receiving sidecar refused a message; the detail starts with the receiver's reason
+    /// (`replayed`, `revoked`, `policy_denied`, ...).
+    MessageRefused = ("message_refused", 403),
 }
 
 impl Serialize for ProblemCode {

@@ -63,6 +63,7 @@ const RELEASED: &[(&str, u16)] = &[
     ("rate_limited", 429),
     ("no_key_agreement_certificate", 404),
     ("peer_revoked", 410),
+    ("message_refused", 403),
 ];
 
 #[test]

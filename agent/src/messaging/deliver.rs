@@ -1,0 +1,332 @@
+//! Direct delivery between sidecars: `POST /v1/deliver` (`application/cose`) over mutual TLS
+//! with device certificates on both sides (HTTP/2 or HTTP/1.1). The receiving sidecar's TLS
+//! accepts only clients whose certificate chains to the pinned root; the sender's TLS accepts
+//! only the peer it meant (its SPIFFE ID, through this fleet's issuing CA). The envelope is
+//! checked again, end to end, by [`super::receive`]: TLS protects the hop, the envelope the
+//! message.
+
+use super::trust::TrustAnchors;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use vouch_proto::{Problem, ProblemCode};
+
+/// Media type of an envelope.
+pub const CONTENT_TYPE: &str = "application/cose";
+
+/// How long a TLS handshake or a request's headers may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why TLS for delivery cannot be set up, or a delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// This device's credentials do not load.
+    #[error("this device's credentials do not load: {0}")]
+    Credentials(String),
+    /// TLS set-up failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The peer could not be reached.
+    #[error("the peer cannot be reached: {0}")]
+    Unreachable(String),
+    /// The peer refused the message (its problem `code` and `detail`).
+    #[error("the peer refused the message: {code}: {detail}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The problem's code.
+        code: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// What a receiving sidecar answers for a delivered message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Receipt {
+    /// The message id (`cti`, hex) of the message accepted.
+    pub message_id: String,
+}
+
+/// Hands a delivered envelope to the receiver's checks; `Ok(message id)` or the refusal's
+/// reason and description.
+pub type Inbound = Arc<dyn Fn(&[u8]) -> Result<String, (&'static str, String)> + Send + Sync>;
+
+fn chain_and_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), DeliveryError> {
+    let certs: Vec<CertificateDer<'static>> = crate::credentials::certificates(cert_pem)
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    if certs.is_empty() {
+        return Err(DeliveryError::Credentials("no device certificate".into()));
+    }
+    let key = pem::parse_many(key_pem)
+        .ok()
+        .and_then(|b| b.into_iter().find(|p| p.tag() == "PRIVATE KEY"))
+        .map(|p| PrivateKeyDer::Pkcs8(p.into_contents().into()))
+        .ok_or_else(|| DeliveryError::Credentials("no PKCS#8 device key".into()))?;
+    Ok((certs, key))
+}
+
+/// The receiving side's TLS: this device's certificate (and chain), client certificates
+/// required and chained to `root` (DER).
+pub fn server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    root: &[u8],
+) -> Result<Arc<ServerConfig>, DeliveryError> {
+    let tls = |e: &dyn std::fmt::Display| DeliveryError::Tls(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (chain, key) = chain_and_key(cert_pem, key_pem)?;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(root.to_vec()))
+        .map_err(|e| tls(&e))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| tls(&e))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Checks the receiving peer's certificate: through this fleet's issuing CA to the pinned
+/// root, and the SPIFFE ID the sender meant (device certificates name no host).
+#[derive(Debug)]
+struct PeerVerifier {
+    anchors: TrustAnchors,
+    expected: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let at = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let device = self
+            .anchors
+            .verify_device(end_entity.as_ref(), at)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        if device.spiffe_id != self.expected {
+            return Err(rustls::Error::General(format!(
+                "the peer is `{}`, not `{}`",
+                device.spiffe_id, self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The sending side's TLS to the peer `expected` (its SPIFFE ID): this device's certificate
+/// as the client identity.
+pub fn client_config(
+    cert_pem: &str,
+    key_pem: &str,
+    anchors: &TrustAnchors,
+    expected: &str,
+) -> Result<ClientConfig, DeliveryError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (chain, key) = chain_and_key(cert_pem, key_pem)?;
+    let verifier = Arc::new(PeerVerifier {
+        anchors: anchors.clone(),
+        expected: expected.to_owned(),
+        provider: provider.clone(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DeliveryError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| DeliveryError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Posts `envelope` to `endpoint` (`https://HOST:PORT`) with `tls`, returning the peer's
+/// receipt.
+pub async fn deliver(
+    endpoint: &str,
+    envelope: Vec<u8>,
+    tls: ClientConfig,
+) -> Result<Receipt, DeliveryError> {
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| DeliveryError::Tls(e.to_string()))?;
+    let url = format!("{}/v1/deliver", endpoint.trim_end_matches('/'));
+    let response = client
+        .post(url)
+        .header(header::CONTENT_TYPE, CONTENT_TYPE)
+        .body(envelope)
+        .send()
+        .await
+        .map_err(|e| DeliveryError::Unreachable(e.to_string()))?;
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| DeliveryError::Unreachable(e.to_string()))?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| DeliveryError::Unreachable(format!("not a receipt: {e}")));
+    }
+    let problem: Option<Problem> = serde_json::from_slice(&bytes).ok();
+    Err(DeliveryError::Refused {
+        status: status.as_u16(),
+        code: problem
+            .as_ref()
+            .map_or_else(|| format!("http_{}", status.as_u16()), |p| p.code.clone()),
+        detail: problem.map(|p| p.detail).unwrap_or_default(),
+    })
+}
+
+fn problem(code: ProblemCode, detail: String) -> Response {
+    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let body = Problem {
+        kind: "about:blank".into(),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        code: code.as_str().to_owned(),
+        detail,
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        Json(body),
+    )
+        .into_response()
+}
+
+async fn deliver_handler(
+    State(inbound): State<Inbound>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let cose = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(CONTENT_TYPE));
+    if !cose {
+        return problem(
+            ProblemCode::UnsupportedMediaType,
+            format!("a delivery is `{CONTENT_TYPE}`"),
+        );
+    }
+    match inbound(&body) {
+        Ok(message_id) => (StatusCode::OK, Json(Receipt { message_id })).into_response(),
+        Err((reason, detail)) => {
+            problem(ProblemCode::MessageRefused, format!("{reason}: {detail}"))
+        }
+    }
+}
+
+/// Serves deliveries on `listener` until `shutdown`: each envelope (at most `max_len`
+/// bytes) goes to `inbound`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    inbound: Inbound,
+    max_len: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let router = Router::new()
+        .route("/v1/deliver", post(deliver_handler))
+        .layer(DefaultBodyLimit::max(max_len))
+        .with_state(inbound);
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            else {
+                tracing::debug!(%peer, "delivery handshake failed");
+                return;
+            };
+            let service = TowerToHyperService::new(router);
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT);
+            if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+                tracing::debug!(%peer, error = %e, "delivery connection ended with an error");
+            }
+        });
+    }
+}
