@@ -394,6 +394,7 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         tls,
         trust_domain,
         router,
+        state.settings.max_client_connections,
         async move {
             let _ = rx.await;
         },

@@ -165,6 +165,10 @@ pub struct ServeArgs {
     /// Grace after the attestation period before a silent device is `stale`.
     #[arg(long, default_value = "5m")]
     pub attestation_grace: String,
+    /// Most client connections served at once; beyond it new connections wait (in the
+    /// kernel's backlog) until one closes.
+    #[arg(long, default_value_t = 4096)]
+    pub max_client_connections: usize,
     /// Decisions each caller may ask for per second (`POST /v1/authorize`); 0 turns the
     /// limit off. Bursts of twice as many are allowed.
     #[arg(long, default_value_t = 100)]
@@ -312,6 +316,7 @@ impl ServeArgs {
             decisions_per_second: self.decision_rate,
             decision_burst: self.decision_rate.saturating_mul(2),
             max_decision_page_bytes: Settings::default().max_decision_page_bytes,
+            max_client_connections: self.max_client_connections,
             tpm_ek_allowlist: match &self.tpm_ek_allowlist {
                 None => Default::default(),
                 Some(path) => match read_ek_allowlist(path) {
@@ -349,6 +354,9 @@ impl ServeArgs {
         };
         if self.policy_shadow_dir.is_some() && self.policy_dir.is_none() {
             errors.push("--policy-shadow-dir needs --policy-dir".into());
+        }
+        if self.max_client_connections == 0 {
+            errors.push("--max-client-connections must be at least 1".into());
         }
         if self.db_max_connections == 0 {
             errors.push("--db-max-connections must be at least 1".into());

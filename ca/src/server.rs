@@ -73,17 +73,29 @@ pub(crate) fn tls_config(
     Ok(Arc::new(config))
 }
 
-/// Serves `router` over TLS on `listener` until `shutdown` completes.
+/// Serves `router` over TLS on `listener` until `shutdown` completes, at most
+/// `max_connections` connections at once.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     trust_domain: TrustDomain,
     router: Router,
+    max_connections: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    // One permit per connection, taken before `accept`: at the cap the server accepts nothing
+    // more (back-pressure through the kernel's backlog) until a connection ends.
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -103,6 +115,7 @@ pub async fn serve(
             if let Err(e) = serve_connection(acceptor, tcp, peer, &trust_domain, router).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
 }

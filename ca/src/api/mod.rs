@@ -64,6 +64,10 @@ pub struct Settings {
     pub decisions_per_second: u32,
     /// Largest burst of decisions per caller.
     pub decision_burst: u32,
+    /// Most client connections served at once. Beyond it the server stops accepting
+    /// (connections wait in the kernel's backlog) until one closes: back-pressure, not
+    /// file-descriptor exhaustion.
+    pub max_client_connections: usize,
     /// Largest decision-log page (`GET /v1/policy/decisions`), in bytes of its records; a
     /// page ends early (with a cursor) rather than grow past it.
     pub max_decision_page_bytes: usize,
@@ -86,6 +90,7 @@ impl Default for Settings {
             decisions_per_second: 100,
             decision_burst: 200,
             max_decision_page_bytes: 4 * 1024 * 1024,
+            max_client_connections: 4096,
         }
     }
 }

@@ -11,6 +11,7 @@
 mod attest_batch;
 mod attestation;
 mod conformance;
+mod connections;
 mod enroll;
 mod hostile;
 mod impersonation;
