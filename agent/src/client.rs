@@ -220,6 +220,23 @@ impl HttpApi {
 }
 
 impl HttpApi {
+    /// `GET /v1/crl`: the current CRL (DER), unverified (the caller checks its signature).
+    pub async fn crl(&self) -> Result<Vec<u8>, ApiError> {
+        let response = self
+            .pinned()?
+            .anonymous
+            .get(url(&self.server, "/v1/crl"))
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(problem(status, &bytes));
+        }
+        Ok(bytes.to_vec())
+    }
+
     /// `GET /v1/peers/{device_id}` (mTLS): what the server says of a peer. The answer is
     /// checked by the caller (`messaging::peers::verify_peer_record`) before it is used.
     pub async fn peer(

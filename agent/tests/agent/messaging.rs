@@ -600,3 +600,211 @@ mod delivery {
         assert_eq!(accepted.lock().unwrap().len(), 1);
     }
 }
+
+mod workload {
+    //! A workload hands its sidecar a payload on the Unix socket; the other device's workload
+    //! reads it from its own sidecar's socket. Both sidecars are in-process `Messenger`s
+    //! talking to the real server and to each other over mutual TLS.
+    use super::*;
+    use std::path::Path;
+    use std::sync::Arc;
+    use vouch_agent::messaging::deliver;
+    use vouch_agent::messaging::node::Messenger;
+
+    /// One HTTP/1.1 request on the Unix socket at `path`; status and JSON body.
+    async fn call(path: &Path, method: &str, uri: &str, body: Option<Value>) -> (u16, Value) {
+        let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            ))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// `device`'s sidecar: messaging, a delivery listener (advertised at enrollment by the
+    /// test), and the workload socket.
+    async fn sidecar(
+        server: &RealServer,
+        device: &Device,
+        dir: &Path,
+        listener: tokio::net::TcpListener,
+    ) -> Arc<Messenger> {
+        let (api, _) = device.api(server);
+        let anchors =
+            TrustAnchors::new(&device.chain_pem, &device.root(), "fleet.example").unwrap();
+        let cert_pem = format!(
+            "{}{}",
+            device.body["certificate_pem"].as_str().unwrap(),
+            ::pem::encode(&::pem::Pem::new("CERTIFICATE", device.issuing_ca()))
+        );
+        let credentials = Credentials {
+            cert_pem: &cert_pem,
+            ..device.credentials()
+        };
+        let messenger = Arc::new(
+            Messenger::new(
+                api,
+                anchors,
+                &credentials,
+                ReplayGuard::load(dir.join("replay.json")).unwrap(),
+                Box::new(|_, data_type| {
+                    if data_type == "telemetry" {
+                        Ok(())
+                    } else {
+                        Err(format!("no policy permits `{data_type}`"))
+                    }
+                }),
+            )
+            .unwrap(),
+        );
+        messenger.refresh_crl().await.unwrap();
+        let tls = deliver::server_config(&cert_pem, &device.key_pem, &device.root()).unwrap();
+        let accepting = messenger.clone();
+        tokio::spawn(deliver::serve(
+            listener,
+            tls,
+            Arc::new(move |bytes: &[u8]| accepting.accept(bytes)),
+            1 << 20,
+            std::future::pending(),
+        ));
+        let socket = vouch_agent::messaging::workload::bind(&dir.join("agent.sock")).unwrap();
+        tokio::spawn(vouch_agent::messaging::workload::serve(
+            socket,
+            messenger.clone(),
+        ));
+        messenger
+    }
+
+    /// Enrolls a device that advertises `endpoint`.
+    async fn enroll_at(server: &RealServer, endpoint: &str) -> Device {
+        let token = server.token(lab()).await;
+        let key = new_key().unwrap();
+        let ka = new_key().unwrap();
+        let r = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap()
+            .post(format!("{}/v1/enroll", server.base))
+            .json(&json!({"token": token, "csr_pem": csr_pem(&key).unwrap(),
+                          "key_agreement_csr_pem": csr_pem(&ka).unwrap(),
+                          "advertise": [endpoint]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let body: Value = r.json().await.unwrap();
+        let first = |field: &str| certificates(body[field].as_str().unwrap())[0].clone();
+        Device {
+            spiffe_id: body["spiffe_id"].as_str().unwrap().to_owned(),
+            key_pkcs8: key.serialize_der(),
+            cert: first("certificate_pem"),
+            ka_pkcs8: ka.serialize_der(),
+            ka_cert: first("key_agreement_certificate_pem"),
+            chain_pem: body["ca_chain_pem"].as_str().unwrap().to_owned(),
+            key_pem: key.serialize_pem(),
+            ka_key_pem: ka.serialize_pem(),
+            body,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_workload_sends_through_its_sidecar_and_the_peer_workload_reads_it() {
+        let server = RealServer::start(&[]).await;
+        let (la, lb) = (
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+        let a = enroll_at(&server, &format!("https://{}", la.local_addr().unwrap())).await;
+        let b = enroll_at(&server, &format!("https://{}", lb.local_addr().unwrap())).await;
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let _sa = sidecar(&server, &a, da.path(), la).await;
+        let _sb = sidecar(&server, &b, db.path(), lb).await;
+        let (sock_a, sock_b) = (da.path().join("agent.sock"), db.path().join("agent.sock"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&sock_a).unwrap().permissions().mode() & 0o777,
+            0o660
+        );
+
+        let payload = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            b"temperature=21.5",
+        );
+        let (status, sent) = call(
+            &sock_a,
+            "POST",
+            "/v1/send",
+            Some(json!({"to": b.device_id(), "data_type": "telemetry", "payload": payload})),
+        )
+        .await;
+        assert_eq!(status, 200, "{sent}");
+        let (status, list) = call(&sock_b, "GET", "/v1/messages?wait=5", None).await;
+        assert_eq!(status, 200);
+        let messages = list["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 1, "{list}");
+        assert_eq!(messages[0]["from"], a.device_id());
+        assert_eq!(messages[0]["payload"], payload.as_str());
+        assert_eq!(messages[0]["message_id"], sent["message_id"]);
+
+        // B's ingress policy refuses another data type: A's workload hears why; B's reads
+        // nothing.
+        let (status, refused) = call(
+            &sock_a,
+            "POST",
+            "/v1/send",
+            Some(json!({"to": b.device_id(), "data_type": "video", "payload": payload})),
+        )
+        .await;
+        assert_eq!(status, 403, "{refused}");
+        assert_eq!(
+            refused["code"],
+            vouch_proto::ProblemCode::MessageRefused.as_str()
+        );
+        assert!(refused["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("policy_denied"));
+        let (_, list) = call(&sock_b, "GET", "/v1/messages", None).await;
+        assert_eq!(list["messages"], json!([]));
+        // Hostile bodies are 4xx problems.
+        for body in [
+            json!({"to": b.device_id(), "data_type": "telemetry", "payload": "%%%"}),
+            json!({"to": b.device_id(), "data_type": "", "payload": payload}),
+            json!({"to": "x", "unknown": 1}),
+        ] {
+            let (status, p) = call(&sock_a, "POST", "/v1/send", Some(body)).await;
+            assert!((400..500).contains(&status), "{status} {p}");
+        }
+        // A device that does not exist: the directory says so.
+        let (status, p) = call(
+            &sock_a,
+            "POST",
+            "/v1/send",
+            Some(json!({"to": "0".repeat(32), "data_type": "telemetry", "payload": payload})),
+        )
+        .await;
+        assert_eq!(status, 502, "{p}");
+        assert_eq!(
+            p["code"],
+            vouch_proto::ProblemCode::PeerUnreachable.as_str()
+        );
+    }
+}

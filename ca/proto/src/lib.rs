@@ -16,5 +16,6 @@ pub mod ids;
 pub mod peer;
 pub mod policy;
 pub mod problem;
+pub mod workload;
 
 pub use problem::{Problem, ProblemCode};

@@ -169,6 +169,8 @@ problem_codes! {
     /// The receiving sidecar refused a message; the detail starts with the receiver's reason
     /// (`replayed`, `revoked`, `policy_denied`, ...).
     MessageRefused = ("message_refused", 403),
+    /// The peer could not be reached (no delivery endpoint, connection or TLS failure).
+    PeerUnreachable = ("peer_unreachable", 502),
 }
 
 impl Serialize for ProblemCode {

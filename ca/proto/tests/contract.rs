@@ -64,6 +64,7 @@ const RELEASED: &[(&str, u16)] = &[
     ("no_key_agreement_certificate", 404),
     ("peer_revoked", 410),
     ("message_refused", 403),
+    ("peer_unreachable", 502),
 ];
 
 #[test]
