@@ -204,37 +204,27 @@ impl HttpApi {
         path: &str,
         body: &B,
     ) -> Result<R, ApiError> {
-        let response = client
-            .post(url(&self.server, path))
-            .json(body)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(transport)?;
-        if !status.is_success() {
-            return Err(problem(status, &bytes));
-        }
+        let bytes = answer(client.post(url(&self.server, path)).json(body)).await?;
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Protocol(format!("{path}: {e}")))
     }
+}
+
+/// Sends `request` and returns the body of a successful answer; any other answer is its
+/// problem.
+async fn answer(request: reqwest::RequestBuilder) -> Result<Vec<u8>, ApiError> {
+    let response = request.send().await.map_err(transport)?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(transport)?;
+    if !status.is_success() {
+        return Err(problem(status, &bytes));
+    }
+    Ok(bytes.to_vec())
 }
 
 impl HttpApi {
     /// `GET /v1/crl`: the current CRL (DER), unverified (the caller checks its signature).
     pub async fn crl(&self) -> Result<Vec<u8>, ApiError> {
-        let response = self
-            .pinned()?
-            .anonymous
-            .get(url(&self.server, "/v1/crl"))
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(transport)?;
-        if !status.is_success() {
-            return Err(problem(status, &bytes));
-        }
-        Ok(bytes.to_vec())
+        answer(self.pinned()?.anonymous.get(url(&self.server, "/v1/crl"))).await
     }
 
     /// `GET /v1/peers/{device_id}` (mTLS): what the server says of a peer. The answer is
@@ -252,17 +242,7 @@ impl HttpApi {
             )));
         }
         let path = format!("/v1/peers/{device_id}");
-        let response = self
-            .mtls(identity)?
-            .get(url(&self.server, &path))
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(transport)?;
-        if !status.is_success() {
-            return Err(problem(status, &bytes));
-        }
+        let bytes = answer(self.mtls(identity)?.get(url(&self.server, &path))).await?;
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Protocol(format!("{path}: {e}")))
     }
 }

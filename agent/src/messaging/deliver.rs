@@ -244,14 +244,15 @@ pub async fn deliver(
     })
 }
 
-fn problem(code: ProblemCode, detail: String) -> Response {
-    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::FORBIDDEN);
+/// A problem document answer (`application/problem+json`) with `code`'s status.
+pub(crate) fn problem(code: ProblemCode, detail: impl Into<String>) -> Response {
+    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
     let body = Problem {
         kind: "about:blank".into(),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
         status: status.as_u16(),
         code: code.as_str().to_owned(),
-        detail,
+        detail: detail.into(),
     };
     (
         status,

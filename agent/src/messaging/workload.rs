@@ -3,10 +3,11 @@
 //! logged. `POST /v1/send` seals and delivers, `GET /v1/messages?wait=SECONDS` returns what
 //! arrived (long-poll), `GET /v1/identity` and `GET /healthz` say who and how the sidecar is.
 
+use super::deliver::problem;
 use super::node::{MessagingError, Messenger};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,27 +24,10 @@ use tokio::net::UnixListener;
 use vouch_proto::workload::{
     ArrivedMessage, MessageList, SendRequest, SendResponse, MAX_PAYLOAD_BYTES,
 };
-use vouch_proto::{Problem, ProblemCode};
+use vouch_proto::ProblemCode;
 
 /// Longest long-poll, seconds.
 pub const MAX_WAIT_SECS: u64 = 60;
-
-fn problem(code: ProblemCode, detail: impl Into<String>) -> Response {
-    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = Problem {
-        kind: "about:blank".into(),
-        title: status.canonical_reason().unwrap_or("Error").to_owned(),
-        status: status.as_u16(),
-        code: code.as_str().to_owned(),
-        detail: detail.into(),
-    };
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        Json(body),
-    )
-        .into_response()
-}
 
 async fn send(
     State(messenger): State<Arc<Messenger>>,

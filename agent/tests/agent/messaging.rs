@@ -35,6 +35,11 @@ struct Device {
 }
 
 async fn enroll(server: &RealServer) -> Device {
+    enroll_advertising(server, &[]).await
+}
+
+/// Enrolls a device with a key-agreement key, advertising `endpoints`.
+async fn enroll_advertising(server: &RealServer, endpoints: &[&str]) -> Device {
     let token = server.token(lab()).await;
     let key = new_key().unwrap();
     let ka = new_key().unwrap();
@@ -45,7 +50,8 @@ async fn enroll(server: &RealServer) -> Device {
     let r = client
         .post(format!("{}/v1/enroll", server.base))
         .json(&json!({"token": token, "csr_pem": csr_pem(&key).unwrap(),
-                      "key_agreement_csr_pem": csr_pem(&ka).unwrap()}))
+                      "key_agreement_csr_pem": csr_pem(&ka).unwrap(),
+                      "advertise": endpoints}))
         .send()
         .await
         .unwrap();
@@ -693,38 +699,6 @@ mod workload {
         messenger
     }
 
-    /// Enrolls a device that advertises `endpoint`.
-    async fn enroll_at(server: &RealServer, endpoint: &str) -> Device {
-        let token = server.token(lab()).await;
-        let key = new_key().unwrap();
-        let ka = new_key().unwrap();
-        let r = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .build()
-            .unwrap()
-            .post(format!("{}/v1/enroll", server.base))
-            .json(&json!({"token": token, "csr_pem": csr_pem(&key).unwrap(),
-                          "key_agreement_csr_pem": csr_pem(&ka).unwrap(),
-                          "advertise": [endpoint]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let body: Value = r.json().await.unwrap();
-        let first = |field: &str| certificates(body[field].as_str().unwrap())[0].clone();
-        Device {
-            spiffe_id: body["spiffe_id"].as_str().unwrap().to_owned(),
-            key_pkcs8: key.serialize_der(),
-            cert: first("certificate_pem"),
-            ka_pkcs8: ka.serialize_der(),
-            ka_cert: first("key_agreement_certificate_pem"),
-            chain_pem: body["ca_chain_pem"].as_str().unwrap().to_owned(),
-            key_pem: key.serialize_pem(),
-            ka_key_pem: ka.serialize_pem(),
-            body,
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_workload_sends_through_its_sidecar_and_the_peer_workload_reads_it() {
         let server = RealServer::start(&[]).await;
@@ -732,8 +706,10 @@ mod workload {
             tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         );
-        let a = enroll_at(&server, &format!("https://{}", la.local_addr().unwrap())).await;
-        let b = enroll_at(&server, &format!("https://{}", lb.local_addr().unwrap())).await;
+        let a =
+            enroll_advertising(&server, &[&format!("https://{}", la.local_addr().unwrap())]).await;
+        let b =
+            enroll_advertising(&server, &[&format!("https://{}", lb.local_addr().unwrap())]).await;
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let _sa = sidecar(&server, &a, da.path(), la).await;
         let _sb = sidecar(&server, &b, db.path(), lb).await;
