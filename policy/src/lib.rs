@@ -14,5 +14,6 @@ pub mod cases;
 pub mod engine;
 pub mod index;
 pub mod json;
+pub mod local;
 pub mod model;
 pub mod synthetic;

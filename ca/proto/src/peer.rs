@@ -32,6 +32,10 @@ pub struct PeerRecord {
     pub not_after: String,
     /// Where it takes deliveries (`https://…`, `mqtt://…`, `mqtts://…`).
     pub endpoints: Vec<String>,
+    /// What policy sees of it now (zone, trust, status, class, labels), so that a sidecar
+    /// decides locally with the same facts the server would.
+    #[schema(value_type = Object)]
+    pub facts: vouch_policy::model::DeviceFacts,
 }
 
 /// Checks advertised delivery endpoints: at most [`MAX_ENDPOINTS`], each an `https`, `mqtt`

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use vouch_policy::bundle::{Bundle, LoadErrors};
 use vouch_policy::engine::{Decision, Engine};
-use vouch_policy::model::{self, DeviceFacts, MessageContext, ModelError, Target};
+use vouch_policy::model::{DeviceFacts, MessageContext, ModelError, Target};
 
 /// A loaded policy set, ready to decide.
 #[derive(Debug)]
@@ -354,14 +354,13 @@ fn decide_in(
     request: &DecisionRequest,
     devices: &BTreeMap<String, DeviceFacts>,
 ) -> Result<Decision, ModelError> {
-    let schema = Some(&set.bundle.schema);
-    let entities = model::entities(&set.bundle.fleet, devices, schema)?;
-    let cedar_request = model::request(
+    vouch_policy::local::decide(
+        &set.bundle,
+        &set.engine,
         &request.principal,
         &request.action,
         &request.resource,
         &request.context,
-        schema,
-    )?;
-    Ok(set.engine.decide(&cedar_request, &entities))
+        devices,
+    )
 }

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use vouch_proto::peer::PeerRecord;
 use vouch_proto::ProblemCode;
 
-/// Device `id` as its peers see it. A revoked device is refused (`peer_revoked`): nothing
+/// Device `id` as its peers see it, with the facts policy sees of it. A revoked device is refused (`peer_revoked`): nothing
 /// may be sealed to it; a device whose current certificate came without a key-agreement
 /// certificate cannot receive messages (`no_key_agreement_certificate`).
 pub async fn peer(state: &AppState, id: &str) -> Result<PeerRecord, ApiError> {
@@ -25,6 +25,11 @@ pub async fn peer(state: &AppState, id: &str) -> Result<PeerRecord, ApiError> {
             "this device or its current certificate is revoked",
         ));
     }
+    let record = state
+        .registry
+        .device(id.as_str())
+        .await?
+        .ok_or_else(not_found)?;
     let credentials = entry.credentials.ok_or_else(|| {
         ApiError::new(
             ProblemCode::NoKeyAgreementCertificate,
@@ -42,5 +47,6 @@ pub async fn peer(state: &AppState, id: &str) -> Result<PeerRecord, ApiError> {
             .map(rfc3339)
             .unwrap_or_default(),
         endpoints: credentials.endpoints,
+        facts: super::authorize::facts_of(&record),
     })
 }

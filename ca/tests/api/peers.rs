@@ -253,6 +253,10 @@ async fn check_directory(db: Db) {
         record["endpoints"],
         json!(["https://gw.local:8444", "mqtt://broker.local:1883"])
     );
+    // The facts policy sees: its zone, trust without a TPM, standing.
+    assert_eq!(record["facts"]["zone"], "edge");
+    assert_eq!(record["facts"]["trust"], "low");
+    assert_eq!(record["facts"]["status"], "active");
 
     // Not without a client certificate; not for a device that does not exist; not for one
     // that has no key-agreement certificate.
