@@ -205,18 +205,32 @@ pub fn client_config(
     Ok(config)
 }
 
-/// Posts `envelope` to `endpoint` (`https://HOST:PORT`) with `tls`, returning the peer's
-/// receipt.
+/// An HTTP client for deliveries with `tls` (see [`client_config`]). It keeps its
+/// connection to the peer open between messages (HTTP/2 where negotiated): keep one per peer.
+pub fn client(tls: ClientConfig) -> Result<reqwest::Client, DeliveryError> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| DeliveryError::Tls(e.to_string()))
+}
+
+/// Posts `envelope` to `endpoint` (`https://HOST:PORT`) over a new client with `tls`,
+/// returning the peer's receipt.
 pub async fn deliver(
     endpoint: &str,
     envelope: Vec<u8>,
     tls: ClientConfig,
 ) -> Result<Receipt, DeliveryError> {
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| DeliveryError::Tls(e.to_string()))?;
+    deliver_with(&client(tls)?, endpoint, envelope).await
+}
+
+/// Posts `envelope` to `endpoint` with `client`, returning the peer's receipt.
+pub async fn deliver_with(
+    client: &reqwest::Client,
+    endpoint: &str,
+    envelope: Vec<u8>,
+) -> Result<Receipt, DeliveryError> {
     let url = format!("{}/v1/deliver", endpoint.trim_end_matches('/'));
     let response = client
         .post(url)

@@ -61,6 +61,9 @@ pub struct Messenger {
     known: Mutex<HashMap<[u8; 32], Vec<u8>>>,
     inbox: Mutex<VecDeque<Delivered>>,
     arrived: Notify,
+    /// Delivery clients by peer SPIFFE ID: one TLS set-up and one kept connection per peer,
+    /// not per message.
+    clients: Mutex<HashMap<String, reqwest::Client>>,
     policy: IngressPolicy,
     limits: Limits,
 }
@@ -105,6 +108,7 @@ impl Messenger {
             known: Mutex::new(HashMap::new()),
             inbox: Mutex::new(VecDeque::new()),
             arrived: Notify::new(),
+            clients: Mutex::new(HashMap::new()),
             policy,
             limits: Limits::default(),
         })
@@ -166,13 +170,30 @@ impl Messenger {
             u64::try_from(now()).unwrap_or(0),
             true,
         )?;
-        let tls = deliver::client_config(
-            &self.cert_pem,
-            &self.key_pem,
-            &self.anchors,
-            &peer.device.spiffe_id,
-        )?;
-        Ok(deliver::deliver(&endpoint, envelope, tls).await?)
+        let client = self.client_for(&peer.device.spiffe_id)?;
+        Ok(deliver::deliver_with(&client, &endpoint, envelope).await?)
+    }
+
+    /// The delivery client for the peer `spiffe_id`, made once (bounded: when full, all are
+    /// dropped and made again as needed).
+    fn client_for(&self, spiffe_id: &str) -> Result<reqwest::Client, DeliveryError> {
+        if let Some(client) = self
+            .clients
+            .lock()
+            .ok()
+            .and_then(|c| c.get(spiffe_id).cloned())
+        {
+            return Ok(client);
+        }
+        let tls = deliver::client_config(&self.cert_pem, &self.key_pem, &self.anchors, spiffe_id)?;
+        let client = deliver::client(tls)?;
+        if let Ok(mut clients) = self.clients.lock() {
+            if clients.len() >= 1024 {
+                clients.clear();
+            }
+            clients.insert(spiffe_id.to_owned(), client.clone());
+        }
+        Ok(client)
     }
 
     /// Checks an incoming envelope and queues it for the workload; the message id, or the

@@ -4,14 +4,13 @@
 //! TPM step is [`enroll`] with the recovered secret; `docs/agent-protocol.md` has the whole
 //! exchange.
 
-use super::issue::{certify, certify_key_agreement, rfc3339, KeySource};
+use super::issue::{certificate_record, certify, rfc3339, KeySource};
 use crate::api::auth::token_problem;
 use crate::api::problem::{bounded, ApiError};
 use crate::api::AppState;
 use crate::ids::{check_device_class, check_label, DeviceId, Serial, Zone};
 use crate::store::{
-    EnrollRefusal, NewActivation, NewBootstrapToken, NewCertificate, NewDevice, TpmEnrollRefusal,
-    TpmEnrollment,
+    EnrollRefusal, NewActivation, NewBootstrapToken, NewDevice, TpmEnrollRefusal, TpmEnrollment,
 };
 use crate::tokens::{random_jti, BootstrapClaims, BOOTSTRAP_AUDIENCE, ISSUER};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -156,17 +155,26 @@ pub async fn enroll(state: &AppState, req: EnrollRequest) -> Result<EnrollRespon
     result
 }
 
-async fn enroll_checked(state: &AppState, req: EnrollRequest) -> Result<EnrollResponse, ApiError> {
-    let now = state.clock.now();
-    let claims: BootstrapClaims = state
+/// The claims of a bootstrap token whose signature, audience and expiry check out at `now`.
+fn verify_bootstrap(
+    state: &AppState,
+    token: &str,
+    now: OffsetDateTime,
+) -> Result<BootstrapClaims, ApiError> {
+    state
         .bootstrap_key
         .verify(
-            &req.token,
+            token,
             BOOTSTRAP_AUDIENCE,
             now.unix_timestamp(),
             state.settings.clock_skew_secs,
         )
-        .map_err(|e| token_problem(&e, "bootstrap"))?;
+        .map_err(|e| token_problem(&e, "bootstrap"))
+}
+
+async fn enroll_checked(state: &AppState, req: EnrollRequest) -> Result<EnrollResponse, ApiError> {
+    let now = state.clock.now();
+    let claims = verify_bootstrap(state, &req.token, now)?;
     let zone = Zone::parse(&claims.zone).map_err(|e| ApiError::internal(&e))?;
 
     let device_id = DeviceId::random(&state.rng).map_err(|_| ApiError::internal(&"rng failure"))?;
@@ -211,21 +219,14 @@ async fn enroll_checked(state: &AppState, req: EnrollRequest) -> Result<EnrollRe
         device_class: claims.device_class.clone(),
         labels: claims.labels.clone(),
     };
-    let key_agreement = certify_key_agreement(
+    let (cert, key_agreement_certificate_pem) = certificate_record(
         state,
         &device_id,
         &zone,
-        &issued,
+        (&serial, &issued),
         req.key_agreement_csr_pem.as_deref(),
         &req.advertise,
     )?;
-    let key_agreement_certificate_pem = key_agreement.as_ref().map(|k| k.certificate_pem.clone());
-    let cert = NewCertificate {
-        serial: serial.to_hex(),
-        not_before: issued.not_before.unix_timestamp(),
-        not_after: issued.not_after.unix_timestamp(),
-        key_agreement,
-    };
     let refusal = match (&req.tpm, &secret) {
         (Some(proof), Some(secret)) => state
             .registry
@@ -331,15 +332,7 @@ pub(crate) async fn start_tpm(
     req: TpmEnrollStart,
 ) -> Result<TpmChallenge, ApiError> {
     let now = state.clock.now();
-    let claims: BootstrapClaims = state
-        .bootstrap_key
-        .verify(
-            &req.token,
-            BOOTSTRAP_AUDIENCE,
-            now.unix_timestamp(),
-            state.settings.clock_skew_secs,
-        )
-        .map_err(|e| token_problem(&e, "bootstrap"))?;
+    let claims = verify_bootstrap(state, &req.token, now)?;
     match state.registry.token_unused(&claims.jti).await? {
         Some(true) => {}
         Some(false) => {

@@ -9,7 +9,7 @@ use crate::pki::profile::{
     issue_device_certificate, issue_key_agreement_certificate, DeviceCertificateSpec,
     IssuedCertificate,
 };
-use crate::store::NewKeyAgreement;
+use crate::store::{NewCertificate, NewKeyAgreement};
 use rcgen::PublicKeyData;
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
@@ -65,7 +65,7 @@ fn spec<'a>(
 /// CSR of an EC P-256 key that is not the device key) and the delivery endpoints published
 /// with it. Without a CSR nothing is issued, and endpoints are refused: they are published
 /// only with a key to encrypt to.
-pub(crate) fn certify_key_agreement(
+fn certify_key_agreement(
     state: &AppState,
     device_id: &DeviceId,
     zone: &Zone,
@@ -110,6 +110,35 @@ pub(crate) fn certify_key_agreement(
         device_certificate_pem: device.pem.clone(),
         endpoints: advertise.to_vec(),
     }))
+}
+
+/// What the registry records of a device certificate just issued (`serial`, `issued`), with
+/// the key-agreement certificate the request asked for (see [`certify_key_agreement`]); and
+/// that certificate's PEM for the answer.
+pub(crate) fn certificate_record(
+    state: &AppState,
+    device_id: &DeviceId,
+    zone: &Zone,
+    (serial, issued): (&Serial, &IssuedCertificate),
+    key_agreement_csr_pem: Option<&str>,
+    advertise: &[String],
+) -> Result<(NewCertificate, Option<String>), ApiError> {
+    let key_agreement = certify_key_agreement(
+        state,
+        device_id,
+        zone,
+        issued,
+        key_agreement_csr_pem,
+        advertise,
+    )?;
+    let pem = key_agreement.as_ref().map(|k| k.certificate_pem.clone());
+    let cert = NewCertificate {
+        serial: serial.to_hex(),
+        not_before: issued.not_before.unix_timestamp(),
+        not_after: issued.not_after.unix_timestamp(),
+        key_agreement,
+    };
+    Ok((cert, pem))
 }
 
 /// Checks the key source and signs the device certificate (about 80 µs of CPU; measured

@@ -5,12 +5,12 @@
 //! is spent) and again, all of them, inside the transaction that records the new certificate
 //! (`Registry::renew`), so a device whose standing changes in between gets nothing.
 
-use super::issue::{certify, certify_key_agreement, rfc3339, KeySource};
+use super::issue::{certificate_record, certify, rfc3339, KeySource};
 use crate::api::auth::DeviceCaller;
 use crate::api::problem::ApiError;
 use crate::api::AppState;
 use crate::ids::{DeviceId, Serial, Zone};
-use crate::store::{AttestationState, DeviceStatus, NewCertificate, RenewRefusal};
+use crate::store::{AttestationState, DeviceStatus, RenewRefusal};
 use std::future::Future;
 use vouch_proto::enroll::{EnrollResponse, RenewRequest};
 use vouch_proto::ProblemCode;
@@ -73,21 +73,14 @@ pub async fn renew(
         KeySource::Csr(req.csr_pem),
     )?;
     between.await;
-    let key_agreement = certify_key_agreement(
+    let (cert, key_agreement_certificate_pem) = certificate_record(
         state,
         &device_id,
         &zone,
-        &issued,
+        (&serial, &issued),
         req.key_agreement_csr_pem.as_deref(),
         &req.advertise,
     )?;
-    let key_agreement_certificate_pem = key_agreement.as_ref().map(|k| k.certificate_pem.clone());
-    let cert = NewCertificate {
-        serial: serial.to_hex(),
-        not_before: issued.not_before.unix_timestamp(),
-        not_after: issued.not_after.unix_timestamp(),
-        key_agreement,
-    };
     state
         .registry
         .renew(&old_serial, &cert, now.unix_timestamp())
