@@ -227,6 +227,18 @@ impl HttpApi {
         answer(self.pinned()?.anonymous.get(url(&self.server, "/v1/crl"))).await
     }
 
+    /// `GET /v1/policy/bundle` (mTLS): the signed policy bundle (a JWS), unverified (the
+    /// caller checks it against the pinned root).
+    pub async fn policy_bundle(&self, identity: &ClientIdentity) -> Result<String, ApiError> {
+        let bytes = answer(
+            self.mtls(identity)?
+                .get(url(&self.server, "/v1/policy/bundle")),
+        )
+        .await?;
+        String::from_utf8(bytes)
+            .map_err(|_| ApiError::Protocol("/v1/policy/bundle: not UTF-8".into()))
+    }
+
     /// `GET /v1/peers/{device_id}` (mTLS): what the server says of a peer. The answer is
     /// checked by the caller (`messaging::peers::verify_peer_record`) before it is used.
     pub async fn peer(

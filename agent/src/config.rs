@@ -34,7 +34,7 @@ pub struct Cli {
 pub enum Command {
     /// Enroll (first start) and keep the identity alive: renew at about half the
     /// certificate's lifetime, attest on schedule with a TPM, retry through outages.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the device's identity, certificate expiry and last attestation.
     Status(StatusArgs),
 }
@@ -80,6 +80,24 @@ pub struct RunArgs {
     /// broker); repeatable, at most 4.
     #[arg(long, value_name = "URL")]
     pub advertise: Vec<String>,
+    /// Take direct deliveries from peers on this address (mutual TLS with device
+    /// certificates), e.g. `0.0.0.0:7443`; advertise it with `--advertise https://HOST:PORT`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The workload API's Unix socket (mode 0660) [default: <state-dir>/agent.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Also serve the workload API on this loopback port; every request needs the header
+    /// `X-Vouch-Workload: 1` (against browsers and server-side request forgery).
+    #[arg(long, value_name = "PORT")]
+    pub workload_port: Option<u16>,
+    /// Send and take messages through this MQTT broker (`mqtt://HOST:PORT`); advertise it
+    /// with `--advertise mqtt://HOST:PORT`.
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
+    /// Time between fetches of the CRL and the signed policy bundle [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub refresh: Option<String>,
     /// TOML file with any of these settings (keys named as the flags); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -127,6 +145,17 @@ pub struct ConfigFile {
     pub once: Option<bool>,
     /// `advertise`: a list of URLs.
     pub advertise: Option<Vec<String>>,
+    /// `listen`.
+    pub listen: Option<String>,
+    /// `socket`.
+    pub socket: Option<PathBuf>,
+    /// `workload-port`.
+    #[serde(alias = "workload_port")]
+    pub workload_port: Option<u16>,
+    /// `mqtt`.
+    pub mqtt: Option<String>,
+    /// `refresh`.
+    pub refresh: Option<String>,
 }
 
 impl ConfigFile {
@@ -206,6 +235,32 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
     if let Err(e) = vouch_proto::peer::check_endpoints(&advertise) {
         errors.push(format!("`advertise`: {e}"));
     }
+    let listen = args.listen.or(file.listen).and_then(|a| {
+        a.parse::<std::net::SocketAddr>()
+            .map_err(|_| {
+                errors.push(format!(
+                    "`listen` is not an address (HOST:PORT with an IP), got `{a}`"
+                ))
+            })
+            .ok()
+    });
+    let mqtt = args.mqtt.or(file.mqtt);
+    if let Some(url) = &mqtt {
+        if let Err(e) = crate::messaging::mqtt::broker_address(url) {
+            errors.push(format!("`mqtt`: {e}"));
+        }
+    }
+    let refresh = args
+        .refresh
+        .or(file.refresh)
+        .map(|r| duration("refresh", &r, &mut errors));
+    let sidecar = crate::messaging::sidecar::SidecarSettings {
+        listen,
+        socket: args.socket.or(file.socket),
+        workload_port: args.workload_port.or(file.workload_port),
+        mqtt,
+        refresh,
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -222,6 +277,7 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
             max,
         },
         once,
+        sidecar,
     })
 }
 
@@ -300,9 +356,6 @@ mod tests {
             "2s",
         ])
         .unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Run(RunArgs { once: true, .. })
-        ));
+        assert!(matches!(cli.command, Command::Run(args) if args.once));
     }
 }

@@ -112,6 +112,8 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// Do one pass (enroll if needed, attest once, renew if due) and return.
     pub once: bool,
+    /// The sidecar's messaging settings.
+    pub sidecar: crate::messaging::sidecar::SidecarSettings,
 }
 
 impl std::fmt::Debug for Settings {
@@ -129,6 +131,7 @@ impl std::fmt::Debug for Settings {
             .field("advertise", &self.advertise)
             .field("retry", &self.retry)
             .field("once", &self.once)
+            .field("sidecar", &self.sidecar)
             .finish()
     }
 }
@@ -225,13 +228,22 @@ pub async fn with_tpm<T: Send + 'static>(
     Ok(task.await.map_err(|e| AgentError::Task(e.to_string()))??)
 }
 
-/// Starts the agent for real, over HTTPS: see [`Agent::start`].
+/// Starts the agent for real, over HTTPS: see [`Agent::start`]; beside it (unless
+/// `--once`) the sidecar ([`crate::messaging::sidecar`]), once the device has an identity.
 pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let state = StateDir::open(&settings.state_dir)?;
     let api = HttpApi::new(&settings.server);
     let clock: Arc<dyn Clock> = Arc::new(crate::schedule::SystemClock);
     let rng: Arc<dyn Random> = Arc::new(crate::schedule::SystemRandom::default());
-    Agent::new(api, state, settings, clock, rng).start().await
+    let agent = Agent::new(api, state.clone(), settings.clone(), clock, rng);
+    if settings.once {
+        return agent.start().await;
+    }
+    let identities = agent.identities();
+    tokio::select! {
+        r = agent.start() => r,
+        r = crate::messaging::sidecar::run(&settings, state, identities) => r,
+    }
 }
 
 /// Retries transient failures with backoff: forever, or a few times in `--once` mode.
@@ -283,6 +295,8 @@ pub struct Agent<A> {
     pub(crate) settings: Settings,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rng: Arc<dyn Random>,
+    /// The identity in use, published at start and at every renewal (for the sidecar).
+    published: tokio::sync::watch::Sender<Option<Enrolled>>,
 }
 
 impl<A: Api> Agent<A> {
@@ -300,7 +314,14 @@ impl<A: Api> Agent<A> {
             settings,
             clock,
             rng,
+            published: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// The identity in use: none before enrollment, then the current one after each
+    /// renewal.
+    pub fn identities(&self) -> tokio::sync::watch::Receiver<Option<Enrolled>> {
+        self.published.subscribe()
     }
 
     /// Loads the state directory, or pins the CA from the join token and enrolls; then
@@ -337,6 +358,7 @@ impl<A: Api> Agent<A> {
 
     /// Keeps `enrolled` alive. Returns in `--once` mode after one pass, or on a fatal error.
     pub async fn maintain(&self, enrolled: Enrolled) -> Result<(), AgentError> {
+        self.published.send_replace(Some(enrolled.clone()));
         if self.settings.once {
             self.once(enrolled).await
         } else {
@@ -393,6 +415,7 @@ impl<A: Api> Agent<A> {
                 match self.renew(&enrolled).await {
                     Ok(renewed) => {
                         enrolled = renewed;
+                        self.published.send_replace(Some(enrolled.clone()));
                         renew_backoff.reset();
                         renew_at = self.renewal_of(&enrolled);
                     }

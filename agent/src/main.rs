@@ -53,7 +53,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
-            let settings = match settings(args) {
+            let settings = match settings(*args) {
                 Ok(s) => s,
                 Err(errors) => {
                     for e in &errors {

@@ -17,9 +17,10 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -30,6 +31,8 @@ pub const CONTENT_TYPE: &str = "application/cose";
 
 /// How long a TLS handshake or a request's headers may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most delivery connections held at once; further peers wait in the listen backlog.
+pub const MAX_DELIVERY_CONNECTIONS: usize = 1024;
 
 /// Why TLS for delivery cannot be set up, or a delivery failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,14 +60,23 @@ pub enum DeliveryError {
 
 /// What a receiving sidecar answers for a delivered message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Receipt {
     /// The message id (`cti`, hex) of the message accepted.
     pub message_id: String,
+    /// The receiver's signed receipt (`super::receipt`), base64.
+    pub receipt: String,
 }
 
-/// Hands a delivered envelope to the receiver's checks; `Ok(message id)` or the refusal's
-/// reason and description.
-pub type Inbound = Arc<dyn Fn(&[u8]) -> Result<String, (&'static str, String)> + Send + Sync>;
+/// The refusal of a delivered envelope: a stable reason and a description.
+pub type Refused = (&'static str, String);
+
+/// What the receiver's checks answer for a delivered envelope.
+pub type InboundFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Receipt, Refused>> + Send>>;
+
+/// Hands a delivered envelope to the receiver's checks.
+pub type Inbound = Arc<dyn Fn(Bytes) -> InboundFuture + Send + Sync>;
 
 fn chain_and_key(
     cert_pem: &str,
@@ -85,6 +97,42 @@ fn chain_and_key(
     Ok((certs, key))
 }
 
+/// This device's certificate (and chain) as the delivery listener presents it, replaced at
+/// every renewal without restarting the listener.
+#[derive(Debug)]
+pub struct CurrentCertificate(RwLock<Arc<CertifiedKey>>);
+
+impl CurrentCertificate {
+    fn certified(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, DeliveryError> {
+        let (chain, key) = chain_and_key(cert_pem, key_pem)?;
+        let key = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| DeliveryError::Credentials(e.to_string()))?;
+        Ok(Arc::new(CertifiedKey::new(chain, key)))
+    }
+
+    /// The certificate chain `cert_pem` with its key `key_pem`.
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<Arc<Self>, DeliveryError> {
+        Ok(Arc::new(Self(RwLock::new(Self::certified(
+            cert_pem, key_pem,
+        )?))))
+    }
+
+    /// Presents `cert_pem` with `key_pem` from the next handshake on.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), DeliveryError> {
+        let certified = Self::certified(cert_pem, key_pem)?;
+        if let Ok(mut current) = self.0.write() {
+            *current = certified;
+        }
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.read().ok().map(|c| Arc::clone(&c))
+    }
+}
+
 /// The receiving side's TLS: this device's certificate (and chain), client certificates
 /// required and chained to `root` (DER).
 pub fn server_config(
@@ -92,9 +140,16 @@ pub fn server_config(
     key_pem: &str,
     root: &[u8],
 ) -> Result<Arc<ServerConfig>, DeliveryError> {
+    server_config_with(CurrentCertificate::new(cert_pem, key_pem)?, root)
+}
+
+/// [`server_config`] presenting `current`, which may be replaced later.
+pub fn server_config_with(
+    current: Arc<CurrentCertificate>,
+    root: &[u8],
+) -> Result<Arc<ServerConfig>, DeliveryError> {
     let tls = |e: &dyn std::fmt::Display| DeliveryError::Tls(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let (chain, key) = chain_and_key(cert_pem, key_pem)?;
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from(root.to_vec()))
@@ -106,8 +161,7 @@ pub fn server_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| tls(&e))?;
+        .with_cert_resolver(current);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -291,8 +345,8 @@ async fn deliver_handler(
             format!("a delivery is `{CONTENT_TYPE}`"),
         );
     }
-    match inbound(&body) {
-        Ok(message_id) => (StatusCode::OK, Json(Receipt { message_id })).into_response(),
+    match inbound(body).await {
+        Ok(receipt) => (StatusCode::OK, Json(receipt)).into_response(),
         Err((reason, detail)) => {
             problem(ProblemCode::MessageRefused, format!("{reason}: {detail}"))
         }
@@ -313,8 +367,17 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(max_len))
         .with_state(inbound);
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_DELIVERY_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        // A free slot first, then accept: at the cap, connections wait in the backlog.
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -328,6 +391,7 @@ pub async fn serve(
         };
         let (acceptor, router) = (acceptor.clone(), router.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {
                 tracing::debug!(%peer, "delivery handshake failed");

@@ -6,11 +6,15 @@
 //! The envelope itself is `vouch_envelope`'s.
 
 pub mod deliver;
+pub mod mqtt;
 pub mod node;
 pub mod peers;
+pub mod policy;
+pub mod receipt;
 pub mod receive;
 pub mod replay;
 pub mod revocation;
 pub mod send;
+pub mod sidecar;
 pub mod trust;
 pub mod workload;

@@ -1,9 +1,14 @@
-//! One device's messaging, put together: sending (peer directory, seal, deliver over mutual
-//! TLS) and receiving (the receiver's checks, then a bounded inbox the workload reads). The
-//! ingress policy is a required argument: there is no default that lets everything in.
+//! One device's messaging, put together: sending (peer directory, egress policy, seal,
+//! deliver directly over mutual TLS or through an MQTT broker) and receiving (the receiver's
+//! checks with ingress policy, then a bounded inbox the workload reads, and a signed receipt
+//! for the sender). Policy is a required argument: there is no default that lets everything
+//! through, and without a verified policy bundle every message is refused.
 
-use super::deliver::{self, DeliveryError, Receipt};
+use super::deliver::{self, DeliveryError, Inbound, Receipt, Refused};
+use super::mqtt::Broker;
 use super::peers::{verify_peer_record, Peer, PeerCache};
+use super::policy::{Decider, Party, RateLimits, Verdict};
+use super::receipt::{self, ReceiptError};
 use super::receive::{Delivered, Limits, Receiver};
 use super::replay::ReplayGuard;
 use super::revocation::RevocationList;
@@ -11,18 +16,60 @@ use super::send::{Credentials, Outbox, SendError};
 use super::trust::{TrustAnchors, VerifiedDevice};
 use crate::client::{ApiError, HttpApi};
 use crate::lifecycle::ClientIdentity;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use vouch_envelope::{certificate_sha256, KeyAgreementKey, SharedSecretCache};
+use vouch_envelope::{certificate_sha256, Envelope, KeyAgreementKey, SharedSecretCache};
+use vouch_policy::model::MessageContext;
 
 /// Most messages waiting for the workload; beyond it new ones are refused (back-pressure on
 /// senders), never dropped silently.
 pub const MAX_INBOX: usize = 10_000;
+/// How long the peer directory's facts about a device (zone, status, trust) are used before
+/// they are asked again, seconds: a quarantined or revoked device is refused within this.
+pub const FACTS_TTL_SECS: i64 = 30;
+/// How long facts are still used while the directory cannot be reached, seconds.
+pub const MAX_FACTS_AGE_SECS: i64 = 15 * 60;
 
-/// Decides whether `sender` may send `data_type` to this device.
-pub type IngressPolicy = Box<dyn Fn(&VerifiedDevice, &str) -> Result<(), String> + Send + Sync>;
+/// How a message travels, as policy sees it (`context.protocol`, `tls`, `mtls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transport {
+    /// `https`, `mqtt`, or what a workload says it carries an envelope over.
+    pub protocol: String,
+    /// Whether the hop is TLS.
+    pub tls: bool,
+    /// Whether the hop is mutual TLS with device certificates.
+    pub mtls: bool,
+}
+
+impl Transport {
+    /// Direct delivery: HTTPS with device certificates on both sides.
+    pub fn direct() -> Self {
+        Self {
+            protocol: "https".into(),
+            tls: true,
+            mtls: true,
+        }
+    }
+
+    /// Through an MQTT broker over plain TCP.
+    pub fn mqtt() -> Self {
+        Self::carried("mqtt")
+    }
+
+    /// Carried by the workload itself over `protocol`: the sidecar vouches for no channel.
+    pub fn carried(protocol: &str) -> Self {
+        Self {
+            protocol: protocol.to_owned(),
+            tls: false,
+            mtls: false,
+        }
+    }
+}
 
 /// Why a message was not sent.
 #[derive(Debug, thiserror::Error)]
@@ -33,28 +80,114 @@ pub enum MessagingError {
     /// The directory's answer did not check out.
     #[error("the peer's certificates are not trusted: {0}")]
     UntrustedPeer(String),
-    /// The peer advertises no `https://` endpoint.
-    #[error("the peer advertises no direct delivery endpoint")]
-    NoEndpoint,
+    /// The peer takes no deliveries the way asked (or at all).
+    #[error("{0}")]
+    NoEndpoint(String),
+    /// Policy refused it at the sender.
+    #[error("{}", .0.describe())]
+    PolicyDenied(Verdict),
+    /// A `@rate_limit` of the allowing policy is used up for this peer.
+    #[error("rate limit of policy `{policy}` reached; retry in {:.1}s", retry_after.as_secs_f64())]
+    RateLimited {
+        /// When a token is back.
+        retry_after: Duration,
+        /// The policy.
+        policy: String,
+    },
     /// Sealing failed.
     #[error(transparent)]
     Seal(#[from] SendError),
     /// Delivery failed or was refused.
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
+    /// The peer's receipt does not check out.
+    #[error("the peer's receipt: {0}")]
+    BadReceipt(ReceiptError),
+    /// The broker did not take the message.
+    #[error("the MQTT broker: {0}")]
+    Broker(String),
+}
+
+/// A message that left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// Its id (`cti`, hex).
+    pub message_id: String,
+    /// How it left: `https` (delivered, with a receipt) or `mqtt` (published to the broker).
+    pub via: &'static str,
+    /// The peer's signed receipt (COSE), checked; only for direct delivery.
+    pub receipt: Option<Vec<u8>>,
+    /// The policies that allowed it.
+    pub policies: Vec<String>,
+}
+
+/// A message accepted here: its id and the receipt signed for the sender.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The message id (hex).
+    pub message_id: String,
+    /// The signed receipt.
+    pub receipt: Vec<u8>,
+}
+
+/// This device's own credentials, replaced as a whole at every renewal.
+struct Own {
+    identity: ClientIdentity,
+    spiffe_id: String,
+    device_id: String,
+    outbox: Outbox,
+    my_key: KeyAgreementKey,
+    signer: EcdsaKeyPair,
+}
+
+impl Own {
+    fn new(anchors: &TrustAnchors, credentials: &Credentials<'_>) -> Result<Self, SendError> {
+        let bad = |e: &dyn std::fmt::Display| SendError::Credentials(e.to_string());
+        let private = |pem_text: &str| {
+            pem::parse_many(pem_text)
+                .ok()
+                .and_then(|b| b.into_iter().find(|p| p.tag() == "PRIVATE KEY"))
+                .map(pem::Pem::into_contents)
+        };
+        let ka_der = private(credentials.ka_key_pem)
+            .ok_or_else(|| SendError::Credentials("no key-agreement key".into()))?;
+        let key_der = private(credentials.key_pem)
+            .ok_or_else(|| SendError::Credentials("no device key".into()))?;
+        let rng = ring::rand::SystemRandom::new();
+        let signer = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key_der, &rng)
+            .map_err(|e| bad(&e))?;
+        let cert_der = crate::credentials::certificates(credentials.cert_pem)
+            .into_iter()
+            .next()
+            .ok_or_else(|| SendError::Credentials("no device certificate".into()))?;
+        let me = anchors
+            .verify_device(&cert_der, now())
+            .map_err(|e| bad(&e))?;
+        if me.spiffe_id != credentials.spiffe_id {
+            return Err(SendError::Credentials(
+                "the device certificate names another SPIFFE ID".into(),
+            ));
+        }
+        Ok(Self {
+            identity: ClientIdentity {
+                cert_pem: credentials.cert_pem.to_owned(),
+                key_pem: credentials.key_pem.to_owned(),
+            },
+            spiffe_id: me.spiffe_id,
+            device_id: me.device_id,
+            outbox: Outbox::new(credentials)?,
+            my_key: KeyAgreementKey::from_pkcs8_der(&ka_der)?,
+            signer,
+        })
+    }
 }
 
 /// This device's messaging.
 pub struct Messenger {
     api: HttpApi,
-    identity: ClientIdentity,
     anchors: TrustAnchors,
-    cert_pem: String,
-    key_pem: String,
-    spiffe_id: String,
-    outbox: Outbox,
+    own: RwLock<Arc<Own>>,
     peers: PeerCache,
-    my_key: KeyAgreementKey,
     cache: SharedSecretCache,
     crl: RwLock<Option<RevocationList>>,
     replay: Mutex<ReplayGuard>,
@@ -64,7 +197,10 @@ pub struct Messenger {
     /// Delivery clients by peer SPIFFE ID: one TLS set-up and one kept connection per peer,
     /// not per message.
     clients: Mutex<HashMap<String, reqwest::Client>>,
-    policy: IngressPolicy,
+    decider: Arc<dyn Decider>,
+    rates: RateLimits,
+    started: Instant,
+    broker: OnceLock<Broker>,
     limits: Limits,
 }
 
@@ -75,33 +211,20 @@ fn now() -> i64 {
 impl Messenger {
     /// Messaging for the device with `credentials` (its device certificate PEM followed by
     /// the issuing CA, as presented over mTLS), talking to the server through `api` (its
-    /// root pinned), with `replay` windows and the ingress `policy`.
+    /// root pinned), with `replay` windows, deciding with `decider` at both ends.
     pub fn new(
         api: HttpApi,
         anchors: TrustAnchors,
         credentials: &Credentials<'_>,
         replay: ReplayGuard,
-        policy: IngressPolicy,
+        decider: Arc<dyn Decider>,
     ) -> Result<Self, SendError> {
-        let ka_der = pem::parse_many(credentials.ka_key_pem)
-            .ok()
-            .and_then(|b| b.into_iter().find(|p| p.tag() == "PRIVATE KEY"))
-            .map(pem::Pem::into_contents)
-            .ok_or_else(|| SendError::Credentials("no key-agreement key".into()))?;
-        let my_key = KeyAgreementKey::from_pkcs8_der(&ka_der)?;
+        let own = Own::new(&anchors, credentials)?;
         Ok(Self {
             api,
-            identity: ClientIdentity {
-                cert_pem: credentials.cert_pem.to_owned(),
-                key_pem: credentials.key_pem.to_owned(),
-            },
             anchors,
-            cert_pem: credentials.cert_pem.to_owned(),
-            key_pem: credentials.key_pem.to_owned(),
-            spiffe_id: credentials.spiffe_id.to_owned(),
-            outbox: Outbox::new(credentials)?,
+            own: RwLock::new(Arc::new(own)),
             peers: PeerCache::default(),
-            my_key,
             cache: SharedSecretCache::new(1024),
             crl: RwLock::new(None),
             replay: Mutex::new(replay),
@@ -109,74 +232,259 @@ impl Messenger {
             inbox: Mutex::new(VecDeque::new()),
             arrived: Notify::new(),
             clients: Mutex::new(HashMap::new()),
-            policy,
+            decider,
+            rates: RateLimits::default(),
+            started: Instant::now(),
+            broker: OnceLock::new(),
             limits: Limits::default(),
         })
+    }
+
+    /// Uses renewed `credentials` from now on (same device; new keys and certificates).
+    pub fn renewed(&self, credentials: &Credentials<'_>) -> Result<(), SendError> {
+        let own = Own::new(&self.anchors, credentials)?;
+        if let Ok(mut current) = self.own.write() {
+            *current = Arc::new(own);
+        }
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.clear();
+        }
+        Ok(())
+    }
+
+    /// Publishes through `broker` from now on (set once).
+    pub fn set_broker(&self, broker: Broker) {
+        let _ = self.broker.set(broker);
+    }
+
+    fn own(&self) -> Arc<Own> {
+        match self.own.read() {
+            Ok(own) => own.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Fetches the current CRL and uses it if its signature checks out.
     pub async fn refresh_crl(&self) -> Result<u64, String> {
         let der = self.api.crl().await.map_err(|e| e.to_string())?;
-        let issuing = self.anchors_issuing_ca()?;
+        let issuing = crate::credentials::certificates(&self.own().identity.cert_pem)
+            .into_iter()
+            .nth(1)
+            .ok_or("the device certificate file has no issuing CA")?;
         let crl = RevocationList::from_der(&der, &issuing).map_err(|e| e.to_string())?;
         let number = crl.number();
         if let Ok(mut current) = self.crl.write() {
-            *current = Some(crl);
+            if current.as_ref().is_none_or(|c| c.number() <= number) {
+                *current = Some(crl);
+            }
         }
         Ok(number)
     }
 
-    fn anchors_issuing_ca(&self) -> Result<Vec<u8>, String> {
-        crate::credentials::certificates(&self.cert_pem)
-            .into_iter()
-            .nth(1)
-            .ok_or_else(|| "the device certificate file has no issuing CA".into())
-    }
-
-    /// The checked peer `device_id`, from the cache or the directory.
+    /// The checked peer `device_id` with fresh facts: from the cache when asked within
+    /// [`FACTS_TTL_SECS`], else from the directory (falling back to a cached answer up to
+    /// [`MAX_FACTS_AGE_SECS`] old while the directory cannot be reached).
     async fn peer(&self, device_id: &str) -> Result<Peer, MessagingError> {
-        if let Some(peer) = self.peers.get(device_id, now()) {
-            return Ok(peer);
+        let at = now();
+        let cached = self.peers.get(device_id, at);
+        if let Some(peer) = cached
+            .as_ref()
+            .filter(|p| at - p.fetched_at < FACTS_TTL_SECS)
+        {
+            return Ok(peer.clone());
         }
-        let record = self
-            .api
-            .peer(&self.identity, device_id)
-            .await
-            .map_err(MessagingError::Directory)?;
-        let peer = verify_peer_record(&self.anchors, &record, device_id, now())
+        let record = match self.api.peer(&self.own().identity, device_id).await {
+            Ok(record) => record,
+            Err(e) if e.is_transient() => {
+                return cached
+                    .filter(|p| at - p.fetched_at < MAX_FACTS_AGE_SECS)
+                    .inspect(|_| {
+                        tracing::warn!(error = %e, device_id, "peer directory unreachable; using its last answer");
+                    })
+                    .ok_or(MessagingError::Directory(e));
+            }
+            Err(e) => {
+                self.peers.forget(device_id);
+                return Err(MessagingError::Directory(e));
+            }
+        };
+        let peer = verify_peer_record(&self.anchors, &record, device_id, at)
             .map_err(|e| MessagingError::UntrustedPeer(e.to_string()))?;
         self.peers.insert(peer.clone());
         Ok(peer)
     }
 
-    /// Seals `payload` of `data_type` to device `to` and delivers it directly.
+    /// Decides whether this device may send `data_type` (`size` bytes) to `peer` over
+    /// `transport`, and takes a token from any `@rate_limit` of the allowing policies.
+    async fn egress(
+        &self,
+        own: &Own,
+        peer: &Peer,
+        data_type: &str,
+        size: usize,
+        transport: &Transport,
+    ) -> Result<Vec<String>, MessagingError> {
+        let me = self.peer(&own.device_id).await?;
+        let context = MessageContext {
+            data_type: data_type.to_owned(),
+            protocol: transport.protocol.clone(),
+            tls: transport.tls,
+            mtls: transport.mtls,
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+        };
+        let to = &peer.device.device_id;
+        let verdict = self.decider.decide(
+            Party {
+                device_id: &own.device_id,
+                facts: &me.facts,
+            },
+            Party {
+                device_id: to,
+                facts: &peer.facts,
+            },
+            &context,
+        );
+        tracing::info!(to = %to, data_type, protocol = %transport.protocol, allowed = verdict.allowed,
+            policies = ?verdict.policies, version = %verdict.version, "egress decision");
+        if !verdict.allowed {
+            return Err(MessagingError::PolicyDenied(verdict));
+        }
+        self.rates
+            .take(
+                &verdict.annotations,
+                to,
+                self.started.elapsed().as_secs_f64(),
+            )
+            .map_err(|(retry_after, policy)| MessagingError::RateLimited {
+                retry_after,
+                policy,
+            })?;
+        Ok(verdict.policies)
+    }
+
+    /// Seals `payload` to `peer` (after [`Self::egress`]); the envelope and its `cti`.
+    fn seal_to(
+        own: &Own,
+        peer: &Peer,
+        data_type: &str,
+        payload: &[u8],
+    ) -> Result<(Vec<u8>, [u8; 16]), MessagingError> {
+        let at = u64::try_from(now()).unwrap_or(0);
+        // The receiver may not know this device yet: the certificates ride along.
+        let envelope = own.outbox.seal(peer, data_type, payload, at, true)?;
+        let cti = Envelope::parse(&envelope, usize::MAX)
+            .map(|p| *p.header().claims().cti())
+            .map_err(SendError::Envelope)?;
+        Ok((envelope, cti))
+    }
+
+    /// Seals `payload` of `data_type` to device `to` for a workload that carries it over
+    /// `protocol` itself: policy decides first. The envelope, its message id and the
+    /// allowing policies.
+    pub async fn seal(
+        &self,
+        to: &str,
+        data_type: &str,
+        payload: &[u8],
+        protocol: &str,
+    ) -> Result<(Vec<u8>, String, Vec<String>), MessagingError> {
+        let own = self.own();
+        let peer = self.peer(to).await?;
+        let transport = Transport::carried(protocol);
+        let policies = self
+            .egress(&own, &peer, data_type, payload.len(), &transport)
+            .await?;
+        let (envelope, cti) = Self::seal_to(&own, &peer, data_type, payload)?;
+        Ok((envelope, hex::encode(cti), policies))
+    }
+
+    /// Seals `payload` of `data_type` to device `to` and sends it: directly (`https`) or
+    /// through the broker (`mqtt`), as `protocol` asks or, without it, directly when the
+    /// peer takes direct deliveries. Policy decides first, with the protocol in its context.
     pub async fn send(
         &self,
         to: &str,
         data_type: &str,
         payload: &[u8],
-    ) -> Result<Receipt, MessagingError> {
+        protocol: Option<&str>,
+    ) -> Result<Sent, MessagingError> {
+        let own = self.own();
         let peer = self.peer(to).await?;
-        let endpoint = peer
-            .endpoints
-            .iter()
-            .find(|e| e.starts_with("https://"))
-            .ok_or(MessagingError::NoEndpoint)?
-            .clone();
-        let envelope = self.outbox.seal(
-            &peer,
-            data_type,
-            payload,
-            u64::try_from(now()).unwrap_or(0),
-            true,
-        )?;
-        let client = self.client_for(&peer.device.spiffe_id)?;
-        Ok(deliver::deliver_with(&client, &endpoint, envelope).await?)
+        let https = peer.endpoints.iter().find(|e| e.starts_with("https://"));
+        let mqtt = peer.endpoints.iter().find(|e| e.starts_with("mqtt://"));
+        let (transport, endpoint) = match (protocol, https, mqtt) {
+            (Some("https") | None, Some(url), _) => (Transport::direct(), url.clone()),
+            (Some("mqtt") | None, _, Some(url)) => (Transport::mqtt(), url.clone()),
+            (Some(p @ ("https" | "mqtt")), _, _) => {
+                return Err(MessagingError::NoEndpoint(format!(
+                    "the peer takes no `{p}` deliveries"
+                )))
+            }
+            (Some(p), _, _) => {
+                return Err(MessagingError::NoEndpoint(format!(
+                    "`{}` is not a delivery protocol (`https` or `mqtt`)",
+                    p.chars().take(32).collect::<String>()
+                )))
+            }
+            (None, None, None) => {
+                return Err(MessagingError::NoEndpoint(
+                    "the peer advertises no delivery endpoint".into(),
+                ))
+            }
+        };
+        let policies = self
+            .egress(&own, &peer, data_type, payload.len(), &transport)
+            .await?;
+        let (envelope, cti) = Self::seal_to(&own, &peer, data_type, payload)?;
+        let message_id = hex::encode(cti);
+        if transport.protocol == "mqtt" {
+            let broker = self.broker.get().ok_or_else(|| {
+                MessagingError::NoEndpoint(
+                    "the peer takes deliveries through MQTT, and this agent has no --mqtt broker"
+                        .into(),
+                )
+            })?;
+            broker
+                .publish(&peer.device.device_id, envelope)
+                .await
+                .map_err(MessagingError::Broker)?;
+            tracing::debug!(%endpoint, %message_id, "published");
+            return Ok(Sent {
+                message_id,
+                via: "mqtt",
+                receipt: None,
+                policies,
+            });
+        }
+        let client = self.client_for(&own, &peer.device.spiffe_id)?;
+        let answer = deliver::deliver_with(&client, &endpoint, envelope).await?;
+        let receipt = B64.decode(&answer.receipt).map_err(|_| {
+            MessagingError::BadReceipt(ReceiptError::Malformed("not base64".into()))
+        })?;
+        receipt::verify(
+            &receipt,
+            &peer.device.spiffe_id,
+            &peer.device.public_key,
+            &own.spiffe_id,
+            &cti,
+        )
+        .map_err(MessagingError::BadReceipt)?;
+        if answer.message_id != message_id {
+            return Err(MessagingError::BadReceipt(ReceiptError::Mismatch(
+                "about another message",
+            )));
+        }
+        Ok(Sent {
+            message_id,
+            via: "https",
+            receipt: Some(receipt),
+            policies,
+        })
     }
 
     /// The delivery client for the peer `spiffe_id`, made once (bounded: when full, all are
     /// dropped and made again as needed).
-    fn client_for(&self, spiffe_id: &str) -> Result<reqwest::Client, DeliveryError> {
+    fn client_for(&self, own: &Own, spiffe_id: &str) -> Result<reqwest::Client, DeliveryError> {
         if let Some(client) = self
             .clients
             .lock()
@@ -185,7 +493,12 @@ impl Messenger {
         {
             return Ok(client);
         }
-        let tls = deliver::client_config(&self.cert_pem, &self.key_pem, &self.anchors, spiffe_id)?;
+        let tls = deliver::client_config(
+            &own.identity.cert_pem,
+            &own.identity.key_pem,
+            &self.anchors,
+            spiffe_id,
+        )?;
         let client = deliver::client(tls)?;
         if let Ok(mut clients) = self.clients.lock() {
             if clients.len() >= 1024 {
@@ -196,46 +509,148 @@ impl Messenger {
         Ok(client)
     }
 
-    /// Checks an incoming envelope and queues it for the workload; the message id, or the
-    /// refusal's reason and description.
-    pub fn accept(&self, bytes: &[u8]) -> Result<String, (&'static str, String)> {
-        let refused = |reason: &'static str, detail: &str| (reason, detail.to_owned());
+    /// Who an envelope claims to be from, if its certificate chains to this fleet: used only
+    /// to fetch the sender's facts before the checks (which verify everything again).
+    fn claimed_sender(&self, bytes: &[u8], at: i64) -> Option<VerifiedDevice> {
+        let parsed = Envelope::parse(bytes, self.limits.max_len).ok()?;
+        let x5t = *parsed.header().sender_certificate_sha256();
+        let der = match parsed.certificates().first() {
+            Some(der) => der.clone(),
+            None => self.known.lock().ok()?.get(&x5t).cloned()?,
+        };
+        self.anchors.verify_device(&der, at).ok()
+    }
+
+    /// Checks an incoming envelope that arrived by `transport` and queues it for the
+    /// workload; the message id and a receipt signed for the sender, or the refusal.
+    pub async fn accept(&self, bytes: &[u8], transport: &Transport) -> Result<Accepted, Refused> {
         if self.inbox.lock().map(|q| q.len()).unwrap_or(MAX_INBOX) >= MAX_INBOX {
-            return Err(refused(
+            return Err((
                 "inbox_full",
-                "the workload has not read its messages",
+                "the workload has not read its messages".into(),
             ));
         }
-        let crl = self
-            .crl
-            .read()
-            .map_err(|_| refused("lock_poisoned", "a lock was poisoned"))?;
-        let known = |hash: &[u8; 32]| self.known.lock().ok().and_then(|k| k.get(hash).cloned());
-        let receiver = Receiver {
-            anchors: &self.anchors,
-            crl: crl.as_ref(),
-            me: &self.spiffe_id,
-            my_key: &self.my_key,
-            cache: &self.cache,
-            known: &known,
-            limits: self.limits,
-        };
-        let mut replay = self
-            .replay
-            .lock()
-            .map_err(|_| refused("lock_poisoned", "a lock was poisoned"))?;
-        let delivered = receiver
-            .receive(bytes, now(), &mut replay, &*self.policy)
-            .map_err(|e| (e.reason(), e.to_string()))?;
-        drop(replay);
-        tracing::info!(from = %delivered.sender.device_id, data_type = %delivered.data_type,
-            message_id = %delivered.message_id, "message accepted");
-        let id = delivered.message_id.clone();
+        let (delivered, accepted) = self.open(bytes, transport).await?;
         if let Ok(mut inbox) = self.inbox.lock() {
             inbox.push_back(delivered);
         }
         self.arrived.notify_waiters();
-        Ok(id)
+        Ok(accepted)
+    }
+
+    /// Checks an incoming envelope that arrived by `transport` (every check, ingress policy
+    /// included, and the replay window advanced) and returns the message and a receipt
+    /// signed for the sender, or the refusal.
+    pub async fn open(
+        &self,
+        bytes: &[u8],
+        transport: &Transport,
+    ) -> Result<(Delivered, Accepted), Refused> {
+        let refused = |reason: &'static str, detail: &str| (reason, detail.to_owned());
+        let own = self.own();
+        let at = now();
+        // The facts policy needs, fetched before the (synchronous) checks.
+        let (sender_peer, me_peer) = match self.claimed_sender(bytes, at) {
+            Some(claimed) => (
+                self.peer(&claimed.device_id).await.ok(),
+                self.peer(&own.device_id).await.ok(),
+            ),
+            None => (None, None),
+        };
+        let policy = |sender: &VerifiedDevice, data_type: &str, size: usize| {
+            let (Some(from), Some(me)) = (&sender_peer, &me_peer) else {
+                return Err(
+                    "the peer directory gave no standing for the sender or this device: refused"
+                        .into(),
+                );
+            };
+            if from.device.device_id != sender.device_id {
+                return Err("the sender is not the device whose standing was fetched".into());
+            }
+            let context = MessageContext {
+                data_type: data_type.to_owned(),
+                protocol: transport.protocol.clone(),
+                tls: transport.tls,
+                mtls: transport.mtls,
+                size: i64::try_from(size).unwrap_or(i64::MAX),
+            };
+            let verdict = self.decider.decide(
+                Party {
+                    device_id: &sender.device_id,
+                    facts: &from.facts,
+                },
+                Party {
+                    device_id: &own.device_id,
+                    facts: &me.facts,
+                },
+                &context,
+            );
+            tracing::info!(from = %sender.device_id, data_type, protocol = %transport.protocol,
+                allowed = verdict.allowed, policies = ?verdict.policies, version = %verdict.version,
+                "ingress decision");
+            if verdict.allowed {
+                Ok(())
+            } else {
+                Err(verdict.describe())
+            }
+        };
+        let delivered = {
+            let crl = self
+                .crl
+                .read()
+                .map_err(|_| refused("lock_poisoned", "a lock was poisoned"))?;
+            let known = |hash: &[u8; 32]| self.known.lock().ok().and_then(|k| k.get(hash).cloned());
+            let receiver = Receiver {
+                anchors: &self.anchors,
+                crl: crl.as_ref(),
+                me: &own.spiffe_id,
+                my_key: &own.my_key,
+                cache: &self.cache,
+                known: &known,
+                limits: self.limits,
+            };
+            let mut replay = self
+                .replay
+                .lock()
+                .map_err(|_| refused("lock_poisoned", "a lock was poisoned"))?;
+            receiver.receive(bytes, at, &mut replay, &policy)
+        };
+        let delivered = delivered.map_err(|e| {
+            tracing::warn!(reason = e.reason(), error = %e, protocol = %transport.protocol, "message refused");
+            (e.reason(), e.to_string())
+        })?;
+        tracing::info!(from = %delivered.sender.device_id, data_type = %delivered.data_type,
+            message_id = %delivered.message_id, "message accepted");
+        let cti = hex::decode(&delivered.message_id).unwrap_or_default();
+        let receipt = receipt::sign(
+            &own.signer,
+            &own.spiffe_id,
+            &delivered.sender.spiffe_id,
+            &cti,
+            at,
+        )
+        .map_err(|e| refused("receipt", &e.to_string()))?;
+        let accepted = Accepted {
+            message_id: delivered.message_id.clone(),
+            receipt,
+        };
+        Ok((delivered, accepted))
+    }
+
+    /// The receiving side of direct delivery ([`deliver::serve`]): each envelope through
+    /// [`Self::accept`], answered with a receipt.
+    pub fn inbound(self: &Arc<Self>) -> Inbound {
+        let messenger = Arc::clone(self);
+        Arc::new(move |bytes| {
+            let messenger = Arc::clone(&messenger);
+            Box::pin(async move {
+                let accepted = messenger.accept(&bytes, &Transport::direct()).await?;
+                Ok(Receipt {
+                    message_id: accepted.message_id,
+                    receipt: B64.encode(accepted.receipt),
+                })
+            })
+        })
     }
 
     /// The messages that arrived, oldest first, waiting up to `wait` for one if none has.
@@ -257,8 +672,18 @@ impl Messenger {
     }
 
     /// This device's SPIFFE ID.
-    pub fn spiffe_id(&self) -> &str {
-        &self.spiffe_id
+    pub fn spiffe_id(&self) -> String {
+        self.own().spiffe_id.clone()
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> String {
+        self.own().device_id.clone()
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &str {
+        self.anchors.trust_domain()
     }
 
     /// Remembers a peer's certificate (DER) by its SHA-256, for envelopes sent without it

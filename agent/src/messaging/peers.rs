@@ -6,6 +6,7 @@
 use super::trust::{TrustAnchors, TrustError, VerifiedDevice, VerifiedKeyAgreement};
 use std::collections::HashMap;
 use std::sync::Mutex;
+use vouch_policy::model::DeviceFacts;
 use vouch_proto::peer::PeerRecord;
 
 /// Most peers cached; when full the cache is emptied (they are fetched again).
@@ -24,6 +25,10 @@ pub struct Peer {
     pub zone: String,
     /// Where it takes deliveries.
     pub endpoints: Vec<String>,
+    /// What policy sees of it (zone, trust, status), as the directory said.
+    pub facts: DeviceFacts,
+    /// When the directory said it, Unix seconds.
+    pub fetched_at: i64,
 }
 
 impl Peer {
@@ -59,6 +64,8 @@ pub fn verify_peer_record(
         key_agreement_der: ka_der,
         zone: record.zone.clone(),
         endpoints: record.endpoints.clone(),
+        facts: record.facts.clone(),
+        fetched_at: now,
     })
 }
 

@@ -137,14 +137,14 @@ impl Refusal {
 
 impl Receiver<'_> {
     /// Checks `bytes` at `now` (Unix seconds), asks `policy` whether the verified sender may
-    /// send this data type to me, and returns the plaintext; records the sequence number in
-    /// `replay` only when everything passed.
+    /// send this data type (and payload size, from the ciphertext) to me, and returns the
+    /// plaintext; records the sequence number in `replay` only when everything passed.
     pub fn receive(
         &self,
         bytes: &[u8],
         now: i64,
         replay: &mut ReplayGuard,
-        policy: &dyn Fn(&VerifiedDevice, &str) -> Result<(), String>,
+        policy: &dyn Fn(&VerifiedDevice, &str, usize) -> Result<(), String>,
     ) -> Result<Delivered, Refusal> {
         if bytes.len() > self.limits.max_len {
             return Err(Refusal::TooLarge(self.limits.max_len));
@@ -180,7 +180,14 @@ impl Receiver<'_> {
         let header = signed.header().clone();
         let (iss, session, seq) = (header.claims().iss(), header.session_id(), header.seq());
         replay.check(iss, session, seq).map_err(Refusal::Replayed)?;
-        policy(&sender, header.data_type()).map_err(Refusal::PolicyDenied)?;
+        // AES-GCM's ciphertext is the plaintext and a 16-byte tag.
+        let size = signed
+            .parsed()
+            .inner()
+            .ciphertext()
+            .len()
+            .saturating_sub(16);
+        policy(&sender, header.data_type(), size).map_err(Refusal::PolicyDenied)?;
 
         let key_id = *signed.parsed().sender_key_agreement_key_id();
         let ka_der = match signed.parsed().sender_key_agreement_certificate() {

@@ -8,6 +8,10 @@ use super::node::{MessagingError, Messenger};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
 
+use super::deliver::DeliveryError;
+use super::node::Transport;
+use super::receive::Delivered;
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,12 +26,71 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use vouch_proto::workload::{
-    ArrivedMessage, MessageList, SendRequest, SendResponse, MAX_PAYLOAD_BYTES,
+    ArrivedMessage, MessageList, OpenRequest, SealRequest, SealResponse, SendRequest, SendResponse,
+    MAX_PAYLOAD_BYTES,
 };
 use vouch_proto::ProblemCode;
 
 /// Longest long-poll, seconds.
 pub const MAX_WAIT_SECS: u64 = 60;
+
+/// The problem answer for a message that was not sent or sealed.
+fn not_sent(e: MessagingError) -> Response {
+    match e {
+        MessagingError::PolicyDenied(verdict) => {
+            problem(ProblemCode::PolicyDenied, verdict.describe())
+        }
+        MessagingError::RateLimited { retry_after, .. } => {
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0);
+            let mut response = problem(ProblemCode::RateLimited, e.to_string());
+            if let Ok(value) = HeaderValue::from_str(&format!("{seconds:.0}")) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
+        }
+        MessagingError::Delivery(DeliveryError::Refused { code, detail, .. }) => problem(
+            ProblemCode::MessageRefused,
+            format!("the peer refused it ({code}): {detail}"),
+        ),
+        MessagingError::Directory(ref api) if api.code().is_some() => {
+            problem(ProblemCode::PeerUnreachable, e.to_string())
+        }
+        e => problem(ProblemCode::PeerUnreachable, e.to_string()),
+    }
+}
+
+/// A bad request: its problem code and description.
+type Bad = (ProblemCode, &'static str);
+
+/// Decodes a base64 payload within the size limit and checks a data type.
+fn payload_and_type(payload: &str, data_type: &str) -> Result<Vec<u8>, Bad> {
+    if payload.len() > MAX_PAYLOAD_BYTES.div_ceil(3) * 4 {
+        return Err((ProblemCode::BodyTooLarge, "the payload is too large"));
+    }
+    let Ok(bytes) = B64.decode(payload) else {
+        return Err((ProblemCode::InvalidBody, "`payload` is not base64"));
+    };
+    if data_type.is_empty() || data_type.len() > 128 {
+        return Err((ProblemCode::InvalidBody, "a data type has 1 to 128 bytes"));
+    }
+    Ok(bytes)
+}
+
+/// Checks a protocol name a workload gives.
+fn protocol_name(protocol: &str) -> Result<(), Bad> {
+    let ok = (1..=32).contains(&protocol.len())
+        && protocol
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            ProblemCode::InvalidBody,
+            "a protocol is 1 to 32 lowercase letters, digits or `-`",
+        ))
+    }
+}
 
 async fn send(
     State(messenger): State<Arc<Messenger>>,
@@ -37,27 +100,95 @@ async fn send(
         Ok(body) => body,
         Err(e) => return problem(ProblemCode::InvalidBody, e.body_text()),
     };
-    if req.payload.len() > MAX_PAYLOAD_BYTES * 4 / 3 + 4 {
-        return problem(ProblemCode::BodyTooLarge, "the payload is too large");
-    }
-    let Ok(payload) = B64.decode(&req.payload) else {
-        return problem(ProblemCode::InvalidBody, "`payload` is not base64");
+    let payload = match payload_and_type(&req.payload, &req.data_type) {
+        Ok(p) => p,
+        Err((code, detail)) => return problem(code, detail),
     };
-    if req.data_type.is_empty() || req.data_type.len() > 128 {
-        return problem(ProblemCode::InvalidBody, "a data type has 1 to 128 bytes");
+    if let Some(p) = req.protocol.as_deref() {
+        if !matches!(p, "https" | "mqtt") {
+            return problem(ProblemCode::InvalidBody, "`protocol` is `https` or `mqtt`");
+        }
     }
-    match messenger.send(&req.to, &req.data_type, &payload).await {
-        Ok(receipt) => Json(SendResponse {
-            message_id: receipt.message_id,
+    match messenger
+        .send(&req.to, &req.data_type, &payload, req.protocol.as_deref())
+        .await
+    {
+        Ok(sent) => Json(SendResponse {
+            message_id: sent.message_id,
+            via: sent.via.to_owned(),
+            receipt: sent.receipt.map(|r| B64.encode(r)),
+            policies: sent.policies,
         })
         .into_response(),
-        Err(MessagingError::Delivery(super::deliver::DeliveryError::Refused {
-            detail, ..
-        })) => problem(ProblemCode::MessageRefused, detail),
-        Err(e @ MessagingError::Directory(_)) => {
-            problem(ProblemCode::PeerUnreachable, e.to_string())
+        Err(e) => not_sent(e),
+    }
+}
+
+async fn seal(
+    State(messenger): State<Arc<Messenger>>,
+    body: Result<Json<SealRequest>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(body) => body,
+        Err(e) => return problem(ProblemCode::InvalidBody, e.body_text()),
+    };
+    let payload = match payload_and_type(&req.payload, &req.data_type) {
+        Ok(p) => p,
+        Err((code, detail)) => return problem(code, detail),
+    };
+    if let Err((code, detail)) = protocol_name(&req.protocol) {
+        return problem(code, detail);
+    }
+    match messenger
+        .seal(&req.to, &req.data_type, &payload, &req.protocol)
+        .await
+    {
+        Ok((envelope, message_id, policies)) => Json(SealResponse {
+            envelope: B64.encode(envelope),
+            message_id,
+            policies,
+        })
+        .into_response(),
+        Err(e) => not_sent(e),
+    }
+}
+
+async fn open(
+    State(messenger): State<Arc<Messenger>>,
+    body: Result<Json<OpenRequest>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(body) => body,
+        Err(e) => return problem(ProblemCode::InvalidBody, e.body_text()),
+    };
+    if let Err((code, detail)) = protocol_name(&req.protocol) {
+        return problem(code, detail);
+    }
+    if req.envelope.len() > (MAX_PAYLOAD_BYTES * 2).div_ceil(3) * 4 {
+        return problem(ProblemCode::BodyTooLarge, "the envelope is too large");
+    }
+    let Ok(envelope) = B64.decode(&req.envelope) else {
+        return problem(ProblemCode::InvalidBody, "`envelope` is not base64");
+    };
+    match messenger
+        .open(&envelope, &Transport::carried(&req.protocol))
+        .await
+    {
+        Ok((d, _)) => Json(arrived(d)).into_response(),
+        Err((reason, detail)) => {
+            problem(ProblemCode::MessageRefused, format!("{reason}: {detail}"))
         }
-        Err(e) => problem(ProblemCode::PeerUnreachable, e.to_string()),
+    }
+}
+
+fn arrived(d: Delivered) -> ArrivedMessage {
+    ArrivedMessage {
+        from: d.sender.device_id,
+        from_spiffe_id: d.sender.spiffe_id,
+        data_type: d.data_type,
+        payload: B64.encode(d.payload),
+        sent_at: d.sent_at,
+        message_id: d.message_id,
     }
 }
 
@@ -79,20 +210,18 @@ async fn messages(
         .take_messages(wait)
         .await
         .into_iter()
-        .map(|d| ArrivedMessage {
-            from: d.sender.device_id,
-            from_spiffe_id: d.sender.spiffe_id,
-            data_type: d.data_type,
-            payload: B64.encode(d.payload),
-            sent_at: d.sent_at,
-            message_id: d.message_id,
-        })
+        .map(arrived)
         .collect();
     Json(MessageList { messages }).into_response()
 }
 
 async fn identity(State(messenger): State<Arc<Messenger>>) -> Response {
-    Json(serde_json::json!({"spiffe_id": messenger.spiffe_id()})).into_response()
+    Json(serde_json::json!({
+        "spiffe_id": messenger.spiffe_id(),
+        "device_id": messenger.device_id(),
+        "trust_domain": messenger.trust_domain(),
+    }))
+    .into_response()
 }
 
 /// Binds the workload socket at `path` (replacing a stale socket file), mode 0660.
@@ -107,15 +236,41 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the workload API on `listener` (see [`bind`]) until the process ends.
-pub async fn serve(listener: UnixListener, messenger: Arc<Messenger>) {
-    let router = Router::new()
+/// The header a request on the loopback port must carry: browsers cannot send it cross-site
+/// without a preflight the API never answers, and a server tricked into fetching a URL
+/// (SSRF) does not add it.
+pub const LOOPBACK_HEADER: &str = "x-vouch-workload";
+
+fn router(messenger: Arc<Messenger>) -> Router {
+    Router::new()
         .route("/v1/send", post(send))
+        .route("/v1/seal", post(seal))
+        .route("/v1/open", post(open))
         .route("/v1/messages", get(messages))
         .route("/v1/identity", get(identity))
         .route("/healthz", get(|| async { "ok" }))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_PAYLOAD_BYTES * 2))
-        .with_state(messenger);
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_PAYLOAD_BYTES * 3))
+        .with_state(messenger)
+}
+
+fn serve_one<S>(stream: S, router: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    tokio::spawn(async move {
+        let service = TowerToHyperService::new(router);
+        if let Err(e) = Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!(error = %e, "workload connection ended with an error");
+        }
+    });
+}
+
+/// Serves the workload API on `listener` (see [`bind`]) until the process ends.
+pub async fn serve(listener: UnixListener, messenger: Arc<Messenger>) {
+    let router = router(messenger);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -128,15 +283,41 @@ pub async fn serve(listener: UnixListener, messenger: Arc<Messenger>) {
         let peer = stream.peer_cred().ok();
         tracing::debug!(uid = ?peer.map(|c| c.uid()), pid = ?peer.and_then(|c| c.pid()),
             "workload connected");
-        let router = router.clone();
-        tokio::spawn(async move {
-            let service = TowerToHyperService::new(router);
-            if let Err(e) = Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "workload connection ended with an error");
+        serve_one(stream, router.clone());
+    }
+}
+
+/// Refuses requests without [`LOOPBACK_HEADER`] (`1`) or with an `Origin` (a browser's).
+async fn loopback_guard(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let marked = request
+        .headers()
+        .get(LOOPBACK_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    if !marked || request.headers().contains_key(header::ORIGIN) {
+        return problem(
+            ProblemCode::ForbiddenRequest,
+            format!("the workload API on the loopback port needs the `{LOOPBACK_HEADER}: 1` header and no `Origin`"),
+        );
+    }
+    next.run(request).await
+}
+
+/// Serves the workload API on a loopback TCP `listener` until the process ends; every
+/// request needs [`LOOPBACK_HEADER`].
+pub async fn serve_loopback(listener: tokio::net::TcpListener, messenger: Arc<Messenger>) {
+    let router = router(messenger).layer(axum::middleware::from_fn(loopback_guard));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "workload API accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-        });
+        };
+        if !peer.ip().is_loopback() {
+            continue;
+        }
+        serve_one(stream, router.clone());
     }
 }

@@ -27,6 +27,7 @@ fn settings(server: &Server, dir: &Path, tpm: Option<String>, once: bool) -> Set
             max: Duration::from_millis(300),
         },
         once,
+        sidecar: Default::default(),
     }
 }
 

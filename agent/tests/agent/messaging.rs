@@ -178,7 +178,7 @@ impl Inbox {
                 .find(|der| certificate_sha256(der) == *hash)
                 .cloned()
         };
-        let policy = |_: &VerifiedDevice, _: &str| {
+        let policy = |_: &VerifiedDevice, _: &str, _: usize| {
             if allow {
                 Ok(())
             } else {
@@ -501,16 +501,20 @@ mod delivery {
         let replay = Arc::new(Mutex::new(ReplayGuard::in_memory()));
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let kept = accepted.clone();
-        let inbound: Inbound = Arc::new(move |bytes: &[u8]| {
+        let inbound: Inbound = Arc::new(move |bytes| {
             let mut replay = replay.lock().unwrap();
-            match inbox.open(bytes, &mut replay) {
+            let answer = match inbox.open(&bytes, &mut replay) {
                 Ok(d) => {
-                    let id = d.message_id.clone();
+                    let message_id = d.message_id.clone();
                     kept.lock().unwrap().push(d);
-                    Ok(id)
+                    Ok(deliver::Receipt {
+                        message_id,
+                        receipt: String::new(),
+                    })
                 }
                 Err(e) => Err((e.reason(), e.to_string())),
-            }
+            };
+            Box::pin(async move { answer })
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("https://{}", listener.local_addr().unwrap());
@@ -616,6 +620,9 @@ mod workload {
     use std::sync::Arc;
     use vouch_agent::messaging::deliver;
     use vouch_agent::messaging::node::Messenger;
+    use vouch_agent::messaging::policy::{Decider, Party, Verdict};
+    use vouch_policy::engine::Annotation;
+    use vouch_policy::model::MessageContext;
 
     /// One HTTP/1.1 request on the Unix socket at `path`; status and JSON body.
     async fn call(path: &Path, method: &str, uri: &str, body: Option<Value>) -> (u16, Value) {
@@ -647,11 +654,37 @@ mod workload {
 
     /// `device`'s sidecar: messaging, a delivery listener (advertised at enrollment by the
     /// test), and the workload socket.
+    /// A test decider: allows what `allow` says, naming policy `test-<data type>`, with a
+    /// `rate_limit` of 2/min on `status`.
+    struct Decide(fn(&str) -> bool);
+
+    impl Decider for Decide {
+        fn decide(&self, _: Party<'_>, _: Party<'_>, context: &MessageContext) -> Verdict {
+            let policy = format!("test-{}", context.data_type);
+            let annotations = if context.data_type == "status" {
+                vec![Annotation {
+                    policy: policy.clone(),
+                    key: "rate_limit".into(),
+                    value: "2/min".into(),
+                }]
+            } else {
+                Vec::new()
+            };
+            Verdict {
+                allowed: (self.0)(&context.data_type),
+                policies: vec![policy],
+                annotations,
+                version: "test".into(),
+            }
+        }
+    }
+
     async fn sidecar(
         server: &RealServer,
         device: &Device,
         dir: &Path,
         listener: tokio::net::TcpListener,
+        decider: Decide,
     ) -> Arc<Messenger> {
         let (api, _) = device.api(server);
         let anchors =
@@ -671,13 +704,7 @@ mod workload {
                 anchors,
                 &credentials,
                 ReplayGuard::load(dir.join("replay.json")).unwrap(),
-                Box::new(|_, data_type| {
-                    if data_type == "telemetry" {
-                        Ok(())
-                    } else {
-                        Err(format!("no policy permits `{data_type}`"))
-                    }
-                }),
+                Arc::new(decider),
             )
             .unwrap(),
         );
@@ -687,7 +714,7 @@ mod workload {
         tokio::spawn(deliver::serve(
             listener,
             tls,
-            Arc::new(move |bytes: &[u8]| accepting.accept(bytes)),
+            accepting.inbound(),
             1 << 20,
             std::future::pending(),
         ));
@@ -711,8 +738,16 @@ mod workload {
         let b =
             enroll_advertising(&server, &[&format!("https://{}", lb.local_addr().unwrap())]).await;
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let _sa = sidecar(&server, &a, da.path(), la).await;
-        let _sb = sidecar(&server, &b, db.path(), lb).await;
+        // A's egress policy refuses `pii`; B's ingress policy takes telemetry and status.
+        let _sa = sidecar(&server, &a, da.path(), la, Decide(|t| t != "pii")).await;
+        let _sb = sidecar(
+            &server,
+            &b,
+            db.path(),
+            lb,
+            Decide(|t| t == "telemetry" || t == "status"),
+        )
+        .await;
         let (sock_a, sock_b) = (da.path().join("agent.sock"), db.path().join("agent.sock"));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
@@ -732,6 +767,22 @@ mod workload {
         )
         .await;
         assert_eq!(status, 200, "{sent}");
+        assert_eq!(sent["via"], "https");
+        assert_eq!(sent["policies"], json!(["test-telemetry"]));
+        // The receipt is B's signature over this message id, for A.
+        let receipt = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            sent["receipt"].as_str().unwrap(),
+        )
+        .unwrap();
+        let b_key = TrustAnchors::new(&b.chain_pem, &b.root(), "fleet.example")
+            .unwrap()
+            .verify_device(&b.cert, now())
+            .unwrap()
+            .public_key;
+        let cti = hex::decode(sent["message_id"].as_str().unwrap()).unwrap();
+        vouch_agent::messaging::receipt::verify(&receipt, &b.spiffe_id, &b_key, &a.spiffe_id, &cti)
+            .unwrap();
         let (status, list) = call(&sock_b, "GET", "/v1/messages?wait=5", None).await;
         assert_eq!(status, 200);
         let messages = list["messages"].as_array().unwrap();
@@ -754,12 +805,41 @@ mod workload {
             refused["code"],
             vouch_proto::ProblemCode::MessageRefused.as_str()
         );
-        assert!(refused["detail"]
-            .as_str()
-            .unwrap()
-            .starts_with("policy_denied"));
+        // The receiver's reason and its deciding policy reach the sending workload.
+        let detail = refused["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("policy_denied") && detail.contains("test-video"),
+            "{detail}"
+        );
         let (_, list) = call(&sock_b, "GET", "/v1/messages", None).await;
         assert_eq!(list["messages"], json!([]));
+        // A's own egress policy refuses `pii` before anything is sealed, naming the policy.
+        let (status, refused) = call(
+            &sock_a,
+            "POST",
+            "/v1/send",
+            Some(json!({"to": b.device_id(), "data_type": "pii", "payload": payload})),
+        )
+        .await;
+        assert_eq!(status, 403, "{refused}");
+        assert_eq!(
+            refused["code"],
+            vouch_proto::ProblemCode::PolicyDenied.as_str()
+        );
+        assert!(
+            refused["detail"].as_str().unwrap().contains("test-pii"),
+            "{refused}"
+        );
+        // `status` is limited to 2 a minute per peer: the third waits, told how long.
+        for _ in 0..2 {
+            let body = json!({"to": b.device_id(), "data_type": "status", "payload": payload});
+            let (status, p) = call(&sock_a, "POST", "/v1/send", Some(body)).await;
+            assert_eq!(status, 200, "{p}");
+        }
+        let body = json!({"to": b.device_id(), "data_type": "status", "payload": payload});
+        let (status, p) = call(&sock_a, "POST", "/v1/send", Some(body)).await;
+        assert_eq!(status, 429, "{p}");
+        assert_eq!(p["code"], vouch_proto::ProblemCode::RateLimited.as_str());
         // Hostile bodies are 4xx problems.
         for body in [
             json!({"to": b.device_id(), "data_type": "telemetry", "payload": "%%%"}),

@@ -171,6 +171,9 @@ problem_codes! {
     MessageRefused = ("message_refused", 403),
     /// The peer could not be reached (no delivery endpoint, connection or TLS failure).
     PeerUnreachable = ("peer_unreachable", 502),
+    /// This sidecar's policy refuses the message; the detail names the deciding policies
+    /// and the policy version.
+    PolicyDenied = ("policy_denied", 403),
 }
 
 impl Serialize for ProblemCode {

@@ -65,6 +65,7 @@ const RELEASED: &[(&str, u16)] = &[
     ("peer_revoked", 410),
     ("message_refused", 403),
     ("peer_unreachable", 502),
+    ("policy_denied", 403),
 ];
 
 #[test]

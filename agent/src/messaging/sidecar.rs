@@ -1,0 +1,220 @@
+//! The sidecar as `vouch-agent run` starts it, once the device has an identity: messaging
+//! ([`Messenger`]) with the device's credentials (replaced at every renewal), the workload's
+//! local API on a Unix socket (and, if asked, a loopback port), the delivery listener for
+//! direct deliveries (`--listen`), the MQTT broker connection (`--mqtt`), and the CRL and
+//! the signed policy bundle fetched at start and every `--refresh` after. Until a CRL and a
+//! policy bundle have been verified, every message is refused.
+
+use super::deliver::{self, CurrentCertificate};
+use super::node::Messenger;
+use super::policy::{BundlePolicy, Loaded};
+use super::replay::ReplayGuard;
+use super::send::Credentials;
+use super::trust::TrustAnchors;
+use super::{mqtt, workload};
+use crate::client::HttpApi;
+use crate::lifecycle::{AgentError, Api, Settings};
+use crate::state::{Enrolled, StateDir};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The replay windows' file in the state directory.
+pub const REPLAY_FILE: &str = "replay.json";
+/// The workload socket's file name in the state directory (the default socket).
+pub const SOCKET_FILE: &str = "agent.sock";
+/// Default time between CRL and policy bundle fetches.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(60);
+
+/// How the sidecar is reached and what it fetches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SidecarSettings {
+    /// Address of the delivery listener (mutual TLS), if this device takes direct deliveries.
+    pub listen: Option<SocketAddr>,
+    /// The workload socket; default `<state-dir>/agent.sock`.
+    pub socket: Option<PathBuf>,
+    /// A loopback port for the workload API as well (requests need the
+    /// `X-Vouch-Workload: 1` header).
+    pub workload_port: Option<u16>,
+    /// The MQTT broker (`mqtt://HOST:PORT`).
+    pub mqtt: Option<String>,
+    /// Time between CRL and policy bundle fetches; default [`DEFAULT_REFRESH`].
+    pub refresh: Option<Duration>,
+}
+
+fn sidecar_error(what: &str) -> impl FnOnce(String) -> AgentError + '_ {
+    move |e| AgentError::Unsupported(format!("sidecar: {what}: {e}"))
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// What the messaging needs of an identity: the device's credentials and the key-agreement
+/// key and certificate.
+fn credentials(enrolled: &Enrolled) -> Option<Credentials<'_>> {
+    let ka = enrolled.key_agreement.as_ref()?;
+    Some(Credentials {
+        spiffe_id: &enrolled.identity.spiffe_id,
+        key_pem: &enrolled.key_pem,
+        cert_pem: &enrolled.cert_pem,
+        ka_key_pem: &ka.key_pem,
+        ka_cert_pem: &ka.cert_pem,
+    })
+}
+
+/// This fleet's trust anchors from an identity: the pinned root, the issuing CA that signed
+/// the device certificate, and the trust domain of its SPIFFE ID.
+fn anchors(enrolled: &Enrolled) -> Result<TrustAnchors, String> {
+    let root = crate::credentials::certificates(&enrolled.ca_pem)
+        .into_iter()
+        .next()
+        .ok_or("the pinned root does not load")?;
+    let issuing = crate::credentials::certificates(&enrolled.cert_pem)
+        .into_iter()
+        .nth(1)
+        .ok_or("the device certificate file has no issuing CA")?;
+    let chain_pem = pem::encode(&pem::Pem::new("CERTIFICATE", issuing));
+    let trust_domain = enrolled
+        .identity
+        .spiffe_id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split('/').next())
+        .ok_or("the SPIFFE ID names no trust domain")?;
+    TrustAnchors::new(&chain_pem, &root, trust_domain).map_err(|e| e.to_string())
+}
+
+/// Fetches and verifies the CRL and the policy bundle once; logs what failed.
+async fn refresh(messenger: &Messenger, api: &HttpApi, policy: &BundlePolicy, enrolled: &Enrolled) {
+    if let Err(e) = messenger.refresh_crl().await {
+        tracing::warn!(error = %e, "cannot refresh the CRL");
+    }
+    let identity = crate::lifecycle::ClientIdentity::from(enrolled);
+    let root = crate::credentials::certificates(&enrolled.ca_pem)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    match api.policy_bundle(&identity).await {
+        Ok(jws) => match Loaded::verify(&jws, &root, messenger.trust_domain(), now()) {
+            Ok(loaded) => {
+                let version = loaded.version().to_owned();
+                if policy.version().as_deref() != Some(version.as_str()) && policy.install(loaded) {
+                    tracing::info!(%version, "policy bundle verified and in use");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the policy bundle does not verify: not used"),
+        },
+        Err(e) => tracing::warn!(error = %e, "cannot fetch the policy bundle"),
+    }
+}
+
+/// Runs the sidecar beside the identity lifecycle: waits for the first identity in
+/// `identities`, then serves until the process ends, following renewals.
+pub async fn run(
+    settings: &Settings,
+    state: StateDir,
+    mut identities: watch::Receiver<Option<Enrolled>>,
+) -> Result<(), AgentError> {
+    let enrolled = loop {
+        if let Some(enrolled) = identities.borrow_and_update().clone() {
+            break enrolled;
+        }
+        if identities.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    };
+    let Some(creds) = credentials(&enrolled) else {
+        tracing::warn!("the server issued no key-agreement certificate: messaging is off (a newer server issues one at the next renewal)");
+        return std::future::pending().await;
+    };
+    let sidecar = &settings.sidecar;
+    let api = HttpApi::new(&settings.server);
+    api.trust_root(&enrolled.ca_pem)
+        .map_err(|e| sidecar_error("pinned root")(e.to_string()))?;
+    let anchors = anchors(&enrolled).map_err(sidecar_error("trust anchors"))?;
+    let replay =
+        ReplayGuard::load(state.file(REPLAY_FILE)).map_err(sidecar_error("replay windows"))?;
+    let policy = Arc::new(BundlePolicy::default());
+    let messenger_api = HttpApi::new(&settings.server);
+    messenger_api
+        .trust_root(&enrolled.ca_pem)
+        .map_err(|e| sidecar_error("pinned root")(e.to_string()))?;
+    let messenger = Arc::new(
+        Messenger::new(messenger_api, anchors, &creds, replay, policy.clone())
+            .map_err(|e| sidecar_error("credentials")(e.to_string()))?,
+    );
+    refresh(&messenger, &api, &policy, &enrolled).await;
+
+    let socket = sidecar
+        .socket
+        .clone()
+        .unwrap_or_else(|| state.file(SOCKET_FILE));
+    let listener =
+        workload::bind(&socket).map_err(|e| sidecar_error("workload socket")(e.to_string()))?;
+    tracing::info!(socket = %socket.display(), "workload API listening (workloads find it in VOUCH_AGENT_SOCKET)");
+    tokio::spawn(workload::serve(listener, Arc::clone(&messenger)));
+    if let Some(port) = sidecar.workload_port {
+        let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| sidecar_error("workload port")(e.to_string()))?;
+        tracing::info!(addr = ?tcp.local_addr().ok(), "workload API on loopback (X-Vouch-Workload header required)");
+        tokio::spawn(workload::serve_loopback(tcp, Arc::clone(&messenger)));
+    }
+    let current = CurrentCertificate::new(&enrolled.cert_pem, &enrolled.key_pem)
+        .map_err(|e| sidecar_error("delivery certificate")(e.to_string()))?;
+    if let Some(addr) = sidecar.listen {
+        let root = crate::credentials::certificates(&enrolled.ca_pem)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let tls = deliver::server_config_with(Arc::clone(&current), &root)
+            .map_err(|e| sidecar_error("delivery TLS")(e.to_string()))?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| sidecar_error("delivery listener")(e.to_string()))?;
+        tracing::info!(addr = ?tcp.local_addr().ok(), "taking direct deliveries (mutual TLS)");
+        tokio::spawn(deliver::serve(
+            tcp,
+            tls,
+            messenger.inbound(),
+            super::receive::Limits::default().max_len,
+            std::future::pending(),
+        ));
+    }
+    if let Some(url) = &sidecar.mqtt {
+        let (broker, eventloop) = mqtt::connect(url, &messenger).map_err(sidecar_error("mqtt"))?;
+        messenger.set_broker(broker.clone());
+        tokio::spawn(mqtt::run(broker, eventloop, Arc::clone(&messenger)));
+    }
+
+    let every = sidecar.refresh.unwrap_or(DEFAULT_REFRESH);
+    let mut enrolled = enrolled;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {
+                refresh(&messenger, &api, &policy, &enrolled).await;
+            }
+            changed = identities.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
+                }
+                let Some(renewed) = identities.borrow_and_update().clone() else { continue };
+                enrolled = renewed;
+                match credentials(&enrolled) {
+                    Some(creds) => {
+                        if let Err(e) = messenger.renewed(&creds) {
+                            tracing::error!(error = %e, "the renewed credentials do not load; messaging keeps the old ones");
+                        } else if let Err(e) = current.replace(&enrolled.cert_pem, &enrolled.key_pem) {
+                            tracing::error!(error = %e, "the delivery listener keeps the old certificate");
+                        } else {
+                            tracing::info!(not_after = %enrolled.identity.not_after, "messaging uses the renewed credentials");
+                        }
+                    }
+                    None => tracing::warn!("the renewal brought no key-agreement certificate"),
+                }
+            }
+        }
+    }
+}
