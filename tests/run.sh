@@ -20,6 +20,8 @@ command -v tpm2_quote >/dev/null || need+=(tpm2-tools)
 pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
 # `promtool check metrics` checks /metrics (the interop tests).
 command -v promtool >/dev/null || need+=(prometheus)
+# The sidecars' MQTT delivery is tested against a real broker (started by the tests).
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -50,6 +52,7 @@ VOUCH_BENCH_N=500 cargo bench -p vouch-ca --bench enroll
 VOUCH_BENCH_QUICK=1 cargo bench -p vouch-policy --bench decide
 VOUCH_BENCH_DEVICES=10000 cargo bench -p vouch-ca --bench sweep
 VOUCH_BENCH_N=500 VOUCH_BENCH_DEVICES=32 cargo bench -p vouch-ca --bench attest
+VOUCH_BENCH_QUICK=1 cargo bench -p vouch-envelope --bench seal_open
 echo "== fuzz targets, briefly"
 bash tests/fuzz-smoke.sh
 echo "== cargo test"

@@ -671,6 +671,19 @@ impl Messenger {
             .unwrap_or_default()
     }
 
+    /// The policy version in use, if a bundle has been verified.
+    pub fn policy_version(&self) -> Option<String> {
+        self.decider.version()
+    }
+
+    /// The number of the CRL in use, if one has been verified.
+    pub fn crl_number(&self) -> Option<u64> {
+        self.crl
+            .read()
+            .ok()
+            .and_then(|c| c.as_ref().map(RevocationList::number))
+    }
+
     /// This device's SPIFFE ID.
     pub fn spiffe_id(&self) -> String {
         self.own().spiffe_id.clone()

@@ -74,6 +74,11 @@ impl Verdict {
 pub trait Decider: Send + Sync {
     /// May `from` send to `to` in `context`?
     fn decide(&self, from: Party<'_>, to: Party<'_>, context: &MessageContext) -> Verdict;
+
+    /// The policy version in use, if there is one.
+    fn version(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A verified policy bundle, loaded.
@@ -132,17 +137,16 @@ impl BundlePolicy {
         *current = Some(Arc::new(loaded));
         true
     }
+}
 
-    /// The version in use, if any.
-    pub fn version(&self) -> Option<String> {
+impl Decider for BundlePolicy {
+    fn version(&self) -> Option<String> {
         self.current
             .read()
             .ok()
             .and_then(|c| c.as_ref().map(|l| l.version.clone()))
     }
-}
 
-impl Decider for BundlePolicy {
     fn decide(&self, from: Party<'_>, to: Party<'_>, context: &MessageContext) -> Verdict {
         let loaded = self.current.read().ok().and_then(|c| c.clone());
         let Some(loaded) = loaded else {

@@ -7,7 +7,7 @@
 
 use super::deliver::{self, CurrentCertificate};
 use super::node::Messenger;
-use super::policy::{BundlePolicy, Loaded};
+use super::policy::{BundlePolicy, Decider, Loaded};
 use super::replay::ReplayGuard;
 use super::send::Credentials;
 use super::trust::TrustAnchors;

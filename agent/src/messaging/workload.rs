@@ -220,6 +220,8 @@ async fn identity(State(messenger): State<Arc<Messenger>>) -> Response {
         "spiffe_id": messenger.spiffe_id(),
         "device_id": messenger.device_id(),
         "trust_domain": messenger.trust_domain(),
+        "policy_version": messenger.policy_version(),
+        "crl_number": messenger.crl_number(),
     }))
     .into_response()
 }

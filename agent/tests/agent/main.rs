@@ -13,5 +13,6 @@ mod fake;
 mod lifecycle;
 mod messaging;
 mod server;
+mod sidecars;
 mod support;
 mod tpm;

@@ -616,6 +616,7 @@ mod workload {
     //! reads it from its own sidecar's socket. Both sidecars are in-process `Messenger`s
     //! talking to the real server and to each other over mutual TLS.
     use super::*;
+    use crate::support::call;
     use std::path::Path;
     use std::sync::Arc;
     use vouch_agent::messaging::deliver;
@@ -624,36 +625,6 @@ mod workload {
     use vouch_policy::engine::Annotation;
     use vouch_policy::model::MessageContext;
 
-    /// One HTTP/1.1 request on the Unix socket at `path`; status and JSON body.
-    async fn call(path: &Path, method: &str, uri: &str, body: Option<Value>) -> (u16, Value) {
-        let stream = tokio::net::UnixStream::connect(path).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let request = axum::http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("host", "localhost")
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            ))
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    /// `device`'s sidecar: messaging, a delivery listener (advertised at enrollment by the
-    /// test), and the workload socket.
     /// A test decider: allows what `allow` says, naming policy `test-<data type>`, with a
     /// `rate_limit` of 2/min on `status`.
     struct Decide(fn(&str) -> bool);
@@ -679,6 +650,8 @@ mod workload {
         }
     }
 
+    /// `device`'s sidecar: messaging, a delivery listener (advertised at enrollment by the
+    /// test), and the workload socket.
     async fn sidecar(
         server: &RealServer,
         device: &Device,

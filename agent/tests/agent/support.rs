@@ -1,6 +1,7 @@
 //! Shared helpers: the software TPM (a fresh swtpm per test, from `vouch-attestor`'s
 //! `testing` feature) opened through the agent's own TPM code, and polling with a deadline.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 use vouch_agent::tpm::Tpm;
 pub use vouch_attestor::testing::{sha256, SoftwareTpm};
@@ -21,4 +22,37 @@ pub async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> boo
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// One HTTP/1.1 request on the Unix socket at `path`; status and JSON body.
+pub async fn call(
+    path: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        ))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }
