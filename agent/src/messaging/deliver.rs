@@ -353,6 +353,15 @@ async fn deliver_handler(
     }
 }
 
+/// The delivery API: `POST /v1/deliver` (`application/cose`, at most `max_len` bytes), each
+/// envelope handed to `inbound`.
+pub fn router(inbound: Inbound, max_len: usize) -> Router {
+    Router::new()
+        .route("/v1/deliver", post(deliver_handler))
+        .layer(DefaultBodyLimit::max(max_len))
+        .with_state(inbound)
+}
+
 /// Serves deliveries on `listener` until `shutdown`: each envelope (at most `max_len`
 /// bytes) goes to `inbound`.
 pub async fn serve(
@@ -362,10 +371,7 @@ pub async fn serve(
     max_len: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let router = Router::new()
-        .route("/v1/deliver", post(deliver_handler))
-        .layer(DefaultBodyLimit::max(max_len))
-        .with_state(inbound);
+    let router = router(inbound, max_len);
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_DELIVERY_CONNECTIONS));
     tokio::pin!(shutdown);

@@ -76,20 +76,42 @@ fn free_port() -> u16 {
 struct Sidecar {
     process: AgentProcess,
     state: PathBuf,
+    socket: PathBuf,
     _base: tempfile::TempDir,
 }
 
 impl Sidecar {
     async fn start(server: &RealServer, zone: &str, extra: &[String]) -> Self {
+        Self::started(server, zone, None, extra).await
+    }
+
+    async fn start_with_socket(
+        server: &RealServer,
+        zone: &str,
+        socket: &Path,
+        extra: &[String],
+    ) -> Self {
+        Self::started(server, zone, Some(socket), extra).await
+    }
+
+    async fn started(
+        server: &RealServer,
+        zone: &str,
+        socket: Option<&Path>,
+        extra: &[String],
+    ) -> Self {
         let token = server.token(json!({ "zone": zone })).await;
         let base = tempfile::tempdir().unwrap();
         let state = state_dir(&base);
         let mut args = run_args(server, &state, &["--refresh", "1s", "--join-token", &token]);
+        let socket = socket.map_or_else(|| state.join("agent.sock"), Path::to_path_buf);
+        args.extend(["--socket".into(), socket.display().to_string()]);
         args.extend(extra.iter().cloned());
         let process = AgentProcess::spawn(args, base.path());
         let sidecar = Self {
             process,
             state,
+            socket,
             _base: base,
         };
         // Ready when it has verified a CRL and the policy bundle.
@@ -113,7 +135,7 @@ impl Sidecar {
     }
 
     fn socket(&self) -> PathBuf {
-        self.state.join("agent.sock")
+        self.socket.clone()
     }
 
     fn device_id(&self) -> String {
@@ -283,4 +305,119 @@ async fn three_sidecars_deliver_over_mqtt_and_refuse_what_policy_forbids_at_both
         log.contains("message refused") && log.contains("policy_denied"),
         "{log}"
     );
+}
+
+/// Whether a process running as `uid`:`gid` (no supplementary groups) may connect to the
+/// Unix socket at `path`.
+fn may_connect_as(uid: u32, gid: u32, path: &Path) -> bool {
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(13)\n";
+    // The system's Python: a user's (pyenv, venv) may not be readable by the other user.
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let status = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            python,
+            "-c",
+            script,
+        ])
+        .arg(path)
+        .status()
+        .expect("setpriv (util-linux) and python3 run");
+    match status.code() {
+        Some(0) => true,
+        Some(13) => false,
+        other => panic!("the connection attempt failed otherwise: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workload_api_refuses_other_users_and_unmarked_loopback_requests() {
+    let policies = policies();
+    let server = RealServer::start(&["--policy-dir", &policies.path().display().to_string()]).await;
+    // The socket in a directory anyone may enter, so that only its own mode (0660) decides.
+    let open_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        open_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let socket = open_dir.path().join("workload.sock");
+    let port = free_port();
+    let sidecar = Sidecar::start_with_socket(
+        &server,
+        "edge",
+        &socket,
+        &["--workload-port".into(), port.to_string()],
+    )
+    .await;
+    assert!(sidecar.socket().exists());
+
+    // The socket: its owner and its group may connect, anyone else is refused by the kernel.
+    // (Only root can run a process as another user; as anyone else this part cannot be shown.)
+    if running_as_root() {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        assert!(
+            !may_connect_as(65534, 65534, &socket),
+            "another user connected"
+        );
+        assert!(
+            may_connect_as(65534, meta.gid(), &socket),
+            "a member of the socket's group could not connect"
+        );
+    } else {
+        eprintln!("not root: the other-user part of this test is skipped");
+    }
+
+    // The loopback port: only requests with the marker header and no Origin.
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v1/identity");
+    let plain = client.get(&url).send().await.unwrap();
+    assert_eq!(plain.status(), 403);
+    let problem: serde_json::Value = plain.json().await.unwrap();
+    assert_eq!(
+        problem["code"],
+        vouch_proto::ProblemCode::ForbiddenRequest.as_str()
+    );
+    let marked = client
+        .get(&url)
+        .header("X-Vouch-Workload", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(marked.status(), 200);
+    let from_a_page = client
+        .get(&url)
+        .header("X-Vouch-Workload", "1")
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(from_a_page.status(), 403);
+    let hostile = client
+        .post(format!("http://127.0.0.1:{port}/v1/send"))
+        .header("X-Vouch-Workload", "1")
+        .header("content-type", "application/json")
+        .body("{\"to\": 1")
+        .send()
+        .await
+        .unwrap();
+    assert!(hostile.status().is_client_error());
+}
+
+/// Whether this test runs as root (uid 0), read from `/proc/self/status`.
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
+        .unwrap_or(false)
 }
