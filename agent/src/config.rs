@@ -1,5 +1,7 @@
 //! The command line and the config file. The file is TOML with the flags' names as keys
-//! (`server`, `state-dir`, `join-token`, `tpm`, `attest-every`, `max-retry-delay`, `once`);
+//! (`server`, `state-dir`, `join-token`, `tpm`, `attest-every`, `event-log`,
+//! `max-retry-delay`, `once`, `advertise`, `listen`, `socket`, `workload-port`, `mqtt`,
+//! `refresh`);
 //! a flag given on the command line wins over the file. Every problem is collected and
 //! reported at once, before anything starts.
 
