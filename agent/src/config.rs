@@ -328,6 +328,39 @@ mod tests {
     }
 
     #[test]
+    fn sidecar_settings_are_checked_and_the_file_fills_them_in() {
+        let errors = settings(RunArgs {
+            server: Some("https://h".into()),
+            state_dir: Some("/s".into()),
+            listen: Some("gateway:7443".into()),
+            mqtt: Some("mqtts://broker:8883".into()),
+            refresh: Some("0s".into()),
+            ..RunArgs::default()
+        })
+        .unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("`listen`")));
+        assert!(errors.iter().any(|e| e.starts_with("`mqtt`")));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "server = \"https://h\"\nstate-dir = \"/s\"\nlisten = \"127.0.0.1:7443\"\nmqtt = \"mqtt://broker:1883\"\nworkload-port = 7000\nrefresh = \"5s\"\n",
+        )
+        .unwrap();
+        let s = settings(RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        })
+        .unwrap();
+        assert_eq!(s.sidecar.listen, Some("127.0.0.1:7443".parse().unwrap()));
+        assert_eq!(s.sidecar.mqtt.as_deref(), Some("mqtt://broker:1883"));
+        assert_eq!(s.sidecar.workload_port, Some(7000));
+        assert_eq!(s.sidecar.refresh, Some(Duration::from_secs(5)));
+        assert_eq!(s.sidecar.socket, None);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_files_are_errors() {
         assert!(ConfigFile::parse("servr = \"x\"").is_err());
         assert!(ConfigFile::parse("server = [").is_err());
