@@ -127,7 +127,7 @@ impl Refusal {
             Self::WrongAudience(_) => "wrong_audience",
             Self::NotFresh(_) => "not_fresh",
             Self::Replayed(_) => "replayed",
-            Self::PolicyDenied(_) => "policy_denied",
+            Self::PolicyDenied(_) => vouch_proto::ProblemCode::PolicyDenied.as_str(),
             Self::KeyAgreement(_) => "key_agreement",
             Self::DecryptionFailed(_) => "decryption_failed",
             Self::Storage(_) => "storage",

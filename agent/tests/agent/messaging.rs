@@ -19,6 +19,7 @@ use vouch_envelope::{
     certificate_sha256, seal, KeyAgreementKey, RecipientKeys, SealRequest, SenderKeys,
     SharedSecretCache,
 };
+use vouch_proto::ProblemCode;
 
 /// A device enrolled with a key-agreement key.
 struct Device {
@@ -348,7 +349,7 @@ async fn each_attack_is_refused_with_its_reason_and_nothing_is_delivered() {
     // Ingress policy says no: refused, and the window is not advanced by it.
     assert_eq!(
         reason(inbox.open_at(&good, now(), &mut replay, false)),
-        "policy_denied"
+        ProblemCode::PolicyDenied.as_str()
     );
     // After all of that, the good message still opens, once.
     inbox.open(&good, &mut replay).unwrap();
@@ -781,7 +782,7 @@ mod workload {
         // The receiver's reason and its deciding policy reach the sending workload.
         let detail = refused["detail"].as_str().unwrap();
         assert!(
-            detail.contains("policy_denied") && detail.contains("test-video"),
+            detail.contains(ProblemCode::PolicyDenied.as_str()) && detail.contains("test-video"),
             "{detail}"
         );
         let (_, list) = call(&sock_b, "GET", "/v1/messages", None).await;

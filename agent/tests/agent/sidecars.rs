@@ -17,6 +17,7 @@ use vouch_agent::messaging::deliver::{self, DeliveryError};
 use vouch_agent::messaging::peers::verify_peer_record;
 use vouch_agent::messaging::send::{Credentials, Outbox};
 use vouch_agent::messaging::trust::TrustAnchors;
+use vouch_proto::ProblemCode;
 
 /// A mosquitto broker on a free loopback port, stopped on drop.
 pub struct Mosquitto {
@@ -294,7 +295,10 @@ async fn three_sidecars_deliver_over_mqtt_and_refuse_what_policy_forbids_at_both
         }) => {
             assert_eq!(status, 403);
             assert_eq!(code, vouch_proto::ProblemCode::MessageRefused.as_str());
-            assert!(detail.starts_with("policy_denied"), "{detail}");
+            assert!(
+                detail.starts_with(ProblemCode::PolicyDenied.as_str()),
+                "{detail}"
+            );
         }
         other => panic!("the regional node took a forged message: {other:?}"),
     }
@@ -302,7 +306,7 @@ async fn three_sidecars_deliver_over_mqtt_and_refuse_what_policy_forbids_at_both
     assert_eq!(list["messages"], json!([]));
     let log = regional.process.log();
     assert!(
-        log.contains("message refused") && log.contains("policy_denied"),
+        log.contains("message refused") && log.contains(ProblemCode::PolicyDenied.as_str()),
         "{log}"
     );
 }
