@@ -227,6 +227,29 @@ impl HttpApi {
         answer(self.pinned()?.anonymous.get(url(&self.server, "/v1/crl"))).await
     }
 
+    /// `GET /v1/crl?after=N&wait=S`: the CRL after number `known` (DER, unverified), as soon
+    /// as the server signs one within `wait`; `None` if `known` is still current.
+    pub async fn crl_after(&self, known: u64, wait: Duration) -> Result<Option<Vec<u8>>, ApiError> {
+        let path = format!("/v1/crl?after={known}&wait={}", wait.as_secs());
+        let response = self
+            .pinned()?
+            .anonymous
+            .get(url(&self.server, &path))
+            .timeout(wait + REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let bytes = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(problem(status, &bytes));
+        }
+        Ok(Some(bytes.to_vec()))
+    }
+
     /// `GET /v1/policy/bundle` (mTLS): the signed policy bundle (a JWS), unverified (the
     /// caller checks it against the pinned root).
     pub async fn policy_bundle(&self, identity: &ClientIdentity) -> Result<String, ApiError> {

@@ -376,6 +376,15 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
             config.settings.decisions_per_second,
             config.settings.decision_burst,
         ),
+        crl_feed: Default::default(),
+    });
+    // New CRLs signed by other replicas reach this replica's long-polls at once.
+    let following = state.clone();
+    tokio::spawn(async move {
+        following
+            .registry
+            .follow_crl_numbers(|n| following.crl_feed.advance(n))
+            .await;
     });
     if let (Some(every), true) = (config.policy.poll, state.policy.has_dirs()) {
         tokio::spawn(watch_policies(state.clone(), every));

@@ -267,17 +267,78 @@ impl Messenger {
     /// Fetches the current CRL and uses it if its signature checks out.
     pub async fn refresh_crl(&self) -> Result<u64, String> {
         let der = self.api.crl().await.map_err(|e| e.to_string())?;
+        self.install_crl(&der)
+    }
+
+    /// Follows the CRL for as long as the process runs: long-polls the server for the next
+    /// one (`GET /v1/crl?after=N&wait=25`) and uses each as soon as it is signed, retrying
+    /// with backoff while the server cannot be reached.
+    pub async fn follow_crl(&self) {
+        const WAIT: Duration = Duration::from_secs(25);
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let known = self.crl_number().unwrap_or(0);
+            match self.api.crl_after(known, WAIT).await {
+                Ok(Some(der)) => {
+                    delay = Duration::from_secs(1);
+                    if let Err(e) = self.install_crl(&der) {
+                        tracing::warn!(error = %e, "the server's CRL is not used");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+                Ok(None) => delay = Duration::from_secs(1),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot follow the CRL");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Verifies `der` as a CRL of this fleet's issuing CA and uses it unless it is older
+    /// than the one in use; then forgets what it lists: cached peers (their keys), delivery
+    /// connections to them, and their messages not yet read. Returns the number in use.
+    pub fn install_crl(&self, der: &[u8]) -> Result<u64, String> {
         let issuing = crate::credentials::certificates(&self.own().identity.cert_pem)
             .into_iter()
             .nth(1)
             .ok_or("the device certificate file has no issuing CA")?;
-        let crl = RevocationList::from_der(&der, &issuing).map_err(|e| e.to_string())?;
+        let crl = RevocationList::from_der(der, &issuing).map_err(|e| e.to_string())?;
         let number = crl.number();
-        if let Ok(mut current) = self.crl.write() {
-            if current.as_ref().is_none_or(|c| c.number() <= number) {
-                *current = Some(crl);
+        {
+            let mut current = self
+                .crl
+                .write()
+                .map_err(|_| "the CRL lock was poisoned".to_owned())?;
+            if current.as_ref().is_some_and(|c| c.number() > number) {
+                return Ok(current.as_ref().map_or(number, RevocationList::number));
+            }
+            *current = Some(crl.clone());
+        }
+        let dropped = self
+            .peers
+            .forget_where(|p| crl.lists(&p.device.serial) || crl.lists(&p.key_agreement.serial));
+        if let Ok(mut clients) = self.clients.lock() {
+            for peer in &dropped {
+                clients.remove(&peer.device.spiffe_id);
             }
         }
+        let refused = self
+            .inbox
+            .lock()
+            .map(|mut inbox| {
+                let before = inbox.len();
+                inbox.retain(|d| !crl.lists(&d.sender.serial));
+                before - inbox.len()
+            })
+            .unwrap_or(0);
+        tracing::info!(
+            crl_number = number,
+            peers_dropped = dropped.len(),
+            queued_messages_refused = refused,
+            "CRL in use"
+        );
         Ok(number)
     }
 

@@ -95,6 +95,19 @@ impl PeerCache {
         }
     }
 
+    /// Forgets every peer `listed` says (e.g. revoked or held) and returns them.
+    pub fn forget_where(&self, listed: impl Fn(&Peer) -> bool) -> Vec<Peer> {
+        let Ok(mut peers) = self.peers.lock() else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = peers
+            .values()
+            .filter(|p| listed(p))
+            .map(|p| p.device.device_id.clone())
+            .collect();
+        gone.iter().filter_map(|id| peers.remove(id)).collect()
+    }
+
     /// Forgets `device_id` (e.g. revoked).
     pub fn forget(&self, device_id: &str) {
         if let Ok(mut peers) = self.peers.lock() {

@@ -71,6 +71,11 @@ impl RevocationList {
         self.number
     }
 
+    /// Whether `serial` is listed (revoked or on hold), whatever the list's age.
+    pub fn lists(&self, serial: &[u8]) -> bool {
+        self.revoked.contains(serial)
+    }
+
     /// Whether the certificate with `serial` may be trusted at `now`: not listed, and the
     /// list itself current.
     pub fn check(&self, serial: &[u8], now: i64) -> Result<bool, CrlError> {

@@ -1,9 +1,10 @@
 //! The sidecar as `vouch-agent run` starts it, once the device has an identity: messaging
 //! ([`Messenger`]) with the device's credentials (replaced at every renewal), the workload's
 //! local API on a Unix socket (and, if asked, a loopback port), the delivery listener for
-//! direct deliveries (`--listen`), the MQTT broker connection (`--mqtt`), and the CRL and
-//! the signed policy bundle fetched at start and every `--refresh` after. Until a CRL and a
-//! policy bundle have been verified, every message is refused.
+//! direct deliveries (`--listen`), the MQTT broker connection (`--mqtt`), the CRL followed by
+//! long-poll (each new one in use as soon as it is signed), and the CRL and the signed policy
+//! bundle fetched at start and every `--refresh` after. Until a CRL and a policy bundle have
+//! been verified, every message is refused.
 
 use super::deliver::{self, CurrentCertificate};
 use super::node::Messenger;
@@ -183,6 +184,9 @@ pub async fn run(
             std::future::pending(),
         ));
     }
+    // New CRLs as soon as the server signs them (a long-poll), beside the periodic refresh.
+    let following = Arc::clone(&messenger);
+    tokio::spawn(async move { following.follow_crl().await });
     if let Some(url) = &sidecar.mqtt {
         let (broker, eventloop) = mqtt::connect(url, &messenger).map_err(sidecar_error("mqtt"))?;
         messenger.set_broker(broker.clone());

@@ -104,7 +104,10 @@ impl Sidecar {
         let token = server.token(json!({ "zone": zone })).await;
         let base = tempfile::tempdir().unwrap();
         let state = state_dir(&base);
-        let mut args = run_args(server, &state, &["--refresh", "1s", "--join-token", &token]);
+        let mut args = run_args(server, &state, &["--join-token", &token]);
+        if !extra.iter().any(|a| a == "--refresh") {
+            args.extend(["--refresh".into(), "1s".into()]);
+        }
         let socket = socket.map_or_else(|| state.join("agent.sock"), Path::to_path_buf);
         args.extend(["--socket".into(), socket.display().to_string()]);
         args.extend(extra.iter().cloned());
@@ -242,51 +245,9 @@ async fn three_sidecars_deliver_over_mqtt_and_refuse_what_policy_forbids_at_both
 
     // 3. The same message sealed by hand with the sensor's own keys and posted straight to
     //    the regional node over mutual TLS: the regional node's policy refuses it.
-    let (cert_pem, key_pem) = (sensor.read("cert.pem"), sensor.read("key.pem"));
-    let (ka_key_pem, ka_cert_pem) = (sensor.read("ka-key.pem"), sensor.read("ka-cert.pem"));
-    let ca_pem = sensor.read("ca.pem");
-    let root = vouch_agent::credentials::certificates(&ca_pem)[0].clone();
-    let issuing = vouch_agent::credentials::certificates(&cert_pem)[1].clone();
-    let anchors = TrustAnchors::new(
-        &pem::encode(&pem::Pem::new("CERTIFICATE", issuing)),
-        &root,
-        "fleet.example",
-    )
-    .unwrap();
-    let api = HttpApi::new(&server.base);
-    api.trust_root(&ca_pem).unwrap();
-    let me = ClientIdentity {
-        cert_pem: cert_pem.clone(),
-        key_pem: key_pem.clone(),
-    };
-    let regional_id = regional.device_id();
-    let record = api.peer(&me, &regional_id).await.unwrap();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let peer = verify_peer_record(&anchors, &record, &regional_id, now).unwrap();
-    let spiffe_id = identity(&sensor.state)["spiffe_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let outbox = Outbox::new(&Credentials {
-        spiffe_id: &spiffe_id,
-        key_pem: &key_pem,
-        cert_pem: &cert_pem,
-        ka_key_pem: &ka_key_pem,
-        ka_cert_pem: &ka_cert_pem,
-    })
-    .unwrap();
-    let envelope = outbox
-        .seal(
-            &peer,
-            "telemetry",
-            b"forged past the sender",
-            u64::try_from(now).unwrap(),
-            true,
-        )
-        .unwrap();
-    let tls =
-        deliver::client_config(&cert_pem, &key_pem, &anchors, &peer.device.spiffe_id).unwrap();
+    let forger = HandSealer::new(&sensor, &server, &regional.device_id()).await;
     let endpoint = format!("https://127.0.0.1:{regional_port}");
+    let (envelope, tls) = forger.seal("telemetry", b"forged past the sender");
     match deliver::deliver(&endpoint, envelope, tls).await {
         Err(DeliveryError::Refused {
             status,
@@ -308,6 +269,121 @@ async fn three_sidecars_deliver_over_mqtt_and_refuse_what_policy_forbids_at_both
     assert!(
         log.contains("message refused") && log.contains(ProblemCode::PolicyDenied.as_str()),
         "{log}"
+    );
+}
+
+/// Seals messages by hand with a sidecar's own keys to one target, as an attacker holding
+/// them would, bypassing the sidecar (and its policy).
+struct HandSealer {
+    outbox: Outbox,
+    peer: vouch_agent::messaging::peers::Peer,
+    tls: rustls::ClientConfig,
+}
+
+impl HandSealer {
+    async fn new(from: &Sidecar, server: &RealServer, target: &str) -> Self {
+        let (cert_pem, key_pem) = (from.read("cert.pem"), from.read("key.pem"));
+        let (ka_key_pem, ka_cert_pem) = (from.read("ka-key.pem"), from.read("ka-cert.pem"));
+        let ca_pem = from.read("ca.pem");
+        let root = vouch_agent::credentials::certificates(&ca_pem)[0].clone();
+        let issuing = vouch_agent::credentials::certificates(&cert_pem)[1].clone();
+        let anchors = TrustAnchors::new(
+            &pem::encode(&pem::Pem::new("CERTIFICATE", issuing)),
+            &root,
+            "fleet.example",
+        )
+        .unwrap();
+        let api = HttpApi::new(&server.base);
+        api.trust_root(&ca_pem).unwrap();
+        let me = ClientIdentity {
+            cert_pem: cert_pem.clone(),
+            key_pem: key_pem.clone(),
+        };
+        let record = api.peer(&me, target).await.unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let peer = verify_peer_record(&anchors, &record, target, now).unwrap();
+        let spiffe_id = identity(&from.state)["spiffe_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let outbox = Outbox::new(&Credentials {
+            spiffe_id: &spiffe_id,
+            key_pem: &key_pem,
+            cert_pem: &cert_pem,
+            ka_key_pem: &ka_key_pem,
+            ka_cert_pem: &ka_cert_pem,
+        })
+        .unwrap();
+        let tls =
+            deliver::client_config(&cert_pem, &key_pem, &anchors, &peer.device.spiffe_id).unwrap();
+        Self { outbox, peer, tls }
+    }
+
+    /// A sealed message and the TLS to post it with.
+    fn seal(&self, data_type: &str, payload: &[u8]) -> (Vec<u8>, rustls::ClientConfig) {
+        let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap();
+        let envelope = self
+            .outbox
+            .seal(&self.peer, data_type, payload, now, true)
+            .unwrap();
+        (envelope, self.tls.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_a_running_sidecar_by_long_poll() {
+    let policies = policies();
+    let server = RealServer::start(&["--policy-dir", &policies.path().display().to_string()]).await;
+    let port = free_port();
+    // The periodic refresh is an hour away: only the long-poll can bring the new CRL.
+    let gateway = Sidecar::start(
+        &server,
+        "edge",
+        &[
+            "--refresh".into(),
+            "1h".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--advertise".into(),
+            format!("https://127.0.0.1:{port}"),
+        ],
+    )
+    .await;
+    let sensor = Sidecar::start(&server, "sensors", &[]).await;
+    let forger = HandSealer::new(&sensor, &server, &gateway.device_id()).await;
+    let endpoint = format!("https://127.0.0.1:{port}");
+    // Before: not refused as revoked (policy refuses it: the sensors' zone speaks mqtt and
+    // coap, and this is https).
+    let (envelope, tls) = forger.seal("telemetry", b"before");
+    let before = deliver::deliver(&endpoint, envelope, tls).await;
+    assert!(
+        !matches!(&before, Err(DeliveryError::Refused { detail, .. }) if detail.starts_with("revoked")),
+        "{before:?}"
+    );
+    let (status, _) = server
+        .post(
+            &format!("/v1/devices/{}/revoke", sensor.device_id()),
+            json!({"reason": "stolen"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let revoked_at = std::time::Instant::now();
+    loop {
+        let (envelope, tls) = forger.seal("telemetry", b"after");
+        match deliver::deliver(&endpoint, envelope, tls).await {
+            Err(DeliveryError::Refused { detail, .. }) if detail.starts_with("revoked") => break,
+            _ => {}
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(20),
+            "the gateway still does not know of the revocation: {}",
+            gateway.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "revocation to refusal at the gateway: {} ms",
+        revoked_at.elapsed().as_millis()
     );
 }
 

@@ -140,6 +140,8 @@ pub struct AppInner {
     pub bundle_signing: BundleSigning,
     /// Per-caller limit of decisions.
     pub decision_rate: crate::flows::rate::CallerBuckets,
+    /// The newest CRL number known here, for `GET /v1/crl` long-polls.
+    pub crl_feed: crate::flows::revoke::CrlFeed,
 }
 
 impl AppState {

@@ -3,6 +3,7 @@
 
 use super::problem::ApiError;
 use super::AppState;
+use crate::flows::revoke::CrlAnswer;
 use crate::metrics::ExpositionFormat;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -10,13 +11,75 @@ use axum::response::IntoResponse;
 use axum::Json;
 use vouch_proto::ProblemCode;
 
-/// The current CRL (DER), signed by the issuing CA. A new one is signed on every revocation
-/// and when the stored one has used a quarter of its validity.
-#[utoipa::path(get, path = "/v1/crl",
-    responses((status = 200, content_type = "application/pkix-crl", body = Vec<u8>)))]
-pub async fn crl(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let crl = crate::flows::revoke::current_crl(&state).await?;
-    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], crl.der))
+/// Longest long-poll of `GET /v1/crl`, seconds.
+pub const MAX_CRL_WAIT_SECS: u64 = 60;
+
+/// `GET /v1/crl`'s query.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CrlQuery {
+    /// The CRL number the caller has (as `If-None-Match: "N"` says too): if it is still
+    /// current, the answer waits up to `wait` seconds for the next one.
+    #[param(minimum = 0)]
+    pub after: Option<u64>,
+    /// Seconds to wait for a CRL newer than the caller's (0 to 60; default 0).
+    #[param(minimum = 0, maximum = 60)]
+    pub wait: Option<u64>,
+}
+
+/// The CRL number an `If-None-Match` header names (`"N"` or `W/"N"`).
+fn etag_number(headers: &HeaderMap) -> Option<i64> {
+    let value = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?.trim();
+    value
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+/// The current CRL (DER), signed by the issuing CA, with its number as the `ETag`. A new
+/// one is signed on every revocation and when the stored one has used a quarter of its
+/// validity. With the caller's number (`after` or `If-None-Match`) still current, `304`, or
+/// with `wait`, the next CRL as soon as one is signed (a long-poll).
+#[utoipa::path(get, path = "/v1/crl", params(CrlQuery),
+    responses(
+        (status = 200, content_type = "application/pkix-crl", body = Vec<u8>,
+            headers(("ETag" = String, description = "The CRL number, quoted"))),
+        (status = 304, description = "The caller's CRL is current",
+            headers(("ETag" = String, description = "The CRL number, quoted"))),
+        (status = 400, body = super::problem::Problem, content_type = "application/problem+json")))]
+pub async fn crl(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<CrlQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| ApiError::new(ProblemCode::InvalidQuery, e.body_text()))?;
+    let known = query
+        .after
+        .map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+        .or_else(|| etag_number(&headers));
+    let wait = std::time::Duration::from_secs(query.wait.unwrap_or(0).min(MAX_CRL_WAIT_SECS));
+    let etag = |n: i64| format!("\"{n}\"");
+    Ok(
+        match crate::flows::revoke::crl_after(&state, known, wait).await? {
+            CrlAnswer::Current(crl) => (
+                [
+                    (header::CONTENT_TYPE, "application/pkix-crl".to_owned()),
+                    (header::ETAG, etag(crl.number)),
+                    (header::CACHE_CONTROL, "no-cache".to_owned()),
+                ],
+                crl.der,
+            )
+                .into_response(),
+            CrlAnswer::NotModified(n) => (
+                axum::http::StatusCode::NOT_MODIFIED,
+                [(header::ETAG, etag(n))],
+            )
+                .into_response(),
+        },
+    )
 }
 
 /// The root CA certificate (PEM): what devices and relying parties trust.

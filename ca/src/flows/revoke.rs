@@ -1,6 +1,7 @@
 //! Revocation and the CRL: an operator revokes a device (every certificate it holds, in one
 //! audited transaction), and every change of who is revoked signs a new CRL with the next
-//! CRL number at once.
+//! CRL number at once. Agents long-poll for the next CRL ([`crl_after`]); every replica
+//! learns of a new number at once (its own, or another's through the registry).
 
 use super::devices::{audited_reason, device_id, not_found};
 use crate::api::problem::ApiError;
@@ -60,7 +61,64 @@ pub(crate) async fn publish_crl(state: &AppState) -> Result<StoredCrl, ApiError>
         .await?
         .map_err(|e| ApiError::internal(&e))?;
     tracing::info!(crl_number = crl.number, "CRL published");
+    state.crl_feed.advance(crl.number);
     Ok(crl)
+}
+
+/// The newest CRL number known to this replica; long-polls wait for it to pass theirs.
+#[derive(Debug)]
+pub struct CrlFeed(tokio::sync::watch::Sender<i64>);
+
+impl Default for CrlFeed {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(0))
+    }
+}
+
+impl CrlFeed {
+    /// Records that CRL `number` exists (numbers only grow).
+    pub(crate) fn advance(&self, number: i64) {
+        self.0.send_if_modified(|known| {
+            let newer = number > *known;
+            if newer {
+                *known = number;
+            }
+            newer
+        });
+    }
+}
+
+/// What `GET /v1/crl` answers.
+#[derive(Debug)]
+pub enum CrlAnswer {
+    /// The current CRL.
+    Current(StoredCrl),
+    /// The caller's CRL (this number) is still the current one.
+    NotModified(i64),
+}
+
+/// The current CRL, unless the caller has it (`known`): then, for up to `wait`, the next one
+/// as soon as it is signed (here or on another replica), or that the caller's is current.
+pub async fn crl_after(
+    state: &AppState,
+    known: Option<i64>,
+    wait: std::time::Duration,
+) -> Result<CrlAnswer, ApiError> {
+    let crl = current_crl(state).await?;
+    state.crl_feed.advance(crl.number);
+    let Some(known) = known.filter(|n| *n == crl.number) else {
+        return Ok(CrlAnswer::Current(crl));
+    };
+    if !wait.is_zero() {
+        let mut newer = state.crl_feed.0.subscribe();
+        let _ = tokio::time::timeout(wait, newer.wait_for(|n| *n > known)).await;
+    }
+    let crl = current_crl(state).await?;
+    Ok(if crl.number == known {
+        CrlAnswer::NotModified(known)
+    } else {
+        CrlAnswer::Current(crl)
+    })
 }
 
 /// The CRL to serve: the latest, or a new one once a quarter of its validity has passed.

@@ -1,4 +1,6 @@
-//! The CRL number sequence and the latest signed CRL, shared by every replica.
+//! The CRL number sequence and the latest signed CRL, shared by every replica. On
+//! PostgreSQL every new CRL is announced on the `vouch_crl` channel (NOTIFY, delivered at
+//! commit), so replicas learn of it at once; SQLite has one process, which knows already.
 
 use super::{col, Registry, StoreError};
 use crate::ids::Serial;
@@ -16,7 +18,53 @@ pub struct StoredCrl {
     pub der: Vec<u8>,
 }
 
+/// The PostgreSQL channel new CRL numbers are announced on.
+const CRL_CHANNEL: &str = "vouch_crl";
+
 impl Registry {
+    /// Passes every CRL number another replica announces to `announce`, for as long as the
+    /// process runs (reconnecting after a failure, and then reading the latest number, which
+    /// may have been announced while away). Returns at once on SQLite.
+    pub(crate) async fn follow_crl_numbers(&self, announce: impl Fn(i64) + Send) {
+        let Some(url) = self
+            .url
+            .as_deref()
+            .filter(|_| self.backend == super::Backend::Postgres)
+        else {
+            return;
+        };
+        loop {
+            match sqlx::postgres::PgListener::connect(url).await {
+                Ok(mut listener) => {
+                    if let Err(e) = listener.listen(CRL_CHANNEL).await {
+                        tracing::warn!(error = %e, "cannot LISTEN for new CRLs; retrying");
+                    } else {
+                        if let Ok(Some(latest)) = self.latest_crl().await {
+                            announce(latest.number);
+                        }
+                        loop {
+                            match listener.recv().await {
+                                Ok(n) => {
+                                    if let Ok(number) = n.payload().parse::<i64>() {
+                                        announce(number);
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "lost the CRL announcements; reconnecting");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot connect for CRL announcements; retrying")
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
     /// The latest stored CRL, if one was ever signed.
     pub async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError> {
         let row = sqlx::query("SELECT crl_number, this_update, der FROM crl_state WHERE id = 1")
@@ -84,6 +132,13 @@ impl Registry {
             .bind(der.clone())
             .execute(&mut *tx)
             .await?;
+        if self.backend == super::Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CRL_CHANNEL)
+                .bind(number.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(Ok(StoredCrl {
             number,

@@ -117,6 +117,7 @@ impl<B: Batch> Writer<B> {
                     let registry = Registry {
                         pool: pool.clone(),
                         backend,
+                        url: None,
                         sqlite_writer,
                         writers: None,
                     };

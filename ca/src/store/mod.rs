@@ -134,6 +134,8 @@ async fn connect_pool(
 pub struct Registry {
     pool: AnyPool,
     backend: Backend,
+    /// The database URL (for PostgreSQL's LISTEN connection); `None` inside a writer.
+    url: Option<String>,
     /// SQLite allows one writer at a time. Writers in this process queue here, in order,
     /// instead of polling SQLite's lock with `busy_timeout` sleeps (which cost milliseconds
     /// per conflict under load). `None` for PostgreSQL, which has row locks.
@@ -172,6 +174,7 @@ impl Registry {
         Ok(Self {
             pool,
             backend,
+            url: Some(url.to_owned()),
             sqlite_writer,
             writers: Some(writers),
         })

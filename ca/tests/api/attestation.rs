@@ -7,8 +7,7 @@
 use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::sync::Arc;
-use vouch_ca::app::{self, ServeConfig};
+use vouch_ca::app;
 use vouch_ca::store::{AttestationResult, AttestationState, SweepOutcome};
 use vouch_ca::tokens::Role;
 use vouch_proto::ProblemCode;
@@ -142,24 +141,6 @@ async fn quarantine_reaches_policy_and_renewal_until_released() {
             .unwrap()
             .is_none());
     }
-}
-
-/// A second server process-in-a-test on the same database and data directory.
-async fn replica_of(app: &TestApp) -> app::RunningServer {
-    let config = ServeConfig {
-        data_dir: app.data_dir(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        public_url: None,
-        database_url: app.database_url.clone(),
-        hostnames: vec!["127.0.0.1".into()],
-        max_connections: 4,
-        settings: settings(),
-        policy: policy_config(&example_policy_dir()),
-        sweep_every: std::time::Duration::from_secs(3600),
-    };
-    app::start(&config, Arc::new(app.clock.clone()))
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod attest_batch;
 mod attestation;
 mod conformance;
 mod connections;
+mod crl_feed;
 mod enroll;
 mod hostile;
 mod impersonation;

@@ -506,3 +506,21 @@ pub fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
     std::fs::write(&p, contents).unwrap();
     p
 }
+
+/// A second server process-in-a-test on the same database and data directory.
+pub async fn replica_of(app: &TestApp) -> app::RunningServer {
+    let config = ServeConfig {
+        data_dir: app.data_dir(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
+        database_url: app.database_url.clone(),
+        hostnames: vec!["127.0.0.1".into()],
+        max_connections: 4,
+        settings: settings(),
+        policy: policy_config(&example_policy_dir()),
+        sweep_every: std::time::Duration::from_secs(3600),
+    };
+    app::start(&config, Arc::new(app.clock.clone()))
+        .await
+        .unwrap()
+}
