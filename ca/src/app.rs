@@ -379,13 +379,7 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         crl_feed: Default::default(),
     });
     // New CRLs signed by other replicas reach this replica's long-polls at once.
-    let following = state.clone();
-    tokio::spawn(async move {
-        following
-            .registry
-            .follow_crl_numbers(|n| following.crl_feed.advance(n))
-            .await;
-    });
+    tokio::spawn(crate::flows::revoke::follow_other_replicas(state.clone()));
     if let (Some(every), true) = (config.policy.poll, state.policy.has_dirs()) {
         tokio::spawn(watch_policies(state.clone(), every));
     }

@@ -253,6 +253,9 @@ pub async fn quote(
     match result {
         AttestationResult::Pass { reference_set } => {
             tracing::debug!(device_id = %device.device_id, reference_set = %reference_set, "attestation passed");
+            if super::revoke::was_on_hold(state, &caller.serial.to_hex()) {
+                super::revoke::publish_crl_after(state, "a held device attested").await;
+            }
             Ok(AttestOutcome {
                 result: "pass".into(),
                 attestation,
@@ -261,6 +264,7 @@ pub async fn quote(
         }
         AttestationResult::Fail { reason } => {
             tracing::warn!(device_id = %device.device_id, reason = %reason, "attestation failed; device quarantined");
+            super::revoke::publish_crl_after(state, "a quarantine").await;
             Err(ApiError::new(
                 ProblemCode::AttestationFailed,
                 format!("attestation failed, device quarantined: {reason}"),
@@ -333,6 +337,9 @@ pub async fn sweep_stale(state: &AppState, replica: &str) -> Option<crate::store
         Ok(outcome) => {
             if let crate::store::SweepOutcome::Ran { period, stale } = outcome {
                 tracing::info!(period, stale, replica, "stale sweep ran");
+                if stale > 0 {
+                    super::revoke::publish_crl_after(state, "a stale sweep").await;
+                }
             }
             Some(outcome)
         }

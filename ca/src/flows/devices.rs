@@ -136,6 +136,7 @@ pub async fn release(
         )),
         ReleaseOutcome::Released(device) => {
             tracing::info!(device_id = %id, by = %actor, "device released from quarantine");
+            super::revoke::publish_crl_after(state, "a release").await;
             Ok(*device)
         }
     }

@@ -11,8 +11,11 @@ use time::{Duration, OffsetDateTime};
 pub(crate) struct RevokedEntry {
     /// The certificate's serial.
     pub serial: Serial,
-    /// When the registry revoked it.
+    /// When the registry revoked it (or put it on hold).
     pub revoked_at: OffsetDateTime,
+    /// Only on hold (`certificateHold`): the device is quarantined or stale, and is taken
+    /// off the list on release or a passing attestation.
+    pub hold: bool,
 }
 
 /// Builds and signs a CRL with number `crl_number` listing `revoked`, valid from `now` for
@@ -36,7 +39,7 @@ pub(crate) fn build_crl(
                 serial_number: rcgen::SerialNumber::from_slice(r.serial.bytes()),
                 revocation_time: r.revoked_at,
                 // RFC 5280 5.3.1: the reason code `unspecified` SHOULD be absent.
-                reason_code: None,
+                reason_code: r.hold.then_some(rcgen::RevocationReason::CertificateHold),
                 invalidity_date: None,
             })
             .collect(),

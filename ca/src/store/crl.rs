@@ -18,6 +18,25 @@ pub struct StoredCrl {
     pub der: Vec<u8>,
 }
 
+/// Every certificate a CRL lists at time `$1`, with when and whether it is only on hold:
+/// revoked certificates (a key-agreement certificate with the device certificate it came
+/// with), and, on hold (`certificateHold`), the current certificates of active devices whose
+/// attestation failed (quarantined) or went silent (stale).
+const LISTED: &str = "SELECT serial, revoked_at, CAST(0 AS BIGINT) AS hold FROM certificates \
+     WHERE revoked_at IS NOT NULL AND not_after > $1 \
+     UNION ALL SELECT k.serial, c.revoked_at, CAST(0 AS BIGINT) FROM key_agreement_certificates k \
+     JOIN certificates c ON c.serial = k.device_serial \
+     WHERE c.revoked_at IS NOT NULL AND c.not_after > $1 \
+     UNION ALL SELECT c.serial, d.updated_at, CAST(1 AS BIGINT) FROM certificates c \
+     JOIN devices d ON d.id = c.device_id \
+     WHERE d.status = 'active' AND d.attestation IN ('quarantined', 'stale') \
+     AND c.revoked_at IS NULL AND c.not_after > $1 \
+     UNION ALL SELECT k.serial, d.updated_at, CAST(1 AS BIGINT) FROM key_agreement_certificates k \
+     JOIN certificates c ON c.serial = k.device_serial JOIN devices d ON d.id = c.device_id \
+     WHERE d.status = 'active' AND d.attestation IN ('quarantined', 'stale') \
+     AND c.revoked_at IS NULL AND c.not_after > $1 \
+     ORDER BY serial";
+
 /// The PostgreSQL channel new CRL numbers are announced on.
 const CRL_CHANNEL: &str = "vouch_crl";
 
@@ -65,6 +84,19 @@ impl Registry {
         }
     }
 
+    /// The serials (hex) a CRL signed at `now` would put on hold.
+    pub(crate) async fn held_serials(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(LISTED)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, _, hold)| *hold != 0)
+            .map(|(serial, _, _)| serial)
+            .collect())
+    }
+
     /// The latest stored CRL, if one was ever signed.
     pub async fn latest_crl(&self) -> Result<Option<StoredCrl>, StoreError> {
         let row = sqlx::query("SELECT crl_number, this_update, der FROM crl_state WHERE id = 1")
@@ -100,24 +132,16 @@ impl Registry {
         )
         .fetch_one(&mut *tx)
         .await?;
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            // A key-agreement certificate is revoked with the device certificate it came with.
-            "SELECT serial, revoked_at FROM certificates \
-             WHERE revoked_at IS NOT NULL AND not_after > $1 \
-             UNION ALL SELECT k.serial, c.revoked_at FROM key_agreement_certificates k \
-             JOIN certificates c ON c.serial = k.device_serial \
-             WHERE c.revoked_at IS NOT NULL AND c.not_after > $1 ORDER BY serial",
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as(LISTED).bind(now).fetch_all(&mut *tx).await?;
         let mut revoked = Vec::with_capacity(rows.len());
-        for (serial, at) in rows {
+        for (serial, at, hold) in rows {
             revoked.push(RevokedEntry {
                 serial: Serial::from_hex(&serial)
                     .ok_or_else(|| StoreError::Corrupt(format!("serial `{serial}`")))?,
                 revoked_at: OffsetDateTime::from_unix_timestamp(at)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                hold: hold != 0,
             });
         }
         let der = match sign(u64::try_from(number).unwrap_or(0), &revoked) {

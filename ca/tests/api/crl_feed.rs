@@ -5,6 +5,7 @@
 use crate::support::*;
 use reqwest::StatusCode;
 use std::time::Duration;
+use x509_parser::prelude::FromDer;
 
 /// The number an answer's `ETag` names.
 fn etag(r: &reqwest::Response) -> i64 {
@@ -96,4 +97,89 @@ async fn a_revocation_on_one_replica_wakes_a_long_poll_on_another_postgres() {
     let other = replica_of(&app).await;
     let base = format!("https://127.0.0.1:{}", other.addr.port());
     a_revocation_wakes_a_long_poll(&app, base).await;
+}
+
+/// The serials (hex, as the registry writes them) the current CRL lists, with whether each
+/// is only on hold; and what `openssl crl -text` makes of it.
+async fn listed(app: &TestApp) -> (Vec<(String, bool)>, String) {
+    let r = app.get("/v1/crl", None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let der = r.bytes().await.unwrap().to_vec();
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+    let entries = crl
+        .iter_revoked_certificates()
+        .map(|e| {
+            let hold = e
+                .reason_code()
+                .is_some_and(|(_, code)| code == x509_parser::x509::ReasonCode::CertificateHold);
+            (hex::encode(e.raw_serial()), hold)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("crl.der"), &der).unwrap();
+    let text = openssl(
+        dir.path(),
+        &["crl", "-inform", "DER", "-in", "crl.der", "-noout", "-text"],
+    );
+    (entries, text)
+}
+
+fn holds(entries: &[(String, bool)], serial: &str) -> bool {
+    entries
+        .iter()
+        .any(|(s, hold)| s.trim_start_matches("00") == serial.trim_start_matches("00") && *hold)
+}
+
+#[tokio::test]
+async fn a_quarantined_or_stale_device_is_on_hold_until_released_or_attested() {
+    use crate::tpm::{attest, enrolled_tpm, tpm_app};
+    use vouch_ca::clock::Clock;
+    let (app, _refs) = tpm_app(Db::Sqlite).await;
+    let (booted, device) = enrolled_tpm(&app).await;
+    let (entries, _) = listed(&app).await;
+    assert!(!holds(&entries, device.serial()), "{entries:?}");
+
+    // A failed attestation: quarantined, and on hold in a new CRL at once.
+    let before = etag(&app.get("/v1/crl", None).await);
+    booted.tpm.extend(0, &[0x66; 32]);
+    assert_eq!(
+        attest(&app, &device, &booted).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let r = app.get("/v1/crl", None).await;
+    assert!(etag(&r) > before);
+    let (entries, text) = listed(&app).await;
+    assert!(holds(&entries, device.serial()), "{entries:?}");
+    assert!(text.contains("Certificate Hold"), "{text}");
+
+    // Released by an operator: off the list.
+    let path = format!("/v1/devices/{}/release", device.device_id());
+    let r = app
+        .post(
+            &path,
+            Some(&app.admin),
+            &serde_json::json!({"reason": "reflashed"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (entries, _) = listed(&app).await;
+    assert!(!holds(&entries, device.serial()), "{entries:?}");
+    assert!(entries.is_empty(), "{entries:?}");
+
+    // Silent past its attestation period and grace: stale, on hold; a passing attestation
+    // (of the boot it had) takes it off again.
+    let (booted, silent) = enrolled_tpm(&app).await;
+    let period = settings().attestation_period_secs;
+    let grace = settings().attestation_grace_secs;
+    app.clock.advance(period + grace + period);
+    let _ = app.clock.now();
+    app.assert_sweep_made_stale("replica-a", 2).await;
+    let (entries, _) = listed(&app).await;
+    assert!(holds(&entries, silent.serial()), "{entries:?}");
+    assert_eq!(
+        attest(&app, &silent, &booted).await.status(),
+        StatusCode::OK
+    );
+    let (entries, _) = listed(&app).await;
+    assert!(!holds(&entries, silent.serial()), "{entries:?}");
 }
