@@ -20,6 +20,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -202,6 +203,8 @@ pub struct Messenger {
     started: Instant,
     broker: OnceLock<Broker>,
     limits: Limits,
+    /// New CRLs installed: cached facts from before the latest are asked again.
+    trust_changes: AtomicU64,
 }
 
 fn now() -> i64 {
@@ -237,6 +240,7 @@ impl Messenger {
             started: Instant::now(),
             broker: OnceLock::new(),
             limits: Limits::default(),
+            trust_changes: AtomicU64::new(0),
         })
     }
 
@@ -311,11 +315,18 @@ impl Messenger {
                 .crl
                 .write()
                 .map_err(|_| "the CRL lock was poisoned".to_owned())?;
-            if current.as_ref().is_some_and(|c| c.number() > number) {
-                return Ok(current.as_ref().map_or(number, RevocationList::number));
+            let known = current.as_ref().map(RevocationList::number);
+            if known.is_some_and(|k| k > number) {
+                return Ok(known.unwrap_or(number));
             }
             *current = Some(crl.clone());
+            if known == Some(number) {
+                // The same list, fetched again (its nextUpdate may be later): nothing changed.
+                return Ok(number);
+            }
         }
+        // Who is quarantined or released may have changed: ask the directory again.
+        self.trust_changes.fetch_add(1, Ordering::SeqCst);
         let dropped = self
             .peers
             .forget_where(|p| crl.lists(&p.device.serial) || crl.lists(&p.key_agreement.serial));
@@ -343,14 +354,16 @@ impl Messenger {
     }
 
     /// The checked peer `device_id` with fresh facts: from the cache when asked within
-    /// [`FACTS_TTL_SECS`], else from the directory (falling back to a cached answer up to
-    /// [`MAX_FACTS_AGE_SECS`] old while the directory cannot be reached).
+    /// [`FACTS_TTL_SECS`] and since the last new CRL (a quarantine, a release), else from the
+    /// directory (falling back to a cached answer up to [`MAX_FACTS_AGE_SECS`] old while the
+    /// directory cannot be reached).
     async fn peer(&self, device_id: &str) -> Result<Peer, MessagingError> {
         let at = now();
+        let generation = self.trust_changes.load(Ordering::SeqCst);
         let cached = self.peers.get(device_id, at);
         if let Some(peer) = cached
             .as_ref()
-            .filter(|p| at - p.fetched_at < FACTS_TTL_SECS)
+            .filter(|p| at - p.fetched_at < FACTS_TTL_SECS && p.generation == generation)
         {
             return Ok(peer.clone());
         }
@@ -369,8 +382,9 @@ impl Messenger {
                 return Err(MessagingError::Directory(e));
             }
         };
-        let peer = verify_peer_record(&self.anchors, &record, device_id, at)
+        let mut peer = verify_peer_record(&self.anchors, &record, device_id, at)
             .map_err(|e| MessagingError::UntrustedPeer(e.to_string()))?;
+        peer.generation = generation;
         self.peers.insert(peer.clone());
         Ok(peer)
     }

@@ -29,6 +29,9 @@ pub struct Peer {
     pub facts: DeviceFacts,
     /// When the directory said it, Unix seconds.
     pub fetched_at: i64,
+    /// The holder's count of trust changes (new CRLs) when it was fetched: facts from
+    /// before the latest change are asked again.
+    pub generation: u64,
 }
 
 impl Peer {
@@ -66,6 +69,7 @@ pub fn verify_peer_record(
         endpoints: record.endpoints.clone(),
         facts: record.facts.clone(),
         fetched_at: now,
+        generation: 0,
     })
 }
 

@@ -78,12 +78,15 @@ struct Sidecar {
     process: AgentProcess,
     state: PathBuf,
     socket: PathBuf,
+    /// `run --server … --state-dir …`, to start it again.
+    run: Vec<String>,
     _base: tempfile::TempDir,
 }
 
 impl Sidecar {
     async fn start(server: &RealServer, zone: &str, extra: &[String]) -> Self {
-        Self::started(server, zone, None, extra).await
+        let token = server.token(json!({ "zone": zone })).await;
+        Self::launch(server, &token, None, extra).ready().await
     }
 
     async fn start_with_socket(
@@ -92,50 +95,83 @@ impl Sidecar {
         socket: &Path,
         extra: &[String],
     ) -> Self {
-        Self::started(server, zone, Some(socket), extra).await
+        let token = server.token(json!({ "zone": zone })).await;
+        Self::launch(server, &token, Some(socket), extra)
+            .ready()
+            .await
     }
 
-    async fn started(
-        server: &RealServer,
-        zone: &str,
-        socket: Option<&Path>,
-        extra: &[String],
-    ) -> Self {
-        let token = server.token(json!({ "zone": zone })).await;
+    async fn start_with_token(server: &RealServer, token: &str, extra: &[String]) -> Self {
+        Self::launch(server, token, None, extra).ready().await
+    }
+
+    /// Starts the agent (enrolling with `token`), without waiting for it.
+    fn launch(server: &RealServer, token: &str, socket: Option<&Path>, extra: &[String]) -> Self {
         let base = tempfile::tempdir().unwrap();
         let state = state_dir(&base);
-        let mut args = run_args(server, &state, &["--join-token", &token]);
-        if !extra.iter().any(|a| a == "--refresh") {
-            args.extend(["--refresh".into(), "1s".into()]);
-        }
+        let run = run_args(server, &state, &[]);
         let socket = socket.map_or_else(|| state.join("agent.sock"), Path::to_path_buf);
-        args.extend(["--socket".into(), socket.display().to_string()]);
-        args.extend(extra.iter().cloned());
+        let mut args = run.clone();
+        args.extend(["--join-token".into(), token.to_owned()]);
+        Self::with_options(&mut args, &socket, extra);
         let process = AgentProcess::spawn(args, base.path());
-        let sidecar = Self {
+        Self {
             process,
             state,
             socket,
+            run,
             _base: base,
-        };
-        // Ready when it has verified a CRL and the policy bundle.
-        let socket = sidecar.socket();
+        }
+    }
+
+    fn with_options(args: &mut Vec<String>, socket: &Path, extra: &[String]) {
+        if !extra.iter().any(|a| a == "--refresh") {
+            args.extend(["--refresh".into(), "1s".into()]);
+        }
+        args.extend(["--socket".into(), socket.display().to_string()]);
+        args.extend(extra.iter().cloned());
+    }
+
+    /// Stops the agent and starts it again on the same state with `extra`, without waiting.
+    fn restart(self, extra: &[String]) -> Self {
+        let Self {
+            process,
+            state,
+            socket,
+            run,
+            _base,
+        } = self;
+        let _ = process.terminate();
+        let _ = std::fs::remove_file(&socket);
+        let mut args = run.clone();
+        Self::with_options(&mut args, &socket, extra);
+        let process = AgentProcess::spawn(args, _base.path());
+        Self {
+            process,
+            state,
+            socket,
+            run,
+            _base,
+        }
+    }
+
+    /// Waits until it has verified a CRL and the policy bundle.
+    async fn ready(self) -> Self {
         let start = std::time::Instant::now();
         loop {
-            if socket.exists() {
-                let (status, id) = call(&socket, "GET", "/v1/identity", None).await;
+            if self.socket.exists() {
+                let (status, id) = call(&self.socket, "GET", "/v1/identity", None).await;
                 if status == 200 && !id["policy_version"].is_null() && !id["crl_number"].is_null() {
-                    break;
+                    return self;
                 }
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "the {zone} sidecar did not get ready: {}",
-                sidecar.process.log()
+                "the sidecar did not get ready: {}",
+                self.process.log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        sidecar
     }
 
     fn socket(&self) -> PathBuf {
@@ -500,4 +536,146 @@ fn running_as_root() -> bool {
         .find(|l| l.starts_with("Uid:"))
         .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
         .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantine_reaches_the_peers_and_a_release_lifts_it() {
+    use vouch_attestor::testing::{boot_events, measure};
+    let policies = policies();
+    let server = RealServer::start(&["--policy-dir", &policies.path().display().to_string()]).await;
+    let broker = Mosquitto::start().await;
+    let mqtt = format!("mqtt://127.0.0.1:{}", broker.port);
+    let port = free_port();
+    // The periodic refresh is an hour away: only the CRL long-poll brings news in time.
+    let gateway = Sidecar::start(
+        &server,
+        "edge",
+        &[
+            "--refresh".into(),
+            "1h".into(),
+            "--mqtt".into(),
+            mqtt.clone(),
+            "--advertise".into(),
+            mqtt.clone(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--advertise".into(),
+            format!("https://127.0.0.1:{port}"),
+        ],
+    )
+    .await;
+    let tpm = SoftwareTpm::start();
+    measure(&tpm, &boot_events("fw-1", "cfg-a"));
+    let token = server
+        .token(json!({"zone": "sensors", "device_class": "sensor"}))
+        .await;
+    let sensor_args = |tpm_args: &[String]| {
+        let mut a = vec![
+            "--mqtt".to_owned(),
+            mqtt.clone(),
+            "--advertise".into(),
+            mqtt.clone(),
+        ];
+        a.extend(tpm_args.iter().cloned());
+        a
+    };
+    let sensor = Sidecar::start_with_token(
+        &server,
+        &token,
+        &sensor_args(&[
+            "--tpm".into(),
+            tpm.tcti(),
+            "--attest-every".into(),
+            "1s".into(),
+        ]),
+    )
+    .await;
+    // A TPM device is trusted as one once its first attestation passed.
+    wait_for(Duration::from_secs(20), "the first attestation", || {
+        identity_is(&sensor.state, |i| i["last_attestation"]["result"] == "pass")
+    })
+    .await;
+    let telemetry = |text: &str| {
+        json!({"to": gateway.device_id(), "data_type": "telemetry", "protocol": "mqtt",
+               "payload": b64(text.as_bytes())})
+    };
+    let (status, sent) = call(&sensor.socket(), "POST", "/v1/send", Some(telemetry("ok"))).await;
+    assert_eq!(status, 200, "{sent}");
+    let (_, list) = call(&gateway.socket(), "GET", "/v1/messages?wait=20", None).await;
+    assert_eq!(list["messages"].as_array().unwrap().len(), 1, "{list}");
+
+    // The boot changes: the next attestation fails and the sensor is quarantined. Its keys,
+    // used past its own sidecar, no longer get a message into the gateway: its certificate
+    // is on hold in the CRL the gateway follows.
+    let forger = HandSealer::new(&sensor, &server, &gateway.device_id()).await;
+    let endpoint = format!("https://127.0.0.1:{port}");
+    tpm.extend(0, &sha256(b"unsigned bootloader"));
+    wait_for(Duration::from_secs(20), "a failed attestation", || {
+        identity_is(&sensor.state, |i| i["last_attestation"]["result"] == "fail")
+    })
+    .await;
+    let failed_at = std::time::Instant::now();
+    loop {
+        let (envelope, tls) = forger.seal("telemetry", b"from a quarantined device");
+        if let Err(DeliveryError::Refused { detail, .. }) =
+            deliver::deliver(&endpoint, envelope, tls).await
+        {
+            if detail.starts_with("revoked") {
+                break;
+            }
+        }
+        assert!(
+            failed_at.elapsed() < Duration::from_secs(20),
+            "the gateway does not know of the quarantine: {}",
+            gateway.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "failed attestation to refusal at the gateway: {} ms",
+        failed_at.elapsed().as_millis()
+    );
+    // Its own sidecar refuses to send for it too (its own standing is quarantined).
+    let (status, refused) = call(
+        &sensor.socket(),
+        "POST",
+        "/v1/send",
+        Some(telemetry("quarantined")),
+    )
+    .await;
+    assert_eq!(status, 403, "{refused}");
+
+    // The operator releases it (it runs on without its TPM, so it does not attest again):
+    // the gateway takes its messages again.
+    let sensor = sensor.restart(&sensor_args(&[]));
+    let (status, _) = server
+        .post(
+            &format!("/v1/devices/{}/release", sensor.device_id()),
+            json!({"reason": "reflashed"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let sensor = sensor.ready().await;
+    let released_at = std::time::Instant::now();
+    loop {
+        let (status, sent) = call(
+            &sensor.socket(),
+            "POST",
+            "/v1/send",
+            Some(telemetry("released")),
+        )
+        .await;
+        if status == 200 {
+            let (_, list) = call(&gateway.socket(), "GET", "/v1/messages?wait=10", None).await;
+            let messages = list["messages"].as_array().unwrap();
+            assert_eq!(messages.len(), 1, "{list}\n{}", gateway.process.log());
+            assert_eq!(messages[0]["message_id"], sent["message_id"]);
+            break;
+        }
+        assert!(
+            released_at.elapsed() < Duration::from_secs(20),
+            "still refused after the release: {sent}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
