@@ -1,7 +1,7 @@
 //! The command line and the config file. The file is TOML with the flags' names as keys
 //! (`server`, `state-dir`, `join-token`, `tpm`, `attest-every`, `event-log`,
 //! `max-retry-delay`, `once`, `advertise`, `listen`, `socket`, `workload-port`, `mqtt`,
-//! `refresh`);
+//! `refresh`, `max-crl-age`);
 //! a flag given on the command line wins over the file. Every problem is collected and
 //! reported at once, before anything starts.
 
@@ -100,6 +100,10 @@ pub struct RunArgs {
     /// Time between fetches of the CRL and the signed policy bundle [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub refresh: Option<String>,
+    /// Refuse every message (both ways) once the CRL in use was last confirmed current by
+    /// the server longer ago than this, or is past its nextUpdate [default: 4h].
+    #[arg(long, value_name = "DURATION")]
+    pub max_crl_age: Option<String>,
     /// TOML file with any of these settings (keys named as the flags); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -115,6 +119,9 @@ pub struct StatusArgs {
     /// The agent's state directory.
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
+    /// The sidecar's workload socket, if not `<state-dir>/agent.sock`.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -158,6 +165,9 @@ pub struct ConfigFile {
     pub mqtt: Option<String>,
     /// `refresh`.
     pub refresh: Option<String>,
+    /// `max-crl-age`.
+    #[serde(alias = "max_crl_age")]
+    pub max_crl_age: Option<String>,
 }
 
 impl ConfigFile {
@@ -256,7 +266,12 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
         .refresh
         .or(file.refresh)
         .map(|r| duration("refresh", &r, &mut errors));
+    let max_crl_age = args
+        .max_crl_age
+        .or(file.max_crl_age)
+        .map(|r| duration("max-crl-age", &r, &mut errors));
     let sidecar = crate::messaging::sidecar::SidecarSettings {
+        max_crl_age,
         listen,
         socket: args.socket.or(file.socket),
         workload_port: args.workload_port.or(file.workload_port),

@@ -37,7 +37,11 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Status(args) => {
-            match Status::read(&args.state_dir, time::OffsetDateTime::now_utc()) {
+            match Status::read(
+                &args.state_dir,
+                args.socket.as_deref(),
+                time::OffsetDateTime::now_utc(),
+            ) {
                 Ok(status) if args.json => match serde_json::to_string_pretty(&status) {
                     Ok(text) => {
                         println!("{text}");

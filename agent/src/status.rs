@@ -28,11 +28,47 @@ pub struct Status {
     pub expired: bool,
     /// Seconds until the certificate expires (negative once expired).
     pub expires_in_seconds: i64,
+    /// What the running sidecar says on its socket (`<state-dir>/agent.sock`): `ok`, why
+    /// it refuses every message, or that it does not answer.
+    pub messaging: String,
+}
+
+/// Asks the sidecar's `GET /healthz` on the workload socket at `socket` (a plain HTTP/1.0
+/// exchange, bounded in time and size).
+fn sidecar_health(socket: &Path) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return "not running (no sidecar answers on its socket)".into();
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return "not answering".into();
+    }
+    let mut answer = Vec::new();
+    let _ = stream.take(16 * 1024).read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+    if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") {
+        return "ok".into();
+    }
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("detail")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "not answering".into())
 }
 
 impl Status {
-    /// Reads the status of the device whose state is in `dir`, as of `now`.
-    pub fn read(dir: &Path, now: OffsetDateTime) -> Result<Self, StatusError> {
+    /// Reads the status of the device whose state is in `dir`, as of `now`, and asks its
+    /// sidecar on `socket` (default `<dir>/agent.sock`).
+    pub fn read(
+        dir: &Path,
+        socket: Option<&Path>,
+        now: OffsetDateTime,
+    ) -> Result<Self, StatusError> {
         if !dir.exists() {
             return Err(StatusError::NotEnrolled(dir.display().to_string()));
         }
@@ -52,6 +88,10 @@ impl Status {
             identity,
             expired: left <= 0,
             expires_in_seconds: left,
+            messaging: sidecar_health(&socket.map_or_else(
+                || dir.join(crate::messaging::sidecar::SOCKET_FILE),
+                Path::to_path_buf,
+            )),
         })
     }
 
@@ -79,7 +119,7 @@ impl Status {
             }
         };
         format!(
-            "device:      {}\nspiffe id:   {}\nzone:        {}\nserver:      {}\nserial:      {}\nexpires:     {} ({expiry})\ntpm:         {}\nattestation: {attested}\n",
+            "device:      {}\nspiffe id:   {}\nzone:        {}\nserver:      {}\nserial:      {}\nexpires:     {} ({expiry})\ntpm:         {}\nattestation: {attested}\nmessaging:   {}\n",
             id.device_id,
             id.spiffe_id,
             id.zone,
@@ -87,6 +127,7 @@ impl Status {
             id.serial,
             id.not_after,
             if id.tpm { "yes" } else { "no" },
+            self.messaging,
         )
     }
 }

@@ -16,11 +16,12 @@ use super::send::{Credentials, Outbox, SendError};
 use super::trust::{TrustAnchors, VerifiedDevice};
 use crate::client::{ApiError, HttpApi};
 use crate::lifecycle::ClientIdentity;
+use crate::schedule::{Clock, SystemClock};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -107,6 +108,10 @@ pub enum MessagingError {
     /// The broker did not take the message.
     #[error("the MQTT broker: {0}")]
     Broker(String),
+    /// This sidecar's knowledge of who is trusted is too old: everything is refused until
+    /// the server (or a peer) brings a current CRL.
+    #[error("refusing every message: {0}")]
+    StaleTrust(String),
 }
 
 /// A message that left.
@@ -162,7 +167,7 @@ impl Own {
             .next()
             .ok_or_else(|| SendError::Credentials("no device certificate".into()))?;
         let me = anchors
-            .verify_device(&cert_der, now())
+            .verify_device(&cert_der, time::OffsetDateTime::now_utc().unix_timestamp())
             .map_err(|e| bad(&e))?;
         if me.spiffe_id != credentials.spiffe_id {
             return Err(SendError::Credentials(
@@ -205,11 +210,15 @@ pub struct Messenger {
     limits: Limits,
     /// New CRLs installed: cached facts from before the latest are asked again.
     trust_changes: AtomicU64,
+    /// When the server last confirmed the CRL in use as current (Unix seconds).
+    crl_confirmed: AtomicI64,
+    /// Past this age of the CRL's last confirmation, everything is refused.
+    max_crl_age: Duration,
+    clock: Arc<dyn Clock>,
 }
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
+/// Default [`Messenger::with_max_crl_age`]: four hours.
+pub const DEFAULT_MAX_CRL_AGE: Duration = Duration::from_secs(4 * 3600);
 
 impl Messenger {
     /// Messaging for the device with `credentials` (its device certificate PEM followed by
@@ -241,7 +250,59 @@ impl Messenger {
             broker: OnceLock::new(),
             limits: Limits::default(),
             trust_changes: AtomicU64::new(0),
+            crl_confirmed: AtomicI64::new(i64::MIN),
+            max_crl_age: DEFAULT_MAX_CRL_AGE,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Reads the time from `clock` (tests move it).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Refuses everything once the CRL in use was last confirmed current by the server more
+    /// than `age` ago (and, whatever `age`, past the CRL's nextUpdate).
+    #[must_use]
+    pub fn with_max_crl_age(mut self, age: Duration) -> Self {
+        self.max_crl_age = age;
+        self
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now().unix_timestamp()
+    }
+
+    /// Whether this sidecar may send and take messages now: it has a CRL, confirmed current
+    /// within `--max-crl-age`, and before its nextUpdate. The reason if not.
+    pub fn trust_current(&self) -> Result<(), String> {
+        let at = self.now();
+        let crl = self
+            .crl
+            .read()
+            .map_err(|_| "the CRL lock was poisoned".to_owned())?;
+        let Some(crl) = crl.as_ref() else {
+            return Err("no CRL has been verified yet".into());
+        };
+        if at >= crl.next_update() {
+            return Err(format!(
+                "CRL {} is past its nextUpdate and the server has not given a newer one",
+                crl.number()
+            ));
+        }
+        let confirmed = self.crl_confirmed.load(Ordering::SeqCst);
+        let age = at.saturating_sub(confirmed);
+        if u64::try_from(age).map_or(true, |a| a > self.max_crl_age.as_secs()) {
+            return Err(format!(
+                "CRL {} was last confirmed by the server {}s ago, more than the maximum age of {}s",
+                crl.number(),
+                age,
+                self.max_crl_age.as_secs()
+            ));
+        }
+        Ok(())
     }
 
     /// Uses renewed `credentials` from now on (same device; new keys and certificates).
@@ -290,7 +351,11 @@ impl Messenger {
                         tokio::time::sleep(delay).await;
                     }
                 }
-                Ok(None) => delay = Duration::from_secs(1),
+                Ok(None) => {
+                    // The server says the CRL in use is still current.
+                    self.crl_confirmed.store(self.now(), Ordering::SeqCst);
+                    delay = Duration::from_secs(1);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "cannot follow the CRL");
                     tokio::time::sleep(delay).await;
@@ -320,6 +385,7 @@ impl Messenger {
                 return Ok(known.unwrap_or(number));
             }
             *current = Some(crl.clone());
+            self.crl_confirmed.store(self.now(), Ordering::SeqCst);
             if known == Some(number) {
                 // The same list, fetched again (its nextUpdate may be later): nothing changed.
                 return Ok(number);
@@ -358,7 +424,7 @@ impl Messenger {
     /// directory (falling back to a cached answer up to [`MAX_FACTS_AGE_SECS`] old while the
     /// directory cannot be reached).
     async fn peer(&self, device_id: &str) -> Result<Peer, MessagingError> {
-        let at = now();
+        let at = self.now();
         let generation = self.trust_changes.load(Ordering::SeqCst);
         let cached = self.peers.get(device_id, at);
         if let Some(peer) = cached
@@ -399,6 +465,7 @@ impl Messenger {
         size: usize,
         transport: &Transport,
     ) -> Result<Vec<String>, MessagingError> {
+        self.trust_current().map_err(MessagingError::StaleTrust)?;
         let me = self.peer(&own.device_id).await?;
         let context = MessageContext {
             data_type: data_type.to_owned(),
@@ -439,12 +506,13 @@ impl Messenger {
 
     /// Seals `payload` to `peer` (after [`Self::egress`]); the envelope and its `cti`.
     fn seal_to(
+        &self,
         own: &Own,
         peer: &Peer,
         data_type: &str,
         payload: &[u8],
     ) -> Result<(Vec<u8>, [u8; 16]), MessagingError> {
-        let at = u64::try_from(now()).unwrap_or(0);
+        let at = u64::try_from(self.now()).unwrap_or(0);
         // The receiver may not know this device yet: the certificates ride along.
         let envelope = own.outbox.seal(peer, data_type, payload, at, true)?;
         let cti = Envelope::parse(&envelope, usize::MAX)
@@ -469,7 +537,7 @@ impl Messenger {
         let policies = self
             .egress(&own, &peer, data_type, payload.len(), &transport)
             .await?;
-        let (envelope, cti) = Self::seal_to(&own, &peer, data_type, payload)?;
+        let (envelope, cti) = self.seal_to(&own, &peer, data_type, payload)?;
         Ok((envelope, hex::encode(cti), policies))
     }
 
@@ -510,7 +578,7 @@ impl Messenger {
         let policies = self
             .egress(&own, &peer, data_type, payload.len(), &transport)
             .await?;
-        let (envelope, cti) = Self::seal_to(&own, &peer, data_type, payload)?;
+        let (envelope, cti) = self.seal_to(&own, &peer, data_type, payload)?;
         let message_id = hex::encode(cti);
         if transport.protocol == "mqtt" {
             let broker = self.broker.get().ok_or_else(|| {
@@ -622,8 +690,10 @@ impl Messenger {
         transport: &Transport,
     ) -> Result<(Delivered, Accepted), Refused> {
         let refused = |reason: &'static str, detail: &str| (reason, detail.to_owned());
+        self.trust_current()
+            .map_err(|why| refused("stale_trust", &why))?;
         let own = self.own();
-        let at = now();
+        let at = self.now();
         // The facts policy needs, fetched before the (synchronous) checks.
         let (sender_peer, me_peer) = match self.claimed_sender(bytes, at) {
             Some(claimed) => (

@@ -66,6 +66,11 @@ impl RevocationList {
         })
     }
 
+    /// Its nextUpdate, Unix seconds.
+    pub fn next_update(&self) -> i64 {
+        self.next_update
+    }
+
     /// The CRL number.
     pub fn number(&self) -> u64 {
         self.number

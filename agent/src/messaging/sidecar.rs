@@ -43,6 +43,9 @@ pub struct SidecarSettings {
     pub mqtt: Option<String>,
     /// Time between CRL and policy bundle fetches; default [`DEFAULT_REFRESH`].
     pub refresh: Option<Duration>,
+    /// Past this age of the CRL's last confirmation by the server, every message is refused;
+    /// default [`super::node::DEFAULT_MAX_CRL_AGE`].
+    pub max_crl_age: Option<Duration>,
 }
 
 fn sidecar_error(what: &str) -> impl FnOnce(String) -> AgentError + '_ {

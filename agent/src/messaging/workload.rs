@@ -52,6 +52,10 @@ fn not_sent(e: MessagingError) -> Response {
             ProblemCode::MessageRefused,
             format!("the peer refused it ({code}): {detail}"),
         ),
+        MessagingError::StaleTrust(why) => problem(
+            ProblemCode::NotReady,
+            format!("this sidecar refuses every message: {why}"),
+        ),
         MessagingError::Directory(ref api) if api.code().is_some() => {
             problem(ProblemCode::PeerUnreachable, e.to_string())
         }
@@ -222,8 +226,21 @@ async fn identity(State(messenger): State<Arc<Messenger>>) -> Response {
         "trust_domain": messenger.trust_domain(),
         "policy_version": messenger.policy_version(),
         "crl_number": messenger.crl_number(),
+        "refusing": messenger.trust_current().err(),
     }))
     .into_response()
+}
+
+/// `ok` while this sidecar sends and takes messages; else `503 not_ready` and why (no CRL
+/// yet, or too old: it refuses everything until a current one arrives).
+async fn healthz(State(messenger): State<Arc<Messenger>>) -> Response {
+    match messenger.trust_current() {
+        Ok(()) => "ok".into_response(),
+        Err(why) => problem(
+            ProblemCode::NotReady,
+            format!("refusing every message: {why}"),
+        ),
+    }
 }
 
 /// Binds the workload socket at `path` (replacing a stale socket file), mode 0660.
@@ -250,7 +267,7 @@ fn router(messenger: Arc<Messenger>) -> Router {
         .route("/v1/open", post(open))
         .route("/v1/messages", get(messages))
         .route("/v1/identity", get(identity))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_PAYLOAD_BYTES * 3))
         .with_state(messenger)
 }

@@ -620,9 +620,12 @@ mod workload {
     use crate::support::call;
     use std::path::Path;
     use std::sync::Arc;
+    use std::sync::Mutex;
     use vouch_agent::messaging::deliver;
     use vouch_agent::messaging::node::Messenger;
+    use vouch_agent::messaging::node::DEFAULT_MAX_CRL_AGE;
     use vouch_agent::messaging::policy::{Decider, Party, Verdict};
+    use vouch_agent::schedule::{Clock, SystemClock};
     use vouch_policy::engine::Annotation;
     use vouch_policy::model::MessageContext;
 
@@ -659,6 +662,7 @@ mod workload {
         dir: &Path,
         listener: tokio::net::TcpListener,
         decider: Decide,
+        clock: Arc<dyn Clock>,
     ) -> Arc<Messenger> {
         let (api, _) = device.api(server);
         let anchors =
@@ -680,7 +684,8 @@ mod workload {
                 ReplayGuard::load(dir.join("replay.json")).unwrap(),
                 Arc::new(decider),
             )
-            .unwrap(),
+            .unwrap()
+            .with_clock(clock),
         );
         messenger.refresh_crl().await.unwrap();
         let tls = deliver::server_config(&cert_pem, &device.key_pem, &device.root()).unwrap();
@@ -713,13 +718,22 @@ mod workload {
             enroll_advertising(&server, &[&format!("https://{}", lb.local_addr().unwrap())]).await;
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         // A's egress policy refuses `pii`; B's ingress policy takes telemetry and status.
-        let _sa = sidecar(&server, &a, da.path(), la, Decide(|t| t != "pii")).await;
+        let _sa = sidecar(
+            &server,
+            &a,
+            da.path(),
+            la,
+            Decide(|t| t != "pii"),
+            Arc::new(SystemClock),
+        )
+        .await;
         let _sb = sidecar(
             &server,
             &b,
             db.path(),
             lb,
             Decide(|t| t == "telemetry" || t == "status"),
+            Arc::new(SystemClock),
         )
         .await;
         let (sock_a, sock_b) = (da.path().join("agent.sock"), db.path().join("agent.sock"));
@@ -836,5 +850,100 @@ mod workload {
             p["code"],
             vouch_proto::ProblemCode::PeerUnreachable.as_str()
         );
+    }
+
+    /// The wall clock moved forward by a settable offset.
+    #[derive(Clone, Default)]
+    struct Moved(Arc<Mutex<std::time::Duration>>);
+
+    impl Clock for Moved {
+        fn now(&self) -> time::OffsetDateTime {
+            time::OffsetDateTime::now_utc() + *self.0.lock().unwrap()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_maximum_crl_age_a_sidecar_refuses_everything_until_a_fresh_crl() {
+        let server = RealServer::start(&[]).await;
+        let (la, lb) = (
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+        let a =
+            enroll_advertising(&server, &[&format!("https://{}", la.local_addr().unwrap())]).await;
+        let b =
+            enroll_advertising(&server, &[&format!("https://{}", lb.local_addr().unwrap())]).await;
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let clock = Moved::default();
+        let sa = sidecar(
+            &server,
+            &a,
+            da.path(),
+            la,
+            Decide(|_| true),
+            Arc::new(clock.clone()),
+        )
+        .await;
+        let sb = sidecar(
+            &server,
+            &b,
+            db.path(),
+            lb,
+            Decide(|_| true),
+            Arc::new(clock.clone()),
+        )
+        .await;
+        let sock_a = da.path().join("agent.sock");
+        let payload = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b"t=1");
+        let send = json!({"to": b.device_id(), "data_type": "telemetry", "payload": payload});
+        let (status, p) = call(&sock_a, "POST", "/v1/send", Some(send.clone())).await;
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(call(&sock_a, "GET", "/healthz", None).await.0, 200);
+
+        // Both clocks pass the maximum age of the CRL's last confirmation (no server call
+        // confirmed it since): A refuses to send, B refuses what arrives, both say why.
+        *clock.0.lock().unwrap() = DEFAULT_MAX_CRL_AGE + std::time::Duration::from_secs(60);
+        let (status, p) = call(&sock_a, "POST", "/v1/send", Some(send.clone())).await;
+        assert_eq!(status, 503, "{p}");
+        assert_eq!(p["code"], vouch_proto::ProblemCode::NotReady.as_str());
+        assert!(
+            p["detail"].as_str().unwrap().contains("last confirmed"),
+            "{p}"
+        );
+        let (status, health) = call(&sock_a, "GET", "/healthz", None).await;
+        assert_eq!(status, 503, "{health}");
+        let (_, identity) = call(&sock_a, "GET", "/v1/identity", None).await;
+        assert!(identity["refusing"].is_string(), "{identity}");
+        let later = u64::try_from(clock.now().unix_timestamp()).unwrap();
+        let envelope = sealed(
+            &a.sender(),
+            &b,
+            &Message {
+                seq: 9,
+                iat: later,
+                ..Message::default()
+            },
+        );
+        let (reason, detail) = sb
+            .accept(
+                &envelope,
+                &vouch_agent::messaging::node::Transport::direct(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(reason, "stale_trust", "{detail}");
+
+        // A fresh CRL from the server: both take messages again by themselves.
+        sa.refresh_crl().await.unwrap();
+        sb.refresh_crl().await.unwrap();
+        assert_eq!(call(&sock_a, "GET", "/healthz", None).await.0, 200);
+        let (status, p) = call(&sock_a, "POST", "/v1/send", Some(send)).await;
+        assert_eq!(status, 200, "{p}");
+        sb.accept(
+            &envelope,
+            &vouch_agent::messaging::node::Transport::direct(),
+        )
+        .await
+        .unwrap();
     }
 }

@@ -239,6 +239,20 @@ async fn three_sidecars_deliver_over_mqtt_and_refuse_what_policy_forbids_at_both
     )
     .await;
 
+    // `vouch-agent status` asks the running sidecar.
+    let out = agent(
+        vec![
+            "status".into(),
+            "--json".into(),
+            "--state-dir".into(),
+            sensor.state.display().to_string(),
+        ],
+        None,
+    )
+    .await;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["messaging"], "ok", "{status}");
+
     // 1. Sensor → gateway telemetry over MQTT: delivered intact.
     let payload = b64(b"temperature=21.5;humidity=40");
     let (status, sent) = call(
