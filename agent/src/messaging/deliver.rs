@@ -55,6 +55,8 @@ pub enum DeliveryError {
         code: String,
         /// Why.
         detail: String,
+        /// The number of the CRL the peer uses ([`CRL_NUMBER_HEADER`]).
+        crl_number: Option<u64>,
     },
 }
 
@@ -66,6 +68,39 @@ pub struct Receipt {
     pub message_id: String,
     /// The receiver's signed receipt (`super::receipt`), base64.
     pub receipt: String,
+    /// The number of the CRL the receiver uses (from [`CRL_NUMBER_HEADER`], not the body).
+    #[serde(skip)]
+    pub crl_number: Option<u64>,
+}
+
+/// The header every delivery answer carries: the number of the CRL the receiver uses, so
+/// that a sender that is behind fetches the newer one from it (`GET /v1/crl`), and a sender
+/// that is ahead hands its own over (`PUT /v1/crl`). CRLs are signed by the CA: any peer may
+/// carry them, and each is verified before it is used.
+pub const CRL_NUMBER_HEADER: &str = "vouch-crl-number";
+
+/// Media type of a CRL.
+pub const CRL_CONTENT_TYPE: &str = "application/pkix-crl";
+
+/// The CRL in use: its number and DER, as received.
+pub type CurrentCrl = Arc<dyn Fn() -> Option<(u64, Vec<u8>)> + Send + Sync>;
+
+/// Takes a CRL a peer offers (DER): used if it verifies and is newer; the number in use.
+pub type OfferedCrl = Arc<dyn Fn(&[u8]) -> Result<u64, String> + Send + Sync>;
+
+/// A sidecar's CRL as its delivery listener shares it with peers.
+#[derive(Clone)]
+pub struct CrlRelay {
+    /// The CRL in use.
+    pub current: CurrentCrl,
+    /// Takes a CRL a peer offers.
+    pub offer: OfferedCrl,
+}
+
+#[derive(Clone)]
+struct Listening {
+    inbound: Inbound,
+    relay: Option<CrlRelay>,
 }
 
 /// The refusal of a delivered envelope: a stable reason and a description.
@@ -294,13 +329,20 @@ pub async fn deliver_with(
         .await
         .map_err(|e| DeliveryError::Unreachable(e.to_string()))?;
     let status = response.status();
+    let crl_number = response
+        .headers()
+        .get(CRL_NUMBER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let bytes = response
         .bytes()
         .await
         .map_err(|e| DeliveryError::Unreachable(e.to_string()))?;
     if status.is_success() {
-        return serde_json::from_slice(&bytes)
-            .map_err(|e| DeliveryError::Unreachable(format!("not a receipt: {e}")));
+        let mut receipt: Receipt = serde_json::from_slice(&bytes)
+            .map_err(|e| DeliveryError::Unreachable(format!("not a receipt: {e}")))?;
+        receipt.crl_number = crl_number;
+        return Ok(receipt);
     }
     let problem: Option<Problem> = serde_json::from_slice(&bytes).ok();
     Err(DeliveryError::Refused {
@@ -309,7 +351,58 @@ pub async fn deliver_with(
             .as_ref()
             .map_or_else(|| format!("http_{}", status.as_u16()), |p| p.code.clone()),
         detail: problem.map(|p| p.detail).unwrap_or_default(),
+        crl_number,
     })
+}
+
+/// `GET /v1/crl` of the peer at `endpoint`: its CRL (DER, unverified).
+pub async fn fetch_crl(client: &reqwest::Client, endpoint: &str) -> Result<Vec<u8>, DeliveryError> {
+    let url = format!("{}/v1/crl", endpoint.trim_end_matches('/'));
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| DeliveryError::Unreachable(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(DeliveryError::Unreachable(format!(
+            "the peer has no CRL to share ({})",
+            response.status()
+        )));
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| DeliveryError::Unreachable(e.to_string()))?;
+    if bytes.len() > super::revocation::MAX_CRL_BYTES {
+        return Err(DeliveryError::Unreachable(
+            "the peer's CRL is too large".into(),
+        ));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// `PUT /v1/crl` of the peer at `endpoint`: offers it `der`.
+pub async fn offer_crl(
+    client: &reqwest::Client,
+    endpoint: &str,
+    der: Vec<u8>,
+) -> Result<(), DeliveryError> {
+    let url = format!("{}/v1/crl", endpoint.trim_end_matches('/'));
+    let response = client
+        .put(url)
+        .header(header::CONTENT_TYPE, CRL_CONTENT_TYPE)
+        .body(der)
+        .send()
+        .await
+        .map_err(|e| DeliveryError::Unreachable(e.to_string()))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(DeliveryError::Unreachable(format!(
+            "the peer did not take the CRL ({})",
+            response.status()
+        )))
+    }
 }
 
 /// A problem document answer (`application/problem+json`) with `code`'s status.
@@ -330,11 +423,65 @@ pub(crate) fn problem(code: ProblemCode, detail: impl Into<String>) -> Response 
         .into_response()
 }
 
+/// Adds [`CRL_NUMBER_HEADER`] to `response`.
+fn with_crl_number(mut response: Response, relay: Option<&CrlRelay>) -> Response {
+    if let Some((number, _)) = relay.and_then(|r| (r.current)()) {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&number.to_string()) {
+            response.headers_mut().insert(CRL_NUMBER_HEADER, value);
+        }
+    }
+    response
+}
+
 async fn deliver_handler(
-    State(inbound): State<Inbound>,
+    State(listening): State<Listening>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let answer = deliver_answer(&listening.inbound, &headers, body).await;
+    with_crl_number(answer, listening.relay.as_ref())
+}
+
+/// `GET /v1/crl`: the CRL this sidecar uses, as the CA signed it.
+async fn crl_handler(State(listening): State<Listening>) -> Response {
+    match listening.relay.as_ref().and_then(|r| (r.current)()) {
+        Some((_, der)) => with_crl_number(
+            ([(header::CONTENT_TYPE, CRL_CONTENT_TYPE)], der).into_response(),
+            listening.relay.as_ref(),
+        ),
+        None => problem(ProblemCode::NotFound, "this sidecar has no CRL yet"),
+    }
+}
+
+/// `PUT /v1/crl`: a peer offers a CRL; used if the CA signed it and it is newer.
+async fn offer_handler(
+    State(listening): State<Listening>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(relay) = listening.relay.as_ref() else {
+        return problem(ProblemCode::NotFound, "this sidecar takes no CRLs");
+    };
+    let is_crl = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(CRL_CONTENT_TYPE));
+    if !is_crl {
+        return problem(
+            ProblemCode::UnsupportedMediaType,
+            format!("a CRL is `{CRL_CONTENT_TYPE}`"),
+        );
+    }
+    match (relay.offer)(&body) {
+        Ok(_) => with_crl_number(StatusCode::NO_CONTENT.into_response(), Some(relay)),
+        Err(e) => problem(
+            ProblemCode::InvalidBody,
+            format!("the CRL is not taken: {e}"),
+        ),
+    }
+}
+
+async fn deliver_answer(inbound: &Inbound, headers: &HeaderMap, body: Bytes) -> Response {
     let cose = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -356,10 +503,24 @@ async fn deliver_handler(
 /// The delivery API: `POST /v1/deliver` (`application/cose`, at most `max_len` bytes), each
 /// envelope handed to `inbound`.
 pub fn router(inbound: Inbound, max_len: usize) -> Router {
+    router_with(inbound, None, max_len)
+}
+
+/// [`router`], and with `relay`, `GET /v1/crl` and `PUT /v1/crl` for peers to exchange the
+/// newest CRL either has (signed by the CA, checked before use).
+pub fn router_with(inbound: Inbound, relay: Option<CrlRelay>, max_len: usize) -> Router {
     Router::new()
-        .route("/v1/deliver", post(deliver_handler))
-        .layer(DefaultBodyLimit::max(max_len))
-        .with_state(inbound)
+        .route(
+            "/v1/deliver",
+            post(deliver_handler).layer(DefaultBodyLimit::max(max_len)),
+        )
+        .route(
+            "/v1/crl",
+            axum::routing::get(crl_handler)
+                .put(offer_handler)
+                .layer(DefaultBodyLimit::max(super::revocation::MAX_CRL_BYTES)),
+        )
+        .with_state(Listening { inbound, relay })
 }
 
 /// Serves deliveries on `listener` until `shutdown`: each envelope (at most `max_len`
@@ -371,7 +532,16 @@ pub async fn serve(
     max_len: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let router = router(inbound, max_len);
+    serve_router(listener, tls, router(inbound, max_len), shutdown).await;
+}
+
+/// Serves `router` (see [`router_with`]) over mutual TLS on `listener` until `shutdown`.
+pub async fn serve_router(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_DELIVERY_CONNECTIONS));
     tokio::pin!(shutdown);

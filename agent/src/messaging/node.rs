@@ -196,6 +196,8 @@ pub struct Messenger {
     peers: PeerCache,
     cache: SharedSecretCache,
     crl: RwLock<Option<RevocationList>>,
+    /// The CRL in use as the CA signed it, to hand to peers that are behind.
+    crl_der: RwLock<Vec<u8>>,
     replay: Mutex<ReplayGuard>,
     known: Mutex<HashMap<[u8; 32], Vec<u8>>>,
     inbox: Mutex<VecDeque<Delivered>>,
@@ -239,6 +241,7 @@ impl Messenger {
             peers: PeerCache::default(),
             cache: SharedSecretCache::new(1024),
             crl: RwLock::new(None),
+            crl_der: RwLock::new(Vec::new()),
             replay: Mutex::new(replay),
             known: Mutex::new(HashMap::new()),
             inbox: Mutex::new(VecDeque::new()),
@@ -385,6 +388,9 @@ impl Messenger {
                 return Ok(known.unwrap_or(number));
             }
             *current = Some(crl.clone());
+            if let Ok(mut kept) = self.crl_der.write() {
+                *kept = der.to_vec();
+            }
             self.crl_confirmed.store(self.now(), Ordering::SeqCst);
             if known == Some(number) {
                 // The same list, fetched again (its nextUpdate may be later): nothing changed.
@@ -600,7 +606,19 @@ impl Messenger {
             });
         }
         let client = self.client_for(&own, &peer.device.spiffe_id)?;
-        let answer = deliver::deliver_with(&client, &endpoint, envelope).await?;
+        let answer = match deliver::deliver_with(&client, &endpoint, envelope).await {
+            Ok(answer) => {
+                self.exchange_crl(&client, &endpoint, answer.crl_number)
+                    .await;
+                answer
+            }
+            Err(e) => {
+                if let DeliveryError::Refused { crl_number, .. } = &e {
+                    self.exchange_crl(&client, &endpoint, *crl_number).await;
+                }
+                return Err(e.into());
+            }
+        };
         let receipt = B64.decode(&answer.receipt).map_err(|_| {
             MessagingError::BadReceipt(ReceiptError::Malformed("not base64".into()))
         })?;
@@ -623,6 +641,54 @@ impl Messenger {
             receipt: Some(receipt),
             policies,
         })
+    }
+
+    /// Evens out CRLs with the peer at `endpoint` that uses CRL `theirs`: fetches its CRL
+    /// if newer than this sidecar's, hands it this sidecar's if older. So an island of
+    /// sidecars cut off from the server converges on the newest CRL any of them has seen.
+    async fn exchange_crl(&self, client: &reqwest::Client, endpoint: &str, theirs: Option<u64>) {
+        let Some(theirs) = theirs else { return };
+        let mine = self.crl_number();
+        if mine.is_none_or(|m| theirs > m) {
+            match deliver::fetch_crl(client, endpoint).await {
+                Ok(der) => match self.install_crl(&der) {
+                    Ok(n) => {
+                        tracing::info!(crl_number = n, %endpoint, "took a newer CRL from a peer")
+                    }
+                    Err(e) => tracing::warn!(error = %e, %endpoint, "a peer's CRL is not used"),
+                },
+                Err(e) => tracing::debug!(error = %e, %endpoint, "cannot fetch a peer's CRL"),
+            }
+        } else if mine.is_some_and(|m| theirs < m) {
+            let der = self.crl_der.read().map(|d| d.clone()).unwrap_or_default();
+            match deliver::offer_crl(client, endpoint, der).await {
+                Ok(()) => {
+                    tracing::info!(crl_number = ?mine, %endpoint, "handed a peer the newer CRL")
+                }
+                Err(e) => tracing::debug!(error = %e, %endpoint, "a peer did not take the CRL"),
+            }
+        }
+    }
+
+    /// What the delivery listener shares with peers: the CRL in use, and taking a newer one.
+    pub fn relay(self: &Arc<Self>) -> deliver::CrlRelay {
+        let current = Arc::clone(self);
+        let offered = Arc::clone(self);
+        deliver::CrlRelay {
+            current: Arc::new(move || {
+                let number = current.crl_number()?;
+                let der = current.crl_der.read().ok()?.clone();
+                (!der.is_empty()).then_some((number, der))
+            }),
+            offer: Arc::new(move |der| {
+                let before = offered.crl_number();
+                let number = offered.install_crl(der)?;
+                if before.is_none_or(|b| number > b) {
+                    tracing::info!(crl_number = number, "a peer handed over a newer CRL");
+                }
+                Ok(number)
+            }),
+        }
     }
 
     /// The delivery client for the peer `spiffe_id`, made once (bounded: when full, all are
@@ -793,6 +859,7 @@ impl Messenger {
                 Ok(Receipt {
                     message_id: accepted.message_id,
                     receipt: B64.encode(accepted.receipt),
+                    crl_number: None,
                 })
             })
         })

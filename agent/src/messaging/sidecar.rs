@@ -179,11 +179,15 @@ pub async fn run(
             .await
             .map_err(|e| sidecar_error("delivery listener")(e.to_string()))?;
         tracing::info!(addr = ?tcp.local_addr().ok(), "taking direct deliveries (mutual TLS)");
-        tokio::spawn(deliver::serve(
+        let router = deliver::router_with(
+            messenger.inbound(),
+            Some(messenger.relay()),
+            super::receive::Limits::default().max_len,
+        );
+        tokio::spawn(deliver::serve_router(
             tcp,
             tls,
-            messenger.inbound(),
-            super::receive::Limits::default().max_len,
+            router,
             std::future::pending(),
         ));
     }

@@ -511,6 +511,7 @@ mod delivery {
                     Ok(deliver::Receipt {
                         message_id,
                         receipt: String::new(),
+                        crl_number: None,
                     })
                 }
                 Err(e) => Err((e.reason(), e.to_string())),
@@ -581,6 +582,7 @@ mod delivery {
                 status,
                 code,
                 detail,
+                ..
             }) => {
                 assert_eq!(status, 403);
                 assert_eq!(code, vouch_proto::ProblemCode::MessageRefused.as_str());

@@ -10,6 +10,7 @@ use crate::support::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use vouch_agent::client::HttpApi;
 use vouch_agent::lifecycle::{Api, ClientIdentity};
@@ -107,9 +108,20 @@ impl Sidecar {
 
     /// Starts the agent (enrolling with `token`), without waiting for it.
     fn launch(server: &RealServer, token: &str, socket: Option<&Path>, extra: &[String]) -> Self {
+        Self::launch_via(&server.base, token, socket, extra)
+    }
+
+    /// [`Self::launch`], reaching the server at `server_url`.
+    fn launch_via(server_url: &str, token: &str, socket: Option<&Path>, extra: &[String]) -> Self {
         let base = tempfile::tempdir().unwrap();
         let state = state_dir(&base);
-        let run = run_args(server, &state, &[]);
+        let run = vec![
+            "run".to_owned(),
+            "--server".to_owned(),
+            server_url.to_owned(),
+            "--state-dir".to_owned(),
+            state.display().to_string(),
+        ];
         let socket = socket.map_or_else(|| state.join("agent.sock"), Path::to_path_buf);
         let mut args = run.clone();
         args.extend(["--join-token".into(), token.to_owned()]);
@@ -303,6 +315,7 @@ async fn three_sidecars_deliver_over_mqtt_and_refuse_what_policy_forbids_at_both
             status,
             code,
             detail,
+            ..
         }) => {
             assert_eq!(status, 403);
             assert_eq!(code, vouch_proto::ProblemCode::MessageRefused.as_str());
@@ -691,5 +704,138 @@ async fn a_quarantine_reaches_the_peers_and_a_release_lifts_it() {
             "still refused after the release: {sent}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP relay to the server that the test can cut, as a network partition would.
+struct Partitionable {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Partitionable {
+    async fn to(server_base: &str) -> Self {
+        let target = server_base.trim_start_matches("https://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (is_cut, kept) = (cut.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                kept.lock().unwrap().push(task);
+            }
+        });
+        Self {
+            port,
+            cut,
+            connections,
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection, and refuses new ones from now on.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_from_the_server_sidecars_hand_each_other_the_newest_crl() {
+    let policies = policies();
+    let mut server =
+        RealServer::start(&["--policy-dir", &policies.path().display().to_string()]).await;
+    let port = free_port();
+    // The regional node reaches the server through a link the test cuts.
+    let link = Partitionable::to(&server.base).await;
+    let token = server.token(json!({"zone": "regional"})).await;
+    let regional = Sidecar::launch_via(
+        &link.base(),
+        &token,
+        None,
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--advertise".into(),
+            format!("https://127.0.0.1:{port}"),
+        ],
+    )
+    .ready()
+    .await;
+    let gateway = Sidecar::start(&server, "edge", &[]).await;
+    let other = Sidecar::start(&server, "edge", &[]).await;
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let metrics = |text: &str| {
+        json!({"to": regional.device_id(), "data_type": "aggregated_metrics",
+               "protocol": "https", "payload": b64(text.as_bytes())})
+    };
+    // Everyone knows everyone: the gateway and the other edge device (by hand, with its
+    // keys) reach the regional node, which learns their standing from the directory.
+    let (status, sent) = call(&gateway.socket(), "POST", "/v1/send", Some(metrics("1"))).await;
+    assert_eq!(status, 200, "{sent}");
+    let forger = HandSealer::new(&other, &server, &regional.device_id()).await;
+    let (envelope, tls) = forger.seal("aggregated_metrics", b"from the other edge device");
+    deliver::deliver(&endpoint, envelope, tls).await.unwrap();
+
+    // The regional node is cut off; the other device is revoked; the gateway learns of it;
+    // then the server stops.
+    link.cut();
+    let crl_of = |s: &Sidecar| {
+        let socket = s.socket();
+        async move { call(&socket, "GET", "/v1/identity", None).await.1["crl_number"].as_u64() }
+    };
+    let before = crl_of(&gateway).await.unwrap();
+    let (status, _) = server
+        .post(
+            &format!("/v1/devices/{}/revoke", other.device_id()),
+            json!({"reason": "stolen"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let start = std::time::Instant::now();
+    while crl_of(&gateway).await.unwrap() == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the gateway did not learn"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+    assert_eq!(crl_of(&regional).await, Some(before));
+
+    // The regional node does not know: the revoked device still gets a message in.
+    let (envelope, tls) = forger.seal("aggregated_metrics", b"before the news");
+    deliver::deliver(&endpoint, envelope, tls).await.unwrap();
+    // The gateway's next message carries the news (the regional node is behind: the gateway
+    // hands it the CRL), and from then on the revoked device is refused there too.
+    let (status, sent) = call(&gateway.socket(), "POST", "/v1/send", Some(metrics("2"))).await;
+    assert_eq!(status, 200, "{sent}\n{}", gateway.process.log());
+    assert!(
+        crl_of(&regional).await.unwrap() > before,
+        "{}",
+        regional.process.log()
+    );
+    let (envelope, tls) = forger.seal("aggregated_metrics", b"after the news");
+    match deliver::deliver(&endpoint, envelope, tls).await {
+        Err(DeliveryError::Refused { detail, .. }) => {
+            assert!(detail.starts_with("revoked"), "{detail}");
+        }
+        other => panic!("the regional node took a revoked device's message: {other:?}"),
     }
 }
