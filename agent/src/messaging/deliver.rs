@@ -535,11 +535,62 @@ pub async fn serve(
     serve_router(listener, tls, router(inbound, max_len), shutdown).await;
 }
 
+/// The delivery connections open now, by the serial of the client certificate each peer
+/// presented, so that a peer that is revoked or put on hold is cut off at once.
+#[derive(Debug, Default)]
+pub struct LiveConnections {
+    open: std::sync::Mutex<Vec<(Vec<u8>, tokio::task::AbortHandle)>>,
+}
+
+impl LiveConnections {
+    fn add(&self, serial: Vec<u8>, handle: tokio::task::AbortHandle) {
+        if let Ok(mut open) = self.open.lock() {
+            open.retain(|(_, h)| !h.is_finished());
+            open.push((serial, handle));
+        }
+    }
+
+    /// Closes every connection whose peer certificate serial `listed` says; how many.
+    pub fn close_where(&self, listed: impl Fn(&[u8]) -> bool) -> usize {
+        let Ok(mut open) = self.open.lock() else {
+            return 0;
+        };
+        let before = open.len();
+        open.retain(|(serial, handle)| {
+            if listed(serial) && !handle.is_finished() {
+                handle.abort();
+                false
+            } else {
+                !handle.is_finished()
+            }
+        });
+        before.saturating_sub(open.len())
+    }
+}
+
+/// The serial (as encoded) of the client certificate `tls` was opened with.
+fn peer_serial(tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Option<Vec<u8>> {
+    let der = tls.get_ref().1.peer_certificates()?.first()?.clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.raw_serial().to_vec())
+}
+
 /// Serves `router` (see [`router_with`]) over mutual TLS on `listener` until `shutdown`.
 pub async fn serve_router(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    serve_tracked(listener, tls, router, Arc::default(), shutdown).await;
+}
+
+/// [`serve_router`], keeping each open connection in `live` by its peer's serial.
+pub async fn serve_tracked(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    live: Arc<LiveConnections>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -565,7 +616,7 @@ pub async fn serve_router(
                 }
             },
         };
-        let (acceptor, router) = (acceptor.clone(), router.clone());
+        let (acceptor, router, live) = (acceptor.clone(), router.clone(), live.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
@@ -573,15 +624,20 @@ pub async fn serve_router(
                 tracing::debug!(%peer, "delivery handshake failed");
                 return;
             };
+            let serial = peer_serial(&tls).unwrap_or_default();
             let service = TowerToHyperService::new(router);
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT);
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
-                tracing::debug!(%peer, error = %e, "delivery connection ended with an error");
-            }
+            let connection = tokio::spawn(async move {
+                let mut builder = Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HANDSHAKE_TIMEOUT);
+                if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+                    tracing::debug!(%peer, error = %e, "delivery connection ended with an error");
+                }
+            });
+            live.add(serial, connection.abort_handle());
+            let _ = connection.await;
         });
     }
 }

@@ -212,6 +212,8 @@ pub struct Messenger {
     limits: Limits,
     /// New CRLs installed: cached facts from before the latest are asked again.
     trust_changes: AtomicU64,
+    /// Peers' open delivery connections to this sidecar.
+    live: Arc<deliver::LiveConnections>,
     /// When the server last confirmed the CRL in use as current (Unix seconds).
     crl_confirmed: AtomicI64,
     /// Past this age of the CRL's last confirmation, everything is refused.
@@ -253,6 +255,7 @@ impl Messenger {
             broker: OnceLock::new(),
             limits: Limits::default(),
             trust_changes: AtomicU64::new(0),
+            live: Arc::default(),
             crl_confirmed: AtomicI64::new(i64::MIN),
             max_crl_age: DEFAULT_MAX_CRL_AGE,
             clock: Arc::new(SystemClock),
@@ -407,6 +410,7 @@ impl Messenger {
                 clients.remove(&peer.device.spiffe_id);
             }
         }
+        let closed = self.live.close_where(|serial| crl.lists(serial));
         let refused = self
             .inbox
             .lock()
@@ -419,6 +423,7 @@ impl Messenger {
         tracing::info!(
             crl_number = number,
             peers_dropped = dropped.len(),
+            connections_closed = closed,
             queued_messages_refused = refused,
             "CRL in use"
         );
@@ -668,6 +673,12 @@ impl Messenger {
                 Err(e) => tracing::debug!(error = %e, %endpoint, "a peer did not take the CRL"),
             }
         }
+    }
+
+    /// Peers' open delivery connections (see [`deliver::serve_tracked`]): closed when a new
+    /// CRL lists them.
+    pub fn live_connections(&self) -> Arc<deliver::LiveConnections> {
+        Arc::clone(&self.live)
     }
 
     /// What the delivery listener shares with peers: the CRL in use, and taking a newer one.

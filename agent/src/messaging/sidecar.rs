@@ -184,10 +184,11 @@ pub async fn run(
             Some(messenger.relay()),
             super::receive::Limits::default().max_len,
         );
-        tokio::spawn(deliver::serve_router(
+        tokio::spawn(deliver::serve_tracked(
             tcp,
             tls,
             router,
+            messenger.live_connections(),
             std::future::pending(),
         ));
     }

@@ -22,7 +22,7 @@ use vouch_envelope::{
 use vouch_proto::ProblemCode;
 
 /// A device enrolled with a key-agreement key.
-struct Device {
+pub(crate) struct Device {
     spiffe_id: String,
     key_pkcs8: Vec<u8>,
     cert: Vec<u8>,
@@ -30,12 +30,12 @@ struct Device {
     ka_cert: Vec<u8>,
     chain_pem: String,
     /// The enrollment answer.
-    body: Value,
+    pub(crate) body: Value,
     key_pem: String,
     ka_key_pem: String,
 }
 
-async fn enroll(server: &RealServer) -> Device {
+pub(crate) async fn enroll(server: &RealServer) -> Device {
     enroll_advertising(server, &[]).await
 }
 
@@ -91,11 +91,11 @@ impl Device {
         RecipientKeys::new(&self.spiffe_id, ka.public_key()).unwrap()
     }
 
-    fn root(&self) -> Vec<u8> {
+    pub(crate) fn root(&self) -> Vec<u8> {
         certificates(&self.chain_pem).last().unwrap().clone()
     }
 
-    fn issuing_ca(&self) -> Vec<u8> {
+    pub(crate) fn issuing_ca(&self) -> Vec<u8> {
         certificates(&self.chain_pem)[0].clone()
     }
 }
@@ -401,11 +401,11 @@ async fn a_revoked_sender_another_fleet_and_a_stale_crl_are_refused() {
 }
 
 impl Device {
-    fn device_id(&self) -> &str {
+    pub(crate) fn device_id(&self) -> &str {
         self.body["device_id"].as_str().unwrap()
     }
 
-    fn credentials(&self) -> Credentials<'_> {
+    pub(crate) fn credentials(&self) -> Credentials<'_> {
         Credentials {
             spiffe_id: &self.spiffe_id,
             key_pem: &self.key_pem,

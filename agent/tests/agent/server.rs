@@ -18,7 +18,9 @@ pub const AGENT: &str = env!("CARGO_BIN_EXE_vouch-agent");
 
 pub struct RealServer {
     server: Option<RunningServer>,
-    _dir: TempDir,
+    /// The data directory (kept by the first replica only).
+    _dir: Option<TempDir>,
+    config: app::ServeConfig,
     pub base: String,
     admin: String,
     client: Client,
@@ -75,10 +77,27 @@ impl RealServer {
             .unwrap();
         Self {
             server: Some(server),
-            _dir: dir,
+            _dir: Some(dir),
+            config,
             base,
             admin,
             client,
+        }
+    }
+
+    /// Another replica of this server: the same data directory and database (share a
+    /// database only on PostgreSQL: `--database-url`), on its own port. Keep `self` alive.
+    pub async fn replica(&self) -> Self {
+        let server = app::start(&self.config, Arc::new(SystemClock))
+            .await
+            .unwrap();
+        Self {
+            base: format!("https://127.0.0.1:{}", server.addr.port()),
+            server: Some(server),
+            _dir: None,
+            config: self.config.clone(),
+            admin: self.admin.clone(),
+            client: self.client.clone(),
         }
     }
 

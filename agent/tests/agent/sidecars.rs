@@ -345,40 +345,68 @@ struct HandSealer {
 
 impl HandSealer {
     async fn new(from: &Sidecar, server: &RealServer, target: &str) -> Self {
-        let (cert_pem, key_pem) = (from.read("cert.pem"), from.read("key.pem"));
-        let (ka_key_pem, ka_cert_pem) = (from.read("ka-key.pem"), from.read("ka-cert.pem"));
-        let ca_pem = from.read("ca.pem");
-        let root = vouch_agent::credentials::certificates(&ca_pem)[0].clone();
-        let issuing = vouch_agent::credentials::certificates(&cert_pem)[1].clone();
+        let cert_pem = from.read("cert.pem");
+        let spiffe_id = identity(&from.state)["spiffe_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let credentials = Credentials {
+            spiffe_id: &spiffe_id,
+            key_pem: &from.read("key.pem"),
+            cert_pem: &cert_pem,
+            ka_key_pem: &from.read("ka-key.pem"),
+            ka_cert_pem: &from.read("ka-cert.pem"),
+        };
+        Self::with(&credentials, &from.read("ca.pem"), &server.base, target).await
+    }
+
+    /// For a device enrolled by the test itself.
+    async fn for_device(
+        device: &crate::messaging::Device,
+        server: &RealServer,
+        target: &str,
+    ) -> Self {
+        let cert_pem = format!(
+            "{}{}",
+            device.body["certificate_pem"].as_str().unwrap(),
+            pem::encode(&pem::Pem::new("CERTIFICATE", device.issuing_ca()))
+        );
+        let credentials = Credentials {
+            cert_pem: &cert_pem,
+            ..device.credentials()
+        };
+        let root = pem::encode(&pem::Pem::new("CERTIFICATE", device.root()));
+        Self::with(&credentials, &root, &server.base, target).await
+    }
+
+    /// `credentials` (the certificate file with its issuing CA), the root `ca_pem`, and the
+    /// directory's answer for `target` from `server`.
+    async fn with(credentials: &Credentials<'_>, ca_pem: &str, server: &str, target: &str) -> Self {
+        let root = vouch_agent::credentials::certificates(ca_pem)[0].clone();
+        let issuing = vouch_agent::credentials::certificates(credentials.cert_pem)[1].clone();
         let anchors = TrustAnchors::new(
             &pem::encode(&pem::Pem::new("CERTIFICATE", issuing)),
             &root,
             "fleet.example",
         )
         .unwrap();
-        let api = HttpApi::new(&server.base);
-        api.trust_root(&ca_pem).unwrap();
+        let api = HttpApi::new(server);
+        api.trust_root(ca_pem).unwrap();
         let me = ClientIdentity {
-            cert_pem: cert_pem.clone(),
-            key_pem: key_pem.clone(),
+            cert_pem: credentials.cert_pem.to_owned(),
+            key_pem: credentials.key_pem.to_owned(),
         };
         let record = api.peer(&me, target).await.unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let peer = verify_peer_record(&anchors, &record, target, now).unwrap();
-        let spiffe_id = identity(&from.state)["spiffe_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let outbox = Outbox::new(&Credentials {
-            spiffe_id: &spiffe_id,
-            key_pem: &key_pem,
-            cert_pem: &cert_pem,
-            ka_key_pem: &ka_key_pem,
-            ka_cert_pem: &ka_cert_pem,
-        })
+        let outbox = Outbox::new(credentials).unwrap();
+        let tls = deliver::client_config(
+            credentials.cert_pem,
+            credentials.key_pem,
+            &anchors,
+            &peer.device.spiffe_id,
+        )
         .unwrap();
-        let tls =
-            deliver::client_config(&cert_pem, &key_pem, &anchors, &peer.device.spiffe_id).unwrap();
         Self { outbox, peer, tls }
     }
 
@@ -838,4 +866,156 @@ async fn cut_off_from_the_server_sidecars_hand_each_other_the_newest_crl() {
         }
         other => panic!("the regional node took a revoked device's message: {other:?}"),
     }
+}
+
+/// p50, p99 and max of `samples` (milliseconds), sorted.
+fn distribution(mut samples: Vec<u128>) -> (u128, u128, u128) {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    (at(0.5), at(0.99), *samples.last().unwrap())
+}
+
+/// Creates a fresh PostgreSQL database (the role `tests/postgres.sh` makes) with `psql`.
+fn fresh_postgres_database() -> String {
+    let admin = std::env::var("VOUCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://vouch:vouch@127.0.0.1:5432/postgres".into());
+    let name = format!(
+        "vouch_agent_test_{}",
+        std::process::id() as u64 * 1000 + u64::from(free_port())
+    );
+    let status = Command::new("psql")
+        .args([&admin, "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("psql runs (tests/postgres.sh sets PostgreSQL up)");
+    assert!(status.success(), "cannot create a database at {admin}");
+    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_replica_reaches_a_sidecar_on_another_postgres() {
+    let policies = policies();
+    let database = fresh_postgres_database();
+    let a = RealServer::start(&[
+        "--database-url",
+        &database,
+        "--policy-dir",
+        &policies.path().display().to_string(),
+    ])
+    .await;
+    let b = a.replica().await;
+    // The gateway talks to replica B only, and follows the CRL only by long-poll.
+    let port = free_port();
+    let token = a.token(json!({"zone": "edge"})).await;
+    let gateway = Sidecar::launch_via(
+        &b.base,
+        &token,
+        None,
+        &[
+            "--refresh".into(),
+            "1h".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--advertise".into(),
+            format!("https://127.0.0.1:{port}"),
+        ],
+    )
+    .ready()
+    .await;
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let device = crate::messaging::enroll(&a).await;
+        let forger = HandSealer::for_device(&device, &a, &gateway.device_id()).await;
+        // A live connection of the device to the gateway, held open.
+        let (envelope, tls) = forger.seal("telemetry", b"before");
+        let client = deliver::client(tls.clone()).unwrap();
+        let before = deliver::deliver_with(&client, &endpoint, envelope).await;
+        assert!(
+            !matches!(&before, Err(DeliveryError::Refused { detail, .. }) if detail.starts_with("revoked")),
+            "{before:?}"
+        );
+        let live = live_connection(&tls, port).await;
+        // Revoked on replica A.
+        let (status, _) = a
+            .post(
+                &format!("/v1/devices/{}/revoke", device.device_id()),
+                json!({"reason": "stolen"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let revoked_at = std::time::Instant::now();
+        loop {
+            let (envelope, tls) = forger.seal("telemetry", b"after");
+            if let Err(DeliveryError::Refused { detail, .. }) =
+                deliver::deliver(&endpoint, envelope, tls).await
+            {
+                if detail.starts_with("revoked") {
+                    break;
+                }
+            }
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(20),
+                "the gateway on replica B does not know: {}",
+                gateway.process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        took.push(revoked_at.elapsed().as_millis());
+        // The device's open connection was closed by the gateway.
+        assert_closed(live).await;
+    }
+    let (p50, p99, max) = distribution(took);
+    eprintln!("revocation on replica A to refusal at a sidecar of replica B, 20 runs: p50 {p50} ms, p99 {p99} ms, max {max} ms");
+}
+
+/// A mutual-TLS connection to the delivery listener on `port`, open and idle.
+async fn live_connection(
+    tls: &rustls::ClientConfig,
+    port: u16,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.clone()));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    // One request on it, so that the server has taken the connection into service.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /v1/crl HTTP/1.1\r\nhost: peer\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(n > 0);
+    // Read the rest of that answer (headers and the CRL body).
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        loop {
+            if stream.read(&mut buf).await.unwrap_or(0) == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    stream
+}
+
+/// Waits until the server closes `stream` (a read sees the end or an error), sooner than
+/// the listener would close an idle connection by itself (10 s without a request).
+async fn assert_closed(mut stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the revoked device's connection is still open"
+    );
 }
