@@ -88,9 +88,14 @@ pub type CurrentCrl = Arc<dyn Fn() -> Option<(u64, Vec<u8>)> + Send + Sync>;
 /// Takes a CRL a peer offers (DER): used if it verifies and is newer; the number in use.
 pub type OfferedCrl = Arc<dyn Fn(&[u8]) -> Result<u64, String> + Send + Sync>;
 
+/// The number of the CRL in use.
+pub type CrlNumber = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
 /// A sidecar's CRL as its delivery listener shares it with peers.
 #[derive(Clone)]
 pub struct CrlRelay {
+    /// The number of the CRL in use (on every answer: cheap).
+    pub number: CrlNumber,
     /// The CRL in use.
     pub current: CurrentCrl,
     /// Takes a CRL a peer offers.
@@ -425,7 +430,7 @@ pub(crate) fn problem(code: ProblemCode, detail: impl Into<String>) -> Response 
 
 /// Adds [`CRL_NUMBER_HEADER`] to `response`.
 fn with_crl_number(mut response: Response, relay: Option<&CrlRelay>) -> Response {
-    if let Some((number, _)) = relay.and_then(|r| (r.current)()) {
+    if let Some(number) = relay.and_then(|r| (r.number)()) {
         if let Ok(value) = axum::http::HeaderValue::from_str(&number.to_string()) {
             response.headers_mut().insert(CRL_NUMBER_HEADER, value);
         }

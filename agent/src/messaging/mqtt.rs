@@ -14,6 +14,9 @@ use std::time::Duration;
 /// the workload API's limit).
 pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
 
+/// Most messages from the broker checked at once.
+const MAX_CONCURRENT_CHECKS: usize = 64;
+
 /// The topic device `device_id` of `trust_domain` takes messages on.
 pub fn topic(trust_domain: &str, device_id: &str) -> String {
     format!("vouch/{trust_domain}/{device_id}")
@@ -86,6 +89,8 @@ pub fn connect(url: &str, messenger: &Messenger) -> Result<(Broker, EventLoop), 
 /// retried every few seconds.
 pub async fn run(broker: Broker, mut eventloop: EventLoop, messenger: Arc<Messenger>) {
     let mine = topic(messenger.trust_domain(), &messenger.device_id());
+    // At most this many messages are checked at once; beyond, the connection waits.
+    let checks = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS));
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -100,8 +105,12 @@ pub async fn run(broker: Broker, mut eventloop: EventLoop, messenger: Arc<Messen
                     continue;
                 }
                 let messenger = Arc::clone(&messenger);
+                let Ok(permit) = Arc::clone(&checks).acquire_owned().await else {
+                    return;
+                };
                 // The checks may ask the peer directory: do not hold up the connection.
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err((reason, detail)) =
                         messenger.accept(&publish.payload, &Transport::mqtt()).await
                     {

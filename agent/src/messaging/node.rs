@@ -683,9 +683,9 @@ impl Messenger {
 
     /// What the delivery listener shares with peers: the CRL in use, and taking a newer one.
     pub fn relay(self: &Arc<Self>) -> deliver::CrlRelay {
-        let current = Arc::clone(self);
-        let offered = Arc::clone(self);
+        let (numbered, current, offered) = (Arc::clone(self), Arc::clone(self), Arc::clone(self));
         deliver::CrlRelay {
+            number: Arc::new(move || numbered.crl_number()),
             current: Arc::new(move || {
                 let number = current.crl_number()?;
                 let der = current.crl_der.read().ok()?.clone();
