@@ -235,6 +235,18 @@ impl StateDir {
         }
     }
 
+    /// Reads `name` as bytes; `None` if it does not exist.
+    pub fn read_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        match fs::read(self.file(name)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io {
+                path: self.file(name),
+                source,
+            }),
+        }
+    }
+
     fn damaged(&self, name: &str, reason: impl Into<String>) -> StateError {
         StateError::Damaged {
             path: self.file(name),

@@ -17,6 +17,7 @@ use super::trust::{TrustAnchors, VerifiedDevice};
 use crate::client::{ApiError, HttpApi};
 use crate::lifecycle::ClientIdentity;
 use crate::schedule::{Clock, SystemClock};
+use crate::state::StateDir;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -214,11 +215,25 @@ pub struct Messenger {
     trust_changes: AtomicU64,
     /// Peers' open delivery connections to this sidecar.
     live: Arc<deliver::LiveConnections>,
+    /// Where the CRL and the peer directory's answers are kept across restarts.
+    saved: OnceLock<StateDir>,
     /// When the server last confirmed the CRL in use as current (Unix seconds).
     crl_confirmed: AtomicI64,
     /// Past this age of the CRL's last confirmation, everything is refused.
     max_crl_age: Duration,
     clock: Arc<dyn Clock>,
+}
+
+/// The saved CRL in the state directory.
+pub const CRL_FILE: &str = "crl.der";
+/// The saved peer directory answers in the state directory.
+pub const PEERS_FILE: &str = "peers.json";
+
+/// A peer directory answer as saved.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPeer {
+    record: vouch_proto::peer::PeerRecord,
+    fetched_at: i64,
 }
 
 /// Default [`Messenger::with_max_crl_age`]: four hours.
@@ -256,6 +271,7 @@ impl Messenger {
             limits: Limits::default(),
             trust_changes: AtomicU64::new(0),
             live: Arc::default(),
+            saved: OnceLock::new(),
             crl_confirmed: AtomicI64::new(i64::MIN),
             max_crl_age: DEFAULT_MAX_CRL_AGE,
             clock: Arc::new(SystemClock),
@@ -279,6 +295,86 @@ impl Messenger {
 
     fn now(&self) -> i64 {
         self.clock.now().unix_timestamp()
+    }
+
+    /// Keeps the CRL ([`CRL_FILE`], as the CA signed it) and the peer directory's answers
+    /// ([`PEERS_FILE`], see [`Self::save_peers`]) in `state`, and loads what is there now:
+    /// each checked again (the CRL's signature, each answer's certificates), so that a
+    /// sidecar started while the server cannot be reached works from what it knew.
+    pub fn with_cache(self, state: StateDir) -> Self {
+        if let Ok(Some(der)) = state.read_bytes(CRL_FILE) {
+            let confirmed = std::fs::metadata(state.file(CRL_FILE))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(i64::MIN, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MIN));
+            match self.install_crl(&der) {
+                Ok(n) => {
+                    self.crl_confirmed.store(confirmed, Ordering::SeqCst);
+                    tracing::info!(crl_number = n, "the saved CRL checks out");
+                }
+                Err(e) => tracing::warn!(error = %e, "the saved CRL is not used"),
+            }
+        }
+        if let Ok(Some(text)) = state.read(PEERS_FILE) {
+            let saved: Vec<SavedPeer> = serde_json::from_str(&text).unwrap_or_default();
+            let at = self.now();
+            let mut loaded = 0;
+            for s in saved {
+                if let Ok(mut peer) =
+                    verify_peer_record(&self.anchors, &s.record, &s.record.device_id, at)
+                {
+                    peer.fetched_at = s.fetched_at.min(at);
+                    self.peers.insert(peer);
+                    loaded += 1;
+                }
+            }
+            tracing::info!(peers = loaded, "saved peer directory answers checked out");
+        }
+        let _ = self.saved.set(state);
+        self
+    }
+
+    /// Saves the peer directory's answers cached now (see [`Self::with_cache`]).
+    pub fn save_peers(&self) {
+        let Some(state) = self.saved.get() else {
+            return;
+        };
+        let saved: Vec<SavedPeer> = self
+            .peers
+            .all()
+            .into_iter()
+            .map(|p| SavedPeer {
+                record: (*p.record).clone(),
+                fetched_at: p.fetched_at,
+            })
+            .collect();
+        match serde_json::to_vec(&saved) {
+            Ok(bytes) => {
+                if let Err(e) = state.write(PEERS_FILE, &bytes) {
+                    tracing::warn!(error = %e, "cannot save the peer directory's answers");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot save the peer directory's answers"),
+        }
+    }
+
+    /// Marks the CRL in use as confirmed current now (the file's time, at most once a
+    /// minute, so that a restart knows).
+    fn confirm_crl(&self) {
+        let at = self.now();
+        let before = self.crl_confirmed.swap(at, Ordering::SeqCst);
+        if let Some(state) = self.saved.get() {
+            if at.saturating_sub(before) >= 60 {
+                let touched = std::fs::File::options()
+                    .append(true)
+                    .open(state.file(CRL_FILE))
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                if let Err(e) = touched {
+                    tracing::debug!(error = %e, "cannot mark the saved CRL as confirmed");
+                }
+            }
+        }
     }
 
     /// Whether this sidecar may send and take messages now: it has a CRL, confirmed current
@@ -359,7 +455,7 @@ impl Messenger {
                 }
                 Ok(None) => {
                     // The server says the CRL in use is still current.
-                    self.crl_confirmed.store(self.now(), Ordering::SeqCst);
+                    self.confirm_crl();
                     delay = Duration::from_secs(1);
                 }
                 Err(e) => {
@@ -394,10 +490,17 @@ impl Messenger {
             if let Ok(mut kept) = self.crl_der.write() {
                 *kept = der.to_vec();
             }
-            self.crl_confirmed.store(self.now(), Ordering::SeqCst);
             if known == Some(number) {
-                // The same list, fetched again (its nextUpdate may be later): nothing changed.
+                // The same list, fetched again: nothing changed, and it is still current.
+                drop(current);
+                self.confirm_crl();
                 return Ok(number);
+            }
+        }
+        self.crl_confirmed.store(self.now(), Ordering::SeqCst);
+        if let Some(state) = self.saved.get() {
+            if let Err(e) = state.write(CRL_FILE, der) {
+                tracing::warn!(error = %e, "cannot save the CRL");
             }
         }
         // Who is quarantined or released may have changed: ask the directory again.

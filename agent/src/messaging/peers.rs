@@ -32,6 +32,8 @@ pub struct Peer {
     /// The holder's count of trust changes (new CRLs) when it was fetched: facts from
     /// before the latest change are asked again.
     pub generation: u64,
+    /// The directory's answer, as received (kept to be saved and checked again on load).
+    pub record: std::sync::Arc<PeerRecord>,
 }
 
 impl Peer {
@@ -70,6 +72,7 @@ pub fn verify_peer_record(
         facts: record.facts.clone(),
         fetched_at: now,
         generation: 0,
+        record: std::sync::Arc::new(record.clone()),
     })
 }
 
@@ -97,6 +100,14 @@ impl PeerCache {
             }
             peers.insert(peer.device.device_id.clone(), peer);
         }
+    }
+
+    /// Every cached peer.
+    pub fn all(&self) -> Vec<Peer> {
+        self.peers
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Forgets every peer `listed` says (e.g. revoked or held) and returns them.

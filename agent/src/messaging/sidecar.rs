@@ -90,8 +90,42 @@ fn anchors(enrolled: &Enrolled) -> Result<TrustAnchors, String> {
     TrustAnchors::new(&chain_pem, &root, trust_domain).map_err(|e| e.to_string())
 }
 
-/// Fetches and verifies the CRL and the policy bundle once; logs what failed.
-async fn refresh(messenger: &Messenger, api: &HttpApi, policy: &BundlePolicy, enrolled: &Enrolled) {
+/// The saved policy bundle in the state directory, as the server signed it.
+pub const POLICY_FILE: &str = "policy-bundle.jws";
+
+/// Uses the saved policy bundle if it still verifies (for a start without the server).
+fn load_saved_policy(
+    state: &StateDir,
+    policy: &BundlePolicy,
+    enrolled: &Enrolled,
+    trust_domain: &str,
+) {
+    let Ok(Some(jws)) = state.read(POLICY_FILE) else {
+        return;
+    };
+    let root = crate::credentials::certificates(&enrolled.ca_pem)
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    match Loaded::verify(&jws, &root, trust_domain, now()) {
+        Ok(loaded) => {
+            let version = loaded.version().to_owned();
+            policy.install(loaded);
+            tracing::info!(%version, "the saved policy bundle checks out");
+        }
+        Err(e) => tracing::warn!(error = %e, "the saved policy bundle is not used"),
+    }
+}
+
+/// Fetches and verifies the CRL and the policy bundle once (keeping a new bundle in the
+/// state directory); logs what failed.
+async fn refresh(
+    messenger: &Messenger,
+    api: &HttpApi,
+    policy: &BundlePolicy,
+    enrolled: &Enrolled,
+    state: &StateDir,
+) {
     if let Err(e) = messenger.refresh_crl().await {
         tracing::warn!(error = %e, "cannot refresh the CRL");
     }
@@ -106,6 +140,9 @@ async fn refresh(messenger: &Messenger, api: &HttpApi, policy: &BundlePolicy, en
                 let version = loaded.version().to_owned();
                 if policy.version().as_deref() != Some(version.as_str()) && policy.install(loaded) {
                     tracing::info!(%version, "policy bundle verified and in use");
+                    if let Err(e) = state.write(POLICY_FILE, jws.as_bytes()) {
+                        tracing::warn!(error = %e, "cannot save the policy bundle");
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "the policy bundle does not verify: not used"),
@@ -145,11 +182,17 @@ pub async fn run(
     messenger_api
         .trust_root(&enrolled.ca_pem)
         .map_err(|e| sidecar_error("pinned root")(e.to_string()))?;
+    let max_crl_age = sidecar
+        .max_crl_age
+        .unwrap_or(super::node::DEFAULT_MAX_CRL_AGE);
     let messenger = Arc::new(
         Messenger::new(messenger_api, anchors, &creds, replay, policy.clone())
-            .map_err(|e| sidecar_error("credentials")(e.to_string()))?,
+            .map_err(|e| sidecar_error("credentials")(e.to_string()))?
+            .with_max_crl_age(max_crl_age)
+            .with_cache(state.clone()),
     );
-    refresh(&messenger, &api, &policy, &enrolled).await;
+    load_saved_policy(&state, &policy, &enrolled, messenger.trust_domain());
+    refresh(&messenger, &api, &policy, &enrolled, &state).await;
 
     let socket = sidecar
         .socket
@@ -206,7 +249,8 @@ pub async fn run(
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {
-                refresh(&messenger, &api, &policy, &enrolled).await;
+                refresh(&messenger, &api, &policy, &enrolled, &state).await;
+                messenger.save_peers();
             }
             changed = identities.changed() => {
                 if changed.is_err() {

@@ -41,7 +41,17 @@ pub(crate) async fn enroll(server: &RealServer) -> Device {
 
 /// Enrolls a device with a key-agreement key, advertising `endpoints`.
 async fn enroll_advertising(server: &RealServer, endpoints: &[&str]) -> Device {
-    let token = server.token(lab()).await;
+    enroll_with(server, lab(), endpoints).await
+}
+
+/// Enrolls a device in `zone`.
+pub(crate) async fn enroll_in(server: &RealServer, zone: &str) -> Device {
+    enroll_with(server, json!({ "zone": zone }), &[]).await
+}
+
+/// Enrolls a device with a token made with `token_body`, advertising `endpoints`.
+async fn enroll_with(server: &RealServer, token_body: Value, endpoints: &[&str]) -> Device {
+    let token = server.token(token_body).await;
     let key = new_key().unwrap();
     let ka = new_key().unwrap();
     let client = reqwest::Client::builder()

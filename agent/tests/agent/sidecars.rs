@@ -1019,3 +1019,90 @@ async fn assert_closed(mut stream: tokio_rustls::client::TlsStream<tokio::net::T
         "the revoked device's connection is still open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_restarted_while_the_server_is_down_works_from_what_it_saved() {
+    let policies = policies();
+    let mut server =
+        RealServer::start(&["--policy-dir", &policies.path().display().to_string()]).await;
+    let port = free_port();
+    let listen = [
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--advertise".into(),
+        format!("https://127.0.0.1:{port}"),
+    ];
+    let regional = Sidecar::start(&server, "regional", &listen).await;
+    let device = crate::messaging::enroll_in(&server, "edge").await;
+    let forger = HandSealer::for_device(&device, &server, &regional.device_id()).await;
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let (envelope, tls) = forger.seal("aggregated_metrics", b"while the server is up");
+    deliver::deliver(&endpoint, envelope, tls).await.unwrap();
+    // The directory's answer about the sender is saved at the next refresh (1 s here).
+    wait_for(Duration::from_secs(10), "the saved peers", || {
+        std::fs::read_to_string(regional.state.join("peers.json"))
+            .is_ok_and(|t| t.contains(device.device_id()))
+    })
+    .await;
+    for saved in ["crl.der", "policy-bundle.jws"] {
+        assert!(regional.state.join(saved).exists(), "{saved}");
+    }
+
+    // The server goes away, and the sidecar restarts: the saved CRL, policy bundle and
+    // peers check out again, and it takes the device's next message.
+    server.stop().await;
+    let regional = regional.restart(&listen).ready().await;
+    let (envelope, tls) = forger.seal("aggregated_metrics", b"while the server is down");
+    let receipt = deliver::deliver(&endpoint, envelope, tls).await;
+    assert!(receipt.is_ok(), "{receipt:?}\n{}", regional.process.log());
+    let (_, list) = call(&regional.socket(), "GET", "/v1/messages?wait=5", None).await;
+    let payloads: Vec<&str> = list["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["payload"].as_str())
+        .collect();
+    assert!(
+        payloads.contains(&b64(b"while the server is down").as_str()),
+        "{list}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_crl_age_on_the_command_line_makes_a_sidecar_refuse_once_passed() {
+    let policies = policies();
+    let server = RealServer::start(&["--policy-dir", &policies.path().display().to_string()]).await;
+    // The long-poll confirms the CRL every 25 s at most: with a 1 s maximum age the sidecar
+    // refuses between confirmations, and says so.
+    let sidecar = Sidecar::start(
+        &server,
+        "edge",
+        &[
+            "--refresh".into(),
+            "1h".into(),
+            "--max-crl-age".into(),
+            "1s".into(),
+        ],
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "the sidecar to refuse", || {
+        std::os::unix::net::UnixStream::connect(sidecar.socket()).is_ok()
+    })
+    .await;
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = call(&sidecar.socket(), "GET", "/healthz", None).await;
+        if status == 503 {
+            assert!(
+                body["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("maximum age of 1s"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "still healthy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
