@@ -665,6 +665,27 @@ impl Messenger {
         payload: &[u8],
         protocol: Option<&str>,
     ) -> Result<Sent, MessagingError> {
+        match self.send_once(to, data_type, payload, protocol).await {
+            // The peer renewed since its directory answer was cached: sealed to a key it no
+            // longer holds, so refused and not delivered. Ask the directory again, once.
+            Err(MessagingError::Delivery(DeliveryError::Refused { detail, .. }))
+                if detail.starts_with("decryption_failed") =>
+            {
+                tracing::info!(to, "the peer's keys changed; asking the directory again");
+                self.peers.forget(to);
+                self.send_once(to, data_type, payload, protocol).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(
+        &self,
+        to: &str,
+        data_type: &str,
+        payload: &[u8],
+        protocol: Option<&str>,
+    ) -> Result<Sent, MessagingError> {
         let own = self.own();
         let peer = self.peer(to).await?;
         let https = peer.endpoints.iter().find(|e| e.starts_with("https://"));
@@ -730,14 +751,30 @@ impl Messenger {
         let receipt = B64.decode(&answer.receipt).map_err(|_| {
             MessagingError::BadReceipt(ReceiptError::Malformed("not base64".into()))
         })?;
-        receipt::verify(
+        let checked = receipt::verify(
             &receipt,
             &peer.device.spiffe_id,
             &peer.device.public_key,
             &own.spiffe_id,
             &cti,
-        )
-        .map_err(MessagingError::BadReceipt)?;
+        );
+        if checked == Err(ReceiptError::BadSignature) {
+            // Signed with a key the cached answer does not know (the peer renewed): check it
+            // against the directory's current answer (the message is delivered; it is not
+            // sent again).
+            self.peers.forget(to);
+            let current = self.peer(to).await?;
+            receipt::verify(
+                &receipt,
+                &current.device.spiffe_id,
+                &current.device.public_key,
+                &own.spiffe_id,
+                &cti,
+            )
+            .map_err(MessagingError::BadReceipt)?;
+        } else {
+            checked.map_err(MessagingError::BadReceipt)?;
+        }
         if answer.message_id != message_id {
             return Err(MessagingError::BadReceipt(ReceiptError::Mismatch(
                 "about another message",

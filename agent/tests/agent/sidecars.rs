@@ -1106,3 +1106,74 @@ async fn max_crl_age_on_the_command_line_makes_a_sidecar_refuse_once_passed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_keep_flowing_through_both_sidecars_renewals() {
+    let policies = policies();
+    // Certificates of 8 s: each sidecar renews at about 4 s.
+    let server = RealServer::start(&[
+        "--cert-lifetime",
+        "8s",
+        "--policy-dir",
+        &policies.path().display().to_string(),
+    ])
+    .await;
+    let port = free_port();
+    let regional = Sidecar::start(
+        &server,
+        "regional",
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--advertise".into(),
+            format!("https://127.0.0.1:{port}"),
+            "--max-retry-delay".into(),
+            "1s".into(),
+        ],
+    )
+    .await;
+    let gateway = Sidecar::start(&server, "edge", &["--max-retry-delay".into(), "1s".into()]).await;
+    let serial = |s: &Sidecar| identity(&s.state)["serial"].as_str().unwrap().to_owned();
+    let (first_regional, first_gateway) = (serial(&regional), serial(&gateway));
+    let send = json!({"to": regional.device_id(), "data_type": "aggregated_metrics",
+                      "protocol": "https", "payload": b64(b"load=0.3")});
+    let (status, p) = call(&gateway.socket(), "POST", "/v1/send", Some(send.clone())).await;
+    assert_eq!(status, 200, "{p}");
+    let expiry = |s: &Sidecar| {
+        time::OffsetDateTime::parse(
+            identity(&s.state)["not_after"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    let first_expiry = expiry(&regional).max(expiry(&gateway));
+    wait_for(Duration::from_secs(20), "both renewals", || {
+        serial(&regional) != first_regional && serial(&gateway) != first_gateway
+    })
+    .await;
+    // Both renewed, and the first certificates have expired: messages are sealed, signed,
+    // delivered and receipted with the new credentials only.
+    wait_for(
+        Duration::from_secs(20),
+        "the first certificates to expire",
+        || time::OffsetDateTime::now_utc() > first_expiry + Duration::from_secs(1),
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let mut refused = Vec::new();
+    loop {
+        let (status, p) = call(&gateway.socket(), "POST", "/v1/send", Some(send.clone())).await;
+        if status == 200 {
+            break;
+        }
+        refused.push(p);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no message after the renewals: {refused:?}\n{}",
+            gateway.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, list) = call(&regional.socket(), "GET", "/v1/messages?wait=5", None).await;
+    assert!(list["messages"].as_array().unwrap().len() >= 2, "{list}");
+}
