@@ -201,7 +201,7 @@ pub struct Messenger {
     crl_der: RwLock<Vec<u8>>,
     replay: Mutex<ReplayGuard>,
     known: Mutex<HashMap<[u8; 32], Vec<u8>>>,
-    inbox: Mutex<VecDeque<Delivered>>,
+    inbox: Mutex<VecDeque<Waiting>>,
     arrived: Notify,
     /// Delivery clients by peer SPIFFE ID: one TLS set-up and one kept connection per peer,
     /// not per message.
@@ -228,6 +228,50 @@ pub struct Messenger {
 pub const CRL_FILE: &str = "crl.der";
 /// The saved peer directory answers in the state directory.
 pub const PEERS_FILE: &str = "peers.json";
+
+/// Messages received and receipted, not yet read by the workload, one JSON line each.
+pub const INBOX_FILE: &str = "inbox.jsonl";
+
+/// A message waiting for the workload (in memory, and in [`INBOX_FILE`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Waiting {
+    /// The message as the workload reads it.
+    #[serde(flatten)]
+    pub message: vouch_proto::workload::ArrivedMessage,
+    /// The serial of the sender's certificate, hex (a new CRL listing it drops the message).
+    pub sender_serial: String,
+}
+
+impl From<Delivered> for Waiting {
+    fn from(d: Delivered) -> Self {
+        Self {
+            message: vouch_proto::workload::ArrivedMessage {
+                from: d.sender.device_id,
+                from_spiffe_id: d.sender.spiffe_id,
+                data_type: d.data_type,
+                payload: B64.encode(d.payload),
+                sent_at: d.sent_at,
+                message_id: d.message_id,
+            },
+            sender_serial: hex::encode(d.sender.serial),
+        }
+    }
+}
+
+/// Appends `value` as one JSON line to `path` (created 0600) and syncs it to disk.
+fn append_line(path: &std::path::Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(&line)?;
+    file.sync_data()
+}
 
 /// A peer directory answer as saved.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -330,6 +374,21 @@ impl Messenger {
                 }
             }
             tracing::info!(peers = loaded, "saved peer directory answers checked out");
+        }
+        if let Ok(Some(text)) = state.read(INBOX_FILE) {
+            if let Ok(mut inbox) = self.inbox.lock() {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    match serde_json::from_str::<Waiting>(line) {
+                        Ok(w) => inbox.push_back(w),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a kept message does not parse: skipped")
+                        }
+                    }
+                }
+                if !inbox.is_empty() {
+                    tracing::info!(messages = inbox.len(), "messages kept for the workload");
+                }
+            }
         }
         let _ = self.saved.set(state);
         self
@@ -519,8 +578,12 @@ impl Messenger {
             .lock()
             .map(|mut inbox| {
                 let before = inbox.len();
-                inbox.retain(|d| !crl.lists(&d.sender.serial));
-                before - inbox.len()
+                inbox.retain(|w| !crl.lists(&hex::decode(&w.sender_serial).unwrap_or_default()));
+                let refused = before - inbox.len();
+                if refused > 0 {
+                    self.save_inbox(&inbox);
+                }
+                refused
             })
             .unwrap_or(0);
         tracing::info!(
@@ -891,8 +954,20 @@ impl Messenger {
             ));
         }
         let (delivered, accepted) = self.open(bytes, transport).await?;
-        if let Ok(mut inbox) = self.inbox.lock() {
-            inbox.push_back(delivered);
+        let waiting = Waiting::from(delivered);
+        {
+            let mut inbox = self
+                .inbox
+                .lock()
+                .map_err(|_| ("lock_poisoned", "a lock was poisoned".to_owned()))?;
+            // Kept on disk before the receipt leaves: a receipted message survives a restart.
+            if let Some(state) = self.saved.get() {
+                append_line(&state.file(INBOX_FILE), &waiting).map_err(|e| {
+                    tracing::error!(error = %e, "cannot keep a message for the workload");
+                    ("storage", format!("the message cannot be kept: {e}"))
+                })?;
+            }
+            inbox.push_back(waiting);
         }
         self.arrived.notify_waiters();
         Ok(accepted)
@@ -1017,7 +1092,7 @@ impl Messenger {
     }
 
     /// The messages that arrived, oldest first, waiting up to `wait` for one if none has.
-    pub async fn take_messages(&self, wait: Duration) -> Vec<Delivered> {
+    pub async fn take_messages(&self, wait: Duration) -> Vec<Waiting> {
         let notified = self.arrived.notified();
         let drained = self.drain();
         if !drained.is_empty() || wait.is_zero() {
@@ -1027,11 +1102,32 @@ impl Messenger {
         self.drain()
     }
 
-    fn drain(&self) -> Vec<Delivered> {
-        self.inbox
-            .lock()
-            .map(|mut q| q.drain(..).collect())
-            .unwrap_or_default()
+    fn drain(&self) -> Vec<Waiting> {
+        let Ok(mut inbox) = self.inbox.lock() else {
+            return Vec::new();
+        };
+        let drained: Vec<Waiting> = inbox.drain(..).collect();
+        if !drained.is_empty() {
+            self.save_inbox(&inbox);
+        }
+        drained
+    }
+
+    /// Rewrites the kept inbox as `inbox` (called with its lock held).
+    fn save_inbox(&self, inbox: &VecDeque<Waiting>) {
+        let Some(state) = self.saved.get() else {
+            return;
+        };
+        let mut text = Vec::new();
+        for w in inbox {
+            if let Ok(line) = serde_json::to_vec(w) {
+                text.extend_from_slice(&line);
+                text.push(b'\n');
+            }
+        }
+        if let Err(e) = state.write(INBOX_FILE, &text) {
+            tracing::error!(error = %e, "cannot rewrite the kept inbox");
+        }
     }
 
     /// The policy version in use, if a bundle has been verified.

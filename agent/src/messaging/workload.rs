@@ -214,7 +214,7 @@ async fn messages(
         .take_messages(wait)
         .await
         .into_iter()
-        .map(arrived)
+        .map(|w| w.message)
         .collect();
     Json(MessageList { messages }).into_response()
 }
