@@ -64,18 +64,40 @@ fn not_sent(e: MessagingError) -> Response {
 }
 
 /// A bad request: its problem code and description.
-type Bad = (ProblemCode, &'static str);
+type Bad = (ProblemCode, String);
+
+/// The answer: `ok`, or the problem `bad` describes.
+fn answer(result: Result<Response, Bad>) -> Response {
+    result.unwrap_or_else(|(code, detail)| problem(code, detail))
+}
+
+/// The JSON body, or why it is not one.
+fn decoded<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Bad> {
+    body.map(|Json(b)| b)
+        .map_err(|e| (ProblemCode::InvalidBody, e.body_text()))
+}
+
+fn bad(code: ProblemCode, detail: &str) -> Bad {
+    (code, detail.to_owned())
+}
+
+/// Decodes base64 `text` of at most `max` bytes decoded; `what` names the field.
+fn base64_field(text: &str, max: usize, what: &str) -> Result<Vec<u8>, Bad> {
+    if text.len() > max.div_ceil(3) * 4 {
+        return Err((ProblemCode::BodyTooLarge, format!("`{what}` is too large")));
+    }
+    B64.decode(text)
+        .map_err(|_| (ProblemCode::InvalidBody, format!("`{what}` is not base64")))
+}
 
 /// Decodes a base64 payload within the size limit and checks a data type.
 fn payload_and_type(payload: &str, data_type: &str) -> Result<Vec<u8>, Bad> {
-    if payload.len() > MAX_PAYLOAD_BYTES.div_ceil(3) * 4 {
-        return Err((ProblemCode::BodyTooLarge, "the payload is too large"));
-    }
-    let Ok(bytes) = B64.decode(payload) else {
-        return Err((ProblemCode::InvalidBody, "`payload` is not base64"));
-    };
+    let bytes = base64_field(payload, MAX_PAYLOAD_BYTES, "payload")?;
     if data_type.is_empty() || data_type.len() > 128 {
-        return Err((ProblemCode::InvalidBody, "a data type has 1 to 128 bytes"));
+        return Err(bad(
+            ProblemCode::InvalidBody,
+            "a data type has 1 to 128 bytes",
+        ));
     }
     Ok(bytes)
 }
@@ -89,7 +111,7 @@ fn protocol_name(protocol: &str) -> Result<(), Bad> {
     if ok {
         Ok(())
     } else {
-        Err((
+        Err(bad(
             ProblemCode::InvalidBody,
             "a protocol is 1 to 32 lowercase letters, digits or `-`",
         ))
@@ -100,89 +122,87 @@ async fn send(
     State(messenger): State<Arc<Messenger>>,
     body: Result<Json<SendRequest>, JsonRejection>,
 ) -> Response {
-    let Json(req) = match body {
-        Ok(body) => body,
-        Err(e) => return problem(ProblemCode::InvalidBody, e.body_text()),
-    };
-    let payload = match payload_and_type(&req.payload, &req.data_type) {
-        Ok(p) => p,
-        Err((code, detail)) => return problem(code, detail),
-    };
-    if let Some(p) = req.protocol.as_deref() {
-        if !matches!(p, "https" | "mqtt") {
-            return problem(ProblemCode::InvalidBody, "`protocol` is `https` or `mqtt`");
+    answer(
+        async {
+            let req = decoded(body)?;
+            let payload = payload_and_type(&req.payload, &req.data_type)?;
+            if req
+                .protocol
+                .as_deref()
+                .is_some_and(|p| !matches!(p, "https" | "mqtt"))
+            {
+                return Err(bad(
+                    ProblemCode::InvalidBody,
+                    "`protocol` is `https` or `mqtt`",
+                ));
+            }
+            Ok(
+                match messenger
+                    .send(&req.to, &req.data_type, &payload, req.protocol.as_deref())
+                    .await
+                {
+                    Ok(sent) => Json(SendResponse {
+                        message_id: sent.message_id,
+                        via: sent.via.to_owned(),
+                        receipt: sent.receipt.map(|r| B64.encode(r)),
+                        policies: sent.policies,
+                    })
+                    .into_response(),
+                    Err(e) => not_sent(e),
+                },
+            )
         }
-    }
-    match messenger
-        .send(&req.to, &req.data_type, &payload, req.protocol.as_deref())
-        .await
-    {
-        Ok(sent) => Json(SendResponse {
-            message_id: sent.message_id,
-            via: sent.via.to_owned(),
-            receipt: sent.receipt.map(|r| B64.encode(r)),
-            policies: sent.policies,
-        })
-        .into_response(),
-        Err(e) => not_sent(e),
-    }
+        .await,
+    )
 }
 
 async fn seal(
     State(messenger): State<Arc<Messenger>>,
     body: Result<Json<SealRequest>, JsonRejection>,
 ) -> Response {
-    let Json(req) = match body {
-        Ok(body) => body,
-        Err(e) => return problem(ProblemCode::InvalidBody, e.body_text()),
-    };
-    let payload = match payload_and_type(&req.payload, &req.data_type) {
-        Ok(p) => p,
-        Err((code, detail)) => return problem(code, detail),
-    };
-    if let Err((code, detail)) = protocol_name(&req.protocol) {
-        return problem(code, detail);
-    }
-    match messenger
-        .seal(&req.to, &req.data_type, &payload, &req.protocol)
-        .await
-    {
-        Ok((envelope, message_id, policies)) => Json(SealResponse {
-            envelope: B64.encode(envelope),
-            message_id,
-            policies,
-        })
-        .into_response(),
-        Err(e) => not_sent(e),
-    }
+    answer(
+        async {
+            let req = decoded(body)?;
+            let payload = payload_and_type(&req.payload, &req.data_type)?;
+            protocol_name(&req.protocol)?;
+            Ok(
+                match messenger
+                    .seal(&req.to, &req.data_type, &payload, &req.protocol)
+                    .await
+                {
+                    Ok((envelope, message_id, policies)) => Json(SealResponse {
+                        envelope: B64.encode(envelope),
+                        message_id,
+                        policies,
+                    })
+                    .into_response(),
+                    Err(e) => not_sent(e),
+                },
+            )
+        }
+        .await,
+    )
 }
 
 async fn open(
     State(messenger): State<Arc<Messenger>>,
     body: Result<Json<OpenRequest>, JsonRejection>,
 ) -> Response {
-    let Json(req) = match body {
-        Ok(body) => body,
-        Err(e) => return problem(ProblemCode::InvalidBody, e.body_text()),
-    };
-    if let Err((code, detail)) = protocol_name(&req.protocol) {
-        return problem(code, detail);
-    }
-    if req.envelope.len() > (MAX_PAYLOAD_BYTES * 2).div_ceil(3) * 4 {
-        return problem(ProblemCode::BodyTooLarge, "the envelope is too large");
-    }
-    let Ok(envelope) = B64.decode(&req.envelope) else {
-        return problem(ProblemCode::InvalidBody, "`envelope` is not base64");
-    };
-    match messenger
-        .open(&envelope, &Transport::carried(&req.protocol))
-        .await
-    {
-        Ok((d, _)) => Json(arrived(d)).into_response(),
-        Err((reason, detail)) => {
-            problem(ProblemCode::MessageRefused, format!("{reason}: {detail}"))
+    answer(
+        async {
+            let req = decoded(body)?;
+            protocol_name(&req.protocol)?;
+            let envelope = base64_field(&req.envelope, MAX_PAYLOAD_BYTES * 2, "envelope")?;
+            let opened = messenger
+                .open(&envelope, &Transport::carried(&req.protocol))
+                .await
+                .map_err(|(reason, detail)| {
+                    (ProblemCode::MessageRefused, format!("{reason}: {detail}"))
+                })?;
+            Ok(Json(arrived(opened.0)).into_response())
         }
-    }
+        .await,
+    )
 }
 
 fn arrived(d: Delivered) -> ArrivedMessage {

@@ -840,6 +840,62 @@ mod workload {
         let (status, p) = call(&sock_a, "POST", "/v1/send", Some(body)).await;
         assert_eq!(status, 429, "{p}");
         assert_eq!(p["code"], vouch_proto::ProblemCode::RateLimited.as_str());
+        // A workload that carries envelopes itself: A seals (policy decides, with the protocol
+        // it names), B opens (every check; a second open is a replay).
+        let (status, sealed_env) = call(
+            &sock_a,
+            "POST",
+            "/v1/seal",
+            Some(
+                json!({"to": b.device_id(), "data_type": "telemetry", "protocol": "coap",
+                        "payload": payload}),
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{sealed_env}");
+        assert_eq!(sealed_env["policies"], json!(["test-telemetry"]));
+        let open = json!({"envelope": sealed_env["envelope"], "protocol": "coap"});
+        let (status, opened) = call(&sock_b, "POST", "/v1/open", Some(open.clone())).await;
+        assert_eq!(status, 200, "{opened}");
+        assert_eq!(opened["from"], a.device_id());
+        assert_eq!(opened["payload"], payload.as_str());
+        assert_eq!(opened["message_id"], sealed_env["message_id"]);
+        let (status, again) = call(&sock_b, "POST", "/v1/open", Some(open)).await;
+        assert_eq!(status, 403, "{again}");
+        assert!(
+            again["detail"].as_str().unwrap().starts_with("replayed"),
+            "{again}"
+        );
+        let (status, denied) = call(
+            &sock_a,
+            "POST",
+            "/v1/seal",
+            Some(
+                json!({"to": b.device_id(), "data_type": "pii", "protocol": "coap",
+                        "payload": payload}),
+            ),
+        )
+        .await;
+        assert_eq!(status, 403, "{denied}");
+        assert_eq!(
+            denied["code"],
+            vouch_proto::ProblemCode::PolicyDenied.as_str()
+        );
+        for (path, body) in [
+            ("/v1/open", json!({"envelope": "%%", "protocol": "coap"})),
+            (
+                "/v1/open",
+                json!({"envelope": "AAAA", "protocol": "Not A Protocol"}),
+            ),
+            ("/v1/open", json!({"envelope": "AAAA", "protocol": "coap"})),
+            (
+                "/v1/seal",
+                json!({"to": b.device_id(), "data_type": "telemetry", "payload": payload}),
+            ),
+        ] {
+            let (status, p) = call(&sock_b, "POST", path, Some(body)).await;
+            assert!((400..500).contains(&status), "{path}: {status} {p}");
+        }
         // Hostile bodies are 4xx problems.
         for body in [
             json!({"to": b.device_id(), "data_type": "telemetry", "payload": "%%%"}),

@@ -459,19 +459,13 @@ async fn a_revocation_reaches_a_running_sidecar_by_long_poll() {
         .await;
     assert_eq!(status, 200);
     let revoked_at = std::time::Instant::now();
-    loop {
-        let (envelope, tls) = forger.seal("telemetry", b"after");
-        match deliver::deliver(&endpoint, envelope, tls).await {
-            Err(DeliveryError::Refused { detail, .. }) if detail.starts_with("revoked") => break,
-            _ => {}
-        }
-        assert!(
-            revoked_at.elapsed() < Duration::from_secs(20),
+    refused_as_revoked(&forger, &endpoint, "telemetry", b"after", || {
+        format!(
             "the gateway still does not know of the revocation: {}",
             gateway.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        )
+    })
+    .await;
     eprintln!(
         "revocation to refusal at the gateway: {} ms",
         revoked_at.elapsed().as_millis()
@@ -670,22 +664,19 @@ async fn a_quarantine_reaches_the_peers_and_a_release_lifts_it() {
     })
     .await;
     let failed_at = std::time::Instant::now();
-    loop {
-        let (envelope, tls) = forger.seal("telemetry", b"from a quarantined device");
-        if let Err(DeliveryError::Refused { detail, .. }) =
-            deliver::deliver(&endpoint, envelope, tls).await
-        {
-            if detail.starts_with("revoked") {
-                break;
-            }
-        }
-        assert!(
-            failed_at.elapsed() < Duration::from_secs(20),
-            "the gateway does not know of the quarantine: {}",
-            gateway.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    refused_as_revoked(
+        &forger,
+        &endpoint,
+        "telemetry",
+        b"from a quarantined device",
+        || {
+            format!(
+                "the gateway does not know of the quarantine: {}",
+                gateway.process.log()
+            )
+        },
+    )
+    .await;
     eprintln!(
         "failed attestation to refusal at the gateway: {} ms",
         failed_at.elapsed().as_millis()
@@ -944,22 +935,13 @@ async fn a_revocation_on_one_replica_reaches_a_sidecar_on_another_postgres() {
             .await;
         assert_eq!(status, 200);
         let revoked_at = std::time::Instant::now();
-        loop {
-            let (envelope, tls) = forger.seal("telemetry", b"after");
-            if let Err(DeliveryError::Refused { detail, .. }) =
-                deliver::deliver(&endpoint, envelope, tls).await
-            {
-                if detail.starts_with("revoked") {
-                    break;
-                }
-            }
-            assert!(
-                revoked_at.elapsed() < Duration::from_secs(20),
+        refused_as_revoked(&forger, &endpoint, "telemetry", b"after", || {
+            format!(
                 "the gateway on replica B does not know: {}",
                 gateway.process.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            )
+        })
+        .await;
         took.push(revoked_at.elapsed().as_millis());
         // The device's open connection was closed by the gateway.
         assert_closed(live).await;
@@ -1185,4 +1167,29 @@ async fn messages_keep_flowing_through_both_sidecars_renewals() {
     }
     let (_, list) = call(&regional.socket(), "GET", "/v1/messages?wait=5", None).await;
     assert!(list["messages"].as_array().unwrap().len() >= 2, "{list}");
+}
+
+/// Seals `data_type` messages with `forger` and posts them to `endpoint` until one is refused
+/// because its sender is revoked (or on hold); `why` says what the receiver should have
+/// learned, for the failure after 20 s.
+async fn refused_as_revoked(
+    forger: &HandSealer,
+    endpoint: &str,
+    data_type: &str,
+    payload: &[u8],
+    why: impl Fn() -> String,
+) {
+    let start = std::time::Instant::now();
+    loop {
+        let (envelope, tls) = forger.seal(data_type, payload);
+        if let Err(DeliveryError::Refused { detail, .. }) =
+            deliver::deliver(endpoint, envelope, tls).await
+        {
+            if detail.starts_with("revoked") {
+                return;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", why());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
