@@ -1,0 +1,847 @@
+//! Two real sidecars on loopback (issue 16, acceptance 5): send→deliver latency over mutual
+//! TLS against a plain loopback HTTP round trip measured in the same run, and the receiving
+//! agent's resident memory while it takes a sustained rate and then a 10× burst.
+//!
+//! ```text
+//! cargo bench -p vouch-agent --bench sidecar                     # the full run (~2 min)
+//! VOUCH_BENCH_QUICK=1 cargo bench -p vouch-agent --bench sidecar # a smoke run
+//! VOUCH_BENCH_N=5000 VOUCH_BENCH_RATE=2000 cargo bench -p vouch-agent --bench sidecar
+//! VOUCH_BENCH_BURST_CONNECTIONS=64 cargo bench -p vouch-agent --bench sidecar
+//! ```
+//!
+//! A real server runs in this process (policy: one rule letting zone `edge` send to zone
+//! `regional`, no rate limit); sender A (`edge`) and receiver B (`regional`, `--listen` on a
+//! loopback port) are `vouch-agent run` processes, their logs in files. The workload is this
+//! process, speaking HTTP/1.1 on the sidecars' Unix sockets over kept connections; a task
+//! long-polls B's inbox throughout and counts what arrives.
+//!
+//! 1. Latency: 50 warm-up sends, then N (default 2,000) sequential `POST /v1/send` of a
+//!    1 KiB payload to B, each timed from request to answer (direct delivery answers after
+//!    B has checked the message and signed its receipt, and A has checked the receipt).
+//!    Then the same request bodies, N times, to a trivial server on loopback TCP (same HTTP
+//!    stack, kept connection, `TCP_NODELAY` on both ends): the transport floor. Added =
+//!    sidecar − plain, per percentile.
+//! 2. Memory: B's `VmRSS` (and its anonymous and file-mapped parts) and `VmHWM` from
+//!    `/proc/<pid>/status`, after start, every second while A sends at a paced rate (default
+//!    1,000/s for 60 s, from 4 connections), in a 10× burst (5 s, from 32 connections), and
+//!    for 10 s after; with the rate achieved and the cores A and B kept busy.
+//!
+//! Targets are printed beside the figures, not asserted. Exits non-zero if a send fails or a
+//! message A sent is not received by B.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, Method, Request};
+use axum::routing::post;
+use axum::Router;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::Semaphore;
+use vouch_ca::app;
+use vouch_ca::clock::SystemClock;
+use vouch_ca::config::{Cli, Command as ServerCommand};
+use vouch_ca::datadir::{DataDir, DataFile};
+use vouch_ca::tokens::Role;
+use vouch_proto::workload::{MessageList, SendResponse};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_vouch-agent");
+const WARM_UP: usize = 50;
+const PAYLOAD_BYTES: usize = 1024;
+/// Connections the paced phases send over, at the sustained rate and in the burst. The
+/// burst's default stays below the receiver's replay window (64 sequence numbers): with 64
+/// or more sends in flight to one peer, messages overtaken by more than 64 others are
+/// refused as replays (`VOUCH_BENCH_BURST_CONNECTIONS=64` shows it).
+const SUSTAIN_CONNECTIONS: usize = 4;
+const BURST_CONNECTIONS: usize = 32;
+
+/// The one policy: edge may send to regional, with no `@rate_limit` to throttle the bench.
+const POLICY: &str = r#"@id("bench-edge-to-regional")
+permit (
+  principal in Zone::"edge",
+  action == Action::"send",
+  resource in Zone::"regional"
+);
+"#;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+}
+
+/// One kept HTTP/1.1 connection, as a workload holds it: requests go one after another.
+struct Connection(SendRequest<Body>);
+
+impl Connection {
+    async fn over<S>(io: S) -> Result<Self, String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Self(sender))
+    }
+
+    async fn unix(path: &Path) -> Result<Self, String> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| format!("`{}`: {e}", path.display()))?;
+        Self::over(stream).await
+    }
+
+    async fn tcp(addr: SocketAddr) -> Result<Self, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Self::over(stream).await
+    }
+
+    async fn request(
+        &mut self,
+        method: Method,
+        uri: &str,
+        body: Bytes,
+    ) -> Result<(u16, Bytes), String> {
+        self.0.ready().await.map_err(|e| e.to_string())?;
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "localhost")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .0
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(Body::new(response.into_body()), 64 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((status, bytes))
+    }
+
+    /// One `POST /v1/send` of `body`; the message id of a direct delivery with a receipt.
+    async fn send(&mut self, body: &Bytes) -> Result<String, String> {
+        let (status, answer) = self.request(Method::POST, "/v1/send", body.clone()).await?;
+        if status != 200 {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&answer)));
+        }
+        let sent: SendResponse = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
+        if sent.via != "https" || sent.receipt.is_none() {
+            return Err(format!("not delivered directly with a receipt: {sent:?}"));
+        }
+        Ok(sent.message_id)
+    }
+}
+
+/// A server on a loopback port, in this process, and an admin's client.
+struct Server {
+    _running: app::RunningServer,
+    base: String,
+    admin: String,
+    client: reqwest::Client,
+}
+
+impl Server {
+    /// Starts as the agent's end-to-end tests do, with `policy_dir`.
+    async fn start(dir: &Path, policy_dir: &Path) -> Self {
+        let data = dir.join("data");
+        let args = [
+            "vouch",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--trust-domain",
+            "fleet.example",
+            "--data-dir",
+            &data.display().to_string(),
+            "--tpm-trust-on-first-use",
+            "--policy-dir",
+            &policy_dir.display().to_string(),
+        ]
+        .map(str::to_owned);
+        let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
+        let ServerCommand::Serve(serve) = cli.command else {
+            unreachable!()
+        };
+        let (config, td) = serve.validate().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        app::init_ca(&config.data_dir, &td.unwrap(), now).unwrap();
+        let running = app::start(&config, Arc::new(SystemClock)).await.unwrap();
+        let base = format!("https://127.0.0.1:{}", running.addr.port());
+        let data_dir = DataDir::new(&data);
+        let admin =
+            app::mint_operator_token(&data_dir, Role::Admin, "bench", 3600, now.unix_timestamp())
+                .unwrap();
+        let root = std::fs::read(data_dir.file(DataFile::RootCert)).unwrap();
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&root).unwrap())
+            .build()
+            .unwrap();
+        Self {
+            _running: running,
+            base,
+            admin,
+            client,
+        }
+    }
+
+    async fn token(&self, zone: &str) -> String {
+        let r = self
+            .client
+            .post(format!("{}/v1/bootstrap-tokens", self.base))
+            .bearer_auth(&self.admin)
+            .json(&json!({ "zone": zone }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// The policy directory: the example schema and fleet, and [`POLICY`].
+fn policy_dir(into: &Path) {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    std::fs::create_dir_all(into.join("policies")).unwrap();
+    for name in ["schema.cedarschema", "fleet.json"] {
+        std::fs::copy(examples.join(name), into.join(name)).unwrap();
+    }
+    std::fs::write(into.join("policies/bench.cedar"), POLICY).unwrap();
+}
+
+/// A `vouch-agent run` process, its log in a file; killed on drop.
+struct Sidecar {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Sidecar {
+    async fn start(server: &Server, zone: &str, dir: &Path, listen: Option<u16>) -> Self {
+        let token = server.token(zone).await;
+        std::fs::create_dir_all(dir).unwrap();
+        let state = dir.join("state");
+        let log = dir.join("agent.log");
+        let mut args = vec![
+            "run".to_owned(),
+            "--server".to_owned(),
+            server.base.clone(),
+            "--state-dir".to_owned(),
+            state.display().to_string(),
+            "--join-token".to_owned(),
+            token,
+        ];
+        if let Some(port) = listen {
+            args.extend([
+                "--listen".to_owned(),
+                format!("127.0.0.1:{port}"),
+                "--advertise".to_owned(),
+                format!("https://127.0.0.1:{port}"),
+            ]);
+        }
+        let child = Command::new(AGENT)
+            .args(&args)
+            .env("TSS2_LOG", "all+NONE")
+            .env_remove("VOUCH_JOIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let sidecar = Self {
+            child,
+            socket: state.join("agent.sock"),
+            log,
+        };
+        sidecar.ready(zone).await;
+        sidecar
+    }
+
+    /// Waits until the sidecar has verified a CRL and the policy bundle.
+    async fn ready(&self, zone: &str) {
+        let start = Instant::now();
+        loop {
+            if let Some(id) = self.identity().await {
+                if !id["policy_version"].is_null() && !id["crl_number"].is_null() {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the {zone} sidecar did not get ready:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn identity(&self) -> Option<Value> {
+        let mut conn = Connection::unix(&self.socket).await.ok()?;
+        let (status, body) = conn
+            .request(Method::GET, "/v1/identity", Bytes::new())
+            .await
+            .ok()?;
+        (status == 200).then(|| serde_json::from_slice(&body).ok())?
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its memory now, from `/proc/<pid>/status`.
+    fn memory(&self) -> Memory {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(f64::NAN, |kb| kb / 1024.0)
+        };
+        Memory {
+            rss: field("VmRSS:"),
+            hwm: field("VmHWM:"),
+            anon: field("RssAnon:"),
+            file: field("RssFile:"),
+        }
+    }
+
+    /// CPU seconds (user + system) it has used, from `/proc/<pid>/stat`.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15 of the file, 12 and 13 after the name.
+        let ticks = |i: usize| fields.get(i).and_then(|t| t.parse::<f64>().ok());
+        match (ticks(11), ticks(12)) {
+            (Some(user), Some(system)) => (user + system) / 100.0,
+            _ => f64::NAN,
+        }
+    }
+}
+
+/// A process's resident memory, MiB: `rss` (`VmRSS`) is `anon` (heap, stacks) plus `file`
+/// (mapped pages of the binary and libraries, shared with every process that maps them);
+/// `hwm` is the peak `rss`.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    rss: f64,
+    hwm: f64,
+    anon: f64,
+    file: f64,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What B's workload has taken from its inbox: message ids, and how many came twice.
+#[derive(Default)]
+struct Received {
+    ids: HashSet<String>,
+    duplicates: usize,
+}
+
+/// Long-polls B's inbox until `stop`, recording what arrives.
+async fn drain(socket: PathBuf, received: Arc<Mutex<Received>>, stop: Arc<AtomicBool>) {
+    let mut conn = Connection::unix(&socket).await.unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let (status, body) = match conn
+            .request(Method::GET, "/v1/messages?wait=1", Bytes::new())
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                eprintln!("draining B's inbox: {e}; reconnecting");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                conn = Connection::unix(&socket).await.unwrap();
+                continue;
+            }
+        };
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let list: MessageList = serde_json::from_slice(&body).unwrap();
+        let mut received = received.lock().unwrap();
+        for m in list.messages {
+            if !received.ids.insert(m.message_id) {
+                received.duplicates += 1;
+            }
+        }
+    }
+}
+
+/// Sends that succeeded (their ids and times, ms) and that failed.
+#[derive(Default)]
+struct Tally {
+    sent: Vec<String>,
+    latencies_ms: Vec<f64>,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.sent.extend(other.sent);
+        self.latencies_ms.extend(other.latencies_ms);
+        self.failures.extend(other.failures);
+    }
+
+    async fn send(&mut self, conn: &mut Connection, body: &Bytes) {
+        let start = Instant::now();
+        match conn.send(body).await {
+            Ok(id) => {
+                self.latencies_ms.push(start.elapsed().as_secs_f64() * 1e3);
+                self.sent.push(id);
+            }
+            Err(e) => self.failures.push(e),
+        }
+    }
+}
+
+/// A paced phase's outcome.
+struct Paced {
+    target: f64,
+    achieved: f64,
+    tally: Tally,
+    /// B's memory, sampled every second and at the end.
+    memory: Vec<Memory>,
+    /// Cores A and B kept busy on average.
+    cores: (f64, f64),
+}
+
+impl Paced {
+    fn max(&self, f: impl Fn(&Memory) -> f64) -> f64 {
+        self.memory.iter().map(f).fold(f64::NAN, f64::max)
+    }
+
+    fn last(&self) -> Memory {
+        *self.memory.last().unwrap()
+    }
+}
+
+/// Sends `body` from `connections` connections on A's socket at `rate` a second for `secs`,
+/// sampling B's memory every second. Sends that fall behind the pace are not made up.
+async fn paced(
+    a: &Sidecar,
+    b: &Sidecar,
+    body: &Bytes,
+    rate: f64,
+    secs: f64,
+    connections: usize,
+) -> Paced {
+    let permits = Arc::new(Semaphore::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let mut conn = Connection::unix(&a.socket).await.unwrap();
+        let (permits, body) = (Arc::clone(&permits), body.clone());
+        workers.spawn(async move {
+            let mut tally = Tally::default();
+            while let Ok(permit) = permits.acquire().await {
+                permit.forget();
+                tally.send(&mut conn, &body).await;
+            }
+            tally
+        });
+    }
+    let mut memory = Vec::new();
+    let cpu = (a.cpu_seconds(), b.cpu_seconds());
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut issued, mut sampled) = (0u64, 0u64);
+    loop {
+        tick.tick().await;
+        let elapsed = start.elapsed().as_secs_f64();
+        if elapsed >= secs {
+            break;
+        }
+        let due = (elapsed * rate) as u64;
+        if due > issued {
+            permits.add_permits(usize::try_from(due - issued).unwrap());
+            issued = due;
+        }
+        if elapsed as u64 > sampled {
+            sampled = elapsed as u64;
+            memory.push(b.memory());
+        }
+    }
+    // Unused permits (the senders fell behind) are dropped; sends in flight finish.
+    permits.close();
+    let mut tally = Tally::default();
+    while let Some(worker) = workers.join_next().await {
+        tally.merge(worker.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    memory.push(b.memory());
+    Paced {
+        target: rate,
+        achieved: tally.sent.len() as f64 / elapsed,
+        tally,
+        memory,
+        cores: (
+            (a.cpu_seconds() - cpu.0) / elapsed,
+            (b.cpu_seconds() - cpu.1) / elapsed,
+        ),
+    }
+}
+
+/// The transport floor: a trivial handler on loopback TCP, served by the same stack as the
+/// sidecars' (hyper through hyper-util's auto builder, axum router).
+async fn plain_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = Router::new().route(
+        "/v1/send",
+        post(|body: Bytes| async move { format!("{{\"len\":{}}}", body.len()) }),
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let service = TowerToHyperService::new(router.clone());
+            tokio::spawn(async move {
+                let _ = Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// p50, p99 and max of `samples` (ms), sorted.
+fn summary(samples: &mut [f64]) -> (f64, f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    (
+        percentile(samples, 0.5),
+        percentile(samples, 0.99),
+        samples.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+fn main() {
+    let quick = std::env::var("VOUCH_BENCH_QUICK").is_ok();
+    let settings = Settings {
+        n: env_usize("VOUCH_BENCH_N", if quick { 200 } else { 2_000 }),
+        rate: env_usize("VOUCH_BENCH_RATE", 1_000) as f64,
+        sustain_secs: if quick { 3.0 } else { 60.0 },
+        burst_secs: if quick { 1.0 } else { 5.0 },
+        after_secs: if quick { 2 } else { 10 },
+        burst_connections: env_usize("VOUCH_BENCH_BURST_CONNECTIONS", BURST_CONNECTIONS),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = runtime.block_on(run(&settings));
+    drop(runtime);
+    std::process::exit(code);
+}
+
+/// The run's size.
+struct Settings {
+    n: usize,
+    rate: f64,
+    sustain_secs: f64,
+    burst_secs: f64,
+    after_secs: u64,
+    burst_connections: usize,
+}
+
+async fn run(settings: &Settings) -> i32 {
+    let &Settings {
+        n,
+        rate,
+        sustain_secs,
+        burst_secs,
+        after_secs,
+        burst_connections,
+    } = settings;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    policy_dir(&policies);
+    let server = Server::start(dir.path(), &policies).await;
+    eprintln!("starting sidecars A (edge) and B (regional)...");
+    let a = Sidecar::start(&server, "edge", &dir.path().join("a"), None).await;
+    let b = Sidecar::start(
+        &server,
+        "regional",
+        &dir.path().join("b"),
+        Some(free_port()),
+    )
+    .await;
+    let to = b.identity().await.unwrap()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = b.memory();
+
+    let payload: Vec<u8> = (0..PAYLOAD_BYTES).map(|i| (i % 251) as u8).collect();
+    let body = Bytes::from(
+        json!({"to": to, "data_type": "aggregated_metrics", "protocol": "https",
+               "payload": b64(&payload)})
+        .to_string(),
+    );
+    let received = Arc::new(Mutex::new(Received::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drainer = tokio::spawn(drain(
+        b.socket.clone(),
+        Arc::clone(&received),
+        Arc::clone(&stop),
+    ));
+
+    // 1. Latency, sequential on one kept connection; then the plain round trip.
+    eprintln!("latency: {WARM_UP} warm-up + {n} sends...");
+    let mut all = Tally::default();
+    let mut conn = Connection::unix(&a.socket).await.unwrap();
+    let mut warm = Tally::default();
+    for _ in 0..WARM_UP {
+        warm.send(&mut conn, &body).await;
+    }
+    let mut latency = Tally::default();
+    let cpu = (a.cpu_seconds(), b.cpu_seconds());
+    for _ in 0..n {
+        latency.send(&mut conn, &body).await;
+    }
+    let per_message_us = |cpu_now: f64, before: f64| (cpu_now - before) / n as f64 * 1e6;
+    let cpu_per_message = (
+        per_message_us(a.cpu_seconds(), cpu.0),
+        per_message_us(b.cpu_seconds(), cpu.1),
+    );
+    let (s50, s99, smax) = summary(&mut latency.latencies_ms);
+    let slow = latency.latencies_ms.iter().filter(|&&ms| ms > 10.0).count();
+    let latency_failures = latency.failures.len() + warm.failures.len();
+    all.merge(warm);
+    all.merge(latency);
+    let after_latency = b.memory();
+
+    let mut plain_conn = Connection::tcp(plain_server().await).await.unwrap();
+    let mut plain = Vec::with_capacity(n);
+    for i in 0..WARM_UP + n {
+        let start = Instant::now();
+        let (status, _) = plain_conn
+            .request(Method::POST, "/v1/send", body.clone())
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        if i >= WARM_UP {
+            plain.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let (p50, p99, pmax) = summary(&mut plain);
+
+    // 2. Memory at a sustained rate, in a 10× burst, and after.
+    eprintln!("sustained: {rate}/s for {sustain_secs}s from {SUSTAIN_CONNECTIONS} connections...");
+    let mut sustain = paced(&a, &b, &body, rate, sustain_secs, SUSTAIN_CONNECTIONS).await;
+    eprintln!(
+        "burst: {}/s for {burst_secs}s from {burst_connections} connections...",
+        rate * 10.0
+    );
+    let mut burst = paced(&a, &b, &body, rate * 10.0, burst_secs, burst_connections).await;
+    let right_after = b.memory();
+    let mut settling = Vec::new();
+    for _ in 0..after_secs {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        settling.push(b.memory());
+    }
+    let settled = b.memory();
+
+    // Every message A sent must have reached B's workload.
+    let (u50, u99, _) = summary(&mut sustain.tally.latencies_ms);
+    let (b50, b99, _) = summary(&mut burst.tally.latencies_ms);
+    let (sustain_failures, burst_failures) =
+        (sustain.tally.failures.len(), burst.tally.failures.len());
+    all.merge(std::mem::take(&mut sustain.tally));
+    all.merge(std::mem::take(&mut burst.tally));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && received.lock().unwrap().ids.len() < all.sent.len() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    drainer.await.unwrap();
+    let received = received.lock().unwrap();
+    let lost = all
+        .sent
+        .iter()
+        .filter(|id| !received.ids.contains(*id))
+        .count();
+
+    println!();
+    println!("send→deliver latency, {PAYLOAD_BYTES}-byte payload, {n} sequential sends (ms)");
+    println!("{:<40} {:>8} {:>8} {:>8}", "", "p50", "p99", "max");
+    println!(
+        "{:<40} {s50:>8.3} {s99:>8.3} {smax:>8.3}",
+        "sidecar A→B (workload, mTLS, checks)"
+    );
+    println!(
+        "{:<40} {p50:>8.3} {p99:>8.3} {pmax:>8.3}",
+        "plain HTTP/1.1 round trip on loopback"
+    );
+    let added99 = s99 - p99;
+    println!(
+        "{:<40} {:>8.3} {added99:>8.3}            target p99 ≤ 1.000: {}",
+        "added",
+        s50 - p50,
+        verdict(added99 <= 1.0)
+    );
+    println!(
+        "sends over 10 ms: {slow}; CPU per message: A {:.0} µs, B {:.0} µs",
+        cpu_per_message.0, cpu_per_message.1
+    );
+    println!();
+    println!("receiving agent B: resident memory (MiB; RSS = anon + file-mapped code)");
+    println!(
+        "{:<22} {:>8} {:>8} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8}",
+        "phase",
+        "target/s",
+        "achieved",
+        "failed",
+        "RSS max",
+        "anon mx",
+        "RSS end",
+        "A cores",
+        "B cores",
+        "p50 ms",
+        "p99 ms"
+    );
+    let still = |name: &str, m: &Memory| {
+        println!(
+            "{name:<22} {:>8} {:>8} {:>6} {:>7} {:>7.2} {:>7.2}",
+            "", "", "", "", m.anon, m.rss
+        );
+    };
+    still("after start", &started);
+    still("after latency phase", &after_latency);
+    let phase = |name: String, p: &Paced, failed: usize, (p50, p99): (f64, f64)| {
+        println!(
+            "{name:<22} {:>8.0} {:>8.0} {failed:>6} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {p50:>7.2} {p99:>8.2}",
+            p.target,
+            p.achieved,
+            p.max(|m| m.rss),
+            p.max(|m| m.anon),
+            p.last().rss,
+            p.cores.0,
+            p.cores.1,
+        );
+    };
+    phase(
+        format!("sustained {sustain_secs}s"),
+        &sustain,
+        sustain_failures,
+        (u50, u99),
+    );
+    phase(
+        format!("burst {burst_secs}s (10×)"),
+        &burst,
+        burst_failures,
+        (b50, b99),
+    );
+    still("right after the burst", &right_after);
+    let settling_max = settling.iter().map(|m| m.rss).fold(f64::NAN, f64::max);
+    println!(
+        "{:<22} {:>8} {:>8} {:>6} {settling_max:>7.2} {:>7.2} {:>7.2}",
+        format!("{after_secs}s after the burst"),
+        "",
+        "",
+        "",
+        settled.anon,
+        settled.rss
+    );
+    let sustain_max = sustain.max(|m| m.rss);
+    let before_burst = sustain.last();
+    println!(
+        "target RSS ≤ 10 MiB while sustaining: {} ({sustain_max:.2} MiB; anon {:.2}, file {:.2} at the end)",
+        verdict(sustain_max <= 10.0),
+        before_burst.anon,
+        before_burst.file
+    );
+    println!(
+        "target back near baseline after the burst (≤ 1.1 × RSS before it): {} ({:.2} MiB, before {:.2}, after start {:.2}; peak VmHWM {:.2})",
+        verdict(settled.rss <= before_burst.rss * 1.1),
+        settled.rss,
+        before_burst.rss,
+        started.rss,
+        settled.hwm
+    );
+    println!();
+    println!(
+        "messages: {} sent, {} failed (latency {latency_failures}, sustained {sustain_failures}, burst {burst_failures}), {} received by B ({} twice), {lost} lost",
+        all.sent.len(),
+        all.failures.len(),
+        received.ids.len(),
+        received.duplicates
+    );
+    for f in all.failures.iter().take(3) {
+        println!("  failed: {f}");
+    }
+    if !all.failures.is_empty() || lost > 0 || received.duplicates > 0 {
+        println!("logs: A {}, B {} (kept)", a.log.display(), b.log.display());
+        // Kept for reading: the temporary directory is not removed.
+        let _ = dir.keep();
+        return 1;
+    }
+    0
+}
