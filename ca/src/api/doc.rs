@@ -120,6 +120,7 @@ fn refine_schemas(schemas: &mut serde_json::Map<String, Value>, settings: &Setti
         super::devices::peer,
         super::policy::authorize,
         super::policy::decisions,
+        super::policy::upload_decisions,
         super::policy::status,
         super::policy::reload,
         super::policy::bundle,

@@ -180,7 +180,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/policy/status", get(policy::status))
         .route("/v1/policy/reload", post(policy::reload))
         .route("/v1/policy/bundle", get(policy::bundle))
-        .route("/v1/policy/decisions", get(policy::decisions))
+        .route(
+            "/v1/policy/decisions",
+            get(policy::decisions)
+                .post(policy::upload_decisions)
+                .layer(DefaultBodyLimit::max(
+                    crate::flows::agent_decisions::MAX_UPLOAD_BODY_BYTES,
+                )),
+        )
         .route("/v1/crl", get(ops::crl))
         .route("/v1/trust-bundle", get(ops::trust_bundle))
         .route("/healthz", get(ops::healthz))

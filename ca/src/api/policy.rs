@@ -12,7 +12,9 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use vouch_proto::policy::{AuthorizeResponse, DecisionQuery};
+use vouch_proto::policy::{
+    AuthorizeResponse, DecisionQuery, DecisionUpload, DecisionUploadOutcome,
+};
 
 pub use crate::flows::authorize::{facts_of, MAX_DECISION_PAGE};
 
@@ -54,6 +56,25 @@ pub async fn decisions(
 ) -> Result<Json<DecisionPage>, ApiError> {
     let Query(q) = query.map_err(|e| unreadable_query(&e.body_text()))?;
     crate::flows::authorize::decisions(&state, q)
+        .await
+        .map(Json)
+}
+
+/// Appends decisions a device's sidecar made about messages (sent or received) to the
+/// decision log, with where they were made. Idempotent: a decision already uploaded is
+/// counted in `already_recorded` and not logged again.
+#[utoipa::path(post, path = "/v1/policy/decisions", request_body = DecisionUpload,
+    security(("device_mtls" = [])),
+    responses((status = 200, body = DecisionUploadOutcome),
+              (status = 422, description = "a decision does not parse or is out of bounds (`invalid_request`); nothing is logged", body = super::problem::Problem, content_type = "application/problem+json"),
+              (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json"),
+              (status = 503, body = super::problem::Problem, content_type = "application/problem+json")))]
+pub async fn upload_decisions(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(upload): ApiJson<DecisionUpload>,
+) -> Result<Json<DecisionUploadOutcome>, ApiError> {
+    crate::flows::agent_decisions::record(&state, &caller, upload)
         .await
         .map(Json)
 }

@@ -175,6 +175,8 @@ pub async fn authorize(
         errors: decision.errors.clone(),
         policy_version: outcome.version.clone(),
         shadow,
+        origin: "server",
+        upload_id: None,
     };
     // INVARIANT: a decision is answered only once it is in the decision log.
     state.registry.log_decision(record).await.map_err(|e| {

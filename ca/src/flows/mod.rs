@@ -4,6 +4,7 @@
 //! refuses with is [`crate::api::problem::ApiError`] (a [`vouch_proto::ProblemCode`] and a
 //! detail), turned into HTTP in one place.
 
+pub mod agent_decisions;
 pub mod attest;
 pub mod authorize;
 pub mod devices;

@@ -66,6 +66,11 @@ pub struct NewDecision {
     pub policy_version: String,
     /// The candidate set's outcome, in shadow mode.
     pub shadow: Option<ShadowOutcome>,
+    /// Where it was made: `server`, or a message's `sender` or `receiver` sidecar.
+    pub origin: &'static str,
+    /// For a sidecar's decision, `<device id>/<its decision id>`: recorded once however
+    /// often it is uploaded.
+    pub upload_id: Option<String>,
 }
 
 /// A logged decision.
@@ -96,6 +101,9 @@ pub struct DecisionRecord {
     pub policy_version: String,
     /// The candidate set's outcome, in shadow mode.
     pub shadow: Option<ShadowOutcome>,
+    /// Where it was made: `server` (`/v1/authorize`), or the `sender` or `receiver` sidecar
+    /// of a message (the caller names which device).
+    pub origin: String,
 }
 
 /// Which decisions to read, newest first.
@@ -113,7 +121,7 @@ pub struct DecisionFilter {
 
 /// Columns of one row, in insert order.
 const COLUMNS: &str = "at, caller, principal, action, resource, context, decision, policies, \
-    errors, policy_version, shadow_decision, shadow_policies, shadow_version";
+    errors, policy_version, shadow_decision, shadow_policies, shadow_version, origin, upload_id";
 
 fn json_list(list: &[String]) -> String {
     serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
@@ -151,6 +159,7 @@ fn record_from_row(row: &AnyRow) -> Result<DecisionRecord, StoreError> {
         errors: decode_list(&errors)?,
         policy_version: col(row, "policy_version")?,
         shadow,
+        origin: col(row, "origin")?,
     })
 }
 
@@ -164,18 +173,30 @@ impl Registry {
         }
     }
 
+    /// Appends the decisions a sidecar uploaded, in one transaction; one whose `upload_id`
+    /// is already in the log is skipped. Returns how many were new.
+    pub(crate) async fn record_uploaded_decisions(
+        &self,
+        decisions: &[NewDecision],
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        self.append_decisions(&mut conn, decisions).await
+    }
+
     /// Appends `decisions` in one transaction (one multi-row statement per chunk): all or
-    /// none are written.
+    /// none are written. A decision whose `upload_id` is already logged is skipped; returns
+    /// how many rows were written.
     async fn append_decisions(
         &self,
         conn: &mut AnyConnection,
         decisions: &[NewDecision],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         if decisions.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let mut written = 0;
         let mut tx = self.begin_write_on(conn).await?;
-        // 13 parameters a row; 200 rows stay far below both backends' parameter limits.
+        // 15 parameters a row; 200 rows stay far below both backends' parameter limits.
         for chunk in decisions.chunks(200) {
             let mut p = Params::new(self.backend);
             let rows: Vec<String> = chunk
@@ -196,16 +217,23 @@ impl Registry {
                         Param::OptText(shadow.map(|s| s.decision.clone())),
                         Param::OptText(shadow.map(|s| json_list(&s.policies))),
                         Param::OptText(shadow.map(|s| s.policy_version.clone())),
+                        Param::Text(d.origin.to_owned()),
+                        Param::OptText(d.upload_id.clone()),
                     ])
                 })
                 .collect();
             let sql = format!(
-                "INSERT INTO decision_log ({COLUMNS}) VALUES {}",
+                "INSERT INTO decision_log ({COLUMNS}) VALUES {} ON CONFLICT (upload_id) DO NOTHING",
                 rows.join(", ")
             );
-            p.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
+            written += p
+                .bind(sqlx::query(&sql))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(written)
     }
 
     /// Logged decisions matching `filter`, newest first.

@@ -8,6 +8,7 @@ mod decisions;
 mod limits;
 mod log;
 mod reload;
+mod uploads;
 
 use crate::support::*;
 use reqwest::StatusCode;
