@@ -262,6 +262,17 @@ impl HttpApi {
             .map_err(|_| ApiError::Protocol("/v1/policy/bundle: not UTF-8".into()))
     }
 
+    /// `POST /v1/policy/decisions` (mTLS): hands spooled decisions to the decision log.
+    pub async fn upload_decisions(
+        &self,
+        identity: &ClientIdentity,
+        decisions: &[vouch_proto::policy::AgentDecision],
+    ) -> Result<vouch_proto::policy::DecisionUploadOutcome, ApiError> {
+        let body = serde_json::json!({ "decisions": decisions });
+        self.post(&self.mtls(identity)?, "/v1/policy/decisions", &body)
+            .await
+    }
+
     /// `GET /v1/peers/{device_id}` (mTLS): what the server says of a peer. The answer is
     /// checked by the caller (`messaging::peers::verify_peer_record`) before it is used.
     pub async fn peer(

@@ -1,7 +1,7 @@
 //! The command line and the config file. The file is TOML with the flags' names as keys
 //! (`server`, `state-dir`, `join-token`, `tpm`, `attest-every`, `event-log`,
 //! `max-retry-delay`, `once`, `advertise`, `listen`, `socket`, `workload-port`, `mqtt`,
-//! `refresh`, `max-crl-age`);
+//! `refresh`, `max-crl-age`, `decision-spool-max`, `when-spool-full`);
 //! a flag given on the command line wins over the file. Every problem is collected and
 //! reported at once, before anything starts.
 
@@ -104,6 +104,14 @@ pub struct RunArgs {
     /// the server longer ago than this, or is past its nextUpdate [default: 4h].
     #[arg(long, value_name = "DURATION")]
     pub max_crl_age: Option<String>,
+    /// Most policy decisions kept in the state directory until the server's decision log
+    /// takes them [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub decision_spool_max: Option<usize>,
+    /// When the decision spool is full: `refuse` new messages (nothing is lost), or
+    /// `drop-oldest` decisions and count the loss [default: refuse].
+    #[arg(long, value_name = "RULE")]
+    pub when_spool_full: Option<String>,
     /// TOML file with any of these settings (keys named as the flags); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -168,6 +176,12 @@ pub struct ConfigFile {
     /// `max-crl-age`.
     #[serde(alias = "max_crl_age")]
     pub max_crl_age: Option<String>,
+    /// `decision-spool-max`.
+    #[serde(alias = "decision_spool_max")]
+    pub decision_spool_max: Option<usize>,
+    /// `when-spool-full`.
+    #[serde(alias = "when_spool_full")]
+    pub when_spool_full: Option<String>,
 }
 
 impl ConfigFile {
@@ -270,8 +284,23 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
         .max_crl_age
         .or(file.max_crl_age)
         .map(|r| duration("max-crl-age", &r, &mut errors));
+    let spool_max = args.decision_spool_max.or(file.decision_spool_max);
+    if spool_max == Some(0) {
+        errors.push("`decision-spool-max` must be at least 1".into());
+    }
+    let when_spool_full = args
+        .when_spool_full
+        .or(file.when_spool_full)
+        .map(|r| {
+            r.parse()
+                .map_err(|e| errors.push(format!("`when-spool-full`: {e}")))
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
     let sidecar = crate::messaging::sidecar::SidecarSettings {
         max_crl_age,
+        spool_max,
+        when_spool_full,
         listen,
         socket: args.socket.or(file.socket),
         workload_port: args.workload_port.or(file.workload_port),

@@ -16,5 +16,6 @@ pub mod replay;
 pub mod revocation;
 pub mod send;
 pub mod sidecar;
+pub mod spool;
 pub mod trust;
 pub mod workload;

@@ -13,6 +13,7 @@ use super::receive::{Delivered, Limits, Receiver};
 use super::replay::ReplayGuard;
 use super::revocation::RevocationList;
 use super::send::{Credentials, Outbox, SendError};
+use super::spool::{self, Spool, SpoolError};
 use super::trust::{TrustAnchors, VerifiedDevice};
 use crate::client::{ApiError, HttpApi};
 use crate::lifecycle::ClientIdentity;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use vouch_envelope::{certificate_sha256, Envelope, KeyAgreementKey, SharedSecretCache};
 use vouch_policy::model::MessageContext;
+use vouch_proto::policy::DecisionSide;
 
 /// Most messages waiting for the workload; beyond it new ones are refused (back-pressure on
 /// senders), never dropped silently.
@@ -113,6 +115,9 @@ pub enum MessagingError {
     /// the server (or a peer) brings a current CRL.
     #[error("refusing every message: {0}")]
     StaleTrust(String),
+    /// The decision could not be recorded, so it is not acted on.
+    #[error(transparent)]
+    Spool(SpoolError),
 }
 
 /// A message that left.
@@ -222,6 +227,8 @@ pub struct Messenger {
     /// Past this age of the CRL's last confirmation, everything is refused.
     max_crl_age: Duration,
     clock: Arc<dyn Clock>,
+    /// Where decisions wait for upload to the server's decision log; none: not recorded.
+    spool: OnceLock<Arc<Spool>>,
 }
 
 /// The saved CRL in the state directory.
@@ -319,6 +326,7 @@ impl Messenger {
             crl_confirmed: AtomicI64::new(i64::MIN),
             max_crl_age: DEFAULT_MAX_CRL_AGE,
             clock: Arc::new(SystemClock),
+            spool: OnceLock::new(),
         })
     }
 
@@ -339,6 +347,40 @@ impl Messenger {
 
     fn now(&self) -> i64 {
         self.clock.now().unix_timestamp()
+    }
+
+    /// Records every decision in `spool` before it takes effect; a decision the spool does
+    /// not take refuses its message.
+    pub fn with_spool(self, spool: Arc<Spool>) -> Self {
+        let _ = self.spool.set(spool);
+        self
+    }
+
+    /// The decision spool, if decisions are recorded.
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.spool.get()
+    }
+
+    /// Spools `verdict` on `from` sending to `to`, decided at `side`.
+    fn spool_decision(
+        &self,
+        side: DecisionSide,
+        from: &str,
+        to: &str,
+        context: &MessageContext,
+        verdict: &Verdict,
+    ) -> Result<(), SpoolError> {
+        let Some(spool) = self.spool.get() else {
+            return Ok(());
+        };
+        spool.record(&spool::decision(
+            side,
+            from,
+            to,
+            context,
+            verdict,
+            self.now(),
+        )?)
     }
 
     /// Keeps the CRL ([`CRL_FILE`], as the CA signed it) and the peer directory's answers
@@ -665,6 +707,8 @@ impl Messenger {
         );
         tracing::info!(to = %to, data_type, protocol = %transport.protocol, allowed = verdict.allowed,
             policies = ?verdict.policies, version = %verdict.version, "egress decision");
+        self.spool_decision(DecisionSide::Sender, &own.device_id, to, &context, &verdict)
+            .map_err(MessagingError::Spool)?;
         if !verdict.allowed {
             return Err(MessagingError::PolicyDenied(verdict));
         }
@@ -1025,6 +1069,14 @@ impl Messenger {
             tracing::info!(from = %sender.device_id, data_type, protocol = %transport.protocol,
                 allowed = verdict.allowed, policies = ?verdict.policies, version = %verdict.version,
                 "ingress decision");
+            self.spool_decision(
+                DecisionSide::Receiver,
+                &sender.device_id,
+                &own.device_id,
+                &context,
+                &verdict,
+            )
+            .map_err(|e| e.to_string())?;
             if verdict.allowed {
                 Ok(())
             } else {

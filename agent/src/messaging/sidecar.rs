@@ -11,6 +11,7 @@ use super::node::Messenger;
 use super::policy::{BundlePolicy, Decider, Loaded};
 use super::replay::ReplayGuard;
 use super::send::Credentials;
+use super::spool::{self, Spool, WhenFull};
 use super::trust::TrustAnchors;
 use super::{mqtt, workload};
 use crate::client::HttpApi;
@@ -46,6 +47,10 @@ pub struct SidecarSettings {
     /// Past this age of the CRL's last confirmation by the server, every message is refused;
     /// default [`super::node::DEFAULT_MAX_CRL_AGE`].
     pub max_crl_age: Option<Duration>,
+    /// Most decisions waiting for upload; default [`spool::DEFAULT_MAX_SPOOLED`].
+    pub spool_max: Option<usize>,
+    /// What a full decision spool does.
+    pub when_spool_full: WhenFull,
 }
 
 fn sidecar_error(what: &str) -> impl FnOnce(String) -> AgentError + '_ {
@@ -151,6 +156,75 @@ async fn refresh(
     }
 }
 
+/// Uploads the spooled decisions to the server's decision log, in batches, as long as the
+/// sidecar runs: at once while more wait, each second when idle, backing off up to `every`
+/// while the server cannot be reached. The spool is synced to disk before each look.
+async fn upload_decisions(
+    spool: Arc<Spool>,
+    server: String,
+    ca_pem: String,
+    identities: watch::Receiver<Option<Enrolled>>,
+    every: Duration,
+) {
+    const IDLE: Duration = Duration::from_secs(1);
+    let api = HttpApi::new(&server);
+    if let Err(e) = api.trust_root(&ca_pem) {
+        tracing::error!(error = %e, "decisions cannot be uploaded: the pinned root does not load");
+        return;
+    }
+    let mut pause = IDLE;
+    let mut backoff = IDLE;
+    loop {
+        tokio::time::sleep(pause).await;
+        pause = IDLE;
+        if let Err(e) = spool.sync() {
+            tracing::warn!(error = %e, "cannot sync the decision spool");
+        }
+        let batch = match spool.batch(vouch_proto::policy::MAX_UPLOADED_DECISIONS) {
+            Ok(Some(batch)) => batch,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the decision spool");
+                continue;
+            }
+        };
+        let Some(enrolled) = identities.borrow().clone() else {
+            continue;
+        };
+        let identity = crate::lifecycle::ClientIdentity::from(&enrolled);
+        let answer = if batch.decisions.is_empty() {
+            Ok(None) // only damaged lines: nothing to send, move past them
+        } else {
+            api.upload_decisions(&identity, &batch.decisions)
+                .await
+                .map(Some)
+        };
+        match answer {
+            Ok(outcome) => {
+                if let Some(o) = outcome {
+                    tracing::info!(
+                        recorded = o.recorded,
+                        already = o.already_recorded,
+                        "decisions uploaded"
+                    );
+                }
+                if let Err(e) = spool.uploaded(batch.end) {
+                    tracing::error!(error = %e, "cannot move the decision spool's cursor (the batch will be sent again)");
+                }
+                backoff = IDLE;
+                if spool.depth() > 0 {
+                    pause = Duration::ZERO;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, waiting = spool.depth(), retry_in = ?backoff, "cannot upload decisions");
+                pause = backoff;
+                backoff = (backoff * 2).min(every.max(IDLE));
+            }
+        }
+    }
+}
+
 /// Runs the sidecar beside the identity lifecycle: waits for the first identity in
 /// `identities`, then serves until the process ends, following renewals.
 pub async fn run(
@@ -178,6 +252,14 @@ pub async fn run(
     let replay =
         ReplayGuard::load(state.file(REPLAY_FILE)).map_err(sidecar_error("replay windows"))?;
     let policy = Arc::new(BundlePolicy::default());
+    let decisions = Arc::new(
+        Spool::open(
+            &state,
+            sidecar.spool_max.unwrap_or(spool::DEFAULT_MAX_SPOOLED),
+            sidecar.when_spool_full,
+        )
+        .map_err(|e| sidecar_error("decision spool")(e.to_string()))?,
+    );
     let messenger_api = HttpApi::new(&settings.server);
     messenger_api
         .trust_root(&enrolled.ca_pem)
@@ -189,7 +271,8 @@ pub async fn run(
         Messenger::new(messenger_api, anchors, &creds, replay, policy.clone())
             .map_err(|e| sidecar_error("credentials")(e.to_string()))?
             .with_max_crl_age(max_crl_age)
-            .with_cache(state.clone()),
+            .with_cache(state.clone())
+            .with_spool(Arc::clone(&decisions)),
     );
     load_saved_policy(&state, &policy, &enrolled, messenger.trust_domain());
     refresh(&messenger, &api, &policy, &enrolled, &state).await;
@@ -245,6 +328,13 @@ pub async fn run(
     }
 
     let every = sidecar.refresh.unwrap_or(DEFAULT_REFRESH);
+    tokio::spawn(upload_decisions(
+        decisions,
+        settings.server.clone(),
+        enrolled.ca_pem.clone(),
+        identities.clone(),
+        every,
+    ));
     let mut enrolled = enrolled;
     loop {
         tokio::select! {

@@ -56,6 +56,7 @@ fn not_sent(e: MessagingError) -> Response {
             ProblemCode::NotReady,
             format!("this sidecar refuses every message: {why}"),
         ),
+        MessagingError::Spool(why) => problem(ProblemCode::DecisionLogUnavailable, why.to_string()),
         MessagingError::Directory(ref api) if api.code().is_some() => {
             problem(ProblemCode::PeerUnreachable, e.to_string())
         }

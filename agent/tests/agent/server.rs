@@ -108,6 +108,17 @@ impl RealServer {
         }
     }
 
+    /// Starts the stopped server again on the same data directory (on a new port: `base`
+    /// changes).
+    pub async fn restart(&mut self) {
+        assert!(self.server.is_none(), "stop it first");
+        let server = app::start(&self.config, Arc::new(SystemClock))
+            .await
+            .unwrap();
+        self.base = format!("https://127.0.0.1:{}", server.addr.port());
+        self.server = Some(server);
+    }
+
     /// A bootstrap token (JWT) created by the admin with `body`.
     pub async fn token(&self, body: Value) -> String {
         let r = self
@@ -271,6 +282,12 @@ impl AgentProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the agent gets no chance to finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -67,7 +67,7 @@ impl Drop for Mosquitto {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -75,9 +75,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Sidecar {
-    process: AgentProcess,
-    state: PathBuf,
+pub(crate) struct Sidecar {
+    pub(crate) process: AgentProcess,
+    pub(crate) state: PathBuf,
     socket: PathBuf,
     /// `run --server … --state-dir …`, to start it again.
     run: Vec<String>,
@@ -85,7 +85,7 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    async fn start(server: &RealServer, zone: &str, extra: &[String]) -> Self {
+    pub(crate) async fn start(server: &RealServer, zone: &str, extra: &[String]) -> Self {
         let token = server.token(json!({ "zone": zone })).await;
         Self::launch(server, &token, None, extra).ready().await
     }
@@ -112,7 +112,12 @@ impl Sidecar {
     }
 
     /// [`Self::launch`], reaching the server at `server_url`.
-    fn launch_via(server_url: &str, token: &str, socket: Option<&Path>, extra: &[String]) -> Self {
+    pub(crate) fn launch_via(
+        server_url: &str,
+        token: &str,
+        socket: Option<&Path>,
+        extra: &[String],
+    ) -> Self {
         let base = tempfile::tempdir().unwrap();
         let state = state_dir(&base);
         let run = vec![
@@ -145,7 +150,7 @@ impl Sidecar {
     }
 
     /// Stops the agent and starts it again on the same state with `extra`, without waiting.
-    fn restart(self, extra: &[String]) -> Self {
+    pub(crate) fn restart(self, extra: &[String]) -> Self {
         let Self {
             process,
             state,
@@ -168,7 +173,7 @@ impl Sidecar {
     }
 
     /// Waits until it has verified a CRL and the policy bundle.
-    async fn ready(self) -> Self {
+    pub(crate) async fn ready(self) -> Self {
         let start = std::time::Instant::now();
         loop {
             if self.socket.exists() {
@@ -186,11 +191,11 @@ impl Sidecar {
         }
     }
 
-    fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.socket.clone()
     }
 
-    fn device_id(&self) -> String {
+    pub(crate) fn device_id(&self) -> String {
         identity(&self.state)["device_id"]
             .as_str()
             .unwrap()
@@ -202,7 +207,7 @@ impl Sidecar {
     }
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
 }
 
