@@ -54,6 +54,7 @@ VOUCH_BENCH_DEVICES=10000 cargo bench -p vouch-ca --bench sweep
 VOUCH_BENCH_N=500 VOUCH_BENCH_DEVICES=32 cargo bench -p vouch-ca --bench attest
 VOUCH_BENCH_QUICK=1 cargo bench -p vouch-envelope --bench seal_open
 VOUCH_BENCH_QUICK=1 cargo bench -p vouch-agent --bench sidecar
+VOUCH_BENCH_QUICK=1 cargo bench -p vouch-agent --bench revocation
 echo "== fuzz targets, briefly"
 bash tests/fuzz-smoke.sh
 echo "== cargo test"

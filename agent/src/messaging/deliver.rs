@@ -621,6 +621,11 @@ pub async fn serve_tracked(
                 }
             },
         };
+        // Small writes (a handshake flight, a receipt) leave at once rather than wait for
+        // the peer's delayed ACK (Nagle's algorithm): tens of milliseconds otherwise.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let (acceptor, router, live) = (acceptor.clone(), router.clone(), live.clone());
         tokio::spawn(async move {
             let _slot = slot;

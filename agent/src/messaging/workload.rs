@@ -358,6 +358,8 @@ pub async fn serve_loopback(listener: tokio::net::TcpListener, messenger: Arc<Me
         if !peer.ip().is_loopback() {
             continue;
         }
+        // Answers leave at once, not after the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
         serve_one(stream, router.clone());
     }
 }
