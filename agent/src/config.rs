@@ -1,7 +1,7 @@
 //! The command line and the config file. The file is TOML with the flags' names as keys
 //! (`server`, `state-dir`, `join-token`, `tpm`, `attest-every`, `event-log`,
 //! `max-retry-delay`, `once`, `advertise`, `listen`, `socket`, `workload-port`, `mqtt`,
-//! `refresh`, `max-crl-age`, `decision-spool-max`, `when-spool-full`);
+//! `refresh`, `max-crl-age`, `max-policy-age`, `decision-spool-max`, `when-spool-full`);
 //! a flag given on the command line wins over the file. Every problem is collected and
 //! reported at once, before anything starts.
 
@@ -104,6 +104,10 @@ pub struct RunArgs {
     /// the server longer ago than this, or is past its nextUpdate [default: 4h].
     #[arg(long, value_name = "DURATION")]
     pub max_crl_age: Option<String>,
+    /// Refuse every message (both ways) once the policy bundle in use was last confirmed by
+    /// the server longer ago than this [default: 4h].
+    #[arg(long, value_name = "DURATION")]
+    pub max_policy_age: Option<String>,
     /// Most policy decisions kept in the state directory until the server's decision log
     /// takes them [default: 100000].
     #[arg(long, value_name = "N")]
@@ -176,6 +180,9 @@ pub struct ConfigFile {
     /// `max-crl-age`.
     #[serde(alias = "max_crl_age")]
     pub max_crl_age: Option<String>,
+    /// `max-policy-age`.
+    #[serde(alias = "max_policy_age")]
+    pub max_policy_age: Option<String>,
     /// `decision-spool-max`.
     #[serde(alias = "decision_spool_max")]
     pub decision_spool_max: Option<usize>,
@@ -284,6 +291,10 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
         .max_crl_age
         .or(file.max_crl_age)
         .map(|r| duration("max-crl-age", &r, &mut errors));
+    let max_policy_age = args
+        .max_policy_age
+        .or(file.max_policy_age)
+        .map(|r| duration("max-policy-age", &r, &mut errors));
     let spool_max = args.decision_spool_max.or(file.decision_spool_max);
     if spool_max == Some(0) {
         errors.push("`decision-spool-max` must be at least 1".into());
@@ -299,6 +310,7 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
         .unwrap_or_default();
     let sidecar = crate::messaging::sidecar::SidecarSettings {
         max_crl_age,
+        max_policy_age,
         spool_max,
         when_spool_full,
         listen,
@@ -379,17 +391,23 @@ mod tests {
             listen: Some("gateway:7443".into()),
             mqtt: Some("mqtts://broker:8883".into()),
             refresh: Some("0s".into()),
+            max_policy_age: Some("soon".into()),
+            decision_spool_max: Some(0),
+            when_spool_full: Some("drop-newest".into()),
             ..RunArgs::default()
         })
         .unwrap_err();
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors.len(), 6, "{errors:?}");
         assert!(errors.iter().any(|e| e.starts_with("`listen`")));
         assert!(errors.iter().any(|e| e.starts_with("`mqtt`")));
+        assert!(errors.iter().any(|e| e.contains("max-policy-age")));
+        assert!(errors.iter().any(|e| e.starts_with("`decision-spool-max`")));
+        assert!(errors.iter().any(|e| e.starts_with("`when-spool-full`")));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
         std::fs::write(
             &path,
-            "server = \"https://h\"\nstate-dir = \"/s\"\nlisten = \"127.0.0.1:7443\"\nmqtt = \"mqtt://broker:1883\"\nworkload-port = 7000\nrefresh = \"5s\"\n",
+            "server = \"https://h\"\nstate-dir = \"/s\"\nlisten = \"127.0.0.1:7443\"\nmqtt = \"mqtt://broker:1883\"\nworkload-port = 7000\nrefresh = \"5s\"\nmax-policy-age = \"2h\"\ndecision-spool-max = 10\nwhen-spool-full = \"drop-oldest\"\n",
         )
         .unwrap();
         let s = settings(RunArgs {
@@ -402,6 +420,12 @@ mod tests {
         assert_eq!(s.sidecar.workload_port, Some(7000));
         assert_eq!(s.sidecar.refresh, Some(Duration::from_secs(5)));
         assert_eq!(s.sidecar.socket, None);
+        assert_eq!(s.sidecar.max_policy_age, Some(Duration::from_secs(7200)));
+        assert_eq!(s.sidecar.spool_max, Some(10));
+        assert_eq!(
+            s.sidecar.when_spool_full,
+            crate::messaging::spool::WhenFull::DropOldest
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! The envelope itself is `vouch_envelope`'s.
 
 pub mod deliver;
+pub mod metrics;
 pub mod mqtt;
 pub mod node;
 pub mod peers;

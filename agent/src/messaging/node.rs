@@ -5,6 +5,7 @@
 //! through, and without a verified policy bundle every message is refused.
 
 use super::deliver::{self, DeliveryError, Inbound, Receipt, Refused};
+use super::metrics::{Counters, Gauges};
 use super::mqtt::Broker;
 use super::peers::{verify_peer_record, Peer, PeerCache};
 use super::policy::{Decider, Party, RateLimits, Verdict};
@@ -120,6 +121,26 @@ pub enum MessagingError {
     Spool(SpoolError),
 }
 
+impl MessagingError {
+    /// A short fixed name of the kind of refusal, for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Directory(_) => "peer_directory",
+            Self::UntrustedPeer(_) => "untrusted_peer",
+            Self::NoEndpoint(_) => "no_endpoint",
+            Self::PolicyDenied(_) => "policy_denied",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Seal(_) => "seal",
+            Self::Delivery(DeliveryError::Refused { .. }) => "peer_refused",
+            Self::Delivery(_) => "peer_unreachable",
+            Self::BadReceipt(_) => "bad_receipt",
+            Self::Broker(_) => "broker",
+            Self::StaleTrust(_) => "stale_trust",
+            Self::Spool(_) => "decision_spool",
+        }
+    }
+}
+
 /// A message that left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
@@ -229,6 +250,13 @@ pub struct Messenger {
     clock: Arc<dyn Clock>,
     /// Where decisions wait for upload to the server's decision log; none: not recorded.
     spool: OnceLock<Arc<Spool>>,
+    /// When the server last confirmed the policy bundle in use (Unix seconds); `i64::MIN`
+    /// until it has (a sidecar without a verified bundle refuses everything anyway).
+    policy_confirmed: AtomicI64,
+    /// Past this age of the policy bundle's last confirmation, everything is refused.
+    max_policy_age: Duration,
+    /// What `/metrics` counts.
+    counters: Counters,
 }
 
 /// The saved CRL in the state directory.
@@ -289,6 +317,8 @@ struct SavedPeer {
 
 /// Default [`Messenger::with_max_crl_age`]: four hours.
 pub const DEFAULT_MAX_CRL_AGE: Duration = Duration::from_secs(4 * 3600);
+/// Default [`Messenger::with_max_policy_age`]: four hours.
+pub const DEFAULT_MAX_POLICY_AGE: Duration = Duration::from_secs(4 * 3600);
 
 impl Messenger {
     /// Messaging for the device with `credentials` (its device certificate PEM followed by
@@ -327,6 +357,9 @@ impl Messenger {
             max_crl_age: DEFAULT_MAX_CRL_AGE,
             clock: Arc::new(SystemClock),
             spool: OnceLock::new(),
+            policy_confirmed: AtomicI64::new(i64::MIN),
+            max_policy_age: DEFAULT_MAX_POLICY_AGE,
+            counters: Counters::default(),
         })
     }
 
@@ -347,6 +380,41 @@ impl Messenger {
 
     fn now(&self) -> i64 {
         self.clock.now().unix_timestamp()
+    }
+
+    /// Refuses everything once the policy bundle in use was last confirmed by the server
+    /// more than `age` ago (see [`Self::confirm_policy`]).
+    pub fn with_max_policy_age(mut self, age: Duration) -> Self {
+        self.max_policy_age = age;
+        self
+    }
+
+    /// The server has just given the policy bundle in use (or a newer one), verified; `at`
+    /// (Unix seconds) instead of now for a saved bundle (its file's time).
+    pub fn confirm_policy(&self, at: Option<i64>) {
+        self.policy_confirmed
+            .store(at.unwrap_or_else(|| self.now()), Ordering::SeqCst);
+    }
+
+    /// What `/metrics` shows: the counters and the state now.
+    pub fn metrics(&self) -> String {
+        let at = self.now();
+        let age = |confirmed: i64| (confirmed != i64::MIN).then(|| at.saturating_sub(confirmed));
+        let has_crl = self.crl_number().is_some();
+        let gauges = Gauges {
+            crl_number: self.crl_number(),
+            crl_age: if has_crl {
+                age(self.crl_confirmed.load(Ordering::SeqCst))
+            } else {
+                None
+            },
+            policy_age: age(self.policy_confirmed.load(Ordering::SeqCst)),
+            refusing: self.trust_current().is_err(),
+            spool_depth: self.spool.get().map_or(0, |s| s.depth()),
+            spool_dropped: self.spool.get().map_or(0, |s| s.dropped()),
+            inbox_depth: self.inbox.lock().map_or(0, |q| q.len()),
+        };
+        self.counters.render(&gauges)
     }
 
     /// Records every decision in `spool` before it takes effect; a decision the spool does
@@ -479,7 +547,8 @@ impl Messenger {
     }
 
     /// Whether this sidecar may send and take messages now: it has a CRL, confirmed current
-    /// within `--max-crl-age`, and before its nextUpdate. The reason if not.
+    /// within `--max-crl-age`, and before its nextUpdate, and its policy bundle was
+    /// confirmed within `--max-policy-age`. The reason if not.
     pub fn trust_current(&self) -> Result<(), String> {
         let at = self.now();
         let crl = self
@@ -504,6 +573,17 @@ impl Messenger {
                 age,
                 self.max_crl_age.as_secs()
             ));
+        }
+        let confirmed = self.policy_confirmed.load(Ordering::SeqCst);
+        if confirmed != i64::MIN {
+            let age = at.saturating_sub(confirmed);
+            if u64::try_from(age).map_or(true, |a| a > self.max_policy_age.as_secs()) {
+                return Err(format!(
+                    "the policy bundle was last confirmed by the server {}s ago, more than the maximum age of {}s",
+                    age,
+                    self.max_policy_age.as_secs()
+                ));
+            }
         }
         Ok(())
     }
@@ -759,6 +839,7 @@ impl Messenger {
             .egress(&own, &peer, data_type, payload.len(), &transport)
             .await?;
         let (envelope, cti) = self.seal_to(&own, &peer, data_type, payload)?;
+        self.counters.sent("sealed");
         Ok((envelope, hex::encode(cti), policies))
     }
 
@@ -766,6 +847,21 @@ impl Messenger {
     /// through the broker (`mqtt`), as `protocol` asks or, without it, directly when the
     /// peer takes direct deliveries. Policy decides first, with the protocol in its context.
     pub async fn send(
+        &self,
+        to: &str,
+        data_type: &str,
+        payload: &[u8],
+        protocol: Option<&str>,
+    ) -> Result<Sent, MessagingError> {
+        let result = self.send_retried(to, data_type, payload, protocol).await;
+        match &result {
+            Ok(sent) => self.counters.sent(sent.via),
+            Err(e) => self.counters.refused("sender", e.reason()),
+        }
+        result
+    }
+
+    async fn send_retried(
         &self,
         to: &str,
         data_type: &str,
@@ -991,6 +1087,24 @@ impl Messenger {
     /// Checks an incoming envelope that arrived by `transport` and queues it for the
     /// workload; the message id and a receipt signed for the sender, or the refusal.
     pub async fn accept(&self, bytes: &[u8], transport: &Transport) -> Result<Accepted, Refused> {
+        let result = self.accept_counted(bytes, transport).await;
+        self.count_arrival(&result, transport);
+        result
+    }
+
+    /// Counts a message that arrived by `transport`: received, or refused for its reason.
+    pub fn count_arrival<T>(&self, result: &Result<T, Refused>, transport: &Transport) {
+        match result {
+            Ok(_) => self.counters.received(&transport.protocol),
+            Err((reason, _)) => self.counters.refused("receiver", reason),
+        }
+    }
+
+    async fn accept_counted(
+        &self,
+        bytes: &[u8],
+        transport: &Transport,
+    ) -> Result<Accepted, Refused> {
         if self.inbox.lock().map(|q| q.len()).unwrap_or(MAX_INBOX) >= MAX_INBOX {
             return Err((
                 "inbox_full",

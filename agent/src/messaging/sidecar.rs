@@ -47,6 +47,9 @@ pub struct SidecarSettings {
     /// Past this age of the CRL's last confirmation by the server, every message is refused;
     /// default [`super::node::DEFAULT_MAX_CRL_AGE`].
     pub max_crl_age: Option<Duration>,
+    /// Past this age of the policy bundle's last confirmation by the server, every message
+    /// is refused; default [`super::node::DEFAULT_MAX_POLICY_AGE`].
+    pub max_policy_age: Option<Duration>,
     /// Most decisions waiting for upload; default [`spool::DEFAULT_MAX_SPOOLED`].
     pub spool_max: Option<usize>,
     /// What a full decision spool does.
@@ -98,8 +101,10 @@ fn anchors(enrolled: &Enrolled) -> Result<TrustAnchors, String> {
 /// The saved policy bundle in the state directory, as the server signed it.
 pub const POLICY_FILE: &str = "policy-bundle.jws";
 
-/// Uses the saved policy bundle if it still verifies (for a start without the server).
+/// Uses the saved policy bundle if it still verifies (for a start without the server), as
+/// confirmed when it was saved.
 fn load_saved_policy(
+    messenger: &Messenger,
     state: &StateDir,
     policy: &BundlePolicy,
     enrolled: &Enrolled,
@@ -116,6 +121,12 @@ fn load_saved_policy(
         Ok(loaded) => {
             let version = loaded.version().to_owned();
             policy.install(loaded);
+            let saved_at = std::fs::metadata(state.file(POLICY_FILE))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(i64::MIN + 1, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+            messenger.confirm_policy(Some(saved_at));
             tracing::info!(%version, "the saved policy bundle checks out");
         }
         Err(e) => tracing::warn!(error = %e, "the saved policy bundle is not used"),
@@ -143,7 +154,14 @@ async fn refresh(
         Ok(jws) => match Loaded::verify(&jws, &root, messenger.trust_domain(), now()) {
             Ok(loaded) => {
                 let version = loaded.version().to_owned();
-                if policy.version().as_deref() != Some(version.as_str()) && policy.install(loaded) {
+                if policy.version().as_deref() == Some(version.as_str()) {
+                    messenger.confirm_policy(None);
+                    // The saved file's time is when it was last confirmed.
+                    if let Err(e) = state.write(POLICY_FILE, jws.as_bytes()) {
+                        tracing::warn!(error = %e, "cannot save the policy bundle");
+                    }
+                } else if policy.install(loaded) {
+                    messenger.confirm_policy(None);
                     tracing::info!(%version, "policy bundle verified and in use");
                     if let Err(e) = state.write(POLICY_FILE, jws.as_bytes()) {
                         tracing::warn!(error = %e, "cannot save the policy bundle");
@@ -271,10 +289,21 @@ pub async fn run(
         Messenger::new(messenger_api, anchors, &creds, replay, policy.clone())
             .map_err(|e| sidecar_error("credentials")(e.to_string()))?
             .with_max_crl_age(max_crl_age)
+            .with_max_policy_age(
+                sidecar
+                    .max_policy_age
+                    .unwrap_or(super::node::DEFAULT_MAX_POLICY_AGE),
+            )
             .with_cache(state.clone())
             .with_spool(Arc::clone(&decisions)),
     );
-    load_saved_policy(&state, &policy, &enrolled, messenger.trust_domain());
+    load_saved_policy(
+        &messenger,
+        &state,
+        &policy,
+        &enrolled,
+        messenger.trust_domain(),
+    );
     refresh(&messenger, &api, &policy, &enrolled, &state).await;
 
     let socket = sidecar

@@ -194,12 +194,12 @@ async fn open(
             let req = decoded(body)?;
             protocol_name(&req.protocol)?;
             let envelope = base64_field(&req.envelope, MAX_PAYLOAD_BYTES * 2, "envelope")?;
-            let opened = messenger
-                .open(&envelope, &Transport::carried(&req.protocol))
-                .await
-                .map_err(|(reason, detail)| {
-                    (ProblemCode::MessageRefused, format!("{reason}: {detail}"))
-                })?;
+            let transport = Transport::carried(&req.protocol);
+            let opened = messenger.open(&envelope, &transport).await;
+            messenger.count_arrival(&opened, &transport);
+            let opened = opened.map_err(|(reason, detail)| {
+                (ProblemCode::MessageRefused, format!("{reason}: {detail}"))
+            })?;
             Ok(Json(arrived(opened.0)).into_response())
         }
         .await,
@@ -264,6 +264,18 @@ async fn healthz(State(messenger): State<Arc<Messenger>>) -> Response {
     }
 }
 
+/// `GET /metrics`: the sidecar's counters and state, Prometheus text format.
+async fn metrics(State(messenger): State<Arc<Messenger>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        messenger.metrics(),
+    )
+        .into_response()
+}
+
 /// Binds the workload socket at `path` (replacing a stale socket file), mode 0660.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     match std::fs::remove_file(path) {
@@ -289,6 +301,7 @@ fn router(messenger: Arc<Messenger>) -> Router {
         .route("/v1/messages", get(messages))
         .route("/v1/identity", get(identity))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_PAYLOAD_BYTES * 3))
         .with_state(messenger)
 }

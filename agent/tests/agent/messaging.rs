@@ -629,13 +629,13 @@ mod workload {
     //! reads it from its own sidecar's socket. Both sidecars are in-process `Messenger`s
     //! talking to the real server and to each other over mutual TLS.
     use super::*;
-    use crate::support::call;
+    use crate::support::{call, get_text};
     use std::path::Path;
     use std::sync::Arc;
     use std::sync::Mutex;
     use vouch_agent::messaging::deliver;
     use vouch_agent::messaging::node::Messenger;
-    use vouch_agent::messaging::node::DEFAULT_MAX_CRL_AGE;
+    use vouch_agent::messaging::node::{DEFAULT_MAX_CRL_AGE, DEFAULT_MAX_POLICY_AGE};
     use vouch_agent::messaging::policy::{Decider, Party, Verdict};
     use vouch_agent::schedule::{Clock, SystemClock};
     use vouch_policy::engine::Annotation;
@@ -928,6 +928,190 @@ mod workload {
         fn now(&self) -> time::OffsetDateTime {
             time::OffsetDateTime::now_utc() + *self.0.lock().unwrap()
         }
+    }
+
+    /// Whether `promtool check metrics` takes `text` (Prometheus's own linter).
+    fn promtool_accepts(text: &str) -> Result<(), String> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("promtool (apt install prometheus): {e}"))?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// The value of the sample `series` (name and labels as written) in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_maximum_policy_age_a_sidecar_refuses_everything_and_metrics_say_so() {
+        let server = RealServer::start(&[]).await;
+        let (la, lb) = (
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+        let a =
+            enroll_advertising(&server, &[&format!("https://{}", la.local_addr().unwrap())]).await;
+        let b =
+            enroll_advertising(&server, &[&format!("https://{}", lb.local_addr().unwrap())]).await;
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let clock = Moved::default();
+        let sa = sidecar(
+            &server,
+            &a,
+            da.path(),
+            la,
+            Decide(|_| true),
+            Arc::new(clock.clone()),
+        )
+        .await;
+        let sb = sidecar(
+            &server,
+            &b,
+            db.path(),
+            lb,
+            Decide(|_| true),
+            Arc::new(clock.clone()),
+        )
+        .await;
+        // Both policy bundles were last confirmed 10 minutes short of the maximum age.
+        let then = clock.now().unix_timestamp()
+            - i64::try_from(DEFAULT_MAX_POLICY_AGE.as_secs()).unwrap()
+            + 600;
+        sa.confirm_policy(Some(then));
+        sb.confirm_policy(Some(then));
+        let sock_a = da.path().join("agent.sock");
+        let payload = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b"t=1");
+        let send = json!({"to": b.device_id(), "data_type": "telemetry", "payload": payload});
+        for _ in 0..2 {
+            let (status, p) = call(&sock_a, "POST", "/v1/send", Some(send.clone())).await;
+            assert_eq!(status, 200, "{p}");
+        }
+        let replayed = sealed(
+            &a.sender(),
+            &b,
+            &Message {
+                seq: 1,
+                ..Message::default()
+            },
+        );
+        let transport = vouch_agent::messaging::node::Transport::direct();
+        assert!(sb.accept(&replayed, &transport).await.is_ok());
+        let (reason, _) = sb.accept(&replayed, &transport).await.unwrap_err();
+        assert_eq!(reason, "replayed");
+
+        // What the sidecars did, in Prometheus's text format, as promtool reads it.
+        let (status, metrics) = get_text(&sock_a, "/metrics").await;
+        assert_eq!(status, 200);
+        promtool_accepts(&metrics).unwrap();
+        assert_eq!(
+            sample(&metrics, "vouch_agent_messages_sent_total{via=\"https\"}"),
+            Some(2.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            sample(&metrics, "vouch_agent_refusing"),
+            Some(0.0),
+            "{metrics}"
+        );
+        let crl = sa.crl_number().unwrap() as f64;
+        assert_eq!(
+            sample(&metrics, "vouch_agent_crl_number"),
+            Some(crl),
+            "{metrics}"
+        );
+        let age = sample(&metrics, "vouch_agent_policy_age_seconds").unwrap();
+        assert!(
+            (DEFAULT_MAX_POLICY_AGE.as_secs_f64() - 600.0 - age).abs() < 5.0,
+            "{metrics}"
+        );
+        let (_, metrics_b) = get_text(&db.path().join("agent.sock"), "/metrics").await;
+        assert_eq!(
+            sample(
+                &metrics_b,
+                "vouch_agent_messages_received_total{protocol=\"https\"}"
+            ),
+            Some(3.0),
+            "{metrics_b}"
+        );
+        assert_eq!(
+            sample(
+                &metrics_b,
+                "vouch_agent_messages_refused_total{side=\"receiver\",reason=\"replayed\"}"
+            ),
+            Some(1.0),
+            "{metrics_b}"
+        );
+
+        // 20 minutes later the policy bundles are past their maximum age (the CRL is not):
+        // A refuses to send, B refuses what arrives, both say why.
+        *clock.0.lock().unwrap() = std::time::Duration::from_secs(20 * 60);
+        let (status, p) = call(&sock_a, "POST", "/v1/send", Some(send.clone())).await;
+        assert_eq!(status, 503, "{p}");
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap()
+                .contains("policy bundle was last confirmed"),
+            "{p}"
+        );
+        assert_eq!(call(&sock_a, "GET", "/healthz", None).await.0, 503);
+        let later = u64::try_from(clock.now().unix_timestamp()).unwrap();
+        let envelope = sealed(
+            &a.sender(),
+            &b,
+            &Message {
+                seq: 9,
+                iat: later,
+                ..Message::default()
+            },
+        );
+        let (reason, detail) = sb.accept(&envelope, &transport).await.unwrap_err();
+        assert_eq!(reason, "stale_trust", "{detail}");
+        assert!(detail.contains("policy bundle"), "{detail}");
+        let (_, metrics) = get_text(&sock_a, "/metrics").await;
+        assert_eq!(
+            sample(&metrics, "vouch_agent_refusing"),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                "vouch_agent_messages_refused_total{side=\"sender\",reason=\"stale_trust\"}"
+            ),
+            Some(1.0),
+            "{metrics}"
+        );
+
+        // The server confirms the bundles again: both take messages by themselves.
+        sa.confirm_policy(None);
+        sb.confirm_policy(None);
+        let (status, p) = call(&sock_a, "POST", "/v1/send", Some(send)).await;
+        assert_eq!(status, 200, "{p}");
+        sb.accept(&envelope, &transport).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

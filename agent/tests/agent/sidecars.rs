@@ -1104,6 +1104,39 @@ async fn max_crl_age_on_the_command_line_makes_a_sidecar_refuse_once_passed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_policy_age_on_the_command_line_makes_a_sidecar_refuse_once_passed() {
+    let policies = policies();
+    let server = RealServer::start(&["--policy-dir", &policies.path().display().to_string()]).await;
+    // The policy bundle is confirmed at start and then only at each refresh (an hour here):
+    // with a 1 s maximum age the sidecar refuses soon after it started, and says so.
+    let sidecar = Sidecar::start(
+        &server,
+        "edge",
+        &[
+            "--refresh".into(),
+            "1h".into(),
+            "--max-policy-age".into(),
+            "1s".into(),
+        ],
+    )
+    .await;
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = call(&sidecar.socket(), "GET", "/healthz", None).await;
+        if status == 503 {
+            let detail = body["detail"].as_str().unwrap();
+            assert!(
+                detail.contains("policy bundle") && detail.contains("maximum age of 1s"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "still healthy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_keep_flowing_through_both_sidecars_renewals() {
     let policies = policies();
     // Certificates of 8 s: each sidecar renews at about 4 s.

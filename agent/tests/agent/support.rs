@@ -31,6 +31,25 @@ pub async fn call(
     uri: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    let (status, bytes) = call_bytes(path, method, uri, body).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A `GET` on the Unix socket at `path`; status and body text.
+pub async fn get_text(path: &Path, uri: &str) -> (u16, String) {
+    let (status, bytes) = call_bytes(path, "GET", uri, None).await;
+    (status, String::from_utf8(bytes).unwrap())
+}
+
+async fn call_bytes(
+    path: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, Vec<u8>) {
     let stream = tokio::net::UnixStream::connect(path).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -51,8 +70,5 @@ pub async fn call(
     let bytes = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
         .await
         .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
+    (status, bytes.to_vec())
 }
