@@ -262,6 +262,36 @@ impl HttpApi {
             .map_err(|_| ApiError::Protocol("/v1/policy/bundle: not UTF-8".into()))
     }
 
+    /// `GET /v1/policy/bundle?after=V&wait=S` (mTLS): the signed bundle (unverified) as
+    /// soon as the active version is another than `known`, within `wait`; `None` if `known`
+    /// is still the active one.
+    pub async fn policy_bundle_after(
+        &self,
+        identity: &ClientIdentity,
+        known: &str,
+        wait: Duration,
+    ) -> Result<Option<String>, ApiError> {
+        let response = self
+            .mtls(identity)?
+            .get(url(&self.server, "/v1/policy/bundle"))
+            .query(&[("after", known), ("wait", &wait.as_secs().to_string())])
+            .timeout(wait + REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let bytes = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(problem(status, &bytes));
+        }
+        String::from_utf8(bytes.to_vec())
+            .map(Some)
+            .map_err(|_| ApiError::Protocol("/v1/policy/bundle: not UTF-8".into()))
+    }
+
     /// `POST /v1/policy/decisions` (mTLS): hands spooled decisions to the decision log.
     pub async fn upload_decisions(
         &self,

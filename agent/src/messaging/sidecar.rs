@@ -151,26 +151,85 @@ async fn refresh(
         .next()
         .unwrap_or_default();
     match api.policy_bundle(&identity).await {
-        Ok(jws) => match Loaded::verify(&jws, &root, messenger.trust_domain(), now()) {
-            Ok(loaded) => {
-                let version = loaded.version().to_owned();
-                if policy.version().as_deref() == Some(version.as_str()) {
-                    messenger.confirm_policy(None);
-                    // The saved file's time is when it was last confirmed.
-                    if let Err(e) = state.write(POLICY_FILE, jws.as_bytes()) {
-                        tracing::warn!(error = %e, "cannot save the policy bundle");
-                    }
-                } else if policy.install(loaded) {
-                    messenger.confirm_policy(None);
-                    tracing::info!(%version, "policy bundle verified and in use");
-                    if let Err(e) = state.write(POLICY_FILE, jws.as_bytes()) {
-                        tracing::warn!(error = %e, "cannot save the policy bundle");
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "the policy bundle does not verify: not used"),
-        },
+        Ok(jws) => take_bundle(messenger, policy, state, &root, &jws),
         Err(e) => tracing::warn!(error = %e, "cannot fetch the policy bundle"),
+    }
+}
+
+/// Verifies `jws` from the server against `root` and uses it (unless older than the one in
+/// use), keeping it in the state directory; either way the server has confirmed the
+/// version it names as current.
+fn take_bundle(
+    messenger: &Messenger,
+    policy: &BundlePolicy,
+    state: &StateDir,
+    root: &[u8],
+    jws: &str,
+) {
+    let loaded = match Loaded::verify(jws, root, messenger.trust_domain(), now()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::warn!(error = %e, "the policy bundle does not verify: not used");
+            return;
+        }
+    };
+    let version = loaded.version().to_owned();
+    let same = policy.version().as_deref() == Some(version.as_str());
+    if !same && !policy.install(loaded) {
+        return; // older than the one in use
+    }
+    messenger.confirm_policy(None);
+    if !same {
+        tracing::info!(%version, "policy bundle verified and in use");
+    }
+    // Saved each time: the file's time is when the server last confirmed it.
+    if let Err(e) = state.write(POLICY_FILE, jws.as_bytes()) {
+        tracing::warn!(error = %e, "cannot save the policy bundle");
+    }
+}
+
+/// Follows the policy bundle by long-poll: a new version is in use as soon as the server
+/// swaps it in, and every answer (a `304` too) confirms the version in use as current.
+async fn follow_policy(
+    messenger: Arc<Messenger>,
+    policy: Arc<BundlePolicy>,
+    state: StateDir,
+    server: String,
+    identities: watch::Receiver<Option<Enrolled>>,
+) {
+    const WAIT: Duration = Duration::from_secs(25);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let Some(enrolled) = identities.borrow().clone() else {
+            tokio::time::sleep(backoff).await;
+            continue;
+        };
+        let api = HttpApi::new(&server);
+        if let Err(e) = api.trust_root(&enrolled.ca_pem) {
+            tracing::error!(error = %e, "the policy bundle is not followed: the pinned root does not load");
+            return;
+        }
+        let root = crate::credentials::certificates(&enrolled.ca_pem)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let identity = crate::lifecycle::ClientIdentity::from(&enrolled);
+        let known = policy.version().unwrap_or_default();
+        match api.policy_bundle_after(&identity, &known, WAIT).await {
+            Ok(Some(jws)) => {
+                take_bundle(&messenger, &policy, &state, &root, &jws);
+                backoff = Duration::from_secs(1);
+            }
+            Ok(None) => {
+                messenger.confirm_policy(None);
+                backoff = Duration::from_secs(1);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the policy bundle long-poll failed; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 
@@ -347,9 +406,17 @@ pub async fn run(
             std::future::pending(),
         ));
     }
-    // New CRLs as soon as the server signs them (a long-poll), beside the periodic refresh.
+    // New CRLs and policy bundles as soon as the server has them (long-polls), beside the
+    // periodic refresh.
     let following = Arc::clone(&messenger);
     tokio::spawn(async move { following.follow_crl().await });
+    tokio::spawn(follow_policy(
+        Arc::clone(&messenger),
+        Arc::clone(&policy),
+        state.clone(),
+        settings.server.clone(),
+        identities.clone(),
+    ));
     if let Some(url) = &sidecar.mqtt {
         let (broker, eventloop) = mqtt::connect(url, &messenger).map_err(sidecar_error("mqtt"))?;
         messenger.set_broker(broker.clone());

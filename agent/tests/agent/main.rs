@@ -13,6 +13,7 @@ mod e2e;
 mod fake;
 mod lifecycle;
 mod messaging;
+mod policy_feed;
 mod server;
 mod sidecars;
 mod support;

@@ -82,14 +82,42 @@ pub async fn crl(
     )
 }
 
-/// The root CA certificate (PEM): what devices and relying parties trust.
+/// The root CA certificate (PEM): what devices and relying parties trust. Its `ETag` is the
+/// SHA-256 of the PEM; `If-None-Match` with it answers `304`.
 #[utoipa::path(get, path = "/v1/trust-bundle",
-    responses((status = 200, content_type = "application/pem-certificate-chain", body = String)))]
-pub async fn trust_bundle(State(state): State<AppState>) -> impl IntoResponse {
+    responses((status = 200, content_type = "application/pem-certificate-chain", body = String,
+                 headers(("ETag" = String, description = "SHA-256 of the bundle, hex, quoted"))),
+              (status = 304, description = "The caller's bundle is current")))]
+pub async fn trust_bundle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    let pem = state.ca.root_pem();
+    let etag = format!(
+        "\"{}\"",
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, pem.as_bytes()))
+    );
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == etag)
+        });
+    if matches {
+        return (axum::http::StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
     (
-        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
-        state.ca.root_pem().to_owned(),
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/pem-certificate-chain".to_owned(),
+            ),
+            (header::ETAG, etag),
+        ],
+        pem.to_owned(),
     )
+        .into_response()
 }
 
 /// Liveness: the process answers.

@@ -134,18 +134,72 @@ pub async fn reload(
     Ok((status, Json(answer)))
 }
 
+/// Query of `GET /v1/policy/bundle`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BundleQuery {
+    /// The policy version the caller has (as `If-None-Match: "VERSION"` says too): if it is
+    /// still the active one, the answer waits up to `wait` seconds for another.
+    #[param(max_length = 128)]
+    pub after: Option<String>,
+    /// Seconds to wait for another version than the caller's (0 to 60; default 0).
+    #[param(minimum = 0, maximum = 60)]
+    pub wait: Option<u64>,
+}
+
+/// Longest long-poll of the bundle, seconds.
+pub const MAX_BUNDLE_WAIT_SECS: u64 = 60;
+
 /// The active policy set as a signed bundle (compact JWS, see `authz::signed`) for agents
-/// to verify against the trust bundle and cache. For devices (mTLS) and operators.
-#[utoipa::path(get, path = "/v1/policy/bundle", security(("operator_jwt" = []), ("device_mtls" = [])),
-    responses((status = 200, content_type = "application/jose", body = String),
+/// to verify against the trust bundle and cache. For devices (mTLS) and operators. The
+/// `ETag` is the policy version; a caller that names the active version (`after` or
+/// `If-None-Match`) gets `304`, after waiting up to `wait` seconds for another version.
+#[utoipa::path(get, path = "/v1/policy/bundle", params(BundleQuery),
+    security(("operator_jwt" = []), ("device_mtls" = [])),
+    responses((status = 200, content_type = "application/jose", body = String,
+                 headers(("ETag" = String, description = "The policy version, quoted"))),
+              (status = 304, description = "The caller's version is the active one",
+                 headers(("ETag" = String, description = "The policy version, quoted"))),
               (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn bundle(
     State(state): State<AppState>,
     _caller: Caller,
-) -> Result<impl IntoResponse, ApiError> {
-    let jws = crate::flows::reload::bundle(&state)?;
-    Ok((
-        [(header::CONTENT_TYPE, crate::authz::signed::CONTENT_TYPE)],
-        jws,
-    ))
+    headers: axum::http::HeaderMap,
+    query: Result<Query<BundleQuery>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::flows::reload::BundleAnswer;
+    let Query(q) = query.map_err(|e| unreadable_query(&e.body_text()))?;
+    if q.after.as_ref().is_some_and(|a| a.chars().count() > 128) {
+        return Err(ApiError::new(
+            vouch_proto::ProblemCode::InvalidQuery,
+            "after has at most 128 characters",
+        ));
+    }
+    let known = q.after.or_else(|| {
+        let value = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?.trim();
+        let quoted = value.trim_start_matches("W/");
+        Some(quoted.trim_matches('"').to_owned())
+    });
+    let wait = std::time::Duration::from_secs(q.wait.unwrap_or(0).min(MAX_BUNDLE_WAIT_SECS));
+    let etag = |v: &str| format!("\"{v}\"");
+    Ok(
+        match crate::flows::reload::bundle_changed(&state, known.as_deref(), wait).await? {
+            BundleAnswer::Current { jws, version } => (
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        crate::authz::signed::CONTENT_TYPE.to_owned(),
+                    ),
+                    (header::ETAG, etag(&version)),
+                    (header::CACHE_CONTROL, "no-cache".to_owned()),
+                ],
+                jws,
+            )
+                .into_response(),
+            BundleAnswer::NotModified(version) => {
+                (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(&version))]).into_response()
+            }
+        },
+    )
 }

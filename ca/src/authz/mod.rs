@@ -74,6 +74,8 @@ struct Slot {
     dir: Option<PathBuf>,
     current: RwLock<Option<Arc<ActiveSet>>>,
     last_error: RwLock<Option<LoadFailure>>,
+    /// Bumped at every swap: long-polls of the signed bundle wait on it.
+    swapped: tokio::sync::watch::Sender<u64>,
 }
 
 impl Slot {
@@ -89,6 +91,7 @@ impl Slot {
         if let Ok(mut g) = self.current.write() {
             *g = Some(set);
         }
+        self.swapped.send_modify(|n| *n += 1);
         if let Ok(mut g) = self.last_error.write() {
             *g = None;
         }
@@ -285,6 +288,11 @@ impl PolicyService {
     /// The active set, if one is loaded.
     pub fn active(&self) -> Option<Arc<ActiveSet>> {
         self.active.current()
+    }
+
+    /// Changes whenever another active set is swapped in.
+    pub fn active_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.active.swapped.subscribe()
     }
 
     /// Re-reads both directories and swaps in whatever changed and loads. Blocking (file

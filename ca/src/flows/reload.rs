@@ -67,14 +67,69 @@ pub fn status(state: &AppState) -> PolicyStatus {
 /// The active policy set as a signed bundle (compact JWS, see `authz::signed`) for agents
 /// to verify against the trust bundle and cache.
 pub fn bundle(state: &AppState) -> Result<String, ApiError> {
+    match bundle_after(state, None)? {
+        BundleAnswer::Current { jws, .. } => Ok(jws),
+        BundleAnswer::NotModified(_) => Err(ApiError::internal(&"no bundle")),
+    }
+}
+
+/// The signed bundle, or that the caller's version is still the active one.
+#[derive(Debug)]
+pub enum BundleAnswer {
+    /// The active set's bundle and version.
+    Current {
+        /// The compact JWS.
+        jws: String,
+        /// The active set's version.
+        version: String,
+    },
+    /// The caller's version is the active one.
+    NotModified(String),
+}
+
+fn bundle_after(state: &AppState, known: Option<&str>) -> Result<BundleAnswer, ApiError> {
     let set = state.policy.active().ok_or_else(|| {
         ApiError::new(
             ProblemCode::NoPolicy,
             "no policy directory is configured (`--policy-dir`)",
         )
     })?;
-    state
+    if known == Some(set.version.id.as_str()) {
+        return Ok(BundleAnswer::NotModified(set.version.id.clone()));
+    }
+    let jws = state
         .bundle_signing
         .signed(&state.ca, &state.trust_domain, &set, state.clock.now())
-        .map_err(|e| ApiError::internal(&e))
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(BundleAnswer::Current {
+        jws,
+        version: set.version.id.clone(),
+    })
+}
+
+/// The signed bundle if the active version is not `known`; otherwise waits up to `wait`
+/// for another set to be swapped in (a long-poll), and says `NotModified` if none was.
+pub async fn bundle_changed(
+    state: &AppState,
+    known: Option<&str>,
+    wait: std::time::Duration,
+) -> Result<BundleAnswer, ApiError> {
+    let mut changes = state.policy.active_changes();
+    changes.borrow_and_update();
+    let answer = bundle_after(state, known)?;
+    if matches!(answer, BundleAnswer::Current { .. }) || wait.is_zero() {
+        return Ok(answer);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            // The wait is over, or the policy service is gone.
+            Err(_) | Ok(Err(_)) => return Ok(answer),
+        }
+        let now = bundle_after(state, known)?;
+        if matches!(now, BundleAnswer::Current { .. }) {
+            return Ok(now);
+        }
+    }
 }

@@ -84,3 +84,76 @@ async fn the_bundle_is_signed_and_verifies_against_the_trust_bundle_only() {
         Err(BundleError::UntrustedSigner(_))
     ));
 }
+
+#[tokio::test]
+async fn the_bundle_has_its_version_as_etag_and_a_long_poll_wakes_on_a_reload() {
+    let (app, repo) = spawn_app_with_example_copy(Db::Sqlite).await;
+    let sensor = app.enroll("sensors").await;
+    let device = app.device_client(&sensor);
+    let version = active_version(&app).await;
+    let r = app.get_as(&sensor, "/v1/policy/bundle").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{version}\""));
+
+    // The caller's version is the active one: 304, by header or by query.
+    let r = device
+        .get(app.url("/v1/policy/bundle"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    let r = app
+        .get_as(&sensor, &format!("/v1/policy/bundle?after={version}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let r = app.get_as(&sensor, "/v1/policy/bundle?after=older").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    for bad in [
+        "wait=61x",
+        "after=a&nope=1",
+        &format!("after={}", "v".repeat(129)),
+    ] {
+        let r = app
+            .get_as(&sensor, &format!("/v1/policy/bundle?{bad}"))
+            .await;
+        assert_eq!(problem(r).await.0, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
+    // A long-poll on the active version answers as soon as another set is swapped in (well
+    // before its 30 s wait), with the new version.
+    let url = app.url(&format!("/v1/policy/bundle?after={version}&wait=30"));
+    let waiting = tokio::spawn(async move { device.get(url).send().await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the long-poll answered before a change"
+    );
+    std::fs::write(repo.path().join("policies/extra.cedar"), SENSOR_TO_CLOUD).unwrap();
+    assert_eq!(app.reload_policies().await.status(), StatusCode::OK);
+    let r = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
+        .await
+        .expect("the long-poll did not wake on the reload")
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let new_version = active_version(&app).await;
+    assert_ne!(new_version, version);
+    assert_eq!(r.headers()["etag"], format!("\"{new_version}\"").as_str());
+
+    // The trust bundle: its hash as ETag, 304 when it matches.
+    let r = app.get("/v1/trust-bundle", None).await;
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let pem = r.text().await.unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, pem.as_bytes());
+    assert_eq!(etag, format!("\"{}\"", hex::encode(digest)));
+    let r = app
+        .client
+        .get(app.url("/v1/trust-bundle"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+}

@@ -1,0 +1,83 @@
+//! A policy change reaches running sidecars by long-poll (`GET /v1/policy/bundle?after=V&wait=S`),
+//! not at their next periodic refresh: what the new version allows is allowed at both ends
+//! within moments of the server's reload.
+
+use crate::server::*;
+use crate::sidecars::{b64, free_port, Sidecar};
+use crate::support::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const EDGE_TELEMETRY: &str = r#"@id("edge-telemetry-to-regional")
+permit (
+  principal in Zone::"edge",
+  action == Action::"send",
+  resource in Zone::"regional"
+)
+when { context.data_type == DataType::"telemetry" && context.tls };
+"#;
+
+async fn policy_version(sidecar: &Sidecar) -> String {
+    let (_, id) = call(&sidecar.socket(), "GET", "/v1/identity", None).await;
+    id["policy_version"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_policy_reaches_running_sidecars_by_long_poll() {
+    let policies = policies();
+    let server = RealServer::start(&["--policy-dir", &policies.path().display().to_string()]).await;
+    let port = free_port();
+    // An hour between periodic refreshes: only the long-poll can bring the change.
+    let regional = Sidecar::start(
+        &server,
+        "regional",
+        &[
+            "--refresh".into(),
+            "1h".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--advertise".into(),
+            format!("https://127.0.0.1:{port}"),
+        ],
+    )
+    .await;
+    let gateway = Sidecar::start(&server, "edge", &["--refresh".into(), "1h".into()]).await;
+    let before = policy_version(&gateway).await;
+    assert_eq!(before, policy_version(&regional).await);
+    let send = json!({"to": regional.device_id(), "data_type": "telemetry",
+                      "payload": b64(b"t=1")});
+    let (status, refused) = call(&gateway.socket(), "POST", "/v1/send", Some(send.clone())).await;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["code"], "policy_denied");
+
+    std::fs::write(
+        policies.path().join("policies/edge-telemetry.cedar"),
+        EDGE_TELEMETRY,
+    )
+    .unwrap();
+    let reloaded = Instant::now();
+    let (status, answer) = server.post("/v1/policy/reload", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut reached = Vec::new();
+    for sidecar in [&gateway, &regional] {
+        loop {
+            if policy_version(sidecar).await != before {
+                reached.push(reloaded.elapsed());
+                break;
+            }
+            assert!(
+                reloaded.elapsed() < Duration::from_secs(20),
+                "the new policy did not reach the sidecar:\n{}",
+                sidecar.process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!("reload to new policy in use at the sidecars: {reached:?}");
+    let (status, sent) = call(&gateway.socket(), "POST", "/v1/send", Some(send)).await;
+    assert_eq!(status, 200, "{sent}\n{}", gateway.process.log());
+    assert!(sent["policies"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("edge-telemetry-to-regional")));
+}
