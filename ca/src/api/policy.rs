@@ -6,6 +6,7 @@ use super::problem::{ApiError, ApiJson};
 use super::AppState;
 use crate::authz::{DecisionRequest, ReloadOutcome, SetStatus};
 use crate::flows::devices::unreadable_query;
+use crate::flows::reload::BundleAnswer;
 use crate::store::DecisionRecord;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -168,7 +169,6 @@ pub async fn bundle(
     headers: axum::http::HeaderMap,
     query: Result<Query<BundleQuery>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    use crate::flows::reload::BundleAnswer;
     let Query(q) = query.map_err(|e| unreadable_query(&e.body_text()))?;
     if q.after.as_ref().is_some_and(|a| a.chars().count() > 128) {
         return Err(ApiError::new(
