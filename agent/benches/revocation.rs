@@ -48,14 +48,6 @@ use vouch_agent::messaging::peers::{verify_peer_record, Peer};
 use vouch_agent::messaging::send::{Credentials, Outbox};
 use vouch_agent::messaging::trust::TrustAnchors;
 
-const POLICY: &str = r#"@id("bench-edge-to-regional")
-permit (
-  principal in Zone::"edge",
-  action == Action::"send",
-  resource in Zone::"regional"
-);
-"#;
-
 /// Longest wait for one refusal.
 const GIVE_UP: Duration = Duration::from_secs(10);
 

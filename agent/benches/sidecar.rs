@@ -66,15 +66,6 @@ const PAYLOAD_BYTES: usize = 1024;
 const SUSTAIN_CONNECTIONS: usize = 4;
 const BURST_CONNECTIONS: usize = 32;
 
-/// The one policy: edge may send to regional, with no `@rate_limit` to throttle the bench.
-const POLICY: &str = r#"@id("bench-edge-to-regional")
-permit (
-  principal in Zone::"edge",
-  action == Action::"send",
-  resource in Zone::"regional"
-);
-"#;
-
 /// What B's workload has taken from its inbox: message ids, and how many came twice.
 #[derive(Default)]
 struct Received {

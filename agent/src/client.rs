@@ -209,6 +209,28 @@ impl HttpApi {
     }
 }
 
+/// Sends a long-poll `request` that the server holds up to `wait`: the body of a successful
+/// answer, `None` for `304 Not Modified`, or the problem.
+async fn long_poll(
+    request: reqwest::RequestBuilder,
+    wait: Duration,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let response = request
+        .timeout(wait + REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_MODIFIED {
+        return Ok(None);
+    }
+    let bytes = response.bytes().await.map_err(transport)?;
+    if !status.is_success() {
+        return Err(problem(status, &bytes));
+    }
+    Ok(Some(bytes.to_vec()))
+}
+
 /// Sends `request` and returns the body of a successful answer; any other answer is its
 /// problem.
 async fn answer(request: reqwest::RequestBuilder) -> Result<Vec<u8>, ApiError> {
@@ -231,23 +253,7 @@ impl HttpApi {
     /// as the server signs one within `wait`; `None` if `known` is still current.
     pub async fn crl_after(&self, known: u64, wait: Duration) -> Result<Option<Vec<u8>>, ApiError> {
         let path = format!("/v1/crl?after={known}&wait={}", wait.as_secs());
-        let response = self
-            .pinned()?
-            .anonymous
-            .get(url(&self.server, &path))
-            .timeout(wait + REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_MODIFIED {
-            return Ok(None);
-        }
-        let bytes = response.bytes().await.map_err(transport)?;
-        if !status.is_success() {
-            return Err(problem(status, &bytes));
-        }
-        Ok(Some(bytes.to_vec()))
+        long_poll(self.pinned()?.anonymous.get(url(&self.server, &path)), wait).await
     }
 
     /// `GET /v1/policy/bundle` (mTLS): the signed policy bundle (a JWS), unverified (the
@@ -271,25 +277,17 @@ impl HttpApi {
         known: &str,
         wait: Duration,
     ) -> Result<Option<String>, ApiError> {
-        let response = self
+        let request = self
             .mtls(identity)?
             .get(url(&self.server, "/v1/policy/bundle"))
-            .query(&[("after", known), ("wait", &wait.as_secs().to_string())])
-            .timeout(wait + REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_MODIFIED {
-            return Ok(None);
-        }
-        let bytes = response.bytes().await.map_err(transport)?;
-        if !status.is_success() {
-            return Err(problem(status, &bytes));
-        }
-        String::from_utf8(bytes.to_vec())
-            .map(Some)
-            .map_err(|_| ApiError::Protocol("/v1/policy/bundle: not UTF-8".into()))
+            .query(&[("after", known), ("wait", &wait.as_secs().to_string())]);
+        long_poll(request, wait)
+            .await?
+            .map(|bytes| {
+                String::from_utf8(bytes)
+                    .map_err(|_| ApiError::Protocol("/v1/policy/bundle: not UTF-8".into()))
+            })
+            .transpose()
     }
 
     /// `POST /v1/policy/decisions` (mTLS): hands spooled decisions to the decision log.

@@ -23,6 +23,16 @@ use vouch_proto::workload::SendResponse;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_vouch-agent");
 
+/// The benches' one policy: edge may send to regional, with no `@rate_limit` to throttle
+/// them.
+pub const POLICY: &str = r#"@id("bench-edge-to-regional")
+permit (
+  principal in Zone::"edge",
+  action == Action::"send",
+  resource in Zone::"regional"
+);
+"#;
+
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

@@ -4,7 +4,7 @@
 //! before the agent saw the answer.
 
 use crate::server::*;
-use crate::sidecars::{b64, free_port, Sidecar};
+use crate::sidecars::{b64, free_port, listen_args, Sidecar};
 use crate::support::*;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,12 +176,7 @@ async fn decisions_made_offline_reach_the_log_once_although_the_agent_is_killed_
         RealServer::start(&["--policy-dir", &policies.path().display().to_string()]).await;
     let relay = Relay::to(&server.base).await;
     let port = free_port();
-    let listen = [
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-        "--advertise".into(),
-        format!("https://127.0.0.1:{port}"),
-    ];
+    let listen = listen_args(port);
     let token = server.token(json!({ "zone": "regional" })).await;
     let regional = Sidecar::launch_via(&relay.base(), &token, None, &listen)
         .ready()

@@ -965,37 +965,61 @@ mod workload {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Two sidecars A and B that allow everything, with one clock the test moves.
+    struct TwoOnOneClock {
+        _server: RealServer,
+        a: Device,
+        b: Device,
+        sa: Arc<Messenger>,
+        sb: Arc<Messenger>,
+        da: tempfile::TempDir,
+        db: tempfile::TempDir,
+        clock: Moved,
+    }
+
+    impl TwoOnOneClock {
+        async fn start() -> Self {
+            let server = RealServer::start(&[]).await;
+            let (la, lb) = (
+                tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            );
+            let url = |l: &tokio::net::TcpListener| format!("https://{}", l.local_addr().unwrap());
+            let a = enroll_advertising(&server, &[&url(&la)]).await;
+            let b = enroll_advertising(&server, &[&url(&lb)]).await;
+            let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let clock = Moved::default();
+            let mut sidecars = Vec::new();
+            for (d, dir, l) in [(&a, &da, la), (&b, &db, lb)] {
+                let clock = Arc::new(clock.clone());
+                sidecars.push(sidecar(&server, d, dir.path(), l, Decide(|_| true), clock).await);
+            }
+            let (sa, sb) = (sidecars[0].clone(), sidecars[1].clone());
+            Self {
+                _server: server,
+                a,
+                b,
+                sa,
+                sb,
+                da,
+                db,
+                clock,
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn past_the_maximum_policy_age_a_sidecar_refuses_everything_and_metrics_say_so() {
-        let server = RealServer::start(&[]).await;
-        let (la, lb) = (
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        );
-        let a =
-            enroll_advertising(&server, &[&format!("https://{}", la.local_addr().unwrap())]).await;
-        let b =
-            enroll_advertising(&server, &[&format!("https://{}", lb.local_addr().unwrap())]).await;
-        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let clock = Moved::default();
-        let sa = sidecar(
-            &server,
-            &a,
-            da.path(),
-            la,
-            Decide(|_| true),
-            Arc::new(clock.clone()),
-        )
-        .await;
-        let sb = sidecar(
-            &server,
-            &b,
-            db.path(),
-            lb,
-            Decide(|_| true),
-            Arc::new(clock.clone()),
-        )
-        .await;
+        let TwoOnOneClock {
+            _server,
+            a,
+            b,
+            sa,
+            sb,
+            da,
+            db,
+            clock,
+        } = TwoOnOneClock::start().await;
         // Both policy bundles were last confirmed 10 minutes short of the maximum age.
         let then = clock.now().unix_timestamp()
             - i64::try_from(DEFAULT_MAX_POLICY_AGE.as_secs()).unwrap()
@@ -1116,35 +1140,16 @@ mod workload {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn past_the_maximum_crl_age_a_sidecar_refuses_everything_until_a_fresh_crl() {
-        let server = RealServer::start(&[]).await;
-        let (la, lb) = (
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        );
-        let a =
-            enroll_advertising(&server, &[&format!("https://{}", la.local_addr().unwrap())]).await;
-        let b =
-            enroll_advertising(&server, &[&format!("https://{}", lb.local_addr().unwrap())]).await;
-        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let clock = Moved::default();
-        let sa = sidecar(
-            &server,
-            &a,
-            da.path(),
-            la,
-            Decide(|_| true),
-            Arc::new(clock.clone()),
-        )
-        .await;
-        let sb = sidecar(
-            &server,
-            &b,
-            db.path(),
-            lb,
-            Decide(|_| true),
-            Arc::new(clock.clone()),
-        )
-        .await;
+        let TwoOnOneClock {
+            _server,
+            a,
+            b,
+            sa,
+            sb,
+            da,
+            db: _db,
+            clock,
+        } = TwoOnOneClock::start().await;
         let sock_a = da.path().join("agent.sock");
         let payload = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b"t=1");
         let send = json!({"to": b.device_id(), "data_type": "telemetry", "payload": payload});

@@ -3,7 +3,7 @@
 //! within moments of the server's reload.
 
 use crate::server::*;
-use crate::sidecars::{b64, free_port, Sidecar};
+use crate::sidecars::{b64, free_port, listen_args, Sidecar};
 use crate::support::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -28,19 +28,9 @@ async fn a_reloaded_policy_reaches_running_sidecars_by_long_poll() {
     let server = RealServer::start(&["--policy-dir", &policies.path().display().to_string()]).await;
     let port = free_port();
     // An hour between periodic refreshes: only the long-poll can bring the change.
-    let regional = Sidecar::start(
-        &server,
-        "regional",
-        &[
-            "--refresh".into(),
-            "1h".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--advertise".into(),
-            format!("https://127.0.0.1:{port}"),
-        ],
-    )
-    .await;
+    let mut options = vec!["--refresh".to_owned(), "1h".into()];
+    options.extend(listen_args(port));
+    let regional = Sidecar::start(&server, "regional", &options).await;
     let gateway = Sidecar::start(&server, "edge", &["--refresh".into(), "1h".into()]).await;
     let before = policy_version(&gateway).await;
     assert_eq!(before, policy_version(&regional).await);

@@ -207,6 +207,29 @@ impl Sidecar {
     }
 }
 
+/// The options of a sidecar taking direct deliveries on `port` of loopback.
+pub(crate) fn listen_args(port: u16) -> [String; 4] {
+    [
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--advertise".into(),
+        format!("https://127.0.0.1:{port}"),
+    ]
+}
+
+/// Waits until the sidecar's `/healthz` answers 503, and returns its detail.
+async fn refusing_detail(sidecar: &Sidecar) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = call(&sidecar.socket(), "GET", "/healthz", None).await;
+        if status == 503 {
+            return body["detail"].as_str().unwrap().to_owned();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "still healthy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
 }
@@ -1013,12 +1036,7 @@ async fn a_sidecar_restarted_while_the_server_is_down_works_from_what_it_saved()
     let mut server =
         RealServer::start(&["--policy-dir", &policies.path().display().to_string()]).await;
     let port = free_port();
-    let listen = [
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-        "--advertise".into(),
-        format!("https://127.0.0.1:{port}"),
-    ];
+    let listen = listen_args(port);
     let regional = Sidecar::start(&server, "regional", &listen).await;
     let device = crate::messaging::enroll_in(&server, "edge").await;
     let forger = HandSealer::for_device(&device, &server, &regional.device_id()).await;
@@ -1085,22 +1103,11 @@ async fn max_crl_age_on_the_command_line_makes_a_sidecar_refuse_once_passed() {
         std::os::unix::net::UnixStream::connect(sidecar.socket()).is_ok()
     })
     .await;
-    let start = std::time::Instant::now();
-    loop {
-        let (status, body) = call(&sidecar.socket(), "GET", "/healthz", None).await;
-        if status == 503 {
-            assert!(
-                body["detail"]
-                    .as_str()
-                    .unwrap()
-                    .contains("maximum age of 1s"),
-                "{body}"
-            );
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "still healthy");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let detail = refusing_detail(&sidecar).await;
+    assert!(
+        detail.contains("CRL") && detail.contains("maximum age of 1s"),
+        "{detail}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1120,20 +1127,11 @@ async fn max_policy_age_on_the_command_line_makes_a_sidecar_refuse_once_passed()
         ],
     )
     .await;
-    let start = std::time::Instant::now();
-    loop {
-        let (status, body) = call(&sidecar.socket(), "GET", "/healthz", None).await;
-        if status == 503 {
-            let detail = body["detail"].as_str().unwrap();
-            assert!(
-                detail.contains("policy bundle") && detail.contains("maximum age of 1s"),
-                "{body}"
-            );
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "still healthy");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let detail = refusing_detail(&sidecar).await;
+    assert!(
+        detail.contains("policy bundle") && detail.contains("maximum age of 1s"),
+        "{detail}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
