@@ -63,6 +63,9 @@ pub struct Bundle {
     pub policies: PolicySet,
     /// Zones and data types.
     pub fleet: FleetDefs,
+    /// The zones and data types as Cedar entities, built once: a decision adds only the
+    /// devices it is about (see [`crate::model::with_devices`]).
+    pub fleet_entities: cedar_policy::Entities,
     /// Which file each policy came from.
     pub origins: BTreeMap<String, String>,
     /// SHA-256 over every file's name and contents (hex, see [`content_hash`]): the version
@@ -366,11 +369,18 @@ pub fn load_files(files: PolicyFiles) -> Result<Bundle, LoadErrors> {
         }
     }
 
-    match (schema, fleet, problems.is_empty()) {
-        (Some(schema), Some(fleet), true) => Ok(Bundle {
+    let fleet_entities = match (&schema, &fleet) {
+        (Some(schema), Some(fleet)) => crate::model::fleet_entities(fleet, Some(schema))
+            .map_err(|e| problems.push(whole("fleet.json", e.to_string())))
+            .ok(),
+        _ => None,
+    };
+    match (schema, fleet, fleet_entities, problems.is_empty()) {
+        (Some(schema), Some(fleet), Some(fleet_entities), true) => Ok(Bundle {
             schema,
             policies,
             fleet,
+            fleet_entities,
             origins,
             content_hash: content_hash(&files),
             files,

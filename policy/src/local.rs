@@ -70,7 +70,7 @@ pub fn decide(
     devices: &BTreeMap<String, DeviceFacts>,
 ) -> Result<Decision, ModelError> {
     let schema = Some(&bundle.schema);
-    let entities = model::entities(&bundle.fleet, devices, schema)?;
+    let entities = model::with_devices(&bundle.fleet_entities, devices, schema)?;
     let request = model::request(principal, action, resource, context, schema)?;
     Ok(engine.decide(&request, &entities))
 }

@@ -171,6 +171,43 @@ pub fn entities(
     devices: &BTreeMap<String, DeviceFacts>,
     schema: Option<&Schema>,
 ) -> Result<Entities, ModelError> {
+    with_devices(&fleet_entities(fleet, schema)?, devices, schema)
+}
+
+/// `fleet`'s entities with `devices` (by id) added, checked against `schema`: what one
+/// decision needs, built from the fleet's entities once built (cloning them is cheap next
+/// to parsing them again).
+pub fn with_devices(
+    fleet: &Entities,
+    devices: &BTreeMap<String, DeviceFacts>,
+    schema: Option<&Schema>,
+) -> Result<Entities, ModelError> {
+    let list: Vec<Value> = devices
+        .iter()
+        .map(|(id, d)| {
+            json!({
+                "uid": uid("Device", id),
+                "attrs": {
+                    "zone": {"__entity": uid("Zone", &d.zone)},
+                    "trust": d.trust,
+                    "device_class": d.device_class,
+                    "capabilities": d.capabilities,
+                    "status": d.status,
+                    "last_attested": d.last_attested,
+                },
+                "parents": [uid("Zone", &d.zone)],
+                "tags": d.labels,
+            })
+        })
+        .collect();
+    fleet
+        .clone()
+        .add_entities_from_json_value(Value::Array(list), schema)
+        .map_err(|e| ModelError::Entities(e.to_string()))
+}
+
+/// The zones and data types of `fleet` as entities, checked against `schema`.
+pub fn fleet_entities(fleet: &FleetDefs, schema: Option<&Schema>) -> Result<Entities, ModelError> {
     let mut list = Vec::new();
     for (name, z) in &fleet.zones {
         list.push(json!({
@@ -188,21 +225,6 @@ pub fn entities(
             "uid": uid("DataType", name),
             "attrs": {"sensitivity": d.sensitivity},
             "parents": d.within.iter().map(|w| uid("DataType", w)).collect::<Vec<_>>(),
-        }));
-    }
-    for (id, d) in devices {
-        list.push(json!({
-            "uid": uid("Device", id),
-            "attrs": {
-                "zone": {"__entity": uid("Zone", &d.zone)},
-                "trust": d.trust,
-                "device_class": d.device_class,
-                "capabilities": d.capabilities,
-                "status": d.status,
-                "last_attested": d.last_attested,
-            },
-            "parents": [uid("Zone", &d.zone)],
-            "tags": d.labels,
         }));
     }
     Entities::from_json_value(Value::Array(list), schema)
