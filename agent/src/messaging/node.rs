@@ -1274,7 +1274,17 @@ impl Messenger {
         };
         let drained: Vec<Waiting> = inbox.drain(..).collect();
         if !drained.is_empty() {
-            self.save_inbox(&inbox);
+            // Everything was read: the kept inbox empties (a truncation, not a rewrite; a
+            // crash just before it hands the messages over again, never loses one).
+            if let Some(state) = self.saved.get() {
+                let emptied = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(state.file(INBOX_FILE))
+                    .and_then(|f| f.set_len(0));
+                if let Err(e) = emptied {
+                    tracing::error!(error = %e, "cannot empty the kept inbox");
+                }
+            }
         }
         drained
     }

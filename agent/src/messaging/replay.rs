@@ -1,8 +1,11 @@
 //! Replay protection for incoming messages: per sender and sender session, a sliding window
 //! over the sequence numbers (the highest seen and a bitmap of the [`WINDOW`] below it). A
-//! number seen before, or older than the window, is a replay. The windows are saved in the
-//! state directory after every accepted message, so a restart does not reopen them. Memory
-//! grows with senders (at most [`SESSIONS_PER_SENDER`] sessions each), not with messages.
+//! number seen before, or older than the window, is a replay. Every accepted message is
+//! appended to a journal in the state directory (one `write`, before its receipt leaves) and
+//! every [`JOURNAL_ENTRIES`] the windows are saved whole and the journal starts over, so a
+//! restart (or a kill) does not reopen them and a message costs one small append, not a
+//! rewrite of every window. Memory grows with senders (at most [`SESSIONS_PER_SENDER`]
+//! sessions each), not with messages.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -14,6 +17,20 @@ pub const WINDOW: u64 = 64;
 /// Sessions remembered per sender (a sender starts one per process start); the least
 /// recently used is forgotten, and its messages are refused from then on.
 pub const SESSIONS_PER_SENDER: usize = 4;
+
+/// Accepted messages journaled between two saves of the whole windows.
+pub const JOURNAL_ENTRIES: u64 = 4096;
+
+/// One journaled acceptance.
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    /// The sender.
+    s: String,
+    /// The session id (hex).
+    i: String,
+    /// The sequence number.
+    q: u64,
+}
 
 /// Why a message is refused as a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +63,9 @@ pub struct ReplayGuard {
     /// session restarts with a new one).
     forgotten: BTreeMap<String, Vec<String>>,
     accepted: u64,
+    /// The journal, open for appending, and how many entries it holds.
+    journal: Option<std::fs::File>,
+    journaled: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -66,12 +86,50 @@ impl ReplayGuard {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
             Err(e) => return Err(format!("`{}`: {e}", path.display())),
         };
-        Ok(Self {
-            path: Some(path),
+        let mut guard = Self {
             senders: saved.senders,
             forgotten: saved.forgotten,
             accepted: saved.accepted,
-        })
+            journal: None,
+            journaled: 0,
+            path: None,
+        };
+        // What was accepted since the windows were saved. An entry already in the saved
+        // windows (a crash between saving and starting the journal over) changes nothing;
+        // a line cut short by a crash is skipped.
+        let journal = journal_path(&path);
+        match std::fs::read(&journal) {
+            Ok(bytes) => {
+                // Appends go after the last whole line.
+                let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                if whole < bytes.len() {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&journal)
+                        .and_then(|f| f.set_len(whole as u64))
+                        .map_err(|e| format!("`{}`: {e}", journal.display()))?;
+                }
+                for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let Ok(e) = serde_json::from_slice::<Entry>(line) else {
+                        continue;
+                    };
+                    guard.journaled += 1;
+                    let Ok(session) = hex::decode(&e.i) else {
+                        continue;
+                    };
+                    let Ok(session) = <[u8; 16]>::try_from(session.as_slice()) else {
+                        continue;
+                    };
+                    if guard.check(&e.s, &session, e.q).is_ok() {
+                        guard.apply(&e.s, e.i, e.q);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("`{}`: {e}", journal.display())),
+        }
+        guard.path = Some(path);
+        Ok(guard)
     }
 
     /// Windows kept in memory only (tests).
@@ -109,13 +167,63 @@ impl ReplayGuard {
     }
 
     /// Records `seq` as accepted (after [`Self::check`] passed and the message was opened)
-    /// and saves the windows.
+    /// and journals it.
     pub fn record(&mut self, sender: &str, session: &[u8; 16], seq: u64) -> Result<(), String> {
         self.check(sender, session, seq)
             .map_err(|e| e.to_string())?;
+        let id = hex::encode(session);
+        self.apply(sender, id.clone(), seq);
+        self.persist(Entry {
+            s: sender.to_owned(),
+            i: id,
+            q: seq,
+        })
+    }
+
+    /// Appends `entry` to the journal; every [`JOURNAL_ENTRIES`], saves the windows whole
+    /// and starts the journal over instead.
+    fn persist(&mut self, entry: Entry) -> Result<(), String> {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        let journal = journal_path(&path);
+        let failed = |e: std::io::Error| format!("cannot journal to `{}`: {e}", journal.display());
+        if self.journaled >= JOURNAL_ENTRIES {
+            self.save()?;
+            // Saved first: a crash before the journal is emptied replays entries the saved
+            // windows already hold, which changes nothing.
+            if let Some(file) = &self.journal {
+                file.set_len(0).map_err(failed)?;
+            } else {
+                std::fs::write(&journal, b"").map_err(failed)?;
+            }
+            self.journaled = 0;
+            return Ok(());
+        }
+        if self.journal.is_none() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&journal)
+                .map_err(failed)?;
+            self.journal = Some(file);
+        }
+        let mut line = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        if let Some(file) = self.journal.as_mut() {
+            use std::io::Write;
+            file.write_all(&line).map_err(failed)?;
+        }
+        self.journaled += 1;
+        Ok(())
+    }
+
+    /// Marks `seq` of session `id` (hex) of `sender` as seen, in memory.
+    fn apply(&mut self, sender: &str, id: String, seq: u64) {
         self.accepted += 1;
         let used = self.accepted;
-        let id = hex::encode(session);
         let sessions = self.senders.entry(sender.to_owned()).or_default();
         match sessions.iter_mut().find(|s| s.id == id) {
             Some(s) if seq > s.highest => {
@@ -159,7 +267,6 @@ impl ReplayGuard {
                 }
             }
         }
-        self.save()
     }
 
     fn save(&self) -> Result<(), String> {
@@ -178,6 +285,11 @@ impl ReplayGuard {
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| format!("cannot save `{}`: {e}", path.display()))
     }
+}
+
+/// The journal beside the saved windows at `path`.
+fn journal_path(path: &std::path::Path) -> PathBuf {
+    path.with_extension("journal")
 }
 
 #[cfg(test)]
@@ -232,6 +344,51 @@ mod tests {
         assert_eq!(g.check("a", &S1, 9), Ok(()));
         std::fs::write(&path, b"{").unwrap();
         assert!(ReplayGuard::load(path).is_err());
+    }
+
+    #[test]
+    fn the_journal_is_replayed_and_starts_over_once_the_windows_are_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replay.json");
+        let journal = journal_path(&path);
+        let mut g = ReplayGuard::load(path.clone()).unwrap();
+        for seq in 1..JOURNAL_ENTRIES {
+            accept(&mut g, "a", &S1, seq);
+        }
+        // Only journaled so far: a kill now loses nothing.
+        assert!(!path.exists());
+        drop(g);
+        let mut g = ReplayGuard::load(path.clone()).unwrap();
+        assert_eq!(
+            g.check("a", &S1, JOURNAL_ENTRIES - 1),
+            Err(Replay::Seen(JOURNAL_ENTRIES - 1))
+        );
+        // The next ones fill the journal: the windows are saved and the journal empties.
+        accept(&mut g, "a", &S1, JOURNAL_ENTRIES);
+        accept(&mut g, "a", &S1, JOURNAL_ENTRIES + 1);
+        assert!(path.exists());
+        assert_eq!(std::fs::read(&journal).unwrap().len(), 0);
+        accept(&mut g, "b", &S2, 5);
+        drop(g);
+        // A line cut short by a crash is skipped; the rest holds.
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&journal)
+            .unwrap();
+        file.write_all(b"{\"s\":\"b\",\"i\":").unwrap();
+        let mut g = ReplayGuard::load(path.clone()).unwrap();
+        assert_eq!(
+            g.check("a", &S1, JOURNAL_ENTRIES + 1),
+            Err(Replay::Seen(JOURNAL_ENTRIES + 1))
+        );
+        assert_eq!(g.check("b", &S2, 5), Err(Replay::Seen(5)));
+        assert_eq!(g.check("b", &S2, 6), Ok(()));
+        // What comes after the cut line is kept whole.
+        accept(&mut g, "b", &S2, 6);
+        drop(g);
+        let g = ReplayGuard::load(path).unwrap();
+        assert_eq!(g.check("b", &S2, 6), Err(Replay::Seen(6)));
     }
 
     #[test]
