@@ -257,7 +257,15 @@ pub struct Messenger {
     max_policy_age: Duration,
     /// What `/metrics` counts.
     counters: Counters,
+    /// Sends sealed and not yet answered. Sequence numbers are given at sealing; with more
+    /// than the receiver's replay window in flight to one peer, a message overtaken by a
+    /// window's worth of later ones would be refused as a replay. At most half a window is
+    /// in flight, so none is.
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// Most sends in flight at once (half the receiver's replay window).
+pub const MAX_SENDS_IN_FLIGHT: usize = (super::replay::WINDOW / 2) as usize;
 
 /// The saved CRL in the state directory.
 pub const CRL_FILE: &str = "crl.der";
@@ -360,6 +368,7 @@ impl Messenger {
             policy_confirmed: AtomicI64::new(i64::MIN),
             max_policy_age: DEFAULT_MAX_POLICY_AGE,
             counters: Counters::default(),
+            in_flight: tokio::sync::Semaphore::new(MAX_SENDS_IN_FLIGHT),
         })
     }
 
@@ -853,7 +862,10 @@ impl Messenger {
         payload: &[u8],
         protocol: Option<&str>,
     ) -> Result<Sent, MessagingError> {
-        let result = self.send_retried(to, data_type, payload, protocol).await;
+        let result = match self.in_flight.acquire().await {
+            Ok(_permit) => self.send_retried(to, data_type, payload, protocol).await,
+            Err(_) => Err(MessagingError::NoEndpoint("the sidecar is stopping".into())),
+        };
         match &result {
             Ok(sent) => self.counters.sent(sent.via),
             Err(e) => self.counters.refused("sender", e.reason()),

@@ -97,7 +97,7 @@ pub enum Refusal {
     #[error("the message is not fresh: {0}")]
     NotFresh(EnvelopeError),
     /// Seen before.
-    #[error("replayed: {0}")]
+    #[error("{0}")]
     Replayed(Replay),
     /// Ingress policy does not allow it.
     #[error("policy denies it: {0}")]
