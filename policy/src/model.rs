@@ -11,10 +11,14 @@
 //! Actions: `send`, `publish`, `enroll`, `renew`. Context: `data_type`, `protocol`, `tls`,
 //! `mtls`, `size`.
 
-use cedar_policy::{Context, Entities, EntityUid, Request, Schema};
+use cedar_policy::{
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
+    Schema,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::str::FromStr;
 
 /// Why entities or a request could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -176,34 +180,42 @@ pub fn entities(
 
 /// `fleet`'s entities with `devices` (by id) added, checked against `schema`: what one
 /// decision needs, built from the fleet's entities once built (cloning them is cheap next
-/// to parsing them again).
+/// to parsing them again) and the devices' entities made directly (no JSON).
 pub fn with_devices(
     fleet: &Entities,
     devices: &BTreeMap<String, DeviceFacts>,
     schema: Option<&Schema>,
 ) -> Result<Entities, ModelError> {
-    let list: Vec<Value> = devices
-        .iter()
-        .map(|(id, d)| {
-            json!({
-                "uid": uid("Device", id),
-                "attrs": {
-                    "zone": {"__entity": uid("Zone", &d.zone)},
-                    "trust": d.trust,
-                    "device_class": d.device_class,
-                    "capabilities": d.capabilities,
-                    "status": d.status,
-                    "last_attested": d.last_attested,
-                },
-                "parents": [uid("Zone", &d.zone)],
-                "tags": d.labels,
-            })
-        })
-        .collect();
+    let bad = |e: &dyn std::fmt::Display| ModelError::Entities(e.to_string());
+    let device_type = EntityTypeName::from_str("Device").map_err(|e| bad(&e))?;
+    let zone_type = EntityTypeName::from_str("Zone").map_err(|e| bad(&e))?;
+    let mut list = Vec::with_capacity(devices.len());
+    for (id, d) in devices {
+        let zone = EntityUid::from_type_name_and_id(zone_type.clone(), EntityId::new(&d.zone));
+        let text = |s: &str| RestrictedExpression::new_string(s.to_owned());
+        let attrs = [
+            ("zone", RestrictedExpression::new_entity_uid(zone.clone())),
+            ("trust", text(&d.trust)),
+            ("device_class", text(&d.device_class)),
+            (
+                "capabilities",
+                RestrictedExpression::new_set(d.capabilities.iter().map(|c| text(c))),
+            ),
+            ("status", text(&d.status)),
+            (
+                "last_attested",
+                RestrictedExpression::new_long(d.last_attested),
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v));
+        let tags = d.labels.iter().map(|(k, v)| (k.clone(), text(v)));
+        let uid = EntityUid::from_type_name_and_id(device_type.clone(), EntityId::new(id));
+        list.push(Entity::new_with_tags(uid, attrs, [zone], tags).map_err(|e| bad(&e))?);
+    }
     fleet
         .clone()
-        .add_entities_from_json_value(Value::Array(list), schema)
-        .map_err(|e| ModelError::Entities(e.to_string()))
+        .add_entities(list, schema)
+        .map_err(|e| bad(&e))
 }
 
 /// The zones and data types of `fleet` as entities, checked against `schema`.

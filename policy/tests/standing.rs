@@ -84,4 +84,83 @@ mod local {
         let refused = decide("quarantined");
         assert!(!refused.allowed, "{refused:?}");
     }
+
+    /// Every fact a device carries reaches the policy: its attributes, its zone as parent,
+    /// and its labels as tags.
+    #[test]
+    fn every_device_fact_reaches_the_policy() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+        let mut files = read_dir_files(&dir).unwrap();
+        files.insert(
+            "policies/facts.cedar".into(),
+            r#"@id("every-fact")
+permit (principal in Zone::"sensors", action == Action::"send", resource in Zone::"edge")
+when {
+  principal.zone == Zone::"sensors" && principal.trust == "medium" &&
+  principal.device_class == "meter" && principal.capabilities.contains("adc") &&
+  principal.status == "active" && principal.last_attested == 1700000000 &&
+  principal.hasTag("line") && principal.getTag("line") == "b" &&
+  context.data_type == DataType::"status"
+};
+"#
+            .into(),
+        );
+        let policy = LocalPolicy::from_files(files).unwrap();
+        let context: MessageContext = serde_json::from_value(serde_json::json!({
+            "data_type": "status", "protocol": "https", "tls": true, "mtls": true, "size": 1
+        }))
+        .unwrap();
+        let to = Target::Device("gw".into());
+        let sensor = DeviceFacts {
+            trust: "medium".into(),
+            device_class: "meter".into(),
+            capabilities: vec!["adc".into()],
+            last_attested: 1_700_000_000,
+            labels: BTreeMap::from([("line".to_owned(), "b".to_owned())]),
+            ..facts("sensors", "active")
+        };
+        let decide = |sensor: DeviceFacts| {
+            let devices = BTreeMap::from([
+                ("s1".to_owned(), sensor),
+                ("gw".to_owned(), facts("edge", "active")),
+            ]);
+            policy
+                .decide("s1", "send", &to, &context, &devices)
+                .unwrap()
+        };
+        let allowed = decide(sensor.clone());
+        assert_eq!(allowed.policies, ["every-fact"], "{allowed:?}");
+        for changed in [
+            DeviceFacts {
+                trust: "low".into(),
+                ..sensor.clone()
+            },
+            DeviceFacts {
+                device_class: "pump".into(),
+                ..sensor.clone()
+            },
+            DeviceFacts {
+                capabilities: Vec::new(),
+                ..sensor.clone()
+            },
+            DeviceFacts {
+                last_attested: 0,
+                ..sensor.clone()
+            },
+            DeviceFacts {
+                labels: BTreeMap::from([("line".to_owned(), "a".to_owned())]),
+                ..sensor.clone()
+            },
+            DeviceFacts {
+                labels: BTreeMap::new(),
+                ..sensor.clone()
+            },
+        ] {
+            let d = decide(changed.clone());
+            assert!(
+                !d.policies.contains(&"every-fact".to_owned()),
+                "{changed:?}: {d:?}"
+            );
+        }
+    }
 }
