@@ -151,6 +151,9 @@ fn problem(status: StatusCode, body: &[u8]) -> ApiError {
 pub struct HttpApi {
     server: String,
     pinned: RwLock<Option<Pinned>>,
+    /// The last mutual-TLS client and the certificate it presents: kept while the identity
+    /// is the same, so frequent calls (uploads, directory lookups) reuse its connection.
+    mtls_client: std::sync::Mutex<Option<(String, Client)>>,
 }
 
 /// The pinned root and a client trusting it alone.
@@ -167,6 +170,7 @@ impl HttpApi {
         Self {
             server: server.to_owned(),
             pinned: RwLock::new(None),
+            mtls_client: std::sync::Mutex::new(None),
         }
     }
 
@@ -186,16 +190,27 @@ impl HttpApi {
             .ok_or_else(|| ApiError::Tls("no root CA pinned yet".into()))
     }
 
-    /// A client presenting `identity`. Built per call: calls are minutes apart, and the
-    /// identity changes at every renewal.
+    /// A client presenting `identity`: the last one built while the certificate is the
+    /// same (a renewal brings a new one, and a new client).
     fn mtls(&self, identity: &ClientIdentity) -> Result<Client, ApiError> {
+        if let Ok(kept) = self.mtls_client.lock() {
+            if let Some((cert, client)) = kept.as_ref() {
+                if *cert == identity.cert_pem {
+                    return Ok(client.clone());
+                }
+            }
+        }
         let pem_text = format!("{}\n{}", identity.cert_pem, identity.key_pem);
         let id = Identity::from_pem(pem_text.as_bytes())
             .map_err(|e| ApiError::Tls(format!("device credentials: {e}")))?;
-        Self::builder(&self.pinned()?.root)
+        let client = Self::builder(&self.pinned()?.root)
             .identity(id)
             .build()
-            .map_err(|e| ApiError::Tls(e.to_string()))
+            .map_err(|e| ApiError::Tls(e.to_string()))?;
+        if let Ok(mut kept) = self.mtls_client.lock() {
+            *kept = Some((identity.cert_pem.clone(), client.clone()));
+        }
+        Ok(client)
     }
 
     async fn post<B: Serialize + Sync, R: DeserializeOwned>(
@@ -339,6 +354,10 @@ impl Api for HttpApi {
             .write()
             .map_err(|_| ApiError::Tls("pinned root lock poisoned".into()))?;
         *pinned = Some(Pinned { root, anonymous });
+        // A client trusting the old root is not used again.
+        if let Ok(mut kept) = self.mtls_client.lock() {
+            *kept = None;
+        }
         Ok(())
     }
 

@@ -199,15 +199,19 @@ async fn follow_policy(
 ) {
     const WAIT: Duration = Duration::from_secs(25);
     let mut backoff = Duration::from_secs(1);
+    let api = HttpApi::new(&server);
+    let mut trusted = String::new();
     loop {
         let Some(enrolled) = identities.borrow().clone() else {
             tokio::time::sleep(backoff).await;
             continue;
         };
-        let api = HttpApi::new(&server);
-        if let Err(e) = api.trust_root(&enrolled.ca_pem) {
-            tracing::error!(error = %e, "the policy bundle is not followed: the pinned root does not load");
-            return;
+        if enrolled.ca_pem != trusted {
+            if let Err(e) = api.trust_root(&enrolled.ca_pem) {
+                tracing::error!(error = %e, "the policy bundle is not followed: the pinned root does not load");
+                return;
+            }
+            trusted.clone_from(&enrolled.ca_pem);
         }
         let root = crate::credentials::certificates(&enrolled.ca_pem)
             .into_iter()
