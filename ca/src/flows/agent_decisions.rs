@@ -6,6 +6,11 @@
 //!
 //! A device reports only decisions it took part in: as the sender it is the principal, as
 //! the receiver it is the resource. Each upload is checked whole before any row is written.
+//! Each device may upload `--decision-rate` batches a second (its own allowance, beside the
+//! one for `/v1/authorize`), so a device cannot fill the append-only log faster than that.
+//! A decision's time is the device's clock: one more than a day ahead is refused (a day,
+//! not the clock skew, so that a device whose clock runs fast still hands its decisions
+//! over instead of filling its spool).
 
 use crate::api::auth::Caller;
 use crate::api::problem::{bounded, ApiError};
@@ -20,6 +25,9 @@ use vouch_proto::ProblemCode;
 /// Largest body of an upload, bytes (500 decisions of about 1 KiB each, with room).
 pub const MAX_UPLOAD_BODY_BYTES: usize = 1024 * 1024;
 
+/// How far ahead of the server's clock a decision's time may be, seconds.
+pub const MAX_AHEAD_SECS: i64 = 86_400;
+
 /// Most deciding policies one uploaded decision may name, and the longest name.
 const MAX_POLICIES: usize = 64;
 const MAX_NAME_CHARS: usize = 256;
@@ -33,13 +41,13 @@ fn entity(id: &str) -> String {
 }
 
 /// Checks one uploaded decision of `me` at `now` and turns it into a log row.
-fn row(me: &str, d: &AgentDecision, now: i64, skew: i64) -> Result<NewDecision, ApiError> {
+fn row(me: &str, d: &AgentDecision, now: i64) -> Result<NewDecision, ApiError> {
     let what = |detail: &str| invalid(format!("decision `{}`: {detail}", bounded(&d.id, 32)));
     if d.id.len() != 32 || !d.id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err(what("the id is not 32 lowercase hex digits"));
     }
-    if d.at < 0 || d.at > now + skew {
-        return Err(what("its time is in the future or before 1970"));
+    if d.at < 0 || d.at > now + MAX_AHEAD_SECS {
+        return Err(what("its time is more than a day ahead or before 1970"));
     }
     for device in [&d.from, &d.to] {
         if DeviceId::parse(device).is_none() {
@@ -106,11 +114,25 @@ pub async fn record(
             "an upload has 1 to {MAX_UPLOADED_DECISIONS} decisions"
         )));
     }
+    let now_ms = i64::try_from(state.clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    if let Err(wait) = state
+        .decision_rate
+        .take(&format!("upload:device:{}", me.id), now_ms)
+    {
+        return Err(ApiError::new(
+            ProblemCode::RateLimited,
+            format!(
+                "more than {} uploads a second from this device; try again in {wait} s",
+                state.settings.decisions_per_second
+            ),
+        )
+        .retry_after(wait));
+    }
     let now = state.clock.unix();
     let rows = upload
         .decisions
         .iter()
-        .map(|d| row(&me.id, d, now, state.settings.clock_skew_secs))
+        .map(|d| row(&me.id, d, now))
         .collect::<Result<Vec<_>, _>>()?;
     let recorded = state
         .registry

@@ -6,6 +6,7 @@ use super::*;
 use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use vouch_ca::clock::Clock as _;
 use vouch_proto::ProblemCode;
 
 fn decision(n: u32, side: &str, from: &Enrolled, to: &Enrolled, allowed: bool) -> Value {
@@ -119,6 +120,7 @@ async fn only_a_devices_own_decisions_are_taken_and_a_bad_one_spoils_the_batch()
         ("id", json!("not-hex")),
         ("id", json!("00000000000000000000000000000ABC")),
         ("at", json!(i64::MAX)),
+        ("at", json!(app.clock.unix() + 2 * 86_400)),
         ("at", json!(-1)),
         ("to", json!("x/y")),
         ("policies", json!(vec!["p"; 65])),
@@ -173,4 +175,47 @@ async fn only_a_devices_own_decisions_are_taken_and_a_bad_one_spoils_the_batch()
     .await;
     // Nothing of any refused batch was written.
     assert_eq!(decision_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn each_device_gets_its_rate_of_uploads_and_a_fast_clock_is_not_refused() {
+    let app = spawn_app_full(
+        Db::Sqlite,
+        vouch_ca::api::Settings {
+            decisions_per_second: 2,
+            decision_burst: 3,
+            ..settings()
+        },
+        policy_config(&example_policy_dir()),
+    )
+    .await;
+    let sensor = app.enroll("sensors").await;
+    let gateway = app.enroll("edge").await;
+    let device = app.device_client(&sensor);
+    // Ten minutes ahead (a device whose clock runs fast): taken.
+    let ahead = app.clock.unix() + 600;
+    for n in 0..3 {
+        let mut d = decision(n, "sender", &sensor, &gateway, true);
+        d["at"] = json!(ahead);
+        let r = upload(&app, &device, vec![d]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = upload(
+        &app,
+        &device,
+        vec![decision(9, "sender", &sensor, &gateway, true)],
+    )
+    .await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_problem(r, StatusCode::TOO_MANY_REQUESTS, ProblemCode::RateLimited).await;
+    // Another device has its own allowance.
+    let other = app.device_client(&gateway);
+    let r = upload(
+        &app,
+        &other,
+        vec![decision(1, "receiver", &sensor, &gateway, true)],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(decision_count(&app).await, 4);
 }
