@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 use vouch_envelope::{certificate_sha256, Envelope, KeyAgreementKey, SharedSecretCache};
 use vouch_policy::model::MessageContext;
 use vouch_proto::policy::DecisionSide;
+use vouch_proto::ProblemCode;
 
 /// Most messages waiting for the workload; beyond it new ones are refused (back-pressure on
 /// senders), never dropped silently.
@@ -128,11 +129,11 @@ impl MessagingError {
             Self::Directory(_) => "peer_directory",
             Self::UntrustedPeer(_) => "untrusted_peer",
             Self::NoEndpoint(_) => "no_endpoint",
-            Self::PolicyDenied(_) => "policy_denied",
-            Self::RateLimited { .. } => "rate_limited",
+            Self::PolicyDenied(_) => ProblemCode::PolicyDenied.as_str(),
+            Self::RateLimited { .. } => ProblemCode::RateLimited.as_str(),
             Self::Seal(_) => "seal",
             Self::Delivery(DeliveryError::Refused { .. }) => "peer_refused",
-            Self::Delivery(_) => "peer_unreachable",
+            Self::Delivery(_) => ProblemCode::PeerUnreachable.as_str(),
             Self::BadReceipt(_) => "bad_receipt",
             Self::Broker(_) => "broker",
             Self::StaleTrust(_) => "stale_trust",

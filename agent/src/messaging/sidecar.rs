@@ -151,32 +151,34 @@ async fn refresh(
         .next()
         .unwrap_or_default();
     match api.policy_bundle(&identity).await {
-        Ok(jws) => take_bundle(messenger, policy, state, &root, &jws),
+        Ok(jws) => {
+            take_bundle(messenger, policy, state, &root, &jws);
+        }
         Err(e) => tracing::warn!(error = %e, "cannot fetch the policy bundle"),
     }
 }
 
 /// Verifies `jws` from the server against `root` and uses it (unless older than the one in
 /// use), keeping it in the state directory; either way the server has confirmed the
-/// version it names as current.
+/// version it names as current. Whether it is in use now.
 fn take_bundle(
     messenger: &Messenger,
     policy: &BundlePolicy,
     state: &StateDir,
     root: &[u8],
     jws: &str,
-) {
+) -> bool {
     let loaded = match Loaded::verify(jws, root, messenger.trust_domain(), now()) {
         Ok(loaded) => loaded,
         Err(e) => {
             tracing::warn!(error = %e, "the policy bundle does not verify: not used");
-            return;
+            return false;
         }
     };
     let version = loaded.version().to_owned();
     let same = policy.version().as_deref() == Some(version.as_str());
     if !same && !policy.install(loaded) {
-        return; // older than the one in use
+        return false; // older than the one in use
     }
     messenger.confirm_policy(None);
     if !same {
@@ -186,6 +188,7 @@ fn take_bundle(
     if let Err(e) = state.write(POLICY_FILE, jws.as_bytes()) {
         tracing::warn!(error = %e, "cannot save the policy bundle");
     }
+    true
 }
 
 /// Follows the policy bundle by long-poll: a new version is in use as soon as the server
@@ -220,9 +223,15 @@ async fn follow_policy(
         let identity = crate::lifecycle::ClientIdentity::from(&enrolled);
         let known = policy.version().unwrap_or_default();
         match api.policy_bundle_after(&identity, &known, WAIT).await {
-            Ok(Some(jws)) => {
-                take_bundle(&messenger, &policy, &state, &root, &jws);
+            // In use: ask again at once, for the next one.
+            Ok(Some(jws)) if take_bundle(&messenger, &policy, &state, &root, &jws) => {
                 backoff = Duration::from_secs(1);
+            }
+            // A bundle that does not verify (or is older) comes back at once when asked
+            // again: wait, as after an error, rather than ask in a tight loop.
+            Ok(Some(_)) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Ok(None) => {
                 messenger.confirm_policy(None);

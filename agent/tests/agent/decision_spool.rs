@@ -206,7 +206,10 @@ async fn decisions_made_offline_reach_the_log_once_although_the_agent_is_killed_
     for n in 0..10 {
         let (status, refused) = send(&gateway, &r, "telemetry", &format!("refused {n}")).await;
         assert_eq!(status, 403, "{refused}");
-        assert_eq!(refused["code"], "policy_denied");
+        assert_eq!(
+            refused["code"],
+            vouch_proto::ProblemCode::PolicyDenied.as_str()
+        );
     }
 
     // The server returns, but its answers are held back: the gateway's upload is recorded

@@ -38,7 +38,10 @@ async fn a_reloaded_policy_reaches_running_sidecars_by_long_poll() {
                       "payload": b64(b"t=1")});
     let (status, refused) = call(&gateway.socket(), "POST", "/v1/send", Some(send.clone())).await;
     assert_eq!(status, 403, "{refused}");
-    assert_eq!(refused["code"], "policy_denied");
+    assert_eq!(
+        refused["code"],
+        vouch_proto::ProblemCode::PolicyDenied.as_str()
+    );
 
     std::fs::write(
         policies.path().join("policies/edge-telemetry.cedar"),
