@@ -207,14 +207,7 @@ async fn open(
 }
 
 fn arrived(d: Delivered) -> ArrivedMessage {
-    ArrivedMessage {
-        from: d.sender.device_id,
-        from_spiffe_id: d.sender.spiffe_id,
-        data_type: d.data_type,
-        payload: B64.encode(d.payload),
-        sent_at: d.sent_at,
-        message_id: d.message_id,
-    }
+    crate::messaging::node::Waiting::from(d).message
 }
 
 #[derive(Debug, serde::Deserialize)]

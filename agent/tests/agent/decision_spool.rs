@@ -4,7 +4,7 @@
 //! before the agent saw the answer.
 
 use crate::server::*;
-use crate::sidecars::{b64, free_port, listen_args, Sidecar};
+use crate::sidecar_support::{b64, free_port, listen_args, Sidecar};
 use crate::support::*;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};

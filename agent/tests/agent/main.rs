@@ -15,6 +15,7 @@ mod lifecycle;
 mod messaging;
 mod policy_feed;
 mod server;
+mod sidecar_support;
 mod sidecars;
 mod support;
 mod tpm;

@@ -3,7 +3,7 @@
 //! within moments of the server's reload.
 
 use crate::server::*;
-use crate::sidecars::{b64, free_port, listen_args, Sidecar};
+use crate::sidecar_support::{b64, free_port, listen_args, Sidecar};
 use crate::support::*;
 use serde_json::json;
 use std::time::{Duration, Instant};

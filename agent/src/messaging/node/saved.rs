@@ -1,0 +1,158 @@
+//! What the messenger keeps in the state directory across restarts: the CRL and the peer
+//! directory's answers (checked again on load), and the inbox of messages receipted and
+//! not yet read by the workload.
+
+use super::*;
+
+/// Appends `value` as one JSON line to `path` (created 0600) and syncs it to disk.
+pub(super) fn append_line(
+    path: &std::path::Path,
+    value: &impl serde::Serialize,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(&line)?;
+    file.sync_data()
+}
+
+/// A peer directory answer as saved.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct SavedPeer {
+    record: vouch_proto::peer::PeerRecord,
+    fetched_at: i64,
+}
+
+impl Messenger {
+    /// Keeps the CRL ([`CRL_FILE`], as the CA signed it) and the peer directory's answers
+    /// ([`PEERS_FILE`], see [`Self::save_peers`]) in `state`, and loads what is there now:
+    /// each checked again (the CRL's signature, each answer's certificates), so that a
+    /// sidecar started while the server cannot be reached works from what it knew.
+    pub fn with_cache(self, state: StateDir) -> Self {
+        if let Ok(Some(der)) = state.read_bytes(CRL_FILE) {
+            let confirmed = std::fs::metadata(state.file(CRL_FILE))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(i64::MIN, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MIN));
+            match self.install_crl(&der) {
+                Ok(n) => {
+                    self.crl_confirmed.store(confirmed, Ordering::SeqCst);
+                    tracing::info!(crl_number = n, "the saved CRL checks out");
+                }
+                Err(e) => tracing::warn!(error = %e, "the saved CRL is not used"),
+            }
+        }
+        if let Ok(Some(text)) = state.read(PEERS_FILE) {
+            let saved: Vec<SavedPeer> = serde_json::from_str(&text).unwrap_or_default();
+            let at = self.now();
+            let mut loaded = 0;
+            for s in saved {
+                if let Ok(mut peer) =
+                    verify_peer_record(&self.anchors, &s.record, &s.record.device_id, at)
+                {
+                    peer.fetched_at = s.fetched_at.min(at);
+                    self.peers.insert(peer);
+                    loaded += 1;
+                }
+            }
+            tracing::info!(peers = loaded, "saved peer directory answers checked out");
+        }
+        if let Ok(Some(text)) = state.read(INBOX_FILE) {
+            if let Ok(mut inbox) = self.inbox.lock() {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    match serde_json::from_str::<Waiting>(line) {
+                        Ok(w) => inbox.push_back(w),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a kept message does not parse: skipped")
+                        }
+                    }
+                }
+                if !inbox.is_empty() {
+                    tracing::info!(messages = inbox.len(), "messages kept for the workload");
+                }
+            }
+        }
+        let _ = self.saved.set(state);
+        self
+    }
+
+    /// Saves the peer directory's answers cached now (see [`Self::with_cache`]).
+    pub fn save_peers(&self) {
+        let Some(state) = self.saved.get() else {
+            return;
+        };
+        let saved: Vec<SavedPeer> = self
+            .peers
+            .all()
+            .into_iter()
+            .map(|p| SavedPeer {
+                record: (*p.record).clone(),
+                fetched_at: p.fetched_at,
+            })
+            .collect();
+        match serde_json::to_vec(&saved) {
+            Ok(bytes) => {
+                if let Err(e) = state.write(PEERS_FILE, &bytes) {
+                    tracing::warn!(error = %e, "cannot save the peer directory's answers");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot save the peer directory's answers"),
+        }
+    }
+
+    /// The messages that arrived, oldest first, waiting up to `wait` for one if none has.
+    pub async fn take_messages(&self, wait: Duration) -> Vec<Waiting> {
+        let notified = self.arrived.notified();
+        let drained = self.drain();
+        if !drained.is_empty() || wait.is_zero() {
+            return drained;
+        }
+        let _ = tokio::time::timeout(wait, notified).await;
+        self.drain()
+    }
+
+    pub(super) fn drain(&self) -> Vec<Waiting> {
+        let Ok(mut inbox) = self.inbox.lock() else {
+            return Vec::new();
+        };
+        let drained: Vec<Waiting> = inbox.drain(..).collect();
+        if !drained.is_empty() {
+            // Everything was read: the kept inbox empties (a truncation, not a rewrite; a
+            // crash just before it hands the messages over again, never loses one).
+            if let Some(state) = self.saved.get() {
+                let emptied = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(state.file(INBOX_FILE))
+                    .and_then(|f| f.set_len(0));
+                if let Err(e) = emptied {
+                    tracing::error!(error = %e, "cannot empty the kept inbox");
+                }
+            }
+        }
+        drained
+    }
+
+    /// Rewrites the kept inbox as `inbox` (called with its lock held).
+    pub(super) fn save_inbox(&self, inbox: &VecDeque<Waiting>) {
+        let Some(state) = self.saved.get() else {
+            return;
+        };
+        let mut text = Vec::new();
+        for w in inbox {
+            if let Ok(line) = serde_json::to_vec(w) {
+                text.extend_from_slice(&line);
+                text.push(b'\n');
+            }
+        }
+        if let Err(e) = state.write(INBOX_FILE, &text) {
+            tracing::error!(error = %e, "cannot rewrite the kept inbox");
+        }
+    }
+}
