@@ -397,7 +397,11 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         tls,
         trust_domain,
         router,
-        state.settings.max_client_connections,
+        server::ConnectionLimits {
+            max_connections: state.settings.max_client_connections,
+            idle: state.settings.idle_timeout,
+            request_body: state.settings.request_body_timeout,
+        },
         async move {
             let _ = rx.await;
         },

@@ -169,6 +169,14 @@ pub struct ServeArgs {
     /// kernel's backlog) until one closes.
     #[arg(long, default_value_t = 4096)]
     pub max_client_connections: usize,
+    /// How long a client connection may stay open with no request in flight (HTTP/1
+    /// keep-alive and HTTP/2 alike); then the server closes it.
+    #[arg(long, default_value = "60s")]
+    pub idle_timeout: String,
+    /// How long a request body may take to arrive in full after its headers; a slower body
+    /// is answered with an error and the connection closed.
+    #[arg(long, default_value = "10s")]
+    pub request_body_timeout: String,
     /// Decisions each caller may ask for per second (`POST /v1/authorize`); 0 turns the
     /// limit off. Bursts of twice as many are allowed.
     #[arg(long, default_value_t = 100)]
@@ -221,6 +229,10 @@ fn seconds(name: &str, value: &str, errors: &mut Vec<String>) -> i64 {
             0
         }
     }
+}
+
+fn duration(name: &str, value: &str, errors: &mut Vec<String>) -> std::time::Duration {
+    std::time::Duration::from_secs(seconds(name, value, errors).unsigned_abs())
 }
 
 /// Parses a duration option such as `1h` into seconds.
@@ -317,6 +329,12 @@ impl ServeArgs {
             decision_burst: self.decision_rate.saturating_mul(2),
             max_decision_page_bytes: Settings::default().max_decision_page_bytes,
             max_client_connections: self.max_client_connections,
+            idle_timeout: duration("idle-timeout", &self.idle_timeout, &mut errors),
+            request_body_timeout: duration(
+                "request-body-timeout",
+                &self.request_body_timeout,
+                &mut errors,
+            ),
             tpm_ek_allowlist: match &self.tpm_ek_allowlist {
                 None => Default::default(),
                 Some(path) => match read_ek_allowlist(path) {

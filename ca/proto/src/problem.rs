@@ -53,6 +53,9 @@ problem_codes! {
     BadRequest = ("bad_request", 400),
     /// The body is larger than the operation accepts.
     BodyTooLarge = ("body_too_large", 413),
+    /// The body did not arrive in full within the server's time limit (a client that
+    /// trickles or stops sending its body); the connection is closed.
+    RequestBodyTimeout = ("request_body_timeout", 408),
     /// The body is not `application/json`.
     UnsupportedMediaType = ("unsupported_media_type", 415),
     /// No such route.

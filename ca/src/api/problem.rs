@@ -117,8 +117,24 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
                 super::MAX_BODY_BYTES
             ),
         ),
+        _ if came_from_a_slow_body(rejection) => ApiError::new(
+            ProblemCode::RequestBodyTimeout,
+            "the request body did not arrive in time",
+        ),
         _ => ApiError::new(ProblemCode::BadRequest, detail),
     }
+}
+
+/// Whether reading the body failed because it missed the server's deadline.
+fn came_from_a_slow_body(rejection: &JsonRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = cause {
+        if error.is::<crate::server::BodyTooSlow>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Cuts `text` to at most `max` characters, so echoed input stays small.
