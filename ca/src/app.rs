@@ -378,6 +378,10 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         ),
         crl_feed: Default::default(),
     });
+    // The set loaded at start is numbered now: activating it is what moves the sequence.
+    if let Err(e) = crate::flows::reload::number_active_set(&state).await {
+        tracing::warn!(code = e.code.as_str(), detail = %e.detail, "policy set not numbered yet; numbered at the first bundle request");
+    }
     // New CRLs signed by other replicas reach this replica's long-polls at once.
     tokio::spawn(crate::flows::revoke::follow_other_replicas(state.clone()));
     if let (Some(every), true) = (config.policy.poll, state.policy.has_dirs()) {

@@ -86,7 +86,8 @@ pub trait Decider: Send + Sync {
 pub struct Loaded {
     policy: LocalPolicy,
     version: String,
-    signed_at: i64,
+    sequence: i64,
+    content_hash: String,
 }
 
 impl Loaded {
@@ -105,13 +106,27 @@ impl Loaded {
         Ok(Self {
             policy,
             version: claims.version,
-            signed_at: claims.iat,
+            sequence: claims.sequence,
+            content_hash: claims.content_hash,
         })
     }
 
     /// The version decisions name.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The bundle's sequence number (see `vouch_proto::bundle::BundleClaims::sequence`).
+    pub fn sequence(&self) -> i64 {
+        self.sequence
+    }
+
+    /// Whether this bundle may replace `held`: a higher sequence number (a newer activation,
+    /// whatever the signing times), or the same number for the same files. Not lower: an old
+    /// bundle replayed, or a lagging replica's, does not roll policy back.
+    fn may_replace(&self, held: &Loaded) -> bool {
+        self.sequence > held.sequence
+            || (self.sequence == held.sequence && self.content_hash == held.content_hash)
     }
 }
 
@@ -122,16 +137,13 @@ pub struct BundlePolicy {
 }
 
 impl BundlePolicy {
-    /// Uses `loaded` from now on, unless it is older than the one in use (a replayed old
-    /// bundle does not roll policy back). Returns whether it was taken.
+    /// Uses `loaded` from now on, unless its sequence number is below the one in use (a
+    /// replayed old bundle does not roll policy back). Returns whether it was taken.
     pub fn install(&self, loaded: Loaded) -> bool {
         let Ok(mut current) = self.current.write() else {
             return false;
         };
-        if current
-            .as_ref()
-            .is_some_and(|c| c.signed_at > loaded.signed_at)
-        {
+        if current.as_ref().is_some_and(|c| !loaded.may_replace(c)) {
             return false;
         }
         *current = Some(Arc::new(loaded));

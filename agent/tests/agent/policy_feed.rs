@@ -74,3 +74,80 @@ async fn a_reloaded_policy_reaches_running_sidecars_by_long_poll() {
         .unwrap()
         .contains(&json!("edge-telemetry-to-regional")));
 }
+
+/// The root certificate (DER) and trust domain bundles are verified with.
+async fn trust(server: &RealServer) -> Vec<u8> {
+    let pem = server.get_text("/v1/trust-bundle").await;
+    pem::parse(pem.as_bytes()).unwrap().contents().to_vec()
+}
+
+/// A bundle numbered below the one a sidecar holds is refused, although it was signed later:
+/// here a replica that has not reloaded signs its (older) set after another replica signed
+/// the new one, as an attacker replaying an old bundle could too. A rollback to old files
+/// is a new activation, numbered higher, and taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_numbered_below_the_one_held_is_refused_though_signed_later_postgres() {
+    use vouch_agent::messaging::policy::{BundlePolicy, Decider, Loaded};
+    let policies = policies();
+    let database = crate::sidecars::fresh_postgres_database();
+    let dir = policies.path().display().to_string();
+    // No watcher: each replica loads a change only when asked to reload.
+    let options = [
+        "--database-url",
+        &database,
+        "--policy-dir",
+        &dir,
+        "--policy-poll",
+        "0s",
+    ];
+    let lagging = RealServer::start(&options).await;
+    let current = lagging.replica().await;
+    std::fs::write(
+        policies.path().join("policies/edge-telemetry.cedar"),
+        EDGE_TELEMETRY,
+    )
+    .unwrap();
+    let (status, answer) = current.post("/v1/policy/reload", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let root = trust(&current).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let load = |jws: &str| Loaded::verify(jws, &root, "fleet.example", now).unwrap();
+    let claims = |jws: &str| {
+        vouch_proto::bundle::verify(
+            jws,
+            &root,
+            &vouch_proto::ids::TrustDomain::parse("fleet.example").unwrap(),
+            now,
+        )
+        .unwrap()
+    };
+    // The new set first, then the lagging replica's old set (signed now, after it).
+    let new = current.get_text("/v1/policy/bundle").await;
+    let old = lagging.get_text("/v1/policy/bundle").await;
+    let (new_claims, old_claims) = (claims(&new), claims(&old));
+    assert_ne!(new_claims.version, old_claims.version);
+    assert!(
+        old_claims.iat >= new_claims.iat,
+        "the old set was signed later"
+    );
+    assert!(old_claims.sequence < new_claims.sequence);
+
+    let held = BundlePolicy::default();
+    assert!(held.install(load(&new)));
+    assert!(
+        !held.install(load(&old)),
+        "an older set replaced a newer one"
+    );
+    assert_eq!(held.version().as_deref(), Some(new_claims.version.as_str()));
+
+    // A rollback: the old files again, activated after the new ones, are numbered higher.
+    std::fs::remove_file(policies.path().join("policies/edge-telemetry.cedar")).unwrap();
+    let (status, answer) = current.post("/v1/policy/reload", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let rolled_back = current.get_text("/v1/policy/bundle").await;
+    let rolled_back_claims = claims(&rolled_back);
+    assert_eq!(rolled_back_claims.content_hash, old_claims.content_hash);
+    assert!(rolled_back_claims.sequence > new_claims.sequence);
+    assert!(held.install(load(&rolled_back)));
+}

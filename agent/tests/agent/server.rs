@@ -163,6 +163,11 @@ impl RealServer {
 
     /// `GET path` as the admin.
     pub async fn get(&self, path: &str) -> Value {
+        serde_json::from_str(&self.get_text(path).await).unwrap()
+    }
+
+    /// `GET path` as the admin: the body as text.
+    pub async fn get_text(&self, path: &str) -> String {
         let r = self
             .client
             .get(format!("{}{path}", self.base))
@@ -171,7 +176,7 @@ impl RealServer {
             .await
             .unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
-        r.json().await.unwrap()
+        r.text().await.unwrap()
     }
 }
 

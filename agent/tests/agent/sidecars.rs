@@ -591,7 +591,7 @@ fn distribution(mut samples: Vec<u128>) -> (u128, u128, u128) {
 }
 
 /// Creates a fresh PostgreSQL database (the role `tests/postgres.sh` makes) with `psql`.
-fn fresh_postgres_database() -> String {
+pub(crate) fn fresh_postgres_database() -> String {
     let admin = std::env::var("VOUCH_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://vouch:vouch@127.0.0.1:5432/postgres".into());
     let name = format!(

@@ -33,6 +33,11 @@ pub struct BundleClaims {
     pub iat: i64,
     /// The version decisions name (commit id or `sha256:<hash>`).
     pub version: String,
+    /// Goes up each time the fleet's active policy set changes (across replicas, from the
+    /// registry): an agent refuses a bundle numbered below the one it holds, so an old bundle
+    /// replayed cannot roll its policy back. 0 in bundles made before it existed.
+    #[serde(default)]
+    pub sequence: i64,
     /// The Git commit, if any.
     pub commit: Option<String>,
     /// SHA-256 over the files (see `vouch_policy::bundle::content_hash`).

@@ -43,6 +43,7 @@ struct Signer {
 struct Cached {
     content_hash: String,
     version: String,
+    sequence: i64,
     jws: String,
 }
 
@@ -50,6 +51,9 @@ struct Cached {
 #[derive(Default)]
 pub struct BundleSigning {
     state: Mutex<(Option<Signer>, Option<Cached>)>,
+    /// The sequence number of the last set signed here, by content hash (see
+    /// `Registry::policy_sequence`): the registry is asked once per set.
+    sequence: Mutex<Option<(String, i64)>>,
 }
 
 impl std::fmt::Debug for BundleSigning {
@@ -59,13 +63,35 @@ impl std::fmt::Debug for BundleSigning {
 }
 
 impl BundleSigning {
-    /// The signed bundle of `set`, signed now unless the same version was already signed by
-    /// the current signer.
+    /// The sequence number remembered for the set with `content_hash`, if any.
+    pub(crate) fn sequence_of(&self, content_hash: &str) -> Option<i64> {
+        let known = self
+            .sequence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known
+            .as_ref()
+            .filter(|(hash, _)| hash == content_hash)
+            .map(|(_, sequence)| *sequence)
+    }
+
+    /// Remembers the registry's sequence number for the set with `content_hash`.
+    pub(crate) fn remember_sequence(&self, content_hash: &str, sequence: i64) {
+        *self
+            .sequence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((content_hash.to_owned(), sequence));
+    }
+
+    /// The signed bundle of `set`, numbered `sequence`, signed now unless the same version
+    /// was already signed by the current signer.
     pub fn signed(
         &self,
         ca: &Authority,
         trust_domain: &TrustDomain,
         set: &ActiveSet,
+        sequence: i64,
         now: OffsetDateTime,
     ) -> Result<String, SignError> {
         let unix = now.unix_timestamp();
@@ -93,7 +119,10 @@ impl BundleSigning {
             }
         };
         if let Some(c) = cached.as_ref() {
-            if c.version == set.version.id && c.content_hash == set.version.content_hash {
+            if c.version == set.version.id
+                && c.content_hash == set.version.content_hash
+                && c.sequence == sequence
+            {
                 return Ok(c.jws.clone());
             }
         }
@@ -101,6 +130,7 @@ impl BundleSigning {
             iss: BUNDLE_ISSUER.into(),
             iat: unix,
             version: set.version.id.clone(),
+            sequence,
             commit: set.version.commit.clone(),
             content_hash: set.version.content_hash.clone(),
             files: set.bundle.files.clone(),
@@ -112,6 +142,7 @@ impl BundleSigning {
         *cached = Some(Cached {
             content_hash: set.version.content_hash.clone(),
             version: set.version.id.clone(),
+            sequence,
             jws: jws.clone(),
         });
         Ok(jws)

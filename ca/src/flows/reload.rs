@@ -20,6 +20,9 @@ pub async fn reload(
         tokio::task::spawn_blocking(move || service.policy.reload(now, retry_failed))
             .await
             .map_err(|e| ApiError::internal(&e))?;
+    if matches!(active, ReloadOutcome::Loaded { .. }) {
+        number_active_set(state).await?;
+    }
     for (which, outcome) in [("active", &active), ("shadow", &shadow)] {
         match outcome {
             ReloadOutcome::Loaded { previous, version } => {
@@ -66,8 +69,8 @@ pub fn status(state: &AppState) -> PolicyStatus {
 
 /// The active policy set as a signed bundle (compact JWS, see `authz::signed`) for agents
 /// to verify against the trust bundle and cache.
-pub fn bundle(state: &AppState) -> Result<String, ApiError> {
-    match bundle_after(state, None)? {
+pub async fn bundle(state: &AppState) -> Result<String, ApiError> {
+    match bundle_after(state, None).await? {
         BundleAnswer::Current { jws, .. } => Ok(jws),
         BundleAnswer::NotModified(_) => Err(ApiError::internal(&"no bundle")),
     }
@@ -87,7 +90,7 @@ pub enum BundleAnswer {
     NotModified(String),
 }
 
-fn bundle_after(state: &AppState, known: Option<&str>) -> Result<BundleAnswer, ApiError> {
+async fn bundle_after(state: &AppState, known: Option<&str>) -> Result<BundleAnswer, ApiError> {
     let set = state.policy.active().ok_or_else(|| {
         ApiError::new(
             ProblemCode::NoPolicy,
@@ -97,14 +100,45 @@ fn bundle_after(state: &AppState, known: Option<&str>) -> Result<BundleAnswer, A
     if known == Some(set.version.id.as_str()) {
         return Ok(BundleAnswer::NotModified(set.version.id.clone()));
     }
+    let sequence = sequence_of(state, &set).await?;
     let jws = state
         .bundle_signing
-        .signed(&state.ca, &state.trust_domain, &set, state.clock.now())
+        .signed(
+            &state.ca,
+            &state.trust_domain,
+            &set,
+            sequence,
+            state.clock.now(),
+        )
         .map_err(|e| ApiError::internal(&e))?;
     Ok(BundleAnswer::Current {
         jws,
         version: set.version.id.clone(),
     })
+}
+
+/// The bundle sequence number of `set` (asked of the registry once per set).
+async fn sequence_of(state: &AppState, set: &crate::authz::ActiveSet) -> Result<i64, ApiError> {
+    let hash = &set.version.content_hash;
+    if let Some(sequence) = state.bundle_signing.sequence_of(hash) {
+        return Ok(sequence);
+    }
+    let now = state.clock.unix();
+    let sequence = state
+        .registry
+        .policy_sequence(hash, &set.version.id, now)
+        .await?;
+    state.bundle_signing.remember_sequence(hash, sequence);
+    Ok(sequence)
+}
+
+/// Numbers the active set in the registry's policy sequence, if there is one: called when a
+/// set becomes active, so the replica that activated a set last sets the fleet's newest.
+pub(crate) async fn number_active_set(state: &AppState) -> Result<(), ApiError> {
+    if let Some(set) = state.policy.active() {
+        sequence_of(state, &set).await?;
+    }
+    Ok(())
 }
 
 /// The signed bundle if the active version is not `known`; otherwise waits up to `wait`
@@ -116,7 +150,7 @@ pub async fn bundle_changed(
 ) -> Result<BundleAnswer, ApiError> {
     let mut changes = state.policy.active_changes();
     changes.borrow_and_update();
-    let answer = bundle_after(state, known)?;
+    let answer = bundle_after(state, known).await?;
     if matches!(answer, BundleAnswer::Current { .. }) || wait.is_zero() {
         return Ok(answer);
     }
@@ -127,7 +161,7 @@ pub async fn bundle_changed(
             // The wait is over, or the policy service is gone.
             Err(_) | Ok(Err(_)) => return Ok(answer),
         }
-        let now = bundle_after(state, known)?;
+        let now = bundle_after(state, known).await?;
         if matches!(now, BundleAnswer::Current { .. }) {
             return Ok(now);
         }

@@ -20,6 +20,7 @@ mod devices;
 mod enrollment;
 mod group_commit;
 mod peers;
+mod policy_sequence;
 pub use peers::{NewKeyAgreement, PeerCredentials, PeerEntry};
 mod tpm;
 
@@ -83,6 +84,9 @@ pub enum StoreError {
     /// A stored value does not decode (a corrupt row).
     #[error("stored value does not decode: {0}")]
     Corrupt(String),
+    /// Other replicas kept changing a shared row this write depends on.
+    #[error("contended: {0}")]
+    Contended(&'static str),
 }
 
 /// Which database is behind the pool.
