@@ -137,6 +137,82 @@ async fn a_git_commit_becomes_the_active_version_without_restart() {
     assert_eq!(d["policy_version"], second.as_str());
 }
 
+/// Files that differ from `HEAD` (edited, added, not yet committed) are never reported as
+/// the commit: the version is `<commit>+dirty:sha256:<hash>`, a new one for each content, and
+/// the commit id once the files are committed.
+#[tokio::test]
+async fn an_uncommitted_change_is_reported_dirty_with_its_content_hash() {
+    let repo = copy_example();
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "fleet policies"]);
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    let app = spawn_app_with_policies(
+        Db::Sqlite,
+        PolicyConfig {
+            poll: Some(Duration::from_millis(100)),
+            ..policy_config(repo.path())
+        },
+    )
+    .await;
+    let s = status(&app).await;
+    assert_eq!(s["active"]["version"]["id"], first.as_str());
+    let sensor = app.enroll("sensors").await;
+    let cloud = app.enroll("cloud").await;
+    let to_cloud = telemetry(&sensor, &cloud, "mqtt", true);
+
+    // An untracked policy file: loaded, and the version says the tree is dirty.
+    std::fs::write(repo.path().join("policies/cloud.cedar"), SENSOR_TO_CLOUD).unwrap();
+    let dirty = |s: &Value| {
+        let hash = s["active"]["version"]["content_hash"]
+            .as_str()
+            .unwrap_or("");
+        s["active"]["version"]["id"] == format!("{first}+dirty:sha256:{hash}").as_str()
+    };
+    let s = wait_for_status(&app, "dirty tree not picked up", dirty).await;
+    assert_eq!(
+        s["active"]["version"]["commit"],
+        format!("{first}+dirty").as_str()
+    );
+    let untracked = s["active"]["version"]["id"].as_str().unwrap().to_owned();
+    let d = authorize(&app, &to_cloud).await;
+    assert_eq!(d["decision"], "allow");
+    assert_eq!(d["policy_version"], untracked.as_str());
+
+    // Another uncommitted content is another version.
+    git(repo.path(), &["add", "."]);
+    git(
+        repo.path(),
+        &["commit", "-q", "-m", "sensors may reach the cloud"],
+    );
+    let second = git(repo.path(), &["rev-parse", "HEAD"]);
+    wait_for_status(&app, "commit not picked up", |s| {
+        s["active"]["version"]["id"] == second.as_str()
+    })
+    .await;
+    let edited = SENSOR_TO_CLOUD.replace("sensor-to-cloud", "sensor-to-cloud-edited");
+    std::fs::write(repo.path().join("policies/cloud.cedar"), edited).unwrap();
+    let s = wait_for_status(&app, "edit not picked up", |s| {
+        s["active"]["version"]["commit"] == format!("{second}+dirty").as_str()
+    })
+    .await;
+    assert!(s["active"]["version"]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{second}+dirty:sha256:")));
+    let d = authorize(&app, &to_cloud).await;
+    assert_eq!(d["policies"], json!(["sensor-to-cloud-edited"]));
+    assert_eq!(d["policy_version"], s["active"]["version"]["id"]);
+
+    // Committed: the commit id again.
+    git(repo.path(), &["commit", "-q", "-am", "renamed"]);
+    let third = git(repo.path(), &["rev-parse", "HEAD"]);
+    wait_for_status(&app, "commit not picked up", |s| {
+        s["active"]["version"]["id"] == third.as_str()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn shadow_mode_logs_differences_without_enforcing_them() {
     let active = copy_example();
