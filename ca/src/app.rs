@@ -15,6 +15,7 @@ use crate::server::{self, TlsSetupError};
 use crate::store::{Registry, StoreError};
 use crate::tokens::{random_jti, OperatorClaims, Role, TokenKey, ISSUER, OPERATOR_AUDIENCE};
 use std::net::SocketAddr;
+use std::path::Path;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -72,6 +73,49 @@ pub fn init_ca(
 ) -> Result<(), AppError> {
     let files = authority::generate(trust_domain.as_str(), now)?;
     write_ca(data_dir, trust_domain, &files)
+}
+
+/// Like [`init_ca`], but the root CA's private key is written to `root_key_out` (mode 0600,
+/// never overwriting), outside the data directory, and not into it: an offline root. The
+/// server never needs it; it signs a new issuing CA (see the README's root key ceremony).
+pub fn init_ca_with_offline_root(
+    data_dir: &DataDir,
+    trust_domain: &TrustDomain,
+    now: time::OffsetDateTime,
+    root_key_out: &Path,
+) -> Result<(), AppError> {
+    data_dir.create()?;
+    if is_initialised(data_dir) {
+        return Err(AppError::AlreadyInitialised(
+            data_dir.path().display().to_string(),
+        ));
+    }
+    let parent = match root_key_out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let inside = match (parent.canonicalize(), data_dir.path().canonicalize()) {
+        (Ok(parent), Ok(data)) => parent.starts_with(data),
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(AppError::Invalid(
+                root_key_out.display().to_string(),
+                format!("its directory cannot be used: {e}"),
+            ))
+        }
+    };
+    if inside {
+        return Err(AppError::Invalid(
+            root_key_out.display().to_string(),
+            "an offline root key must be kept outside the data directory".into(),
+        ));
+    }
+    let mut files = authority::generate(trust_domain.as_str(), now)?;
+    let root_key = files.root_key_pem.take().unwrap_or_default();
+    crate::datadir::write_new_secret(root_key_out, root_key.as_bytes())?;
+    write_ca(data_dir, trust_domain, &files).inspect_err(|_| {
+        // The key of a CA that was not written is of no use to anyone.
+        let _ = std::fs::remove_file(root_key_out);
+    })
 }
 
 /// Imports an existing root certificate and issuing CA certificate and key into `data_dir`

@@ -77,6 +77,12 @@ pub struct CaInitArgs {
     /// SPIFFE trust domain, e.g. `fleet.example`.
     #[arg(long, env = "VOUCH_TRUST_DOMAIN")]
     pub trust_domain: String,
+    /// Write the root CA's private key to FILE (mode 0600, outside the data directory)
+    /// instead of into the data directory: an offline root. The server never needs it; keep
+    /// it offline (see the README's root key ceremony). Without it, `root.key` is written
+    /// into the data directory, online beside the server.
+    #[arg(long, value_name = "FILE")]
+    pub offline_root: Option<PathBuf>,
 }
 
 /// Options of `vouch ca import`.

@@ -129,6 +129,12 @@ impl DataDir {
     }
 }
 
+/// Writes a secret file at `path`, outside any data directory, with mode 0600. Never
+/// overwrites.
+pub(crate) fn write_new_secret(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
+    write_new(path, contents, 0o600)
+}
+
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirError> {
     let io = |source| DataDirError::Io {
         path: path.to_owned(),

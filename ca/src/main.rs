@@ -60,11 +60,29 @@ fn trust_domain(value: &str) -> Result<TrustDomain, Failure> {
 fn ca_init(args: &config::CaInitArgs) -> Result<(), Failure> {
     let td = trust_domain(&args.trust_domain)?;
     let dir = DataDir::new(&args.data_dir);
-    app::init_ca(&dir, &td, SystemClock.now())?;
-    println!(
-        "created CA for trust domain `{td}` in {}",
-        dir.path().display()
-    );
+    match &args.offline_root {
+        Some(out) => {
+            app::init_ca_with_offline_root(&dir, &td, SystemClock.now(), out)?;
+            println!(
+                "created CA for trust domain `{td}` in {}; the root key is in {} only: \
+                 move it to offline storage",
+                dir.path().display(),
+                out.display()
+            );
+        }
+        None => {
+            app::init_ca(&dir, &td, SystemClock.now())?;
+            println!(
+                "created CA for trust domain `{td}` in {}",
+                dir.path().display()
+            );
+            eprintln!(
+                "note: the root key is online in {}; `vouch ca init --offline-root FILE` \
+                 keeps it out of the data directory",
+                dir.file(vouch_ca::datadir::DataFile::RootKey).display()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -441,6 +441,139 @@ async fn an_openssl_made_ca_can_be_imported_and_issues_verifiable_certificates()
     assert!(out.contains("device.pem: OK"));
 }
 
+/// `vouch ca init --offline-root FILE` (the README's root key ceremony): the root key goes
+/// to FILE (0600) and nowhere else; the server runs without it; later the offline key signs
+/// a new issuing CA with openssl, which `vouch ca import` takes. A FILE inside the data
+/// directory is refused, and nothing is written.
+#[tokio::test]
+async fn an_offline_root_key_stays_out_of_the_data_directory_and_signs_the_next_issuing_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let offline = d.join("offline");
+    std::fs::create_dir(&offline).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let init = |key: &Path| {
+        vouch(&[
+            "ca",
+            "init",
+            "--data-dir",
+            &s(&data),
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--offline-root",
+            &s(key),
+        ])
+    };
+    let out = init(&data.join("root.key"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("outside the data directory"),
+        "{out:?}"
+    );
+    assert!(!data.join("root.key").exists() && !data.join("issuing.pem").exists());
+
+    let key = offline.join("root.key");
+    let out = init(&key);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !data.join("root.key").exists(),
+        "the root key is not online"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // It is the root certificate's key.
+    let root = s(&data.join("root.pem"));
+    assert_eq!(
+        openssl(d, &["pkey", "-in", &s(&key), "-pubout"]),
+        openssl(d, &["x509", "-in", &root, "-pubkey", "-noout"])
+    );
+    // A second init neither overwrites the key nor the CA.
+    let before = std::fs::read(&key).unwrap();
+    assert!(!init(&key).status.success());
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+
+    // The server issues without the root key.
+    let server = start_server(&data, &[], Stdio::null(), "warn");
+    let client = client_for(&std::fs::read(&root).unwrap(), None);
+    let admin = admin_token(&data, "operator");
+    let token = create_token(&client, &server.base, &admin).await;
+    assert_eq!(
+        enroll(&client, &server.base, &token).await.status(),
+        StatusCode::CREATED
+    );
+    drop(server);
+
+    // The ceremony: a new issuing CA signed by the offline root, imported into a new data
+    // directory (the commands the README shows).
+    write(d, "int.cnf", b"[v3_int]\nbasicConstraints = critical,CA:TRUE,pathlen:0\nkeyUsage = critical,keyCertSign,cRLSign,digitalSignature\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n");
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "issuing-2.key",
+            "-out",
+            "issuing-2.csr",
+            "-subj",
+            "/CN=Vouch issuing CA 2",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "issuing-2.csr",
+            "-CA",
+            &root,
+            "-CAkey",
+            &s(&key),
+            "-CAcreateserial",
+            "-out",
+            "issuing-2.pem",
+            "-days",
+            "365",
+            "-extfile",
+            "int.cnf",
+            "-extensions",
+            "v3_int",
+        ],
+    );
+    let next = d.join("data-2");
+    let out = vouch(&[
+        "ca",
+        "import",
+        "--data-dir",
+        &s(&next),
+        "--trust-domain",
+        TRUST_DOMAIN,
+        "--root-cert",
+        &root,
+        "--issuing-cert",
+        &s(&d.join("issuing-2.pem")),
+        "--issuing-key",
+        &s(&d.join("issuing-2.key")),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let server = start_server(&next, &[], Stdio::null(), "warn");
+    let admin = admin_token(&next, "operator");
+    let token = create_token(&client, &server.base, &admin).await;
+    let r = enroll(&client, &server.base, &token).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    write_device_certificate(d, &r.json().await.unwrap());
+    std::fs::copy(&root, d.join("root.pem")).unwrap();
+    assert!(openssl_verify_device(d, &[]).contains("device.pem: OK"));
+}
+
 #[test]
 fn policy_check_and_test_commands() {
     let example = example_policy_dir();
