@@ -246,6 +246,17 @@ pub fn mint_operator_token(
     ttl_secs: i64,
     now: i64,
 ) -> Result<String, AppError> {
+    mint_operator_token_with_id(data_dir, role, subject, ttl_secs, now).map(|(token, _)| token)
+}
+
+/// Mints an operator token; returns it with its id (`jti`, what revoking it names).
+pub fn mint_operator_token_with_id(
+    data_dir: &DataDir,
+    role: Role,
+    subject: &str,
+    ttl_secs: i64,
+    now: i64,
+) -> Result<(String, String), AppError> {
     if !(1..=crate::tokens::MAX_OPERATOR_TOKEN_TTL_SECS).contains(&ttl_secs) {
         return Err(AppError::Invalid(
             "operator token".into(),
@@ -265,8 +276,10 @@ pub fn mint_operator_token(
         exp: now.saturating_add(ttl_secs),
         jti: random_jti(&system_rng()).map_err(|_| AppError::Random)?,
     };
-    key.sign(&claims)
-        .map_err(|e| AppError::Invalid("operator token".into(), e.to_string()))
+    let token = key
+        .sign(&claims)
+        .map_err(|e| AppError::Invalid("operator token".into(), e.to_string()))?;
+    Ok((token, claims.jti))
 }
 
 /// Everything `vouch serve` needs, already validated.

@@ -114,8 +114,8 @@ pub struct AdminTokenArgs {
     /// Role: `admin`, `operator` or `auditor` (read only).
     #[arg(long)]
     pub role: String,
-    /// Lifetime, e.g. `1h`, `30m`; at most `7d` (operator tokens cannot be revoked before
-    /// they expire).
+    /// Lifetime, e.g. `1h`, `30m`; at most `7d`. The token id is printed on stderr: an admin
+    /// revokes the token early with `POST /v1/operator-tokens/revoke`.
     #[arg(long, default_value = "1h")]
     pub ttl: String,
     /// Who the token is for (recorded in the audit log).

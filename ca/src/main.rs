@@ -117,10 +117,7 @@ fn admin_token(args: &config::AdminTokenArgs) -> Result<(), Failure> {
         .map_err(|e| errors.push(e))
         .ok();
     if ttl.is_some_and(|t| !(1..=vouch_ca::tokens::MAX_OPERATOR_TOKEN_TTL_SECS).contains(&t)) {
-        errors.push(format!(
-            "--ttl `{}` must be between 1s and 7d: an operator token cannot be revoked before it expires",
-            args.ttl
-        ));
+        errors.push(format!("--ttl `{}` must be between 1s and 7d", args.ttl));
     }
     if args.subject.is_empty() || args.subject.len() > 128 {
         errors.push("--subject must be 1 to 128 characters".into());
@@ -129,8 +126,10 @@ fn admin_token(args: &config::AdminTokenArgs) -> Result<(), Failure> {
         return Err(Failure::Usage(errors));
     };
     let dir = DataDir::new(&args.data_dir);
-    let token = app::mint_operator_token(&dir, role, &args.subject, ttl, SystemClock.unix())?;
+    let (token, id) =
+        app::mint_operator_token_with_id(&dir, role, &args.subject, ttl, SystemClock.unix())?;
     println!("{token}");
+    eprintln!("token id {id} (an admin revokes it with POST /v1/operator-tokens/revoke)");
     Ok(())
 }
 

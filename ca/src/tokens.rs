@@ -19,8 +19,8 @@ pub(crate) const ISSUER: &str = "vouch";
 pub const BOOTSTRAP_AUDIENCE: &str = "vouch-bootstrap";
 /// Audience of operator tokens.
 pub(crate) const OPERATOR_AUDIENCE: &str = "vouch-operator";
-/// Longest life of an operator token, seconds (7 days): an operator token cannot be revoked
-/// before it expires, so none lives long.
+/// Longest life of an operator token, seconds (7 days): none lives long, and the deny-list of
+/// revoked token ids need keep an id only this long.
 pub const MAX_OPERATOR_TOKEN_TTL_SECS: i64 = 7 * 24 * 3600;
 /// Longest token accepted, in bytes, before any parsing.
 pub const MAX_TOKEN_LEN: usize = 4096;

@@ -60,6 +60,25 @@ pub struct CreateTokenResponse {
     pub ca_sha256: String,
 }
 
+/// `POST /v1/operator-tokens/revoke` body: the id of an operator token (its `jti`, printed by
+/// `vouch admin-token`), refused from now on by every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeOperatorToken {
+    /// The token id: 32 lowercase hex digits.
+    #[schema(pattern = "^[0-9a-f]{32}$")]
+    pub token_id: String,
+}
+
+/// `POST /v1/operator-tokens/revoke` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RevokedOperatorToken {
+    /// The token id.
+    pub token_id: String,
+    /// False if it was revoked already.
+    pub newly_revoked: bool,
+}
+
 /// `POST /v1/enroll` body: a token and either a CSR or `generate_key: true`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -88,6 +88,8 @@ problem_codes! {
     TokenInvalid = ("token_invalid", 401),
     /// The token has expired.
     TokenExpired = ("token_expired", 401),
+    /// The operator token was revoked (`POST /v1/operator-tokens/revoke`) before it expired.
+    TokenRevoked = ("token_revoked", 401),
     /// The bootstrap token was already used.
     TokenUsed = ("token_used", 403),
     /// The token re-enrolls a TPM device: only a TPM enrollment can use it.

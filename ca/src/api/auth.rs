@@ -92,6 +92,21 @@ impl Operator {
         format!("operator:{}", self.claims.sub)
     }
 
+    /// Refuses every role but `admin`.
+    pub(crate) fn require_admin(&self) -> Result<(), ApiError> {
+        if self.claims.role == crate::tokens::Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ProblemCode::ForbiddenRole,
+                format!(
+                    "only `admin` may do this, not `{}`",
+                    self.claims.role.as_str()
+                ),
+            ))
+        }
+    }
+
     /// Refuses read-only roles.
     pub(crate) fn require_write(&self) -> Result<(), ApiError> {
         if self.claims.role.can_write() {
@@ -134,6 +149,7 @@ impl FromRequestParts<AppState> for Operator {
                 state.settings.clock_skew_secs,
             )
             .map_err(|e| token_problem(&e, "operator"))?;
+        crate::flows::operator_tokens::check_not_revoked(state, &claims.jti).await?;
         Ok(Self { claims })
     }
 }

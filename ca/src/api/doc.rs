@@ -107,6 +107,7 @@ fn refine_schemas(schemas: &mut serde_json::Map<String, Value>, settings: &Setti
     info(title = "Vouch provisioning API", description = "Registration CA and device registry"),
     paths(
         super::enroll::create_bootstrap_token,
+        super::enroll::revoke_operator_token,
         super::enroll::enroll,
         super::tpm::enroll_tpm_start,
         super::enroll::renew,

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use vouch_proto::enroll::{
     CreateTokenRequest, CreateTokenResponse, EnrollRequest, EnrollResponse, RenewRequest,
+    RevokeOperatorToken, RevokedOperatorToken,
 };
 
 /// Creates a one-time bootstrap token for a zone.
@@ -23,6 +24,21 @@ pub(crate) async fn create_bootstrap_token(
     operator.require_write()?;
     let token = crate::flows::enroll::create_token(&state, &operator.actor(), req).await?;
     Ok((StatusCode::CREATED, Json(token)))
+}
+
+/// Revokes an operator token (by its id, as `vouch admin-token` prints it) before it
+/// expires: every replica refuses it from now on (`401 token_revoked`). Admins only.
+#[utoipa::path(post, path = "/v1/operator-tokens/revoke", request_body = RevokeOperatorToken,
+    security(("operator_jwt" = [])),
+    responses((status = 200, body = RevokedOperatorToken), (status = "4XX", body = super::problem::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn revoke_operator_token(
+    State(state): State<AppState>,
+    operator: Operator,
+    ApiJson(req): ApiJson<RevokeOperatorToken>,
+) -> Result<Json<RevokedOperatorToken>, ApiError> {
+    operator.require_admin()?;
+    let revoked = crate::flows::operator_tokens::revoke(&state, &operator.actor(), req).await?;
+    Ok(Json(revoked))
 }
 
 /// Enrolls a new device with a bootstrap token and a CSR or server-side key generation.

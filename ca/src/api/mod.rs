@@ -168,6 +168,10 @@ impl std::ops::Deref for AppState {
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/bootstrap-tokens", post(enroll::create_bootstrap_token))
+        .route(
+            "/v1/operator-tokens/revoke",
+            post(enroll::revoke_operator_token),
+        )
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/enroll/tpm", post(tpm::enroll_tpm_start))
         .route("/v1/attest/challenge", post(attest::challenge))

@@ -10,6 +10,7 @@ pub mod authorize;
 pub mod devices;
 pub mod enroll;
 pub mod issue;
+pub mod operator_tokens;
 pub mod peers;
 pub mod rate;
 pub mod reload;

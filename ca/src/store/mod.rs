@@ -19,6 +19,7 @@ pub use decisions::{DecisionFilter, DecisionRecord, NewDecision, ShadowOutcome};
 mod devices;
 mod enrollment;
 mod group_commit;
+mod operator_tokens;
 mod peers;
 mod policy_sequence;
 pub use peers::{NewKeyAgreement, PeerCredentials, PeerEntry};

@@ -5,7 +5,7 @@ use crate::support::*;
 use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use vouch_ca::tokens::{BootstrapClaims, TokenKey};
+use vouch_ca::tokens::{BootstrapClaims, Role, TokenKey};
 use vouch_proto::ProblemCode;
 
 async fn enroll_with(app: &TestApp, token: &str) -> reqwest::Response {
@@ -170,4 +170,90 @@ async fn concurrent_enrollments_with_one_token_give_one_device() {
         assert_eq!(race_one_token(&[&app], &token, 8).await, 1);
     }
     assert_eq!(app.counts().await.devices, 5);
+}
+
+/// An admin revokes an operator token by its id before it expires (issue 11, finding 9):
+/// from then on it is refused (`401 token_revoked`) for reads and writes alike; only admins
+/// may revoke; a second revocation says it was revoked already; the audit log records it.
+async fn an_operator_token_can_be_revoked_before_it_expires(db: Db) {
+    use vouch_ca::clock::Clock;
+    let app = &spawn_app(db).await;
+    let now = vouch_ca::clock::SystemClock.unix();
+    let mint = |role| {
+        vouch_ca::app::mint_operator_token_with_id(&app.data_dir(), role, "leaked", 3600, now)
+            .unwrap()
+    };
+    let (leaked, leaked_id) = mint(Role::Operator);
+    let (admin, _) = mint(Role::Admin);
+    let devices = |token: String| async move { app.get("/v1/devices", Some(&token)).await };
+    assert_eq!(devices(leaked.clone()).await.status(), StatusCode::OK);
+
+    let revoke = |token: String, id: &str| {
+        let body = json!({"token_id": id});
+        async move {
+            app.post("/v1/operator-tokens/revoke", Some(&token), &body)
+                .await
+        }
+    };
+    // Not by an operator (not even of its own token), nor with a malformed id.
+    assert_problem(
+        revoke(leaked.clone(), &leaked_id).await,
+        StatusCode::FORBIDDEN,
+        ProblemCode::ForbiddenRole,
+    )
+    .await;
+    assert_problem(
+        revoke(admin.clone(), "not-an-id").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ProblemCode::InvalidBody,
+    )
+    .await;
+    assert_eq!(devices(leaked.clone()).await.status(), StatusCode::OK);
+
+    let r = revoke(admin.clone(), &leaked_id).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"token_id": leaked_id, "newly_revoked": true}));
+    assert_problem(
+        devices(leaked.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::TokenRevoked,
+    )
+    .await;
+    assert_problem(
+        app.post(
+            "/v1/bootstrap-tokens",
+            Some(&leaked),
+            &json!({"zone": "lab"}),
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        ProblemCode::TokenRevoked,
+    )
+    .await;
+    // Other tokens are untouched; revoking again changes nothing.
+    assert_eq!(devices(admin.clone()).await.status(), StatusCode::OK);
+    let again: Value = revoke(admin.clone(), &leaked_id)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["newly_revoked"], false);
+    let audit = app.server.state.registry.recent_audit(5).await.unwrap();
+    let revoked: Vec<_> = audit
+        .iter()
+        .filter(|a| a.action == "operator_token.revoked")
+        .collect();
+    assert_eq!(revoked.len(), 1, "{audit:?}");
+    assert_eq!(revoked[0].subject, leaked_id);
+}
+
+#[tokio::test]
+async fn an_operator_token_can_be_revoked_before_it_expires_sqlite() {
+    an_operator_token_can_be_revoked_before_it_expires(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_operator_token_can_be_revoked_before_it_expires_postgres() {
+    an_operator_token_can_be_revoked_before_it_expires(Db::Postgres).await;
 }
