@@ -38,11 +38,10 @@
 )]
 
 mod common;
+#[path = "../tests/shared/tpm_fleet.rs"]
+mod tpm_fleet;
 use common::{cpu_seconds, cpu_seconds_by_thread, env_usize};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
-use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -57,10 +56,7 @@ use vouch_ca::api::Settings;
 use vouch_ca::app::{self, PolicyConfig, ServeConfig};
 use vouch_ca::clock::{Clock, SystemClock};
 use vouch_ca::datadir::{DataDir, DataFile};
-use vouch_ca::ids::{system_rng, DeviceId, Serial, TrustDomain, Zone};
-use vouch_ca::pki::authority::{Authority, CaFiles};
-use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
-use vouch_ca::store::{NewActivation, NewCertificate, NewDevice, TpmEnrollment};
+use vouch_ca::ids::TrustDomain;
 use vouch_ca::tokens::Role;
 
 /// Seconds per verification (everything the server checks in a quote) on one core.
@@ -212,13 +208,6 @@ fn cpu_split() -> Option<[f64; 3]> {
     Some(split)
 }
 
-/// What every quote submission of the run shares: the PCR values (JSON) and the event log
-/// (base64).
-struct QuoteParts {
-    pcr_values: String,
-    event_log: String,
-}
-
 /// One round's figures.
 struct Round {
     /// Attestations per second.
@@ -234,7 +223,7 @@ struct Round {
 async fn attest_round(
     peers: Vec<(Connection, SoftwareAk)>,
     n: usize,
-    parts: Arc<QuoteParts>,
+    parts: Arc<tpm_fleet::QuoteParts>,
 ) -> (Round, Vec<(Connection, SoftwareAk)>) {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -244,23 +233,13 @@ async fn attest_round(
     for (mut connection, ak) in peers {
         let (next, parts) = (next.clone(), parts.clone());
         tasks.push(tokio::spawn(async move {
-            let values = expected_pcrs("fw-1", "cfg-a");
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 let (status, body) = connection
                     .request("POST", "/v1/attest/challenge", b"{}")
                     .await;
                 assert_eq!(status, 201);
                 let challenge: Challenge = serde_json::from_slice(&body).unwrap();
-                let nonce = hex::decode(&challenge.nonce).unwrap();
-                let (attest, signature) = ak.quote(&nonce, &values);
-                let submission = format!(
-                    r#"{{"nonce":"{}","quote":"{}","signature":"{}","pcr_values":{},"event_log":"{}"}}"#,
-                    challenge.nonce,
-                    B64.encode(attest),
-                    B64.encode(signature),
-                    parts.pcr_values,
-                    parts.event_log
-                );
+                let submission = parts.submission(&ak, &challenge.nonce);
                 let (status, body) = connection
                     .request("POST", "/v1/attest/quote", submission.as_bytes())
                     .await;
@@ -288,12 +267,6 @@ async fn attest_round(
 #[derive(serde::Deserialize)]
 struct Challenge {
     nonce: String,
-}
-
-/// A device with a software AK bound at enrollment, and its mTLS identity (PEM).
-struct Device {
-    ak: SoftwareAk,
-    identity: Vec<u8>,
 }
 
 fn main() {
@@ -329,14 +302,6 @@ fn main() {
     let raw_per_core = 1.0 / raw;
     let ceiling = raw_per_core * cores as f64;
 
-    let files = CaFiles {
-        root_cert_pem: std::fs::read_to_string(data_dir.file(DataFile::RootCert)).unwrap(),
-        root_key_pem: None,
-        issuing_cert_pem: std::fs::read_to_string(data_dir.file(DataFile::IssuingCert)).unwrap(),
-        issuing_key_pem: std::fs::read_to_string(data_dir.file(DataFile::IssuingKey)).unwrap(),
-    };
-    let ca = Authority::load(&files).unwrap();
-
     let (server, fleet, root) = server_runtime.block_on(async {
         let config = ServeConfig {
             data_dir: data_dir.clone(),
@@ -367,100 +332,16 @@ fn main() {
                 .unwrap();
 
         eprintln!("enrolling {devices} devices with software attestation keys...");
-        let rng = system_rng();
-        let zone = Zone::parse("sensors").unwrap();
-        let mut fleet = Vec::with_capacity(devices);
-        for _ in 0..devices {
-            let r = admin_client
-                .post(format!("{base}/v1/bootstrap-tokens"))
-                .bearer_auth(&admin)
-                .json(&json!({"zone": "sensors", "device_class": "sensor"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 201);
-            let jti = r.json::<Value>().await.unwrap()["token_id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            // The registry half of a TPM enrollment; the API half (credential activation) is
-            // exercised by the tests against swtpm.
-            let ak = SoftwareAk::new();
-            let secret = [9u8; 32];
-            let mut secret_sha256 = [0u8; 32];
-            secret_sha256
-                .copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &secret).as_ref());
-            let now = SystemClock.unix();
-            let activation = NewActivation {
-                id: vouch_ca::ids::DeviceId::random(&rng)
-                    .unwrap()
-                    .as_str()
-                    .to_owned(),
-                token_jti: jti.clone(),
-                ek_public: ak.ek_public.clone(),
-                ak_public: ak.ak_public.clone(),
-                secret_sha256,
-                created_at: now,
-                expires_at: now + 300,
-            };
-            server
-                .state
-                .registry
-                .create_activation(&activation)
-                .await
-                .unwrap();
-            let key = rcgen::KeyPair::generate().unwrap();
-            let (device_id, serial) = (
-                DeviceId::random(&rng).unwrap(),
-                Serial::random(&rng).unwrap(),
-            );
-            let issued = issue_device_certificate(
-                &ca,
-                &DeviceCertificateSpec {
-                    device_id: &device_id,
-                    trust_domain: &td,
-                    zone: &zone,
-                    serial: &serial,
-                    now: SystemClock.now(),
-                    lifetime: time::Duration::hours(24),
-                    crl_url: "https://localhost/v1/crl",
-                },
-                &key,
-            )
-            .unwrap();
-            let enrolled = server
-                .state
-                .registry
-                .enroll_tpm(&TpmEnrollment {
-                    jti: &jti,
-                    activation_id: &activation.id,
-                    secret: &secret,
-                    device: &NewDevice {
-                        id: device_id.as_str().to_owned(),
-                        spiffe_id: device_id.spiffe_id(&td),
-                        zone: "sensors".into(),
-                        device_class: Some("sensor".into()),
-                        labels: Default::default(),
-                    },
-                    reenroll: None,
-                    cert: &NewCertificate {
-                        serial: serial.to_hex(),
-                        not_before: issued.not_before.unix_timestamp(),
-                        not_after: issued.not_after.unix_timestamp(),
-                        key_agreement: None,
-                    },
-                    now,
-                    skew: 60,
-                })
-                .await
-                .unwrap();
-            assert!(enrolled.is_ok(), "{enrolled:?}");
-            let identity = format!("{}{}{}", issued.pem, ca.chain_pem(), key.serialize_pem());
-            fleet.push(Device {
-                ak,
-                identity: identity.into_bytes(),
-            });
-        }
+        let fleet = tpm_fleet::seed(
+            &server,
+            &data_dir,
+            &td,
+            &admin_client,
+            &base,
+            &admin,
+            devices,
+        )
+        .await;
         (server, fleet, root)
     });
     let addr = server.addr;
@@ -479,15 +360,7 @@ fn main() {
             peers.push(t.await.unwrap());
         }
         // The PCR values never change here; the quote is made over each fresh nonce.
-        let values = expected_pcrs("fw-1", "cfg-a");
-        let pcr_values: serde_json::Map<String, Value> = values
-            .iter()
-            .map(|(p, v)| (p.to_string(), json!(hex::encode(v))))
-            .collect();
-        let body = Arc::new(QuoteParts {
-            pcr_values: serde_json::to_string(&pcr_values).unwrap(),
-            event_log: B64.encode(&log),
-        });
+        let body = Arc::new(tpm_fleet::QuoteParts::new());
         let mut rounds = Vec::new();
         for round in 1..=rounds_n {
             eprintln!("round {round}/{rounds_n}: {n} attestations by {devices} devices...");

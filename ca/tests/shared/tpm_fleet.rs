@@ -1,0 +1,182 @@
+//! Devices bound to software attestation keys, written into a running server's registry: the
+//! registry half of a TPM enrollment (the API half, credential activation, is tested against
+//! swtpm). Each attests with quotes its [`SoftwareAk`] signs over the boot `fw-1`/`cfg-a`, which
+//! the reference values of [`policy_dir`] accept. Shared by the attestation benchmark and the
+//! fault scenarios (`#[path]` modules; each uses part of it).
+#![allow(dead_code)]
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::path::Path;
+use vouch_attestor::testing::{boot_events, expected_pcrs, policy_dir_with_references, SoftwareAk};
+use vouch_ca::app::RunningServer;
+use vouch_ca::clock::{Clock, SystemClock};
+use vouch_ca::datadir::{DataDir, DataFile};
+use vouch_ca::ids::{system_rng, DeviceId, Serial, TrustDomain, Zone};
+use vouch_ca::pki::authority::{Authority, CaFiles};
+use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
+use vouch_ca::store::{NewActivation, NewCertificate, NewDevice, TpmEnrollment};
+
+/// A device with a software AK bound at enrollment, and its mTLS identity (PEM: certificate,
+/// chain, key).
+pub struct SeededDevice {
+    pub ak: SoftwareAk,
+    pub identity: Vec<u8>,
+    pub device_id: String,
+}
+
+/// Writes the example policies with reference values accepting `fw-1`/`cfg-a` into `dir`.
+pub fn policy_dir(dir: &Path) {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    policy_dir_with_references(&examples, dir, &[("fw-1", "fw-1", "cfg-a")]);
+}
+
+/// The issuing CA of `data_dir`.
+pub fn authority(data_dir: &DataDir) -> Authority {
+    let read = |f| std::fs::read_to_string(data_dir.file(f)).unwrap();
+    Authority::load(&CaFiles {
+        root_cert_pem: read(DataFile::RootCert),
+        root_key_pem: None,
+        issuing_cert_pem: read(DataFile::IssuingCert),
+        issuing_key_pem: read(DataFile::IssuingKey),
+    })
+    .unwrap()
+}
+
+/// Enrolls `n` sensors bound to software AKs into `server` (zone `sensors`, class `sensor`),
+/// each with a bootstrap token the admin creates over `base`.
+pub async fn seed(
+    server: &RunningServer,
+    data_dir: &DataDir,
+    trust_domain: &TrustDomain,
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    n: usize,
+) -> Vec<SeededDevice> {
+    let ca = authority(data_dir);
+    let rng = system_rng();
+    let zone = Zone::parse("sensors").unwrap();
+    let mut fleet = Vec::with_capacity(n);
+    for _ in 0..n {
+        let r = client
+            .post(format!("{base}/v1/bootstrap-tokens"))
+            .bearer_auth(admin)
+            .json(&json!({"zone": "sensors", "device_class": "sensor"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let jti = r.json::<Value>().await.unwrap()["token_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let ak = SoftwareAk::new();
+        let secret = [9u8; 32];
+        let mut secret_sha256 = [0u8; 32];
+        secret_sha256
+            .copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &secret).as_ref());
+        let now = SystemClock.unix();
+        let activation = NewActivation {
+            id: DeviceId::random(&rng).unwrap().as_str().to_owned(),
+            token_jti: jti.clone(),
+            ek_public: ak.ek_public.clone(),
+            ak_public: ak.ak_public.clone(),
+            secret_sha256,
+            created_at: now,
+            expires_at: now + 300,
+        };
+        let registry = &server.state.registry;
+        registry.create_activation(&activation).await.unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let (device_id, serial) = (
+            DeviceId::random(&rng).unwrap(),
+            Serial::random(&rng).unwrap(),
+        );
+        let issued = issue_device_certificate(
+            &ca,
+            &DeviceCertificateSpec {
+                device_id: &device_id,
+                trust_domain,
+                zone: &zone,
+                serial: &serial,
+                now: SystemClock.now(),
+                lifetime: time::Duration::hours(24),
+                crl_url: "https://localhost/v1/crl",
+            },
+            &key,
+        )
+        .unwrap();
+        let enrolled = registry
+            .enroll_tpm(&TpmEnrollment {
+                jti: &jti,
+                activation_id: &activation.id,
+                secret: &secret,
+                device: &NewDevice {
+                    id: device_id.as_str().to_owned(),
+                    spiffe_id: device_id.spiffe_id(trust_domain),
+                    zone: "sensors".into(),
+                    device_class: Some("sensor".into()),
+                    labels: Default::default(),
+                },
+                reenroll: None,
+                cert: &NewCertificate {
+                    serial: serial.to_hex(),
+                    not_before: issued.not_before.unix_timestamp(),
+                    not_after: issued.not_after.unix_timestamp(),
+                    key_agreement: None,
+                },
+                now,
+                skew: 60,
+            })
+            .await
+            .unwrap();
+        assert!(enrolled.is_ok(), "{enrolled:?}");
+        let identity = format!("{}{}{}", issued.pem, ca.chain_pem(), key.serialize_pem());
+        fleet.push(SeededDevice {
+            ak,
+            identity: identity.into_bytes(),
+            device_id: device_id.as_str().to_owned(),
+        });
+    }
+    fleet
+}
+
+/// The parts of a quote submission that do not depend on the nonce: the PCR values (JSON)
+/// and the event log (base64) of the boot `fw-1`/`cfg-a`.
+pub struct QuoteParts {
+    pub pcr_values: String,
+    pub event_log: String,
+    values: std::collections::BTreeMap<u8, [u8; 32]>,
+}
+
+impl QuoteParts {
+    pub fn new() -> Self {
+        let log = vouch_attestor::eventlog::write_log(&boot_events("fw-1", "cfg-a"));
+        let values = expected_pcrs("fw-1", "cfg-a");
+        let pcr_values: serde_json::Map<String, Value> = values
+            .iter()
+            .map(|(p, v)| (p.to_string(), json!(hex::encode(v))))
+            .collect();
+        Self {
+            pcr_values: serde_json::to_string(&pcr_values).unwrap(),
+            event_log: B64.encode(&log),
+            values,
+        }
+    }
+
+    /// The body of `POST /v1/attest/quote` for the challenge's `nonce` (hex), quoted by `ak`.
+    pub fn submission(&self, ak: &SoftwareAk, nonce_hex: &str) -> String {
+        let nonce = hex::decode(nonce_hex).unwrap();
+        let (attest, signature) = ak.quote(&nonce, &self.values);
+        format!(
+            r#"{{"nonce":"{}","quote":"{}","signature":"{}","pcr_values":{},"event_log":"{}"}}"#,
+            nonce_hex,
+            B64.encode(attest),
+            B64.encode(signature),
+            self.pcr_values,
+            self.event_log
+        )
+    }
+}
