@@ -76,6 +76,14 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unavailable");
+            return Self::new(
+                ProblemCode::NotReady,
+                "the database is unavailable; retry shortly",
+            )
+            .retry_after(1);
+        }
         Self::internal(&e)
     }
 }

@@ -90,6 +90,33 @@ pub enum StoreError {
     Contended(&'static str),
 }
 
+impl StoreError {
+    /// Whether the database is unreachable or busy for now (not refusing this request): the
+    /// pool timed out or is closed, the connection failed, the server is shutting down or
+    /// starting (PostgreSQL classes 08 and 57P), or SQLite is busy. Worth a retry later.
+    pub fn is_unavailable(&self) -> bool {
+        let Self::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    // SQLITE_BUSY, SQLITE_LOCKED (and their extended codes).
+                    || code == "5"
+                    || code == "6"
+                    || code.parse::<u32>().is_ok_and(|c| c & 0xff == 5 || c & 0xff == 6)
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -110,6 +137,10 @@ fn backend_of(url: &str) -> Result<Backend, StoreError> {
     }
 }
 
+/// How long a request waits for a database connection before it is answered `503
+/// not_ready`: when the database is down, callers learn it quickly.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Opens a pool with the backend's connection settings.
 async fn connect_pool(
     url: &str,
@@ -119,7 +150,7 @@ async fn connect_pool(
     sqlx::any::install_default_drivers();
     let mut options = AnyPoolOptions::new()
         .max_connections(max_connections.max(1))
-        .acquire_timeout(Duration::from_secs(10));
+        .acquire_timeout(ACQUIRE_TIMEOUT);
     if backend == Backend::Sqlite {
         options = options.after_connect(|conn, _meta| {
             Box::pin(async move {
