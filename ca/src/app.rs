@@ -460,6 +460,7 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
         router,
         server::ConnectionLimits {
             max_connections: state.settings.max_client_connections,
+            handshake: state.settings.handshake_timeout,
             idle: state.settings.idle_timeout,
             request_body: state.settings.request_body_timeout,
         },

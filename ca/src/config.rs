@@ -175,6 +175,10 @@ pub struct ServeArgs {
     /// kernel's backlog) until one closes.
     #[arg(long, default_value_t = 4096)]
     pub max_client_connections: usize,
+    /// How long a client may take to finish the TLS handshake after connecting; a silent
+    /// connection is closed then.
+    #[arg(long, default_value = "10s")]
+    pub handshake_timeout: String,
     /// How long a client connection may stay open with no request in flight (HTTP/1
     /// keep-alive and HTTP/2 alike); then the server closes it.
     #[arg(long, default_value = "60s")]
@@ -335,6 +339,7 @@ impl ServeArgs {
             decision_burst: self.decision_rate.saturating_mul(2),
             max_decision_page_bytes: Settings::default().max_decision_page_bytes,
             max_client_connections: self.max_client_connections,
+            handshake_timeout: duration("handshake-timeout", &self.handshake_timeout, &mut errors),
             idle_timeout: duration("idle-timeout", &self.idle_timeout, &mut errors),
             request_body_timeout: duration(
                 "request-body-timeout",

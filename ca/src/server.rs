@@ -28,8 +28,6 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send request headers (HTTP/1; an HTTP/2 connection that
 /// sends no complete request is idle, see [`ConnectionLimits::idle`]).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +44,8 @@ const H2_MAX_STREAMS: u32 = 64;
 pub struct ConnectionLimits {
     /// Most connections served at once; beyond it the server stops accepting.
     pub max_connections: usize,
+    /// How long a client may take to finish the TLS handshake, from the accept.
+    pub handshake: Duration,
     /// How long a connection may stay open with no request in flight (HTTP/1 keep-alive and
     /// HTTP/2 alike), from the handshake or the end of its last request.
     pub idle: Duration,
@@ -150,7 +150,7 @@ async fn serve_connection(
     limits: ConnectionLimits,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let _ = tcp.set_nodelay(true);
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
+    let tls = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await??;
     let peer_cert = PeerCertificate::from_chain(tls.get_ref().1.peer_certificates(), trust_domain);
     let activity = Activity::new();
     let seen = activity.clone();

@@ -68,6 +68,8 @@ pub struct Settings {
     /// (connections wait in the kernel's backlog) until one closes: back-pressure, not
     /// file-descriptor exhaustion.
     pub max_client_connections: usize,
+    /// How long a client may take to finish the TLS handshake.
+    pub handshake_timeout: std::time::Duration,
     /// How long a client connection may stay open with no request in flight.
     pub idle_timeout: std::time::Duration,
     /// How long a request body may take to arrive in full.
@@ -95,6 +97,7 @@ impl Default for Settings {
             decision_burst: 200,
             max_decision_page_bytes: 4 * 1024 * 1024,
             max_client_connections: 4096,
+            handshake_timeout: std::time::Duration::from_secs(10),
             idle_timeout: std::time::Duration::from_secs(60),
             request_body_timeout: std::time::Duration::from_secs(10),
         }

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use vouch_proto::ProblemCode;
 
@@ -27,7 +28,18 @@ impl Drop for ServerProcess {
 
 /// Starts `vouch serve` on port 0 and waits for its `listening on` line.
 fn start_server(data_dir: &Path, extra: &[&str], stderr: Stdio, rust_log: &str) -> ServerProcess {
-    let mut child = Command::new(VOUCH)
+    start_server_via(Command::new(VOUCH), data_dir, extra, stderr, rust_log)
+}
+
+/// `start_server` with `command` as the program (`vouch`, or a wrapper that runs it).
+fn start_server_via(
+    mut command: Command,
+    data_dir: &Path,
+    extra: &[&str],
+    stderr: Stdio,
+    rust_log: &str,
+) -> ServerProcess {
+    let mut child = command
         .env("RUST_LOG", rust_log)
         .arg("serve")
         .arg("--data-dir")
@@ -572,6 +584,72 @@ async fn an_offline_root_key_stays_out_of_the_data_directory_and_signs_the_next_
     write_device_certificate(d, &r.json().await.unwrap());
     std::fs::copy(&root, d.join("root.pem")).unwrap();
     assert!(openssl_verify_device(d, &[]).contains("device.pem: OK"));
+}
+
+/// Silent clients cannot take the server's file descriptors for good (issue 11, finding 4):
+/// under a limit of 64 descriptors, a hundred clients that finish the TLS handshake and then
+/// send nothing push `accept` into EMFILE; the server backs off, closes them when they have
+/// been idle for `--idle-timeout`, and answers `/healthz` again. Before idle timeouts they were
+/// held as long as the clients kept them, and `/healthz` waited with them.
+#[tokio::test]
+async fn silent_connections_beyond_the_descriptor_limit_do_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = vouch(&[
+        "ca",
+        "init",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--trust-domain",
+        TRUST_DOMAIN,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let mut limited = Command::new("prlimit");
+    limited.args(["--nofile=64:64", VOUCH]);
+    let server = start_server_via(
+        limited,
+        &data,
+        &["--idle-timeout", "1s", "--handshake-timeout", "1s"],
+        Stdio::null(),
+        "error",
+    );
+    let root = std::fs::read(data.join("root.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut root.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let addr = server.base.trim_start_matches("https://").to_owned();
+    let silent = futures_util::future::join_all((0..100).map(|_| {
+        let (connector, addr) = (connector.clone(), addr.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let handshake = connector.connect(name, tcp);
+            tokio::time::timeout(Duration::from_secs(5), handshake)
+                .await
+                .ok()?
+                .ok()
+        }
+    }))
+    .await;
+    let held = silent.iter().filter(|c| c.is_some()).count();
+    assert!(held >= 30, "only {held} silent TLS connections were made");
+    // The server is out of descriptors while they are held: it answers once it has closed them.
+    let client = client_for(&root, None);
+    let healthz = client.get(format!("{}/healthz", server.base)).send();
+    let answer = tokio::time::timeout(Duration::from_secs(60), healthz)
+        .await
+        .expect("/healthz was never answered while silent clients held their connections");
+    assert_eq!(answer.unwrap().status(), StatusCode::OK);
+    drop(silent);
 }
 
 #[test]
