@@ -234,6 +234,8 @@ pub struct Messenger {
     replay: Mutex<ReplayGuard>,
     known: Mutex<HashMap<[u8; 32], Vec<u8>>>,
     inbox: Mutex<VecDeque<Waiting>>,
+    /// The inbox's file (locked after `inbox`, when both are).
+    kept: Mutex<saved::KeptInbox>,
     arrived: Notify,
     /// Delivery clients by peer SPIFFE ID: one TLS set-up and one kept connection per peer,
     /// not per message.
@@ -335,6 +337,7 @@ impl Messenger {
             replay: Mutex::new(replay),
             known: Mutex::new(HashMap::new()),
             inbox: Mutex::new(VecDeque::new()),
+            kept: Mutex::default(),
             arrived: Notify::new(),
             clients: Mutex::new(HashMap::new()),
             decider,

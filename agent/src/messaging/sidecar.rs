@@ -423,6 +423,14 @@ pub async fn run(
     // periodic refresh.
     let following = Arc::clone(&messenger);
     tokio::spawn(async move { following.follow_crl().await });
+    // Receipted messages reach the disk within a second (see `KeptInbox`).
+    let syncing = Arc::clone(&messenger);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            syncing.sync_inbox();
+        }
+    });
     tokio::spawn(follow_policy(
         Arc::clone(&messenger),
         Arc::clone(&policy),

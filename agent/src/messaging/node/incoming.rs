@@ -2,7 +2,6 @@
 //! the directory's facts of both devices), the message kept for the workload before its
 //! receipt is signed, and the counts of what arrived and what was refused.
 
-use super::saved::append_line;
 use super::*;
 
 impl Messenger {
@@ -54,10 +53,15 @@ impl Messenger {
                 .map_err(|_| ("lock_poisoned", "a lock was poisoned".to_owned()))?;
             // Kept on disk before the receipt leaves: a receipted message survives a restart.
             if let Some(state) = self.saved.get() {
-                append_line(&state.file(INBOX_FILE), &waiting).map_err(|e| {
-                    tracing::error!(error = %e, "cannot keep a message for the workload");
-                    ("storage", format!("the message cannot be kept: {e}"))
-                })?;
+                let mut kept = self
+                    .kept
+                    .lock()
+                    .map_err(|_| ("lock_poisoned", "a lock was poisoned".to_owned()))?;
+                kept.append(&state.file(INBOX_FILE), &waiting)
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "cannot keep a message for the workload");
+                        ("storage", format!("the message cannot be kept: {e}"))
+                    })?;
             }
             inbox.push_back(waiting);
         }

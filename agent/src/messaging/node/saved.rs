@@ -4,22 +4,68 @@
 
 use super::*;
 
-/// Appends `value` as one JSON line to `path` (created 0600) and syncs it to disk.
-pub(super) fn append_line(
-    path: &std::path::Path,
-    value: &impl serde::Serialize,
-) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(&line)?;
-    file.sync_data()
+/// The kept inbox ([`INBOX_FILE`]): messages receipted and not yet read, one JSON line each,
+/// appended with one `write` before the receipt leaves. A killed process loses none of them
+/// (they are in the page cache); [`Messenger::sync_inbox`] puts them on disk within a second
+/// (a machine that loses power may lose that last second, as with the decision spool).
+#[derive(Default)]
+pub(super) struct KeptInbox {
+    /// The file, open for appending (reopened after a rewrite replaced it).
+    file: Option<std::fs::File>,
+    /// Appended since the last sync.
+    unsynced: bool,
+}
+
+impl KeptInbox {
+    /// Appends `value` as one JSON line to the file at `path` (created 0600).
+    pub(super) fn append(
+        &mut self,
+        path: &std::path::Path,
+        value: &impl serde::Serialize,
+    ) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => self.file.insert(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)?,
+            ),
+        };
+        if let Err(e) = file.write_all(&line) {
+            // Reopened next time, at the end of whatever was written.
+            self.file = None;
+            return Err(e);
+        }
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Empties the file (everything in it was read).
+    fn empty(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        let emptied = match &self.file {
+            Some(file) => file.set_len(0),
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(0)),
+        };
+        self.unsynced = true;
+        emptied
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        if let (true, Some(file)) = (self.unsynced, &self.file) {
+            file.sync_data()?;
+        }
+        self.unsynced = false;
+        Ok(())
+    }
 }
 
 /// A peer directory answer as saved.
@@ -126,17 +172,23 @@ impl Messenger {
         if !drained.is_empty() {
             // Everything was read: the kept inbox empties (a truncation, not a rewrite; a
             // crash just before it hands the messages over again, never loses one).
-            if let Some(state) = self.saved.get() {
-                let emptied = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(state.file(INBOX_FILE))
-                    .and_then(|f| f.set_len(0));
-                if let Err(e) = emptied {
+            if let (Some(state), Ok(mut kept)) = (self.saved.get(), self.kept.lock()) {
+                if let Err(e) = kept.empty(&state.file(INBOX_FILE)) {
                     tracing::error!(error = %e, "cannot empty the kept inbox");
                 }
             }
         }
         drained
+    }
+
+    /// Syncs the kept inbox to disk if anything was appended since the last sync (called
+    /// each second by the sidecar).
+    pub fn sync_inbox(&self) {
+        if let Ok(mut kept) = self.kept.lock() {
+            if let Err(e) = kept.sync() {
+                tracing::error!(error = %e, "cannot sync the kept inbox");
+            }
+        }
     }
 
     /// Rewrites the kept inbox as `inbox` (called with its lock held).
@@ -150,6 +202,11 @@ impl Messenger {
                 text.extend_from_slice(&line);
                 text.push(b'\n');
             }
+        }
+        // The rewrite replaces the file: the kept handle is let go (reopened at the next
+        // append).
+        if let Ok(mut kept) = self.kept.lock() {
+            *kept = KeptInbox::default();
         }
         if let Err(e) = state.write(INBOX_FILE, &text) {
             tracing::error!(error = %e, "cannot rewrite the kept inbox");
