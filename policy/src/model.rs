@@ -263,21 +263,64 @@ pub fn request(
     schema: Option<&Schema>,
 ) -> Result<Request, ModelError> {
     let err = |e: &dyn std::fmt::Display| ModelError::Request(e.to_string());
-    let principal = EntityUid::from_json(uid("Device", device)).map_err(|e| err(&e))?;
-    let action = EntityUid::from_json(uid("Action", action)).map_err(|e| err(&e))?;
+    // Built directly, not parsed from JSON: this runs for every decision. With a schema,
+    // `Request::new` checks the entity types and the context against it.
+    let types = request_types();
+    let of = |ty: &EntityTypeName, id: &str| {
+        EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+    };
+    let principal = of(&types.device, device);
+    let action = of(&types.action, action);
     let resource = match target {
-        Target::Device(d) => EntityUid::from_json(uid("Device", d)),
-        Target::Zone(z) => EntityUid::from_json(uid("Zone", z)),
-    }
+        Target::Device(d) => of(&types.device, d),
+        Target::Zone(z) => of(&types.zone, z),
+    };
+    let context = Context::from_pairs([
+        (
+            "data_type".to_owned(),
+            RestrictedExpression::new_entity_uid(of(&types.data_type, &context.data_type)),
+        ),
+        (
+            "protocol".to_owned(),
+            RestrictedExpression::new_string(context.protocol.clone()),
+        ),
+        (
+            "tls".to_owned(),
+            RestrictedExpression::new_bool(context.tls),
+        ),
+        (
+            "mtls".to_owned(),
+            RestrictedExpression::new_bool(context.mtls),
+        ),
+        (
+            "size".to_owned(),
+            RestrictedExpression::new_long(context.size),
+        ),
+    ])
     .map_err(|e| err(&e))?;
-    let ctx = json!({
-        "data_type": {"__entity": uid("DataType", &context.data_type)},
-        "protocol": context.protocol,
-        "tls": context.tls,
-        "mtls": context.mtls,
-        "size": context.size,
-    });
-    let context =
-        Context::from_json_value(ctx, schema.map(|s| (s, &action))).map_err(|e| err(&e))?;
     Request::new(principal, action, resource, context, schema).map_err(|e| err(&e))
+}
+
+/// The entity types a request names, parsed once.
+struct RequestTypes {
+    device: EntityTypeName,
+    zone: EntityTypeName,
+    action: EntityTypeName,
+    data_type: EntityTypeName,
+}
+
+fn request_types() -> &'static RequestTypes {
+    static TYPES: std::sync::OnceLock<RequestTypes> = std::sync::OnceLock::new();
+    TYPES.get_or_init(|| {
+        // These names are valid Cedar type names; parsing them cannot fail.
+        let parse = |name: &str| {
+            EntityTypeName::from_str(name).unwrap_or_else(|e| unreachable!("`{name}`: {e}"))
+        };
+        RequestTypes {
+            device: parse("Device"),
+            zone: parse("Zone"),
+            action: parse("Action"),
+            data_type: parse("DataType"),
+        }
+    })
 }
