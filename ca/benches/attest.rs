@@ -332,16 +332,7 @@ fn main() {
                 .unwrap();
 
         eprintln!("enrolling {devices} devices with software attestation keys...");
-        let fleet = tpm_fleet::seed(
-            &server,
-            &data_dir,
-            &td,
-            &admin_client,
-            &base,
-            &admin,
-            devices,
-        )
-        .await;
+        let fleet = tpm_fleet::seed(&server, &admin_client, &base, &admin, devices).await;
         (server, fleet, root)
     });
     let addr = server.addr;

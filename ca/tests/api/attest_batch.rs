@@ -11,12 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use vouch_attestor::testing::{boot_events, expected_pcrs, SoftwareAk};
 use vouch_ca::clock::Clock;
-use vouch_ca::ids::{DeviceId, Serial, Zone};
-use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
-use vouch_ca::store::{
-    AttestJob, AttestWrite, AttestationResult, AttestationState, NewActivation, NewCertificate,
-    NewDevice, TpmEnrollment,
-};
+use vouch_ca::store::{AttestJob, AttestWrite, AttestationResult, AttestationState};
 use vouch_proto::ProblemCode;
 
 /// A device enrolled with a software AK (the registry half of a TPM enrollment; the API half
@@ -40,78 +35,18 @@ async fn soft_device(app: &TestApp) -> SoftDevice {
         .as_str()
         .unwrap()
         .to_owned();
-    let state = &app.server.state;
-    let ak = SoftwareAk::new();
-    let secret = [5u8; 32];
-    let mut secret_sha256 = [0u8; 32];
-    secret_sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &secret).as_ref());
-    let now = app.clock.unix();
-    let activation = NewActivation {
-        id: random_hex(16),
-        token_jti: jti.clone(),
-        ek_public: ak.ek_public.clone(),
-        ak_public: ak.ak_public.clone(),
-        secret_sha256,
-        created_at: now,
-        expires_at: now + 300,
-    };
-    state.registry.create_activation(&activation).await.unwrap();
-    let (device_id, serial) = (
-        DeviceId::random(&state.rng).unwrap(),
-        Serial::random(&state.rng).unwrap(),
-    );
-    let key = rcgen::KeyPair::generate().unwrap();
-    let issued = issue_device_certificate(
-        &state.ca,
-        &DeviceCertificateSpec {
-            device_id: &device_id,
-            trust_domain: &state.trust_domain,
-            zone: &Zone::parse("sensors").unwrap(),
-            serial: &serial,
-            now: app.clock.now(),
-            lifetime: time::Duration::hours(1),
-            crl_url: "https://localhost/v1/crl",
-        },
-        &key,
+    let soft = crate::tpm_fleet::enroll_soft(
+        &app.server.state,
+        &jti,
+        app.clock.now(),
+        time::Duration::hours(1),
     )
-    .unwrap();
-    let enrolled = state
-        .registry
-        .enroll_tpm(&TpmEnrollment {
-            jti: &jti,
-            activation_id: &activation.id,
-            secret: &secret,
-            device: &NewDevice {
-                id: device_id.as_str().to_owned(),
-                spiffe_id: device_id.spiffe_id(&state.trust_domain),
-                zone: "sensors".into(),
-                device_class: Some("sensor".into()),
-                labels: Default::default(),
-            },
-            reenroll: None,
-            cert: &NewCertificate {
-                serial: serial.to_hex(),
-                not_before: issued.not_before.unix_timestamp(),
-                not_after: issued.not_after.unix_timestamp(),
-                key_agreement: None,
-            },
-            now,
-            skew: 60,
-        })
-        .await
-        .unwrap();
-    assert!(enrolled.is_ok(), "{enrolled:?}");
-    let identity = format!(
-        "{}{}{}",
-        issued.pem,
-        state.ca.chain_pem(),
-        key.serialize_pem()
-    );
+    .await;
     SoftDevice {
-        id: device_id.as_str().to_owned(),
-        serial: serial.to_hex(),
-        ak,
-        client: client_for(&app.root_pem(), Some(identity.as_bytes())),
+        id: soft.device_id,
+        serial: soft.serial,
+        client: client_for(&app.root_pem(), Some(&soft.identity)),
+        ak: soft.ak,
     }
 }
 

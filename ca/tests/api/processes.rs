@@ -1,30 +1,18 @@
 //! Tests of the real `vouch` binary: two replicas on one PostgreSQL (acceptance 6), key files
 //! and logs (acceptance 7), configuration errors, and policy reload on SIGHUP.
 
+use crate::server_process::ServerProcess;
 use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use vouch_proto::ProblemCode;
 
 const VOUCH: &str = env!("CARGO_BIN_EXE_vouch");
-
-struct ServerProcess {
-    child: Child,
-    base: String,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Starts `vouch serve` on port 0 and waits for its `listening on` line.
 fn start_server(data_dir: &Path, extra: &[&str], stderr: Stdio, rust_log: &str) -> ServerProcess {
@@ -39,33 +27,15 @@ fn start_server_via(
     stderr: Stdio,
     rust_log: &str,
 ) -> ServerProcess {
-    let mut child = command
+    command
         .env("RUST_LOG", rust_log)
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server printed `listening on`");
-    ServerProcess {
-        child,
-        base: format!("https://{addr}"),
-    }
+        .stderr(stderr);
+    ServerProcess::start(command).expect("server printed `listening on`")
 }
 
 fn vouch(args: &[&str]) -> std::process::Output {

@@ -25,6 +25,8 @@
     clippy::indexing_slicing
 )]
 
+#[path = "../shared/server_process.rs"]
+mod server_process;
 #[path = "../api/support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -32,10 +34,10 @@ mod support;
 mod tpm_fleet;
 
 use serde_json::{json, Value};
+use server_process::ServerProcess;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,8 +107,7 @@ impl Fleet {
         let seeder = app::start(&config, Arc::new(SystemClock)).await.unwrap();
         let base = format!("https://127.0.0.1:{}", seeder.addr.port());
         let client = client_for(&root, None);
-        let seeded =
-            tpm_fleet::seed(&seeder, &data, &td, &client, &base, &admin, tpm_devices).await;
+        let seeded = tpm_fleet::seed(&seeder, &client, &base, &admin, tpm_devices).await;
         seeder.stop().await;
         Self {
             log: dir.path().join("server.log"),
@@ -122,13 +123,14 @@ impl Fleet {
 
     /// Starts `vouch serve` and waits (at most a minute) for its `listening on` line; the
     /// error carries the end of its log.
-    fn start(&self, extra: &[&str]) -> Result<Server, String> {
+    fn start(&self, extra: &[&str]) -> Result<ServerProcess, String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut child = Command::new(VOUCH)
+        let mut command = Command::new(VOUCH);
+        command
             .env("RUST_LOG", "warn")
             .arg("serve")
             .arg("--data-dir")
@@ -139,39 +141,15 @@ impl Fleet {
             .arg(&self.policies)
             .args(["--policy-poll", "0s"])
             .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Ok(Server {
-                child,
-                base: format!("https://{addr}"),
-            }),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: String = log
-                    .chars()
-                    .rev()
-                    .take(3000)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                Err(format!("the server did not start:\n{tail}"))
-            }
-        }
+            .stderr(log);
+        ServerProcess::start(command).ok_or_else(|| {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail = log.len().saturating_sub(3000);
+            format!(
+                "the server did not start:\n{}",
+                log.get(tail..).unwrap_or(&log)
+            )
+        })
     }
 
     /// A new bootstrap token for zone `sensors`: its JWT and id.
@@ -203,24 +181,9 @@ impl Fleet {
     }
 }
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    /// SIGKILL, and reap.
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Kills with SIGKILL, and reaps.
+fn kill9(server: ServerProcess) {
+    drop(server);
 }
 
 /// What clients were told, to be held against the registry afterwards.
@@ -524,7 +487,7 @@ async fn kill_during_load(db: Db) {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = load(&fleet, &server.base, &ledger, &stop);
         tokio::time::sleep(Duration::from_millis(random_ms(100..800))).await;
-        server.kill9();
+        kill9(server);
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             let _ = t.await;

@@ -10,11 +10,10 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use std::path::Path;
 use vouch_attestor::testing::{boot_events, expected_pcrs, policy_dir_with_references, SoftwareAk};
+use vouch_ca::api::AppState;
 use vouch_ca::app::RunningServer;
 use vouch_ca::clock::{Clock, SystemClock};
-use vouch_ca::datadir::{DataDir, DataFile};
-use vouch_ca::ids::{system_rng, DeviceId, Serial, TrustDomain, Zone};
-use vouch_ca::pki::authority::{Authority, CaFiles};
+use vouch_ca::ids::{DeviceId, Serial, Zone};
 use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
 use vouch_ca::store::{NewActivation, NewCertificate, NewDevice, TpmEnrollment};
 
@@ -24,6 +23,7 @@ pub struct SeededDevice {
     pub ak: SoftwareAk,
     pub identity: Vec<u8>,
     pub device_id: String,
+    pub serial: String,
 }
 
 /// Writes the example policies with reference values accepting `fw-1`/`cfg-a` into `dir`.
@@ -32,32 +32,15 @@ pub fn policy_dir(dir: &Path) {
     policy_dir_with_references(&examples, dir, &[("fw-1", "fw-1", "cfg-a")]);
 }
 
-/// The issuing CA of `data_dir`.
-pub fn authority(data_dir: &DataDir) -> Authority {
-    let read = |f| std::fs::read_to_string(data_dir.file(f)).unwrap();
-    Authority::load(&CaFiles {
-        root_cert_pem: read(DataFile::RootCert),
-        root_key_pem: None,
-        issuing_cert_pem: read(DataFile::IssuingCert),
-        issuing_key_pem: read(DataFile::IssuingKey),
-    })
-    .unwrap()
-}
-
 /// Enrolls `n` sensors bound to software AKs into `server` (zone `sensors`, class `sensor`),
 /// each with a bootstrap token the admin creates over `base`.
 pub async fn seed(
     server: &RunningServer,
-    data_dir: &DataDir,
-    trust_domain: &TrustDomain,
     client: &reqwest::Client,
     base: &str,
     admin: &str,
     n: usize,
 ) -> Vec<SeededDevice> {
-    let ca = authority(data_dir);
-    let rng = system_rng();
-    let zone = Zone::parse("sensors").unwrap();
     let mut fleet = Vec::with_capacity(n);
     for _ in 0..n {
         let r = client
@@ -72,75 +55,93 @@ pub async fn seed(
             .as_str()
             .unwrap()
             .to_owned();
-        let ak = SoftwareAk::new();
-        let secret = [9u8; 32];
-        let mut secret_sha256 = [0u8; 32];
-        secret_sha256
-            .copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &secret).as_ref());
-        let now = SystemClock.unix();
-        let activation = NewActivation {
-            id: DeviceId::random(&rng).unwrap().as_str().to_owned(),
-            token_jti: jti.clone(),
-            ek_public: ak.ek_public.clone(),
-            ak_public: ak.ak_public.clone(),
-            secret_sha256,
-            created_at: now,
-            expires_at: now + 300,
-        };
-        let registry = &server.state.registry;
-        registry.create_activation(&activation).await.unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let (device_id, serial) = (
-            DeviceId::random(&rng).unwrap(),
-            Serial::random(&rng).unwrap(),
-        );
-        let issued = issue_device_certificate(
-            &ca,
-            &DeviceCertificateSpec {
-                device_id: &device_id,
-                trust_domain,
-                zone: &zone,
-                serial: &serial,
-                now: SystemClock.now(),
-                lifetime: time::Duration::hours(24),
-                crl_url: "https://localhost/v1/crl",
-            },
-            &key,
-        )
-        .unwrap();
-        let enrolled = registry
-            .enroll_tpm(&TpmEnrollment {
-                jti: &jti,
-                activation_id: &activation.id,
-                secret: &secret,
-                device: &NewDevice {
-                    id: device_id.as_str().to_owned(),
-                    spiffe_id: device_id.spiffe_id(trust_domain),
-                    zone: "sensors".into(),
-                    device_class: Some("sensor".into()),
-                    labels: Default::default(),
-                },
-                reenroll: None,
-                cert: &NewCertificate {
-                    serial: serial.to_hex(),
-                    not_before: issued.not_before.unix_timestamp(),
-                    not_after: issued.not_after.unix_timestamp(),
-                    key_agreement: None,
-                },
-                now,
-                skew: 60,
-            })
-            .await
-            .unwrap();
-        assert!(enrolled.is_ok(), "{enrolled:?}");
-        let identity = format!("{}{}{}", issued.pem, ca.chain_pem(), key.serialize_pem());
-        fleet.push(SeededDevice {
-            ak,
-            identity: identity.into_bytes(),
-            device_id: device_id.as_str().to_owned(),
-        });
+        let now = SystemClock.now();
+        fleet.push(enroll_soft(&server.state, &jti, now, time::Duration::hours(24)).await);
     }
     fleet
+}
+
+/// Enrolls one sensor bound to a new software AK with the bootstrap token `jti` (zone
+/// `sensors`, class `sensor`), straight into the registry of `state`, at `now`, with a
+/// certificate living `lifetime`.
+pub async fn enroll_soft(
+    state: &AppState,
+    jti: &str,
+    now: time::OffsetDateTime,
+    lifetime: time::Duration,
+) -> SeededDevice {
+    let ak = SoftwareAk::new();
+    let secret = [9u8; 32];
+    let mut secret_sha256 = [0u8; 32];
+    secret_sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &secret).as_ref());
+    let unix = now.unix_timestamp();
+    let activation = NewActivation {
+        id: DeviceId::random(&state.rng).unwrap().as_str().to_owned(),
+        token_jti: jti.to_owned(),
+        ek_public: ak.ek_public.clone(),
+        ak_public: ak.ak_public.clone(),
+        secret_sha256,
+        created_at: unix,
+        expires_at: unix + 300,
+    };
+    state.registry.create_activation(&activation).await.unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (device_id, serial) = (
+        DeviceId::random(&state.rng).unwrap(),
+        Serial::random(&state.rng).unwrap(),
+    );
+    let issued = issue_device_certificate(
+        &state.ca,
+        &DeviceCertificateSpec {
+            device_id: &device_id,
+            trust_domain: &state.trust_domain,
+            zone: &Zone::parse("sensors").unwrap(),
+            serial: &serial,
+            now,
+            lifetime,
+            crl_url: "https://localhost/v1/crl",
+        },
+        &key,
+    )
+    .unwrap();
+    let enrolled = state
+        .registry
+        .enroll_tpm(&TpmEnrollment {
+            jti,
+            activation_id: &activation.id,
+            secret: &secret,
+            device: &NewDevice {
+                id: device_id.as_str().to_owned(),
+                spiffe_id: device_id.spiffe_id(&state.trust_domain),
+                zone: "sensors".into(),
+                device_class: Some("sensor".into()),
+                labels: Default::default(),
+            },
+            reenroll: None,
+            cert: &NewCertificate {
+                serial: serial.to_hex(),
+                not_before: issued.not_before.unix_timestamp(),
+                not_after: issued.not_after.unix_timestamp(),
+                key_agreement: None,
+            },
+            now: unix,
+            skew: 60,
+        })
+        .await
+        .unwrap();
+    assert!(enrolled.is_ok(), "{enrolled:?}");
+    let identity = format!(
+        "{}{}{}",
+        issued.pem,
+        state.ca.chain_pem(),
+        key.serialize_pem()
+    );
+    SeededDevice {
+        ak,
+        identity: identity.into_bytes(),
+        device_id: device_id.as_str().to_owned(),
+        serial: serial.to_hex(),
+    }
 }
 
 /// The parts of a quote submission that do not depend on the nonce: the PCR values (JSON)

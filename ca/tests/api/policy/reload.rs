@@ -78,8 +78,9 @@ async fn a_bad_reload_leaves_the_previous_set_active_and_visible() {
     assert_eq!(body["active"]["outcome"], "unchanged");
 }
 
-#[tokio::test]
-async fn a_git_commit_becomes_the_active_version_without_restart() {
+/// The example policies committed to a new Git repository, its first commit, and a server
+/// watching the work tree every 100 ms.
+async fn committed_example_watched() -> (tempfile::TempDir, String, TestApp) {
     let repo = copy_example();
     git(repo.path(), &["init", "-q"]);
     git(repo.path(), &["add", "."]);
@@ -93,6 +94,12 @@ async fn a_git_commit_becomes_the_active_version_without_restart() {
         },
     )
     .await;
+    (repo, first, app)
+}
+
+#[tokio::test]
+async fn a_git_commit_becomes_the_active_version_without_restart() {
+    let (repo, first, app) = committed_example_watched().await;
     let s = status(&app).await;
     assert_eq!(s["active"]["version"]["id"], first.as_str());
     assert_eq!(s["active"]["version"]["commit"], first.as_str());
@@ -142,19 +149,7 @@ async fn a_git_commit_becomes_the_active_version_without_restart() {
 /// the commit id once the files are committed.
 #[tokio::test]
 async fn an_uncommitted_change_is_reported_dirty_with_its_content_hash() {
-    let repo = copy_example();
-    git(repo.path(), &["init", "-q"]);
-    git(repo.path(), &["add", "."]);
-    git(repo.path(), &["commit", "-q", "-m", "fleet policies"]);
-    let first = git(repo.path(), &["rev-parse", "HEAD"]);
-    let app = spawn_app_with_policies(
-        Db::Sqlite,
-        PolicyConfig {
-            poll: Some(Duration::from_millis(100)),
-            ..policy_config(repo.path())
-        },
-    )
-    .await;
+    let (repo, first, app) = committed_example_watched().await;
     let s = status(&app).await;
     assert_eq!(s["active"]["version"]["id"], first.as_str());
     let sensor = app.enroll("sensors").await;
