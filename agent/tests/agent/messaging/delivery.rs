@@ -1,0 +1,138 @@
+//! Direct delivery over mutual TLS: B serves `/v1/deliver`, A posts to it.
+use super::*;
+use std::sync::{Arc, Mutex};
+use vouch_agent::messaging::deliver::{self, DeliveryError, Inbound};
+
+/// B's receiving sidecar, in-process: its inbox and what it accepted.
+async fn receiving(
+    server: &RealServer,
+    b: Device,
+) -> (
+    String,
+    Arc<Mutex<Vec<Delivered>>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let tls = deliver::server_config(
+        &format!(
+            "{}{}",
+            b.body["certificate_pem"].as_str().unwrap(),
+            ::pem::encode(&::pem::Pem::new("CERTIFICATE", b.issuing_ca()))
+        ),
+        &b.key_pem,
+        &b.root(),
+    )
+    .unwrap();
+    let inbox = Arc::new(Inbox::new(server, b).await);
+    let replay = Arc::new(Mutex::new(ReplayGuard::in_memory()));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let kept = accepted.clone();
+    let inbound: Inbound = Arc::new(move |bytes| {
+        let mut replay = replay.lock().unwrap();
+        let answer = match inbox.open(&bytes, &mut replay) {
+            Ok(d) => {
+                let message_id = d.message_id.clone();
+                kept.lock().unwrap().push(d);
+                Ok(deliver::Receipt {
+                    message_id,
+                    receipt: String::new(),
+                    crl_number: None,
+                })
+            }
+            Err(e) => Err((e.reason(), e.to_string())),
+        };
+        Box::pin(async move { answer })
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(deliver::serve(listener, tls, inbound, 1024 * 1024, async {
+        let _ = stopped.await;
+    }));
+    (endpoint, accepted, stop)
+}
+
+fn sender_tls(a: &Device, anchors: &TrustAnchors, to: &str) -> rustls::ClientConfig {
+    deliver::client_config(
+        &format!(
+            "{}{}",
+            a.body["certificate_pem"].as_str().unwrap(),
+            ::pem::encode(&::pem::Pem::new("CERTIFICATE", a.issuing_ca()))
+        ),
+        &a.key_pem,
+        anchors,
+        to,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_crosses_mutual_tls_once_and_only_to_the_peer_meant() {
+    let server = RealServer::start(&[]).await;
+    let (a, b, c) = (
+        enroll(&server).await,
+        enroll(&server).await,
+        enroll(&server).await,
+    );
+    let anchors = TrustAnchors::new(&a.chain_pem, &a.root(), "fleet.example").unwrap();
+    let (api, identity) = a.api(&server);
+    let b_id = b.device_id().to_owned();
+    let b_spiffe = b.spiffe_id.clone();
+    let record = api.peer(&identity, &b_id).await.unwrap();
+    let peer = verify_peer_record(&anchors, &record, &b_id, now()).unwrap();
+    let (endpoint, accepted, _stop) = receiving(&server, b).await;
+
+    let outbox = Outbox::new(&a.credentials()).unwrap();
+    let envelope = outbox
+        .seal(&peer, "telemetry", b"t=21.5", now() as u64, true)
+        .unwrap();
+    let receipt = deliver::deliver(
+        &endpoint,
+        envelope.clone(),
+        sender_tls(&a, &anchors, &b_spiffe),
+    )
+    .await
+    .unwrap();
+    {
+        let accepted = accepted.lock().unwrap();
+        assert_eq!(accepted.len(), 1);
+        assert_eq!(accepted[0].payload, b"t=21.5");
+        assert_eq!(accepted[0].message_id, receipt.message_id);
+        assert_eq!(accepted[0].sender.spiffe_id, a.spiffe_id);
+    }
+
+    // The same envelope again: refused by the receiver, with its reason.
+    match deliver::deliver(&endpoint, envelope, sender_tls(&a, &anchors, &b_spiffe)).await {
+        Err(DeliveryError::Refused {
+            status,
+            code,
+            detail,
+            ..
+        }) => {
+            assert_eq!(status, 403);
+            assert_eq!(code, vouch_proto::ProblemCode::MessageRefused.as_str());
+            assert!(detail.starts_with("replayed"), "{detail}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A sender that means C does not talk to B: the handshake fails, nothing is sent.
+    let to_c = outbox
+        .seal(&peer, "telemetry", b"t=22", now() as u64, true)
+        .unwrap();
+    let wrong = deliver::deliver(&endpoint, to_c, sender_tls(&a, &anchors, &c.spiffe_id)).await;
+    assert!(
+        matches!(wrong, Err(DeliveryError::Unreachable(_))),
+        "{wrong:?}"
+    );
+    // A client without a device certificate is refused at the handshake.
+    let anonymous = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .post(format!("{endpoint}/v1/deliver"))
+        .header("content-type", deliver::CONTENT_TYPE)
+        .body(vec![0u8; 16])
+        .send()
+        .await;
+    assert!(anonymous.is_err(), "{anonymous:?}");
+    assert_eq!(accepted.lock().unwrap().len(), 1);
+}
