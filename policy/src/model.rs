@@ -187,8 +187,8 @@ pub fn with_devices(
     schema: Option<&Schema>,
 ) -> Result<Entities, ModelError> {
     let bad = |e: &dyn std::fmt::Display| ModelError::Entities(e.to_string());
-    let device_type = EntityTypeName::from_str("Device").map_err(|e| bad(&e))?;
-    let zone_type = EntityTypeName::from_str("Zone").map_err(|e| bad(&e))?;
+    let types = request_types();
+    let (device_type, zone_type) = (&types.device, &types.zone);
     let mut list = Vec::with_capacity(devices.len());
     for (id, d) in devices {
         let zone = EntityUid::from_type_name_and_id(zone_type.clone(), EntityId::new(&d.zone));
@@ -301,7 +301,7 @@ pub fn request(
     Request::new(principal, action, resource, context, schema).map_err(|e| err(&e))
 }
 
-/// The entity types a request names, parsed once.
+/// The entity types requests and device entities name, parsed once.
 struct RequestTypes {
     device: EntityTypeName,
     zone: EntityTypeName,
