@@ -22,6 +22,8 @@ pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
 command -v promtool >/dev/null || need+=(prometheus)
 # The sidecars' MQTT delivery is tested against a real broker (started by the tests).
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+# `systemd-analyze verify` checks the systemd units in deploy/ (the deployment tests).
+command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

@@ -13,6 +13,7 @@ mod attestation;
 mod conformance;
 mod connections;
 mod crl_feed;
+mod deploy;
 mod enroll;
 mod hostile;
 mod impersonation;
