@@ -38,7 +38,7 @@
 )]
 
 mod common;
-#[path = "../tests/shared/tpm_fleet.rs"]
+#[path = "../tests/common/tpm_fleet.rs"]
 mod tpm_fleet;
 use common::{cpu_seconds, cpu_seconds_by_thread, env_usize};
 

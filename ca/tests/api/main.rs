@@ -26,13 +26,13 @@ mod renew_revoke;
 mod roles;
 mod schema_equality;
 mod self_contained;
-#[path = "../shared/server_process.rs"]
+#[path = "../common/server_process.rs"]
 mod server_process;
 mod storage;
 mod support;
 mod tokens;
 mod tpm;
 mod tpm_enrollment;
-#[path = "../shared/tpm_fleet.rs"]
+#[path = "../common/tpm_fleet.rs"]
 mod tpm_fleet;
 mod unattested;

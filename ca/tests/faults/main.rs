@@ -25,12 +25,12 @@
     clippy::indexing_slicing
 )]
 
-#[path = "../shared/server_process.rs"]
+#[path = "../common/server_process.rs"]
 mod server_process;
 #[path = "../api/support.rs"]
 #[allow(dead_code)]
 mod support;
-#[path = "../shared/tpm_fleet.rs"]
+#[path = "../common/tpm_fleet.rs"]
 mod tpm_fleet;
 
 use serde_json::{json, Value};
@@ -466,11 +466,36 @@ fn summary(what: &str, ledger: &Ledger) {
     );
 }
 
-/// A pseudo-random number of milliseconds in `range` (the moment of each kill).
-fn random_ms(range: std::ops::Range<u64>) -> u64 {
+/// A random number in `range` (how much work each server life sees before its kill).
+fn random_in(range: std::ops::Range<usize>) -> usize {
     let mut b = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).unwrap();
-    range.start + u64::from_le_bytes(b) % (range.end - range.start)
+    range.start + (u64::from_le_bytes(b) % (range.end - range.start) as u64) as usize
+}
+
+/// Requests the server has answered so far, of those `ledger` saw.
+fn answers(ledger: &Shared) -> usize {
+    ledger.lock().unwrap().statuses.values().sum()
+}
+
+/// Waits until the server has answered `n` more requests: the load's progress, not a wall
+/// clock window, decides when the next step comes. Fails if none comes for a minute.
+async fn until_answered(ledger: &Shared, n: usize) {
+    let target = answers(ledger) + n;
+    let mut seen = answers(ledger);
+    let mut last_progress = Instant::now();
+    while seen < target {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let now = answers(ledger);
+        if now > seen {
+            (seen, last_progress) = (now, Instant::now());
+        }
+        assert!(
+            last_progress.elapsed() < Duration::from_secs(60),
+            "the load made no progress"
+        );
+    }
 }
 
 async fn kill_during_load(db: Db) {
@@ -486,7 +511,8 @@ async fn kill_during_load(db: Db) {
         starts.push(started.elapsed());
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = load(&fleet, &server.base, &ledger, &stop);
-        tokio::time::sleep(Duration::from_millis(random_ms(100..800))).await;
+        // Killed at a random point of its work: after 1 to 200 answers.
+        until_answered(&ledger, random_in(1..200)).await;
         kill9(server);
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
@@ -551,7 +577,7 @@ async fn postgres_restarted_under_load_answers_503_then_recovers() {
     let stop = Arc::new(AtomicBool::new(false));
     let before: Shared = Default::default();
     let tasks = load(&fleet, &server.base, &before, &stop);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    until_answered(&before, 200).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -610,7 +636,7 @@ async fn postgres_restarted_under_load_answers_503_then_recovers() {
     let recovery = recovered.elapsed();
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = load(&fleet, &server.base, &after, &stop);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    until_answered(&after, 200).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
