@@ -18,7 +18,18 @@ pub const EXIT_USAGE: i32 = 64;
 
 /// Vouch: registration CA, device registry and provisioning API for edge fleets.
 #[derive(Debug, Parser)]
-#[command(name = "vouch", version, about, long_about = None)]
+#[command(
+    name = "vouch",
+    version,
+    about,
+    long_about = None,
+    after_help = "Operator commands (login, token, device, policy status|decisions|reload, crl) reach a \
+server over its API: --server, --ca-file and --token, or VOUCH_SERVER, VOUCH_CA_FILE and \
+VOUCH_TOKEN, or the config file `vouch login` writes (~/.config/vouch/config.toml).\n\n\
+Exit codes:\n  0   done\n  1   the server refused (its problem code is printed), or a check failed\n  \
+64  bad usage or configuration\n  69  the server cannot be reached or is not ready\n  \
+77  the operator token was refused, or its role may not do this"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -30,16 +41,42 @@ pub struct Cli {
 pub enum Command {
     /// Run the provisioning API server (HTTPS). On first start with `--trust-domain` and an
     /// empty data directory it creates the CA.
+    #[command(
+        after_help = "Example:\n  vouch serve --data-dir /var/lib/vouch --trust-domain fleet.example \\\n      --listen 0.0.0.0:8443 --public-url https://vouch.example:8443 \\\n      --hostname vouch.example --policy-dir /etc/vouch/policies"
+    )]
     Serve(Box<ServeArgs>),
     /// Manage the certificate authority in a data directory.
     #[command(subcommand)]
     Ca(CaCommand),
     /// Mint an operator token (a JWT for `Authorization: Bearer`) from the data directory's
     /// operator key. Whoever can read the data directory can do this.
+    #[command(
+        after_help = "Example:\n  vouch admin-token --data-dir /var/lib/vouch --role operator --ttl 8h --subject alice"
+    )]
     AdminToken(AdminTokenArgs),
-    /// Check and test a policy directory (schema, policies, fleet.json, tests).
+    /// Policy: check and test a directory locally; a server's status, decisions and reload.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Save the server URL, CA file and operator token for the other operator commands
+    /// (checked against the server first; written owner-only).
+    Login(crate::client::args::LoginArgs),
+    /// Bootstrap tokens for devices to enroll with.
+    #[command(subcommand)]
+    Token(crate::client::args::TokenCommand),
+    /// Devices in the registry: list, show, revoke, release, attestation history.
+    #[command(subcommand)]
+    Device(crate::client::args::DeviceCommand),
+    /// The certificate revocation list.
+    #[command(subcommand)]
+    Crl(crate::client::args::CrlCommand),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  vouch completions bash > /etc/bash_completion.d/vouch\n  vouch completions zsh > \"${fpath[1]}/_vouch\"\n  vouch completions fish > ~/.config/fish/completions/vouch.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `vouch policy` subcommands.
@@ -47,24 +84,45 @@ pub enum Command {
 pub enum PolicyCommand {
     /// Parse and validate a policy directory strictly against its schema. Prints every
     /// problem as `file:line:column: message` and exits 1 if there is any.
+    #[command(after_help = "Example:\n  vouch policy check examples/policies")]
     Check {
         /// The policy directory.
         dir: PathBuf,
     },
     /// Validate a policy directory, then run its `tests/*.json` cases. Exits 1 if any case
     /// fails. This is what a policy repository's CI runs.
+    #[command(after_help = "Example:\n  vouch policy test examples/policies")]
     Test {
         /// The policy directory.
         dir: PathBuf,
     },
+    /// A server's active (and shadow) policy set: version, load time, last failed load.
+    #[command(
+        after_help = "Example:\n  vouch policy status\n  vouch policy status --output json | jq -r .active.version.id"
+    )]
+    Status(crate::client::args::RemoteOnly),
+    /// A server's decision log, newest first.
+    #[command(
+        after_help = "Example:\n  vouch policy decisions --limit 20\n  vouch policy decisions --principal 'Vouch::Device::\"3f0c6a2e9b1d4c7f8a5e2b0d1c3f4a6b\"'"
+    )]
+    Decisions(crate::client::args::DecisionsArgs),
+    /// Make a server re-read its policy directories now (as SIGHUP does).
+    #[command(after_help = "Example:\n  vouch policy reload")]
+    Reload(crate::client::args::RemoteOnly),
 }
 
 /// `vouch ca` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Create a new root CA and issuing CA (ECDSA P-256) and the token keys.
+    #[command(
+        after_help = "Example:\n  vouch ca init --data-dir /var/lib/vouch --trust-domain fleet.example \\\n      --offline-root /media/offline/root.key"
+    )]
     Init(CaInitArgs),
     /// Import an existing root certificate and issuing CA (certificate and key).
+    #[command(
+        after_help = "Example:\n  vouch ca import --data-dir /var/lib/vouch --trust-domain fleet.example \\\n      --root-cert root.pem --issuing-cert issuing.pem --issuing-key issuing.key"
+    )]
     Import(CaImportArgs),
 }
 

@@ -135,6 +135,28 @@ pub(crate) fn write_new_secret(path: &Path, contents: &[u8]) -> Result<(), DataD
     write_new(path, contents, 0o600)
 }
 
+/// Replaces the secret file at `path` (mode 0600) as one step: writes a new file beside it
+/// and renames it over the old one, so a crash leaves the old file or the new, never half.
+pub(crate) fn replace_secret(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".new");
+    let fresh = path.with_file_name(name);
+    match fs::remove_file(&fresh) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(DataDirError::Io {
+                path: fresh,
+                source: e,
+            })
+        }
+        _ => {}
+    }
+    write_new(&fresh, contents, 0o600)?;
+    fs::rename(&fresh, path).map_err(|source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirError> {
     let io = |source| DataDirError::Io {
         path: path.to_owned(),

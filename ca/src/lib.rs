@@ -19,6 +19,7 @@
 pub mod api;
 pub mod app;
 pub mod authz;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod datadir;

@@ -4,6 +4,7 @@ use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
 use vouch_ca::app;
+use vouch_ca::client::commands::{self, Request};
 use vouch_ca::clock::{Clock, SystemClock};
 use vouch_ca::config::{self, CaCommand, Cli, Command, EXIT_USAGE};
 use vouch_ca::datadir::DataDir;
@@ -26,6 +27,24 @@ fn main() -> ExitCode {
         Command::AdminToken(args) => admin_token(&args),
         Command::Policy(config::PolicyCommand::Check { dir }) => policy_check(&dir),
         Command::Policy(config::PolicyCommand::Test { dir }) => policy_test(&dir),
+        Command::Policy(config::PolicyCommand::Status(args)) => {
+            remote(Request::PolicyStatus(args.remote))
+        }
+        Command::Policy(config::PolicyCommand::Decisions(args)) => {
+            remote(Request::PolicyDecisions(args))
+        }
+        Command::Policy(config::PolicyCommand::Reload(args)) => {
+            remote(Request::PolicyReload(args.remote))
+        }
+        Command::Login(args) => remote(Request::Login(args)),
+        Command::Token(command) => remote(Request::Token(command)),
+        Command::Device(command) => remote(Request::Device(command)),
+        Command::Crl(command) => remote(Request::Crl(command)),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "vouch", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,12 +58,24 @@ fn main() -> ExitCode {
             eprintln!("vouch: {e}");
             ExitCode::FAILURE
         }
+        Err(Failure::Client(e)) => {
+            for line in e.lines() {
+                eprintln!("vouch: {line}");
+            }
+            ExitCode::from(e.exit_code())
+        }
     }
+}
+
+/// Runs an operator command against a server.
+fn remote(request: Request) -> Result<(), Failure> {
+    commands::run(request).map_err(Failure::Client)
 }
 
 enum Failure {
     Usage(Vec<String>),
     Runtime(String),
+    Client(vouch_ca::client::ClientError),
 }
 
 impl From<app::AppError> for Failure {

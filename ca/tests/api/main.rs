@@ -19,6 +19,7 @@ mod hostile;
 mod impersonation;
 mod interop;
 mod layers;
+mod operator_cli;
 mod peers;
 mod policy;
 mod processes;
