@@ -105,6 +105,29 @@ pub enum DeviceCommand {
     /// A device's attestation history, newest first.
     #[command(after_help = "Example:\n  vouch device history 3f0c6a2e9b1d4c7f8a5e2b0d1c3f4a6b")]
     History(DeviceIdArgs),
+    /// Mint a bootstrap token for every row of a CSV file (a fleet's pre-registration).
+    /// Columns, named in a header row: `zone` (required), `name`, `device_class`, `labels`
+    /// (`key=value;key=value`), `ttl`. Bad rows are reported by line number and the good
+    /// ones land; the tokens go to `--out` (a new file, owner-only). Exits 1 if any row was
+    /// bad.
+    #[command(
+        after_help = "Example:\n  printf 'name,zone,device_class,labels,ttl\\ns-0001,sensors,sensor,line=a;site=4,7d\\n' > fleet.csv\n  vouch device import fleet.csv --out tokens.csv"
+    )]
+    Import(ImportArgs),
+}
+
+/// `vouch device import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The CSV file.
+    pub file: PathBuf,
+    /// Where the tokens go: a CSV of line, name, zone, token_id, expires_at, token (created
+    /// new with mode 0600: the tokens are credentials).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Connection.
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 /// `vouch device list`.

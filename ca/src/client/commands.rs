@@ -44,6 +44,7 @@ async fn dispatch(request: Request) -> Result<(), ClientError> {
         Request::Login(args) => login(&args.remote).await,
         Request::Token(TokenCommand::Create(args)) => token_create(&args).await,
         Request::Device(DeviceCommand::List(args)) => device_list(&args).await,
+        Request::Device(DeviceCommand::Import(args)) => super::import::import(&args).await,
         Request::Device(DeviceCommand::Show(args)) => {
             let client = connect(&args.remote)?;
             let answer = client
@@ -142,7 +143,7 @@ async fn dispatch(request: Request) -> Result<(), ClientError> {
 }
 
 /// Resolves flags and environment over the config file into a client.
-fn connect(remote: &Remote) -> Result<Client, ClientError> {
+pub(super) fn connect(remote: &Remote) -> Result<Client, ClientError> {
     let (file, _) = config_file(remote)?;
     Client::new(
         remote.server.as_deref().or(file.server.as_deref()),

@@ -12,6 +12,7 @@
 
 pub mod args;
 pub mod commands;
+mod import;
 mod output;
 
 use reqwest::{Method, StatusCode};

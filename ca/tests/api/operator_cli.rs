@@ -12,7 +12,11 @@ use vouch_proto::ProblemCode;
 /// `vouch ARGS` with a clean environment: no `VOUCH_*` variables, and `HOME` in `home`
 /// (so no operator's real config file is read).
 fn vouch_in(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vouch"));
+    vouch_in_program(env!("CARGO_BIN_EXE_vouch"), home, args, env)
+}
+
+fn vouch_in_program(program: &str, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(program);
     command
         .args(args)
         .env_clear()
@@ -417,4 +421,119 @@ async fn completions_cover_the_commands_and_every_command_has_an_example() {
     );
     let help = ok(&vouch_in(home.path(), &["device", "revoke", "--help"], &[]));
     assert!(help.contains("Example:\n  vouch device revoke"), "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_ten_thousand_rows_imports_with_progress_and_bad_rows_reported_by_line() {
+    let app = spawn_app(Db::Sqlite).await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let root = app.data_dir().file(vouch_ca::datadir::DataFile::RootCert);
+    let admin = app.token_for(Role::Admin);
+    let env = [
+        ("VOUCH_SERVER", app.base.as_str()),
+        ("VOUCH_CA_FILE", root.to_str().unwrap()),
+        ("VOUCH_TOKEN", admin.as_str()),
+    ];
+
+    // 10,000 data rows (lines 2 to 10001); the bad ones, by line: found here, or refused by
+    // the server (a lifetime beyond its --max-token-ttl of 30 days).
+    let mut csv = String::from("name,zone,device_class,labels,ttl\n");
+    let mut expected_bad = Vec::new();
+    for i in 0..10_000u32 {
+        let line = i + 2;
+        let row = match i {
+            17 => format!("s-{i},Sensors,sensor,line=a,24h"),
+            4_242 => format!("s-{i},sensors,sensor,line,24h"),
+            6_000 => format!("s-{i},sensors,sensor"),
+            9_999 => format!("s-{i},sensors,sensor,line=a,90d"),
+            _ => format!("s-{i},sensors,sensor,line=a;batch={},7d", i / 1000),
+        };
+        if matches!(i, 17 | 4_242 | 6_000 | 9_999) {
+            expected_bad.push(line);
+        }
+        csv.push_str(&row);
+        csv.push('\n');
+    }
+    let file = h.join("fleet.csv");
+    std::fs::write(&file, csv).unwrap();
+    let out = h.join("tokens.csv");
+
+    // On a terminal (a pseudo-terminal from `script`), the progress bar is drawn.
+    let command = format!(
+        "{} device import {} --out {}",
+        env!("CARGO_BIN_EXE_vouch"),
+        file.display(),
+        out.display()
+    );
+    let run = vouch_script(h, &command, &env);
+    let shown = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert_eq!(run.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("importing [") && shown.contains("/10000 rows"),
+        "no progress bar: {shown}"
+    );
+    assert!(shown.contains("9996 tokens minted"), "{shown}");
+    for line in &expected_bad {
+        assert!(
+            shown.contains(&format!("line {line}: ")),
+            "line {line} not reported: {shown}"
+        );
+    }
+    assert!(
+        shown.contains(ProblemCode::InvalidBody.as_str()) || shown.contains("ttl"),
+        "{shown}"
+    );
+
+    // The good rows landed: every token in the output file, owner-only, names its line.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let tokens = std::fs::read_to_string(&out).unwrap();
+    let rows: Vec<&str> = tokens.lines().skip(1).collect();
+    assert_eq!(rows.len(), 9_996);
+    let mut lines: Vec<u32> = rows
+        .iter()
+        .map(|r| r.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    lines.sort_unstable();
+    lines.dedup();
+    assert_eq!(lines.len(), 9_996);
+    assert!(expected_bad.iter().all(|b| lines.binary_search(b).is_err()));
+    // A minted token enrolls a device that carries the row's name and labels.
+    let first = rows.iter().find(|r| r.starts_with("2,")).unwrap();
+    let token = first.rsplit(',').next().unwrap();
+    let (csr, _) = rcgen_csr();
+    let enrolled: Value = app.enroll_with_csr(token, &csr).await.json().await.unwrap();
+    let device = app
+        .device_json(enrolled["device_id"].as_str().unwrap())
+        .await;
+    assert_eq!(device["labels"]["name"], "s-0");
+    assert_eq!(device["labels"]["batch"], "0");
+
+    // An existing output file is never overwritten (its tokens would be lost).
+    let again = vouch_in(
+        h,
+        &[
+            "device",
+            "import",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(again.status.code(), Some(64), "{}", stderr(&again));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), tokens);
+}
+
+/// Runs a shell command line under `script`, so it has a pseudo-terminal.
+fn vouch_script(home: &Path, command: &str, env: &[(&str, &str)]) -> Output {
+    let mut env = env.to_vec();
+    env.push(("TERM", "xterm"));
+    vouch_in_program("script", home, &["-qec", command, "/dev/null"], &env)
 }
