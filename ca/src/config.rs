@@ -54,6 +54,10 @@ pub enum Command {
         after_help = "Example:\n  vouch admin-token --data-dir /var/lib/vouch --role operator --ttl 8h --subject alice"
     )]
     AdminToken(AdminTokenArgs),
+    /// Check the server's configuration (a `--config` file, flags, `VOUCH_*` variables)
+    /// without starting it: every problem is printed, all at once.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Policy: check and test a directory locally; a server's status, decisions and reload.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -77,6 +81,16 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `vouch config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check what `vouch serve` with the same options would run with: reads the file, the
+    /// flags and the environment, checks every option, binds no port and writes nothing.
+    /// Exits 0 if the configuration is usable, 64 with every problem otherwise.
+    #[command(after_help = "Example:\n  vouch config check --config /etc/vouch/vouch.toml")]
+    Check(Box<ServeArgs>),
 }
 
 /// `vouch policy` subcommands.
@@ -181,9 +195,16 @@ pub struct AdminTokenArgs {
     pub subject: String,
 }
 
-/// Options of `vouch serve`.
-#[derive(Debug, Args, Clone)]
+/// Options of `vouch serve` (and of `vouch config check`). Also read from a TOML file
+/// (`--config`, see [`crate::config_file`]), whose keys are these fields' names.
+#[derive(Debug, Args, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServeArgs {
+    /// TOML file of these options (keys are the option names with `_` for `-`; see
+    /// `deploy/vouch.toml`). Flags and `VOUCH_*` variables override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Data directory: CA keys (0600), token keys and the default SQLite database.
     #[arg(long, env = "VOUCH_DATA_DIR", default_value = "vouch-data")]
     pub data_dir: PathBuf,

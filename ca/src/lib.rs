@@ -22,6 +22,7 @@ pub mod authz;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod config_file;
 pub mod datadir;
 pub mod flows;
 pub use vouch_proto::ids;

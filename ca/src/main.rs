@@ -1,6 +1,5 @@
 //! `vouch`: the server and operator command line. See `vouch --help`.
 
-use clap::Parser;
 use std::process::ExitCode;
 use std::sync::Arc;
 use vouch_ca::app;
@@ -12,7 +11,11 @@ use vouch_ca::ids::TrustDomain;
 use vouch_ca::pki::authority::CaFiles;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -21,7 +24,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(&args),
+        Command::Serve(args) => serve(*args, matches.subcommand_matches("serve")),
+        Command::Config(config::ConfigCommand::Check(args)) => config_check(
+            *args,
+            matches
+                .subcommand_matches("config")
+                .and_then(|m| m.subcommand_matches("check")),
+        ),
         Command::Ca(CaCommand::Init(args)) => ca_init(&args),
         Command::Ca(CaCommand::Import(args)) => ca_import(&args),
         Command::AdminToken(args) => admin_token(&args),
@@ -215,8 +224,65 @@ fn policy_test(dir: &std::path::Path) -> Result<(), Failure> {
     Ok(())
 }
 
-fn serve(args: &config::ServeArgs) -> Result<(), Failure> {
-    let (config, td) = args.validate().map_err(Failure::Usage)?;
+/// `vouch config check`: what `vouch serve` would run with, or every problem.
+fn config_check(
+    args: config::ServeArgs,
+    matches: Option<&clap::ArgMatches>,
+) -> Result<(), Failure> {
+    let (args, config, _) =
+        vouch_ca::config_file::resolve(args, matches).map_err(Failure::Usage)?;
+    let initialised = app::is_initialised(&config.data_dir);
+    if !initialised && args.trust_domain.is_none() {
+        return Err(Failure::Usage(vec![format!(
+            "data directory `{}` holds no CA: set trust_domain to create one, or run `vouch ca init`",
+            config.data_dir.path().display()
+        )]));
+    }
+    println!("configuration is usable:");
+    println!("  listen        {}", config.listen);
+    println!(
+        "  data dir      {} ({})",
+        config.data_dir.path().display(),
+        if initialised {
+            "holds a CA"
+        } else {
+            "no CA yet: the first start creates one"
+        }
+    );
+    println!("  database      {}", redact_password(&config.database_url));
+    println!(
+        "  policy dir    {}",
+        config
+            .policy
+            .dir
+            .as_ref()
+            .map_or("none (every decision is a deny)".to_owned(), |d| d
+                .display()
+                .to_string())
+    );
+    Ok(())
+}
+
+/// A database URL without its password, for printing.
+fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = url.get(scheme + 3..at).unwrap_or("");
+            match credentials.split_once(':') {
+                Some((user, _)) => format!(
+                    "{}{user}:***{}",
+                    url.get(..scheme + 3).unwrap_or(""),
+                    url.get(at..).unwrap_or("")
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn serve(args: config::ServeArgs, matches: Option<&clap::ArgMatches>) -> Result<(), Failure> {
+    let (_, config, td) = vouch_ca::config_file::resolve(args, matches).map_err(Failure::Usage)?;
     if !app::is_initialised(&config.data_dir) {
         let Some(td) = td else {
             return Err(Failure::Usage(vec![format!(

@@ -10,6 +10,7 @@
 
 mod attest_batch;
 mod attestation;
+mod config_file;
 mod conformance;
 mod connections;
 mod crl_feed;
