@@ -36,9 +36,38 @@ pub struct Cli {
 pub enum Command {
     /// Enroll (first start) and keep the identity alive: renew at about half the
     /// certificate's lifetime, attest on schedule with a TPM, retry through outages.
+    #[command(
+        after_help = "Example:\n  VOUCH_JOIN_TOKEN=eyJ... vouch-agent run --server https://vouch.example:8443 \\\n      --state-dir /var/lib/vouch-agent --tpm device:/dev/tpmrm0 \\\n      --listen 0.0.0.0:7443 --advertise https://sensor-17.site4.example:7443\n  vouch-agent run --config /etc/vouch/agent.toml"
+    )]
     Run(Box<RunArgs>),
     /// Print the device's identity, certificate expiry and last attestation.
+    #[command(
+        after_help = "Example:\n  vouch-agent status --state-dir /var/lib/vouch-agent\n  vouch-agent status --state-dir /var/lib/vouch-agent --output json | jq .certificate"
+    )]
     Status(StatusArgs),
+    /// Check the agent's configuration (`--config` file and flags) without starting it.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `vouch-agent config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check what `vouch-agent run` with the same options would run with: every problem in
+    /// the file and the flags is printed, all at once; nothing starts. Exits 0 if the
+    /// configuration is usable, 64 otherwise.
+    #[command(after_help = "Example:\n  vouch-agent config check --config /etc/vouch/agent.toml")]
+    Check(Box<RunArgs>),
+}
+
+/// How `status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    /// Lines for a person.
+    #[default]
+    Table,
+    /// JSON for scripts.
+    Json,
 }
 
 /// `vouch-agent run`.
@@ -134,8 +163,11 @@ pub struct StatusArgs {
     /// The sidecar's workload socket, if not `<state-dir>/agent.sock`.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Print JSON instead of text.
-    #[arg(long)]
+    /// `table` for people, `json` for scripts.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+    /// The same as `--output json` (kept for scripts written before `--output`).
+    #[arg(long, hide = true)]
     pub json: bool,
 }
 
@@ -199,9 +231,22 @@ impl ConfigFile {
         Self::parse(&text).map_err(|e| format!("config file `{}`: {e}", path.display()))
     }
 
-    /// Parses TOML text.
+    /// Parses TOML text; every key that is unknown or has a value of the wrong type is
+    /// named, all of them in one message.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.message().to_owned())
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut problems = Vec::new();
+        for (key, value) in &table {
+            let mut one = toml::Table::new();
+            one.insert(key.clone(), value.clone());
+            if let Err(e) = Self::deserialize(one) {
+                problems.push(format!("`{key}`: {}", e.message()));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Self::deserialize(table).map_err(|e| e.message().to_owned())
     }
 }
 

@@ -5,7 +5,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use vouch_agent::config::{settings, Cli, Command};
+use vouch_agent::config::{settings, Cli, Command, ConfigCommand};
 use vouch_agent::lifecycle::run;
 use vouch_agent::status::Status;
 
@@ -42,13 +42,15 @@ fn main() -> ExitCode {
                 args.socket.as_deref(),
                 time::OffsetDateTime::now_utc(),
             ) {
-                Ok(status) if args.json => match serde_json::to_string_pretty(&status) {
-                    Ok(text) => {
-                        println!("{text}");
-                        ExitCode::SUCCESS
+                Ok(status) if args.json || args.output == vouch_agent::config::Output::Json => {
+                    match serde_json::to_string_pretty(&status) {
+                        Ok(text) => {
+                            println!("{text}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => fail(&e.to_string()),
                     }
-                    Err(e) => fail(&e.to_string()),
-                },
+                }
                 Ok(status) => {
                     print!("{}", status.text());
                     ExitCode::SUCCESS
@@ -56,6 +58,32 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Command::Config(ConfigCommand::Check(args)) => match settings(*args) {
+            Ok(s) => {
+                println!("configuration is usable:");
+                println!("  server      {}", s.server);
+                println!("  state dir   {}", s.state_dir.display());
+                println!(
+                    "  TPM         {}",
+                    s.tpm.as_deref().unwrap_or("none (trust level low)")
+                );
+                println!(
+                    "  join token  {}",
+                    if s.join_token.is_some() {
+                        "given"
+                    } else {
+                        "none (needed for the first enrollment)"
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in &errors {
+                    eprintln!("vouch-agent: {e}");
+                }
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Run(args) => {
             let settings = match settings(*args) {
                 Ok(s) => s,

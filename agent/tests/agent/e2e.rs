@@ -91,7 +91,8 @@ async fn a_plain_device_enrolls_once_and_restarts_without_its_token() {
     let out = agent(
         vec![
             "status".into(),
-            "--json".into(),
+            "--output".into(),
+            "json".into(),
             "--state-dir".into(),
             arg(&state),
         ],

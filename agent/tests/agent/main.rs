@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+mod command_line;
 mod decision_spool;
 mod e2e;
 mod fake;
