@@ -158,6 +158,8 @@ pub struct Sent {
     pub receipt: Option<Vec<u8>>,
     /// The policies that allowed it.
     pub policies: Vec<String>,
+    /// The version of the policy set that decided.
+    pub policy_version: String,
 }
 
 /// A message accepted here: its id and the receipt signed for the sender.

@@ -147,6 +147,7 @@ async fn send(
                         via: sent.via.to_owned(),
                         receipt: sent.receipt.map(|r| B64.encode(r)),
                         policies: sent.policies,
+                        policy_version: Some(sent.policy_version),
                     })
                     .into_response(),
                     Err(e) => not_sent(e),
@@ -171,10 +172,11 @@ async fn seal(
                     .seal(&req.to, &req.data_type, &payload, &req.protocol)
                     .await
                 {
-                    Ok((envelope, message_id, policies)) => Json(SealResponse {
+                    Ok((envelope, message_id, verdict)) => Json(SealResponse {
                         envelope: B64.encode(envelope),
                         message_id,
-                        policies,
+                        policies: verdict.policies,
+                        policy_version: Some(verdict.version),
                     })
                     .into_response(),
                     Err(e) => not_sent(e),

@@ -15,6 +15,7 @@ mod fake;
 mod lifecycle;
 mod messaging;
 mod policy_feed;
+mod scenario;
 mod server;
 mod sidecar_support;
 mod sidecars;

@@ -36,6 +36,10 @@ pub struct SendResponse {
     pub receipt: Option<String>,
     /// The policies that allowed it.
     pub policies: Vec<String>,
+    /// The version of the policy set that decided (a Git commit id for a policy
+    /// repository); absent from agents older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<String>,
 }
 
 /// `POST /v1/seal`: seal a message for a workload that carries the envelope itself.
@@ -62,6 +66,10 @@ pub struct SealResponse {
     pub message_id: String,
     /// The policies that allowed it.
     pub policies: Vec<String>,
+    /// The version of the policy set that decided; absent from agents older than this
+    /// field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<String>,
 }
 
 /// `POST /v1/open`: check and open an envelope a workload received itself.

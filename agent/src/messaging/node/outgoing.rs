@@ -14,7 +14,7 @@ impl Messenger {
         data_type: &str,
         size: usize,
         transport: &Transport,
-    ) -> Result<Vec<String>, MessagingError> {
+    ) -> Result<Verdict, MessagingError> {
         self.trust_current().map_err(MessagingError::StaleTrust)?;
         let me = self.peer(&own.device_id).await?;
         let context = MessageContext {
@@ -53,7 +53,7 @@ impl Messenger {
                 retry_after,
                 policy,
             })?;
-        Ok(verdict.policies)
+        Ok(verdict)
     }
 
     /// Seals `payload` to `peer` (after [`Self::egress`]); the envelope and its `cti`.
@@ -82,16 +82,16 @@ impl Messenger {
         data_type: &str,
         payload: &[u8],
         protocol: &str,
-    ) -> Result<(Vec<u8>, String, Vec<String>), MessagingError> {
+    ) -> Result<(Vec<u8>, String, Verdict), MessagingError> {
         let own = self.own();
         let peer = self.peer(to).await?;
         let transport = Transport::carried(protocol);
-        let policies = self
+        let verdict = self
             .egress(&own, &peer, data_type, payload.len(), &transport)
             .await?;
         let (envelope, cti) = self.seal_to(&own, &peer, data_type, payload)?;
         self.counters.sent("sealed");
-        Ok((envelope, hex::encode(cti), policies))
+        Ok((envelope, hex::encode(cti), verdict))
     }
 
     /// Seals `payload` of `data_type` to device `to` and sends it: directly (`https`) or
@@ -167,7 +167,11 @@ impl Messenger {
                 ))
             }
         };
-        let policies = self
+        let Verdict {
+            policies,
+            version: policy_version,
+            ..
+        } = self
             .egress(&own, &peer, data_type, payload.len(), &transport)
             .await?;
         let (envelope, cti) = self.seal_to(&own, &peer, data_type, payload)?;
@@ -189,6 +193,7 @@ impl Messenger {
                 via: "mqtt",
                 receipt: None,
                 policies,
+                policy_version,
             });
         }
         let client = self.client_for(&own, &peer.device.spiffe_id)?;
@@ -242,6 +247,7 @@ impl Messenger {
             via: "https",
             receipt: Some(receipt),
             policies,
+            policy_version,
         })
     }
 
