@@ -304,6 +304,10 @@ pub struct ServeArgs {
     /// files); `0s` turns the watcher off.
     #[arg(long, default_value = "5s")]
     pub policy_poll: String,
+    /// Log lines on stderr: `human`, or `json` (one object per line, with the request id of
+    /// the API request it belongs to). Filter with `RUST_LOG`.
+    #[arg(long, env = "VOUCH_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
 }
 
 fn seconds(name: &str, value: &str, errors: &mut Vec<String>) -> i64 {

@@ -16,13 +16,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` sets up its logs once its options are known (`--log-format`).
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(false);
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(*args, matches.subcommand_matches("serve")),
         Command::Config(config::ConfigCommand::Check(args)) => config_check(
@@ -73,6 +70,26 @@ fn main() -> ExitCode {
             }
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// Log lines on stderr, filtered by `RUST_LOG` (default `info`): human, or one JSON object
+/// per line with the fields of the spans around it (an API request's id).
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .flatten_event(true)
+            .init();
+    } else {
+        builder.init();
     }
 }
 
@@ -282,7 +299,10 @@ fn redact_password(url: &str) -> String {
 }
 
 fn serve(args: config::ServeArgs, matches: Option<&clap::ArgMatches>) -> Result<(), Failure> {
-    let (_, config, td) = vouch_ca::config_file::resolve(args, matches).map_err(Failure::Usage)?;
+    let resolved = vouch_ca::config_file::resolve(args, matches);
+    let json = matches!(&resolved, Ok((args, _, _)) if args.log_format == "json");
+    init_logging(json);
+    let (_, config, td) = resolved.map_err(Failure::Usage)?;
     if !app::is_initialised(&config.data_dir) {
         let Some(td) = td else {
             return Err(Failure::Usage(vec![format!(

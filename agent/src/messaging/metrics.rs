@@ -191,4 +191,23 @@ mod tests {
             .lines()
             .any(|l| l.starts_with("vouch_agent_crl_age_seconds")));
     }
+
+    #[test]
+    fn every_metric_is_documented_in_the_readme() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .unwrap_or_default();
+        let text = Counters::default().render(&Gauges::default());
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.len() >= 10, "{text}");
+        for name in names {
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "README.md does not document `{name}`"
+            );
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod enroll;
 mod ops;
 pub mod policy;
 pub mod problem;
+pub mod request_id;
 mod tpm;
 
 use crate::authz::signed::BundleSigning;
@@ -210,5 +211,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(request_id::tag))
         .with_state(state)
 }

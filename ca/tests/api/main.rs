@@ -20,6 +20,7 @@ mod hostile;
 mod impersonation;
 mod interop;
 mod layers;
+mod logs;
 mod operator_cli;
 mod peers;
 mod policy;
