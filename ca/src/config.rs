@@ -73,6 +73,19 @@ pub enum Command {
     /// The certificate revocation list.
     #[command(subcommand)]
     Crl(crate::client::args::CrlCommand),
+    /// Back up a data directory (CA certificates and keys, token keys) and a consistent
+    /// copy of its SQLite registry into a new directory, owner-only, with a SHA-256
+    /// manifest. Safe while the server runs. A PostgreSQL registry: use `pg_dump` too.
+    #[command(
+        after_help = "Example:\n  vouch backup --data-dir /var/lib/vouch /srv/backups/vouch-$(date +%F)"
+    )]
+    Backup(BackupArgs),
+    /// Restore a backup into a new (or empty) data directory, every file checked against
+    /// the backup's manifest first. Then start `vouch serve` on it.
+    #[command(
+        after_help = "Example:\n  vouch restore /srv/backups/vouch-2026-12-01 --data-dir /var/lib/vouch"
+    )]
+    Restore(RestoreArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  vouch completions bash > /etc/bash_completion.d/vouch\n  vouch completions zsh > \"${fpath[1]}/_vouch\"\n  vouch completions fish > ~/.config/fish/completions/vouch.fish"
@@ -175,6 +188,30 @@ pub struct CaImportArgs {
     /// Issuing CA private key, PKCS#8 PEM.
     #[arg(long)]
     pub issuing_key: PathBuf,
+}
+
+/// Options of `vouch backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The data directory to back up.
+    #[arg(long, env = "VOUCH_DATA_DIR", default_value = "vouch-data")]
+    pub data_dir: PathBuf,
+    /// The registry, if not the data directory's `vouch.db` (a `sqlite://` URL is copied;
+    /// a PostgreSQL one is left to `pg_dump`).
+    #[arg(long, env = "VOUCH_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The backup directory to create (it must not exist).
+    pub out: PathBuf,
+}
+
+/// Options of `vouch restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup directory (`vouch backup` made it).
+    pub from: PathBuf,
+    /// The data directory to restore into: new, or empty.
+    #[arg(long, env = "VOUCH_DATA_DIR")]
+    pub data_dir: PathBuf,
 }
 
 /// Options of `vouch admin-token`.

@@ -39,7 +39,7 @@ pub struct DataDir {
 }
 
 /// Files kept in the data directory.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataFile {
     /// Root CA certificate (PEM).
     RootCert,

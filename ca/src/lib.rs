@@ -19,6 +19,7 @@
 pub mod api;
 pub mod app;
 pub mod authz;
+pub mod backup;
 pub mod client;
 pub mod clock;
 pub mod config;

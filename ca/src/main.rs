@@ -42,6 +42,25 @@ fn main() -> ExitCode {
         Command::Policy(config::PolicyCommand::Reload(args)) => {
             remote(Request::PolicyReload(args.remote))
         }
+        Command::Backup(args) => backup(&args),
+        Command::Restore(args) => {
+            let dir = DataDir::new(&args.data_dir);
+            vouch_ca::backup::restore(&args.from, &dir)
+                .map(|report| {
+                    println!(
+                        "restored {} files{} into {}; start `vouch serve --data-dir {}`",
+                        report.files.len(),
+                        if report.database {
+                            " and the SQLite registry"
+                        } else {
+                            ""
+                        },
+                        dir.path().display(),
+                        dir.path().display()
+                    );
+                })
+                .map_err(Failure::Runtime)
+        }
         Command::Login(args) => remote(Request::Login(args)),
         Command::Token(command) => remote(Request::Token(command)),
         Command::Device(command) => remote(Request::Device(command)),
@@ -91,6 +110,35 @@ fn init_logging(json: bool) {
     } else {
         builder.init();
     }
+}
+
+fn backup(args: &config::BackupArgs) -> Result<(), Failure> {
+    let dir = DataDir::new(&args.data_dir);
+    let url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| app::default_database_url(&dir));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
+    let report = runtime
+        .block_on(vouch_ca::backup::backup(&dir, &url, &args.out))
+        .map_err(Failure::Runtime)?;
+    println!(
+        "backed up {} files{} into {} (owner-only: it holds the CA's keys)",
+        report.files.len(),
+        if report.database {
+            " and a consistent copy of the SQLite registry"
+        } else {
+            ""
+        },
+        args.out.display()
+    );
+    if !report.database {
+        eprintln!("note: the registry is not SQLite: back it up with pg_dump (see the README)");
+    }
+    Ok(())
 }
 
 /// Runs an operator command against a server.

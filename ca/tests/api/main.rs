@@ -10,6 +10,7 @@
 
 mod attest_batch;
 mod attestation;
+mod backup;
 mod config_file;
 mod conformance;
 mod connections;

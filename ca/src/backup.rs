@@ -1,0 +1,199 @@
+//! `vouch backup` and `vouch restore`: the data directory (CA certificates and keys, token
+//! keys, trust domain) and a consistent copy of the SQLite registry, taken while the server
+//! runs, with a `MANIFEST.sha256` that `sha256sum -c` reads too. A PostgreSQL registry is
+//! backed up with `pg_dump` beside it (the README's backup section).
+//!
+//! The backup holds the CA's private keys: it is written owner-only (directory 0700, files
+//! 0600) and belongs where the keys themselves may be.
+
+use crate::datadir::{DataDir, DataFile};
+use std::path::Path;
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "MANIFEST.sha256";
+
+/// The data directory's files a backup takes (each if present), the database apart.
+const FILES: [DataFile; 7] = [
+    DataFile::RootCert,
+    DataFile::RootKey,
+    DataFile::IssuingCert,
+    DataFile::IssuingKey,
+    DataFile::BootstrapTokenKey,
+    DataFile::OperatorTokenKey,
+    DataFile::TrustDomain,
+];
+
+/// What a backup or restore did, for the operator.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Files written.
+    pub files: Vec<String>,
+    /// Whether the SQLite registry was copied.
+    pub database: bool,
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> String {
+    format!("`{}`: {e}", path.display())
+}
+
+#[cfg(unix)]
+fn create_private_dir(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| io(path, e))
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(path: &Path) -> Result<(), String> {
+    std::fs::create_dir(path).map_err(|e| io(path, e))
+}
+
+/// Copies `from` to a new file `to` with `mode`.
+fn copy_new(from: &Path, to: &Path, mode: u32) -> Result<(), String> {
+    let bytes = std::fs::read(from).map_err(|e| io(from, e))?;
+    write_new(to, &bytes, mode)
+}
+
+fn write_new(to: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    let mut file = options.open(to).map_err(|e| io(to, e))?;
+    file.write_all(bytes).map_err(|e| io(to, e))?;
+    file.sync_all().map_err(|e| io(to, e))
+}
+
+fn sha256_hex(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    Ok(hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &bytes,
+    )))
+}
+
+/// The SQLite file a database URL names, or `None` for another database.
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    Some(rest.split('?').next().unwrap_or(rest))
+}
+
+/// Backs up `data_dir` (and its SQLite registry at `database_url`) into the new directory
+/// `out`.
+pub async fn backup(data_dir: &DataDir, database_url: &str, out: &Path) -> Result<Report, String> {
+    if !data_dir.exists(DataFile::IssuingCert) {
+        return Err(format!(
+            "`{}` holds no CA: nothing to back up",
+            data_dir.path().display()
+        ));
+    }
+    create_private_dir(out)?;
+    let mut report = Report::default();
+    let mut manifest = String::new();
+    for file in FILES {
+        let from = data_dir.file(file);
+        if !from.exists() {
+            continue;
+        }
+        let to = out.join(file.file_name());
+        copy_new(&from, &to, 0o600)?;
+        manifest.push_str(&format!("{}  {}\n", sha256_hex(&to)?, file.file_name()));
+        report.files.push(file.file_name().to_owned());
+    }
+    if let Some(path) = sqlite_path(database_url) {
+        use sqlx::ConnectOptions;
+        use std::str::FromStr;
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+            .map_err(|e| format!("database `{path}`: {e}"))?
+            .read_only(true);
+        let mut connection = options
+            .connect()
+            .await
+            .map_err(|e| format!("database `{path}`: {e}"))?;
+        let copy = out.join(DataFile::Database.file_name());
+        // A consistent copy of the database as of one transaction, taken beside a running
+        // server (its writers wait for no one).
+        sqlx::query("VACUUM INTO ?")
+            .bind(copy.to_string_lossy().into_owned())
+            .execute(&mut connection)
+            .await
+            .map_err(|e| format!("copying the database `{path}`: {e}"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io(&copy, e))?;
+        }
+        manifest.push_str(&format!(
+            "{}  {}\n",
+            sha256_hex(&copy)?,
+            DataFile::Database.file_name()
+        ));
+        report.database = true;
+    }
+    write_new(&out.join(MANIFEST), manifest.as_bytes(), 0o600)?;
+    Ok(report)
+}
+
+/// Restores the backup in `from` into `data_dir`, which must not exist or be empty: every
+/// file is checked against the manifest before anything is written.
+pub fn restore(from: &Path, data_dir: &DataDir) -> Result<Report, String> {
+    let manifest_path = from.join(MANIFEST);
+    let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| io(&manifest_path, e))?;
+    let known: Vec<DataFile> = FILES.into_iter().chain([DataFile::Database]).collect();
+    let mut entries = Vec::new();
+    let mut problems = Vec::new();
+    for (i, line) in manifest.lines().enumerate() {
+        let Some((hash, name)) = line.split_once("  ") else {
+            problems.push(format!("{MANIFEST} line {}: not `HASH  NAME`", i + 1));
+            continue;
+        };
+        let Some(file) = known.iter().find(|f| f.file_name() == name) else {
+            problems.push(format!("{MANIFEST} line {}: unknown file `{name}`", i + 1));
+            continue;
+        };
+        match sha256_hex(&from.join(name)) {
+            Ok(actual) if actual == hash => entries.push(*file),
+            Ok(_) => problems.push(format!("`{name}` does not match its SHA-256 in {MANIFEST}")),
+            Err(e) => problems.push(e),
+        }
+    }
+    if !entries.contains(&DataFile::IssuingCert) || !entries.contains(&DataFile::IssuingKey) {
+        problems.push("the backup holds no issuing CA certificate and key".to_owned());
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
+    }
+    let root = data_dir.path();
+    match std::fs::read_dir(root) {
+        Ok(mut listing) => {
+            if listing.next().is_some() {
+                return Err(format!(
+                    "`{}` is not empty: restore into a new data directory",
+                    root.display()
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_private_dir(root)?,
+        Err(e) => return Err(io(root, e)),
+    }
+    let mut report = Report::default();
+    for file in entries {
+        let mode = match file {
+            DataFile::RootCert | DataFile::IssuingCert | DataFile::TrustDomain => 0o644,
+            _ => 0o600,
+        };
+        copy_new(&from.join(file.file_name()), &data_dir.file(file), mode)?;
+        if file == DataFile::Database {
+            report.database = true;
+        } else {
+            report.files.push(file.file_name().to_owned());
+        }
+    }
+    Ok(report)
+}
