@@ -142,7 +142,12 @@ pub async fn backup(data_dir: &DataDir, database_url: &str, out: &Path) -> Resul
 
 /// Restores the backup in `from` into `data_dir`, which must not exist or be empty: every
 /// file is checked against the manifest before anything is written.
-pub fn restore(from: &Path, data_dir: &DataDir) -> Result<Report, String> {
+///
+/// Sidecars keep the newest CRL number they have seen and ignore lower ones, and the live
+/// server may have signed CRLs after the backup. So the restored registry's CRL number is
+/// raised to at least the current time in milliseconds (above any sequence a fleet reaches)
+/// and its stored CRL dropped: the restored server's first CRL outnumbers every one before.
+pub async fn restore(from: &Path, data_dir: &DataDir, now_ms: i64) -> Result<Report, String> {
     let manifest_path = from.join(MANIFEST);
     let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| io(&manifest_path, e))?;
     let known: Vec<DataFile> = FILES.into_iter().chain([DataFile::Database]).collect();
@@ -190,10 +195,30 @@ pub fn restore(from: &Path, data_dir: &DataDir) -> Result<Report, String> {
         };
         copy_new(&from.join(file.file_name()), &data_dir.file(file), mode)?;
         if file == DataFile::Database {
+            renumber_crls(&data_dir.file(file), now_ms).await?;
             report.database = true;
         } else {
             report.files.push(file.file_name().to_owned());
         }
     }
     Ok(report)
+}
+
+/// Raises the CRL number of the SQLite registry at `path` to at least `floor` and drops its
+/// stored CRL (see [`restore`]).
+async fn renumber_crls(path: &Path, floor: i64) -> Result<(), String> {
+    use sqlx::ConnectOptions;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(false);
+    let mut connection = options.connect().await.map_err(|e| io(path, e))?;
+    sqlx::query(
+        "UPDATE crl_state SET crl_number = MAX(crl_number, ?), der = NULL, this_update = NULL \
+         WHERE id = 1",
+    )
+    .bind(floor)
+    .execute(&mut connection)
+    .await
+    .map_err(|e| io(path, e))?;
+    Ok(())
 }

@@ -43,24 +43,7 @@ fn main() -> ExitCode {
             remote(Request::PolicyReload(args.remote))
         }
         Command::Backup(args) => backup(&args),
-        Command::Restore(args) => {
-            let dir = DataDir::new(&args.data_dir);
-            vouch_ca::backup::restore(&args.from, &dir)
-                .map(|report| {
-                    println!(
-                        "restored {} files{} into {}; start `vouch serve --data-dir {}`",
-                        report.files.len(),
-                        if report.database {
-                            " and the SQLite registry"
-                        } else {
-                            ""
-                        },
-                        dir.path().display(),
-                        dir.path().display()
-                    );
-                })
-                .map_err(Failure::Runtime)
-        }
+        Command::Restore(args) => restore(&args),
         Command::Login(args) => remote(Request::Login(args)),
         Command::Token(command) => remote(Request::Token(command)),
         Command::Device(command) => remote(Request::Device(command)),
@@ -110,6 +93,36 @@ fn init_logging(json: bool) {
     } else {
         builder.init();
     }
+}
+
+fn restore(args: &config::RestoreArgs) -> Result<(), Failure> {
+    let dir = DataDir::new(&args.data_dir);
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(i64::MAX);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?;
+    let report = runtime
+        .block_on(vouch_ca::backup::restore(&args.from, &dir, now_ms))
+        .map_err(Failure::Runtime)?;
+    println!(
+        "restored {} files{} into {}; start `vouch serve --data-dir {}`",
+        report.files.len(),
+        if report.database {
+            " and the SQLite registry"
+        } else {
+            ""
+        },
+        dir.path().display(),
+        dir.path().display()
+    );
+    Ok(())
 }
 
 fn backup(args: &config::BackupArgs) -> Result<(), Failure> {

@@ -165,8 +165,22 @@ async fn a_backup_taken_while_serving_restores_the_ca_and_the_registry_of_its_mo
     ]);
     assert!(!again.status.success());
 
-    // After the backup: not in it.
+    // After the backup: not in it. A revocation after the backup takes the live CRL past
+    // the backup's number.
     let later = op.enroll().await;
+    let extra = op.enroll().await;
+    op.client
+        .post(format!(
+            "{}/v1/devices/{}/revoke",
+            op.base,
+            extra.device_id()
+        ))
+        .bearer_auth(&op.admin)
+        .json(&json!({"reason": "after the backup"}))
+        .send()
+        .await
+        .unwrap();
+    let live_crl = crl_number(&op).await;
     drop(server);
 
     // A restore checks every file first, and never writes into a used data directory.
@@ -217,6 +231,10 @@ async fn a_backup_taken_while_serving_restores_the_ca_and_the_registry_of_its_mo
     assert_eq!(device["status"], "revoked");
     let (status, _) = op.get(&format!("/v1/devices/{}", later.device_id())).await;
     assert_eq!(status, 404, "enrolled after the backup");
+    // Sidecars that took the live server's last CRL take the restored server's: it
+    // outnumbers it, and lists what the backup holds.
+    let restored_crl = crl_number(&op).await;
+    assert!(restored_crl > live_crl, "{restored_crl} <= {live_crl}");
     // The device enrolled before the backup renews with its certificate against the
     // restored server (the same issuing CA verifies it; its record is there).
     let device_client = client_for(
@@ -243,4 +261,25 @@ async fn a_backup_taken_while_serving_restores_the_ca_and_the_registry_of_its_mo
         refused.map_or(true, |r| r.status() != 200),
         "the revoked device stays revoked"
     );
+}
+
+/// The number of the CRL the server serves now.
+async fn crl_number(op: &Operator) -> u64 {
+    use x509_parser::prelude::FromDer;
+    let der = op
+        .client
+        .get(format!("{}/v1/crl", op.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+    crl.crl_number()
+        .unwrap()
+        .to_u64_digits()
+        .first()
+        .copied()
+        .unwrap_or(0)
 }
