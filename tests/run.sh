@@ -24,6 +24,11 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 # `systemd-analyze verify` checks the systemd units in deploy/ (the deployment tests).
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# The README's first command (scripts/scenario.sh) and the operator guide, both run by the
+# tests, use curl and jq; `script` (bsdutils) gives the import test a terminal.
+command -v curl >/dev/null || need+=(curl)
+command -v jq >/dev/null || need+=(jq)
+command -v script >/dev/null || need+=(bsdutils)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

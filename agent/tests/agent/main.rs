@@ -10,6 +10,7 @@
 
 mod command_line;
 mod decision_spool;
+mod docs;
 mod e2e;
 mod fake;
 mod lifecycle;
