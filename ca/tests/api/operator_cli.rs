@@ -173,6 +173,12 @@ async fn login_saves_the_settings_and_every_operator_command_works_from_them() {
             .is_some_and(|l| l.contains(&id) && l.contains(&version)),
         "{decisions}"
     );
+    let logged = json(&vouch_in(
+        h,
+        &["policy", "decisions", "--limit", "5", "--output", "json"],
+        &[],
+    ));
+    assert_eq!(logged["decisions"][0]["policy_version"], version.as_str());
     let reload = ok(&vouch_in(h, &["policy", "reload"], &[]));
     assert!(reload.contains("active: unchanged"), "{reload}");
 
