@@ -54,14 +54,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== benchmark smoke runs (exit non-zero if an enrollment fails or indexed and full decisions differ)"
-VOUCH_BENCH_N=500 cargo bench -p vouch-ca --bench enroll
-VOUCH_BENCH_QUICK=1 cargo bench -p vouch-policy --bench decide
-VOUCH_BENCH_DEVICES=10000 cargo bench -p vouch-ca --bench sweep
-VOUCH_BENCH_N=500 VOUCH_BENCH_DEVICES=32 cargo bench -p vouch-ca --bench attest
-VOUCH_BENCH_QUICK=1 cargo bench -p vouch-envelope --bench seal_open
-VOUCH_BENCH_QUICK=1 cargo bench -p vouch-agent --bench sidecar
-VOUCH_BENCH_QUICK=1 cargo bench -p vouch-agent --bench revocation
+echo "== benchmark smoke runs (exit non-zero if a benchmark fails, e.g. an enrollment fails or indexed and full decisions differ)"
+bash scripts/benchmarks.sh --quick --out target/BENCHMARKS.smoke.md
 echo "== fuzz targets, briefly"
 bash tests/fuzz-smoke.sh
 echo "== cargo test"

@@ -416,6 +416,14 @@ async fn run(settings: &Settings) -> i32 {
         "sends over 10 ms: {slow}; CPU per message: A {:.0} µs, B {:.0} µs",
         cpu_per_message.0, cpu_per_message.1
     );
+    result(
+        "sidecar",
+        "send→deliver latency added by two sidecars, p99 (1 KiB)",
+        &format!("{added99:.3} ms"),
+        &format!("{p99:.3} ms plain HTTP/1.1 round trip on loopback"),
+        &format!("{:.1}x", s99 / p99),
+        &format!("added p99 <= 1 ms: {}", verdict(added99 <= 1.0)),
+    );
     println!();
     println!("receiving agent B: resident memory (MiB; RSS = anon + file-mapped code)");
     println!(
@@ -477,6 +485,14 @@ async fn run(settings: &Settings) -> i32 {
     );
     let sustain_max = sustain.max(|m| m.rss);
     let before_burst = sustain.last();
+    result(
+        "sidecar",
+        &format!("receiver RSS at {:.0} messages/s", sustain.target),
+        &format!("{sustain_max:.2} MiB"),
+        &format!("{:.2} MiB after start", started.rss),
+        &format!("{:.2}x", sustain_max / started.rss),
+        &format!("<= 10 MiB: {}", verdict(sustain_max <= 10.0)),
+    );
     println!(
         "target RSS ≤ 10 MiB while sustaining: {} ({sustain_max:.2} MiB; anon {:.2}, file {:.2} at the end)",
         verdict(sustain_max <= 10.0),

@@ -36,3 +36,10 @@ pub fn cpu_seconds_by_thread() -> Option<Vec<(String, f64)>> {
     }
     Some(threads)
 }
+
+/// One figure for BENCHMARKS.md (`scripts/benchmarks.sh` collects these lines): the
+/// benchmark, what was measured, its value, the floor measured in the same run, the figure's
+/// ratio to that floor, and the target with whether it is met.
+pub fn result(bench: &str, figure: &str, value: &str, floor: &str, ratio: &str, target: &str) {
+    println!("RESULT\t{bench}\t{figure}\t{value}\t{floor}\t{ratio}\t{target}");
+}

@@ -325,7 +325,11 @@ async fn flags_and_environment_override_the_config_file_and_failures_have_their_
         "{}",
         stderr(&missing)
     );
-    let malformed = vouch_in(h, &["device", "show", "../../v1/crl", "--config", c], &[]);
+    let malformed = vouch_in(
+        h,
+        &["device", "show", "3f0c6a2e/v1/crl", "--config", c],
+        &[],
+    );
     assert_eq!(malformed.status.code(), Some(64));
 
     // Nobody listening, or a server the CA file does not vouch for: 69.
