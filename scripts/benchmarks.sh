@@ -29,6 +29,7 @@ mkdir -p "$logs"
 # name | package | environment (quick) | environment (full)
 benches=(
     "enroll|vouch-ca|VOUCH_BENCH_N=500|"
+    "enroll_fresh|vouch-ca|VOUCH_BENCH_N=300|"
     "attest|vouch-ca|VOUCH_BENCH_N=500 VOUCH_BENCH_DEVICES=32|"
     "sweep|vouch-ca|VOUCH_BENCH_DEVICES=10000|"
     "decide|vouch-policy|VOUCH_BENCH_QUICK=1|"

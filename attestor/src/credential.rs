@@ -71,7 +71,7 @@ pub fn kdfa(key: &[u8], label: &str, context_u: &[u8], context_v: &[u8], bits: u
 }
 
 /// ring's system randomness as the RNG the `rsa` crate expects.
-struct RingRng<'a>(&'a dyn SecureRandom);
+pub(crate) struct RingRng<'a>(pub(crate) &'a dyn SecureRandom);
 
 impl rsa::rand_core::RngCore for RingRng<'_> {
     fn next_u32(&mut self) -> u32 {

@@ -415,27 +415,41 @@ impl SoftwareAk {
         let mut modulus = vec![0u8; 256];
         rng.fill(&mut modulus).unwrap();
         modulus[0] |= 0x80;
+        Self {
+            key,
+            ak_public: ak,
+            ek_public: rsa_ek_public(&modulus, &[0u8; 32]),
+            rng,
+        }
+    }
+
+    /// The AK's name (what credential activation binds the secret to).
+    pub fn ak_name(&self) -> Vec<u8> {
+        Public::parse(&self.ak_public).unwrap().name()
+    }
+}
+
+/// An RSA-2048 EK's `TPMT_PUBLIC` with `modulus` and `auth_policy`.
+fn rsa_ek_public(modulus: &[u8], auth_policy: &[u8; 32]) -> Vec<u8> {
+    {
         let mut ek = Vec::new();
         ek.extend_from_slice(&tpm::ALG_RSA.to_be_bytes());
         ek.extend_from_slice(&tpm::ALG_SHA256.to_be_bytes());
         // fixedTPM, fixedParent, sensitiveDataOrigin, adminWithPolicy, restricted, decrypt.
         ek.extend_from_slice(&0x0003_00b2u32.to_be_bytes());
-        put_sized(&mut ek, &[0u8; 32]);
+        put_sized(&mut ek, auth_policy);
         ek.extend_from_slice(&0x0006u16.to_be_bytes()); // AES
         ek.extend_from_slice(&128u16.to_be_bytes());
         ek.extend_from_slice(&0x0043u16.to_be_bytes()); // CFB
         ek.extend_from_slice(&tpm::ALG_NULL.to_be_bytes()); // scheme
         ek.extend_from_slice(&2048u16.to_be_bytes());
         ek.extend_from_slice(&0u32.to_be_bytes());
-        put_sized(&mut ek, &modulus);
-        Self {
-            key,
-            ak_public: ak,
-            ek_public: ek,
-            rng,
-        }
+        put_sized(&mut ek, modulus);
+        ek
     }
+}
 
+impl SoftwareAk {
     /// A quote of `values` (the SHA-256 bank) over `nonce`: (`TPMS_ATTEST`, `TPMT_SIGNATURE`).
     pub fn quote(&self, nonce: &[u8], values: &BTreeMap<u8, [u8; 32]>) -> (Vec<u8>, Vec<u8>) {
         let ak = Public::parse(&self.ak_public).unwrap();
@@ -491,4 +505,105 @@ pub fn policy_dir_with_references(
 pub fn write_reference_values(dir: &std::path::Path, sets: &[(&str, &str, &str)]) {
     let json = reference_values_json(sets).to_string();
     std::fs::write(dir.join("reference-values.json"), json).unwrap();
+}
+
+/// A device for enrollment load tests: a [`SoftwareAk`] under an RSA EK whose private key is
+/// held here, so `TPM2_ActivateCredential` is answered in software (exactly as a TPM
+/// computes it). Generating an RSA key takes a tenth of a second, so identities may share
+/// one: `tag` goes into the EK's authPolicy, which makes each EK's public area, and so its
+/// identity to the server, distinct while the server's work (an RSA-OAEP encryption to a
+/// 2048-bit modulus) stays the same.
+pub struct SoftwareTpmIdentity {
+    /// The attestation key.
+    pub ak: SoftwareAk,
+    ek_key: std::sync::Arc<rsa::RsaPrivateKey>,
+}
+
+/// A new RSA-2048 key for [`SoftwareTpmIdentity`] EKs.
+pub fn rsa_ek_key() -> std::sync::Arc<rsa::RsaPrivateKey> {
+    let rng = ring::rand::SystemRandom::new();
+    std::sync::Arc::new(
+        rsa::RsaPrivateKey::new(&mut crate::credential::RingRng(&rng), 2048).unwrap(),
+    )
+}
+
+impl SoftwareTpmIdentity {
+    /// An identity with its own AK, under `ek_key` tagged `tag`.
+    pub fn new(ek_key: std::sync::Arc<rsa::RsaPrivateKey>, tag: u64) -> Self {
+        use rsa::traits::PublicKeyParts;
+        let mut ak = SoftwareAk::new();
+        let mut policy = [0u8; 32];
+        policy[..8].copy_from_slice(&tag.to_be_bytes());
+        ak.ek_public = rsa_ek_public(&ek_key.n().to_bytes_be(), &policy);
+        Self { ak, ek_key }
+    }
+
+    /// `TPM2_ActivateCredential`: recovers the secret from the `TPM2B_ID_OBJECT` and
+    /// `TPM2B_ENCRYPTED_SECRET` (each with its size) that MakeCredential wrapped for this
+    /// EK and AK, checking the integrity HMAC first.
+    pub fn activate(&self, id_object: &[u8], encrypted_secret: &[u8]) -> Result<Vec<u8>, String> {
+        use cfb_mode::cipher::{AsyncStreamCipher, KeyIvInit};
+        let sized = |b: &[u8]| -> Result<Vec<u8>, String> {
+            let (len, rest) = b.split_at_checked(2).ok_or("short")?;
+            let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+            rest.get(..len)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| "short".to_owned())
+        };
+        let secret = sized(encrypted_secret)?;
+        let padding = rsa::Oaep::new_with_label::<sha2::Sha256, _>("IDENTITY\0");
+        let seed = self
+            .ek_key
+            .decrypt(padding, &secret)
+            .map_err(|e| e.to_string())?;
+        let body = sized(id_object)?;
+        let integrity = sized(&body)?;
+        let enc_identity = body.get(2 + integrity.len()..).ok_or("short")?;
+        let ak_name = self.ak.ak_name();
+        let hmac_key = crate::credential::kdfa(&seed, "INTEGRITY", &[], &[], 256);
+        let mut ctx = ring::hmac::Context::with_key(&ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &hmac_key,
+        ));
+        ctx.update(enc_identity);
+        ctx.update(&ak_name);
+        if ctx.sign().as_ref() != integrity.as_slice() {
+            return Err("the integrity HMAC does not match".into());
+        }
+        let key: [u8; 16] = crate::credential::kdfa(&seed, "STORAGE", &ak_name, &[], 128)
+            .try_into()
+            .map_err(|_| "key size")?;
+        let mut identity = enc_identity.to_vec();
+        cfb_mode::Decryptor::<aes::Aes128>::new(&key.into(), &[0u8; 16].into())
+            .decrypt(&mut identity);
+        sized(&identity)
+    }
+}
+
+#[cfg(test)]
+mod software_activation {
+    use super::*;
+
+    #[test]
+    fn a_credential_made_for_the_identity_activates_and_one_for_another_ak_does_not() {
+        let key = rsa_ek_key();
+        let (one, two) = (
+            SoftwareTpmIdentity::new(key.clone(), 1),
+            SoftwareTpmIdentity::new(key, 2),
+        );
+        assert_ne!(one.ak.ek_public, two.ak.ek_public, "distinct EKs");
+        let rng = ring::rand::SystemRandom::new();
+        let ek = Public::parse(&one.ak.ek_public).unwrap();
+        let made = crate::credential::make_credential(&ek, &one.ak.ak_name(), b"the secret", &rng)
+            .unwrap();
+        assert_eq!(
+            one.activate(&made.id_object, &made.encrypted_secret)
+                .unwrap(),
+            b"the secret"
+        );
+        // The same EK key, another AK: the integrity check fails.
+        assert!(two
+            .activate(&made.id_object, &made.encrypted_secret)
+            .is_err());
+    }
 }

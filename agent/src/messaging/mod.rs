@@ -19,4 +19,5 @@ pub mod send;
 pub mod sidecar;
 pub mod spool;
 pub mod trust;
+pub mod window;
 pub mod workload;

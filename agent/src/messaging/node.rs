@@ -272,9 +272,12 @@ pub struct Messenger {
     /// window's worth of later ones would be refused as a replay. At most half a window is
     /// in flight, so none is.
     in_flight: tokio::sync::Semaphore,
+    /// Direct deliveries on their way, kept inside each receiver's replay window.
+    window: super::window::SendWindow,
 }
 
-/// Most sends in flight at once (half the receiver's replay window).
+/// Most sends in flight at once (with [`super::window::ROOM`], within the receiver's replay
+/// window).
 pub const MAX_SENDS_IN_FLIGHT: usize = (super::replay::WINDOW / 2) as usize;
 
 /// The saved CRL in the state directory.
@@ -358,6 +361,7 @@ impl Messenger {
             max_policy_age: DEFAULT_MAX_POLICY_AGE,
             counters: Counters::default(),
             in_flight: tokio::sync::Semaphore::new(MAX_SENDS_IN_FLIGHT),
+            window: super::window::SendWindow::default(),
         })
     }
 

@@ -93,6 +93,11 @@ impl Outbox {
         })
     }
 
+    /// The sequence number the next sealed message gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_seq.load(Ordering::SeqCst)
+    }
+
     /// Seals `payload` of `data_type` to `peer` at `now` (Unix seconds), with the next
     /// sequence number; `include_chain` carries both certificates (for a first contact or a
     /// broker).

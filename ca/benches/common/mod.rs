@@ -9,6 +9,7 @@ pub fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// CPU seconds (user + system) used by this process so far, from `/proc/self/stat`.
+#[allow(dead_code)] // Not every benchmark reads the whole process's CPU.
 pub fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let after_name = stat.rsplit_once(')')?.1;

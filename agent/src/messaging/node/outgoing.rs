@@ -63,14 +63,14 @@ impl Messenger {
         peer: &Peer,
         data_type: &str,
         payload: &[u8],
-    ) -> Result<(Vec<u8>, [u8; 16]), MessagingError> {
+    ) -> Result<(Vec<u8>, [u8; 16], u64), MessagingError> {
         let at = u64::try_from(self.now()).unwrap_or(0);
         // The receiver may not know this device yet: the certificates ride along.
         let envelope = own.outbox.seal(peer, data_type, payload, at, true)?;
-        let cti = Envelope::parse(&envelope, usize::MAX)
-            .map(|p| *p.header().claims().cti())
+        let (cti, seq) = Envelope::parse(&envelope, usize::MAX)
+            .map(|p| (*p.header().claims().cti(), p.header().seq()))
             .map_err(SendError::Envelope)?;
-        Ok((envelope, cti))
+        Ok((envelope, cti, seq))
     }
 
     /// Seals `payload` of `data_type` to device `to` for a workload that carries it over
@@ -89,7 +89,7 @@ impl Messenger {
         let verdict = self
             .egress(&own, &peer, data_type, payload.len(), &transport)
             .await?;
-        let (envelope, cti) = self.seal_to(&own, &peer, data_type, payload)?;
+        let (envelope, cti, _) = self.seal_to(&own, &peer, data_type, payload)?;
         self.counters.sent("sealed");
         Ok((envelope, hex::encode(cti), verdict))
     }
@@ -174,9 +174,17 @@ impl Messenger {
         } = self
             .egress(&own, &peer, data_type, payload.len(), &transport)
             .await?;
-        let (envelope, cti) = self.seal_to(&own, &peer, data_type, payload)?;
+        let direct = transport.protocol != "mqtt";
+        if direct {
+            // Keep every delivery to this peer inside its replay window (see `window`).
+            self.window
+                .wait_for_room(&peer.device.device_id, || own.outbox.next_sequence())
+                .await;
+        }
+        let (envelope, cti, seq) = self.seal_to(&own, &peer, data_type, payload)?;
+        let _in_flight = direct.then(|| self.window.hold(&peer.device.device_id, seq));
         let message_id = hex::encode(cti);
-        if transport.protocol == "mqtt" {
+        if !direct {
             let broker = self.broker.get().ok_or_else(|| {
                 MessagingError::NoEndpoint(
                     "the peer takes deliveries through MQTT, and this agent has no --mqtt broker"

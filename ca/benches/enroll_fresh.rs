@@ -1,0 +1,487 @@
+//! Enrollment as a fleet makes it (issue 14): every device on new TLS connections, as
+//! `vouch-agent` does (a new client per call: the trust-bundle fetch, then the enrollment,
+//! HTTP/2 where ALPN offers it), against the cryptographic floor of that work measured in
+//! the same run.
+//!
+//! ```text
+//! cargo bench -p vouch-ca --bench enroll_fresh            # 5,000 enrollments
+//! VOUCH_BENCH_N=300 cargo bench -p vouch-ca --bench enroll_fresh
+//! ```
+//!
+//! 1. Floor, on one core: what the server must compute per enrollment — two TLS 1.3
+//!    handshakes' asymmetric crypto (an X25519 key pair and agreement, and an ECDSA P-256
+//!    signature with the server's key, each) plus the CSR check (parse + ECDSA verify) and the
+//!    certificate signature.
+//! 2. End to end: a real server on a loopback port with a SQLite registry; `VOUCH_BENCH_N`
+//!    devices (`VOUCH_BENCH_CONCURRENCY` at a time) each fetch the trust bundle on a new
+//!    connection without trusting it (then pin it by hash, as the agent does), and enroll on
+//!    another new connection that trusts only that root. The server and the load generator
+//!    run on runtimes of their own and the CPU of each is read per thread, so the server's
+//!    CPU per enrollment is reported apart from the generator's, with the capacity it
+//!    implies on this machine's cores.
+//!
+//! 3. TPM enrollment the same way (issue 14, target 3): per device, the trust bundle, then
+//!    `POST /v1/enroll/tpm` with its EK and AK, credential activation answered in software
+//!    (`vouch_attestor::testing::SoftwareTpmIdentity`: the TPM's own computation, without a
+//!    TPM's latency), and `POST /v1/enroll` with the recovered secret and a CSR: three new
+//!    connections. Its floor adds a third handshake and MakeCredential (RSA-OAEP to the EK).
+//!
+//! Exits non-zero if any enrollment fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::{cpu_seconds_by_thread, env_usize, result};
+
+use ring::signature::KeyPair;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vouch_attestor::testing::{rsa_ek_key, SoftwareTpmIdentity};
+use vouch_ca::api::Settings;
+use vouch_ca::app::{self, ServeConfig};
+use vouch_ca::clock::{Clock, SystemClock};
+use vouch_ca::datadir::{DataDir, DataFile};
+use vouch_ca::ids::{system_rng, DeviceId, Serial, TrustDomain, Zone};
+use vouch_ca::pki::authority::{Authority, CaFiles};
+use vouch_ca::pki::csr::check_csr_pem;
+use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
+use vouch_ca::tokens::Role;
+
+/// Name of the load generator's threads.
+const LOAD_THREADS: &str = "load-gen";
+
+fn csr() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    rcgen::CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+/// Seconds per call of `op` on one core (at least one second and 200 calls, after a warm-up).
+fn per_op(mut op: impl FnMut(usize)) -> f64 {
+    for i in 0..20 {
+        op(i);
+    }
+    let mut ops = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) || ops < 200 {
+        op(ops);
+        ops += 1;
+    }
+    start.elapsed().as_secs_f64() / ops as f64
+}
+
+/// The floor's parts, seconds each: (handshake crypto, CSR check + certificate signature).
+fn floor(ca: &Authority, csrs: &[String], td: &TrustDomain) -> (f64, f64) {
+    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, X25519};
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let server_key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let peer = EphemeralPrivateKey::generate(&X25519, &rng).unwrap();
+    let peer_public = peer.compute_public_key().unwrap().as_ref().to_vec();
+    let transcript = [0x5au8; 130];
+    let handshake = per_op(|_| {
+        let mine = EphemeralPrivateKey::generate(&X25519, &rng).unwrap();
+        std::hint::black_box(mine.compute_public_key().unwrap());
+        agree_ephemeral(mine, &UnparsedPublicKey::new(&X25519, &peer_public), |k| {
+            std::hint::black_box(k.len())
+        })
+        .unwrap();
+        std::hint::black_box(server_key.sign(&rng, &transcript).unwrap());
+    });
+    std::hint::black_box(server_key.public_key());
+    let zone = Zone::parse("bench").unwrap();
+    let device_id = DeviceId::random(&system_rng()).unwrap();
+    let now = SystemClock.now();
+    let issue = per_op(|i| {
+        let key = check_csr_pem(&csrs[i % csrs.len()]).unwrap();
+        let serial = Serial::random(&system_rng()).unwrap();
+        let spec = DeviceCertificateSpec {
+            device_id: &device_id,
+            trust_domain: td,
+            zone: &zone,
+            serial: &serial,
+            now,
+            lifetime: time::Duration::hours(24),
+            crl_url: "https://localhost/v1/crl",
+        };
+        std::hint::black_box(issue_device_certificate(ca, &spec, &key).unwrap());
+    });
+    (handshake, issue)
+}
+
+/// CPU seconds so far of the load generator and of everything else (the server: its
+/// runtime, SQLite's threads and the group-commit writer).
+fn cpu_split() -> Option<(f64, f64)> {
+    let mut split = (0.0, 0.0);
+    for (name, seconds) in cpu_seconds_by_thread()? {
+        if name.starts_with(LOAD_THREADS) {
+            split.0 += seconds;
+        } else {
+            split.1 += seconds;
+        }
+    }
+    Some(split)
+}
+
+/// A new client trusting only `root` (PEM), as the agent builds for each call.
+fn pinned_client(root: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(root).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// First contact, as the agent makes it: the trust bundle from a server not yet trusted, on
+/// a new connection, pinned by the token's hash.
+async fn trust_bundle(base: &str, ca_sha256: &str) -> Vec<u8> {
+    let first = reqwest::Client::builder()
+        .use_rustls_tls()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let bundle = first
+        .get(format!("{base}/v1/trust-bundle"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let root = pem::parse(&bundle).unwrap();
+    let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, root.contents()));
+    assert_eq!(sha, ca_sha256, "the trust bundle is the token's CA");
+    bundle.to_vec()
+}
+
+/// One device's enrollment as the agent makes it: two new clients, two new connections.
+async fn enroll_like_an_agent(base: &str, token: &str, csr: &str, ca_sha256: &str) {
+    let bundle = trust_bundle(base, ca_sha256).await;
+    let r = pinned_client(&bundle)
+        .post(format!("{base}/v1/enroll"))
+        .json(&json!({"token": token, "csr_pem": csr}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let _ = r.bytes().await.unwrap();
+}
+
+/// One TPM device's enrollment as the agent makes it: three new clients and connections,
+/// credential activation in between.
+async fn enroll_tpm_like_an_agent(
+    base: &str,
+    token: &str,
+    csr: &str,
+    ca_sha256: &str,
+    device: &SoftwareTpmIdentity,
+) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bundle = trust_bundle(base, ca_sha256).await;
+    let r = pinned_client(&bundle)
+        .post(format!("{base}/v1/enroll/tpm"))
+        .json(
+            &json!({"token": token, "ek_public": b64.encode(&device.ak.ek_public),
+                      "ak_public": b64.encode(&device.ak.ak_public)}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let challenge: vouch_proto::enroll::TpmChallenge = r.json().await.unwrap();
+    let (id_object, encrypted_secret) = challenge.credential().unwrap();
+    let secret = device.activate(&id_object, &encrypted_secret).unwrap();
+    let r = pinned_client(&bundle)
+        .post(format!("{base}/v1/enroll"))
+        .json(&json!({"token": token, "csr_pem": csr,
+                      "tpm": {"activation_id": challenge.activation_id, "secret": b64.encode(&secret)}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let _ = r.bytes().await.unwrap();
+}
+
+/// Runs `work` (one enrollment per item) `concurrency` at a time on the load generator's
+/// runtime; the rate and the CPU per item (load generator, server).
+async fn timed<T: Send + Sync + 'static, F, Fut>(
+    work: Vec<T>,
+    concurrency: usize,
+    one: F,
+) -> (f64, Option<(f64, f64)>)
+where
+    F: Fn(Arc<Vec<T>>, usize) -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let n = work.len();
+    let work = Arc::new(work);
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu_start = cpu_split();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (work, next, one) = (work.clone(), next.clone(), one.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= work.len() {
+                    break;
+                }
+                one(work.clone(), i).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let split = cpu_start
+        .zip(cpu_split())
+        .map(|(a, b)| ((b.0 - a.0) / n as f64, (b.1 - a.1) / n as f64));
+    (n as f64 / elapsed, split)
+}
+
+fn main() {
+    let n = env_usize("VOUCH_BENCH_N", 5_000);
+    let concurrency = env_usize("VOUCH_BENCH_CONCURRENCY", 64).min(n).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vouch-server")
+        .build()
+        .unwrap();
+    let load_runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(LOAD_THREADS)
+        .build()
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = DataDir::new(dir.path().join("data"));
+    let td = TrustDomain::parse("bench.example").unwrap();
+    app::init_ca(&data_dir, &td, SystemClock.now()).unwrap();
+    eprintln!("preparing {n} CSRs...");
+    let csrs: Vec<String> = (0..n).map(|_| csr()).collect();
+    let files = CaFiles {
+        root_cert_pem: std::fs::read_to_string(data_dir.file(DataFile::RootCert)).unwrap(),
+        root_key_pem: None,
+        issuing_cert_pem: std::fs::read_to_string(data_dir.file(DataFile::IssuingCert)).unwrap(),
+        issuing_key_pem: std::fs::read_to_string(data_dir.file(DataFile::IssuingKey)).unwrap(),
+    };
+    let ca = Authority::load(&files).unwrap();
+    let (handshake, issue) = floor(&ca, &csrs, &td);
+    let floor_per_enrollment = 2.0 * handshake + issue;
+    let make_credential = {
+        let sample = SoftwareTpmIdentity::new(rsa_ek_key(), u64::MAX);
+        let ek = vouch_attestor::tpm::Public::parse(&sample.ak.ek_public).unwrap();
+        let name = sample.ak.ak_name();
+        let rng = ring::rand::SystemRandom::new();
+        per_op(|_| {
+            std::hint::black_box(
+                vouch_attestor::credential::make_credential(&ek, &name, &[7u8; 32], &rng).unwrap(),
+            );
+        })
+    };
+    let tpm_floor = 3.0 * handshake + make_credential + issue;
+
+    let server = server_runtime.block_on(async {
+        let config = ServeConfig {
+            data_dir: data_dir.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            public_url: None,
+            database_url: app::default_database_url(&data_dir),
+            hostnames: vec!["127.0.0.1".into()],
+            max_connections: 8,
+            // Software TPMs have no manufacturer EK certificate.
+            settings: Settings {
+                tpm_trust_on_first_use: true,
+                ..Settings::default()
+            },
+            policy: Default::default(),
+            sweep_every: Duration::from_secs(3600),
+        };
+        app::start(&config, Arc::new(SystemClock)).await.unwrap()
+    });
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    let root = std::fs::read(data_dir.file(DataFile::RootCert)).unwrap();
+    let admin = app::mint_operator_token(&data_dir, Role::Admin, "bench", 3600, SystemClock.unix())
+        .unwrap();
+
+    let tpm_n = env_usize("VOUCH_BENCH_TPM_N", n / 2).max(1);
+    eprintln!("preparing {tpm_n} software TPM identities...");
+    let ek_keys: Vec<_> = (0..4).map(|_| rsa_ek_key()).collect();
+    let identities: Vec<SoftwareTpmIdentity> = (0..tpm_n)
+        .map(|i| SoftwareTpmIdentity::new(ek_keys[i % ek_keys.len()].clone(), i as u64))
+        .collect();
+    let tpm_csrs: Vec<String> = (0..tpm_n).map(|_| csr()).collect();
+
+    let ((rate, split), (tpm_rate, tpm_split)) = load_runtime.block_on(async {
+        let operator = pinned_client(&root);
+        let tokens = |count: usize, zone: &'static str| {
+            let (operator, base, admin) = (operator.clone(), base.clone(), admin.clone());
+            async move {
+                let mut tokens = Vec::with_capacity(count);
+                let mut ca_sha256 = String::new();
+                for _ in 0..count {
+                    let r: Value = operator
+                        .post(format!("{base}/v1/bootstrap-tokens"))
+                        .bearer_auth(&admin)
+                        .json(&json!({"zone": zone}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    ca_sha256 = r["ca_sha256"].as_str().unwrap().to_owned();
+                    tokens.push(r["token"].as_str().unwrap().to_owned());
+                }
+                (tokens, Arc::new(ca_sha256))
+            }
+        };
+        eprintln!("creating {n} bootstrap tokens...");
+        let (csr_tokens, ca_sha256) = tokens(n, "bench").await;
+        eprintln!("enrolling {n} devices, {concurrency} at a time, each on new connections...");
+        let work: Vec<(String, String)> = csr_tokens.into_iter().zip(csrs).collect();
+        let (b, sha) = (base.clone(), ca_sha256.clone());
+        let csr_phase = timed(work, concurrency, move |work, i| {
+            let (b, sha) = (b.clone(), sha.clone());
+            async move {
+                let (token, csr) = &work[i];
+                enroll_like_an_agent(&b, token, csr, &sha).await;
+            }
+        })
+        .await;
+
+        eprintln!("creating {tpm_n} bootstrap tokens for TPM devices...");
+        let (tpm_tokens, ca_sha256) = tokens(tpm_n, "sensors").await;
+        eprintln!(
+            "enrolling {tpm_n} TPM devices (credential activation), {concurrency} at a time..."
+        );
+        let work: Vec<(String, String, SoftwareTpmIdentity)> = tpm_tokens
+            .into_iter()
+            .zip(tpm_csrs)
+            .zip(identities)
+            .map(|((t, c), d)| (t, c, d))
+            .collect();
+        let b = base.clone();
+        let tpm_phase = timed(work, concurrency, move |work, i| {
+            let (b, sha) = (b.clone(), ca_sha256.clone());
+            async move {
+                let (token, csr, device) = &work[i];
+                enroll_tpm_like_an_agent(&b, token, csr, &sha, device).await;
+            }
+        })
+        .await;
+        (csr_phase, tpm_phase)
+    });
+    let counts = server_runtime
+        .block_on(server.state.registry.counts())
+        .unwrap();
+    assert_eq!(
+        counts.devices,
+        (n + tpm_n) as i64,
+        "every enrollment is in the registry"
+    );
+    server_runtime.block_on(server.stop());
+
+    println!(
+        "enroll_fresh benchmark ({cores} cores, SQLite, each device on new TLS connections: trust bundle + enrollment, {concurrency} at a time, N={n})"
+    );
+    println!(
+        "  floor on one core: TLS 1.3 handshake crypto {:.0} us (X25519 + ECDSA P-256 sign) x 2 + CSR check and signature {:.0} us = {:.0} us per enrollment",
+        handshake * 1e6,
+        issue * 1e6,
+        floor_per_enrollment * 1e6
+    );
+    println!(
+        "  end-to-end enrollments:                {rate:.0} /s (load generator on the same cores)"
+    );
+    if let Some((load, server_cpu)) = split {
+        println!(
+            "  CPU per enrollment: server {:.0} us = {:.1}x the floor (capacity {:.0} /s on {cores} cores), load generator {:.0} us",
+            server_cpu * 1e6,
+            server_cpu / floor_per_enrollment,
+            cores as f64 / server_cpu,
+            load * 1e6
+        );
+        result(
+            "enroll_fresh",
+            "server CPU per enrollment, each device on new TLS connections (trust bundle + enroll)",
+            &format!(
+                "{:.0} us ({:.0} /s on {cores} cores)",
+                server_cpu * 1e6,
+                cores as f64 / server_cpu
+            ),
+            &format!(
+                "{:.0} us: 2 handshakes' crypto + CSR check + signature",
+                floor_per_enrollment * 1e6
+            ),
+            &format!("{:.1}x", server_cpu / floor_per_enrollment),
+            &format!(
+                "<= 2x the floor: {}",
+                if server_cpu <= 2.0 * floor_per_enrollment {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            ),
+        );
+    }
+    result(
+        "enroll_fresh",
+        "enrollments end to end on new connections (load generator on the same cores)",
+        &format!("{rate:.0} /s"),
+        &format!(
+            "{:.0} /s floor ceiling on {cores} cores",
+            cores as f64 / floor_per_enrollment
+        ),
+        &format!("{:.1}%", 100.0 * rate * floor_per_enrollment / cores as f64),
+        "-",
+    );
+    println!(
+        "  TPM enrollment floor: 3 handshakes + MakeCredential {:.0} us + CSR check and signature = {:.0} us",
+        make_credential * 1e6,
+        tpm_floor * 1e6
+    );
+    println!("  end-to-end TPM enrollments (credential activation round trip): {tpm_rate:.0} /s");
+    if let Some((load, server_cpu)) = tpm_split {
+        println!(
+            "  CPU per TPM enrollment: server {:.0} us = {:.1}x the floor (capacity {:.0} /s on {cores} cores), load generator {:.0} us",
+            server_cpu * 1e6,
+            server_cpu / tpm_floor,
+            cores as f64 / server_cpu,
+            load * 1e6
+        );
+        result(
+            "enroll_fresh",
+            "server CPU per TPM enrollment (trust bundle, enroll/tpm, activation, enroll; new connections)",
+            &format!("{:.0} us ({:.0} /s on {cores} cores)", server_cpu * 1e6, cores as f64 / server_cpu),
+            &format!("{:.0} us: 3 handshakes' crypto + MakeCredential + CSR check + signature", tpm_floor * 1e6),
+            &format!("{:.1}x", server_cpu / tpm_floor),
+            "-",
+        );
+    }
+    result(
+        "enroll_fresh",
+        "TPM enrollments end to end (credential activation round trip, load generator on the same cores)",
+        &format!("{tpm_rate:.0} /s"),
+        &format!("{:.0} /s floor ceiling on {cores} cores", cores as f64 / tpm_floor),
+        &format!("{:.1}%", 100.0 * tpm_rate * tpm_floor / cores as f64),
+        &format!(">= 1,000/s: {}", if tpm_rate >= 1000.0 { "met" } else { "NOT met" }),
+    );
+}
