@@ -201,8 +201,10 @@ async fn enroll_tpm_like_an_agent(
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    let challenge: vouch_proto::enroll::TpmChallenge = r.json().await.unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let challenge: vouch_proto::enroll::TpmChallenge = serde_json::from_str(&body).unwrap();
     let (id_object, encrypted_secret) = challenge.credential().unwrap();
     let secret = device.activate(&id_object, &encrypted_secret).unwrap();
     let r = pinned_client(&bundle)
