@@ -25,59 +25,18 @@
 )]
 
 mod common;
-use common::{cpu_seconds, env_usize};
+use common::{authority, cpu_seconds, csr, env_usize, issue_cost};
 
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use vouch_ca::api::Settings;
 use vouch_ca::app::{self, ServeConfig};
 use vouch_ca::clock::{Clock, SystemClock};
 use vouch_ca::datadir::{DataDir, DataFile};
-use vouch_ca::ids::{system_rng, DeviceId, Serial, TrustDomain, Zone};
-use vouch_ca::pki::authority::{Authority, CaFiles};
-use vouch_ca::pki::csr::check_csr_pem;
-use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
+use vouch_ca::ids::TrustDomain;
 use vouch_ca::tokens::Role;
-
-fn csr() -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    rcgen::CertificateParams::new(vec![])
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap()
-}
-
-/// Seconds per (CSR check + certificate signature) on one core.
-fn raw_cost(ca: &Authority, csrs: &[String], td: &TrustDomain) -> f64 {
-    let zone = Zone::parse("bench").unwrap();
-    let rng = system_rng();
-    let device_id = DeviceId::random(&rng).unwrap();
-    let now = SystemClock.now();
-    // Warm up, then measure for at least one second.
-    let mut ops = 0usize;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(1) || ops < 1000 {
-        let pem = &csrs[ops % csrs.len()];
-        let key = check_csr_pem(pem).unwrap();
-        let serial = Serial::random(&rng).unwrap();
-        let spec = DeviceCertificateSpec {
-            device_id: &device_id,
-            trust_domain: td,
-            zone: &zone,
-            serial: &serial,
-            now,
-            lifetime: time::Duration::hours(24),
-            crl_url: "https://localhost/v1/crl",
-        };
-        std::hint::black_box(issue_device_certificate(ca, &spec, &key).unwrap());
-        ops += 1;
-    }
-    start.elapsed().as_secs_f64() / ops as f64
-}
 
 fn main() {
     let n = env_usize("VOUCH_BENCH_N", 20_000);
@@ -96,14 +55,8 @@ fn main() {
     eprintln!("preparing {n} CSRs...");
     let csrs: Vec<String> = (0..n).map(|_| csr()).collect();
 
-    let files = CaFiles {
-        root_cert_pem: std::fs::read_to_string(data_dir.file(DataFile::RootCert)).unwrap(),
-        root_key_pem: None,
-        issuing_cert_pem: std::fs::read_to_string(data_dir.file(DataFile::IssuingCert)).unwrap(),
-        issuing_key_pem: std::fs::read_to_string(data_dir.file(DataFile::IssuingKey)).unwrap(),
-    };
-    let ca = Authority::load(&files).unwrap();
-    let raw = raw_cost(&ca, &csrs, &td);
+    let ca = authority(&data_dir);
+    let raw = issue_cost(&ca, &csrs, &td);
     let raw_per_core = 1.0 / raw;
     let ceiling = raw_per_core * cores as f64;
 

@@ -35,7 +35,9 @@
 )]
 
 mod common;
-use common::{cpu_seconds_by_thread, env_usize, result};
+use common::{
+    authority, cpu_seconds_by_thread, csr, env_usize, issue_cost, per_op, result, runtime,
+};
 
 use ring::signature::KeyPair;
 use serde_json::{json, Value};
@@ -47,38 +49,12 @@ use vouch_ca::api::Settings;
 use vouch_ca::app::{self, ServeConfig};
 use vouch_ca::clock::{Clock, SystemClock};
 use vouch_ca::datadir::{DataDir, DataFile};
-use vouch_ca::ids::{system_rng, DeviceId, Serial, TrustDomain, Zone};
-use vouch_ca::pki::authority::{Authority, CaFiles};
-use vouch_ca::pki::csr::check_csr_pem;
-use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
+use vouch_ca::ids::TrustDomain;
+use vouch_ca::pki::authority::Authority;
 use vouch_ca::tokens::Role;
 
 /// Name of the load generator's threads.
 const LOAD_THREADS: &str = "load-gen";
-
-fn csr() -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    rcgen::CertificateParams::new(vec![])
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap()
-}
-
-/// Seconds per call of `op` on one core (at least one second and 200 calls, after a warm-up).
-fn per_op(mut op: impl FnMut(usize)) -> f64 {
-    for i in 0..20 {
-        op(i);
-    }
-    let mut ops = 0usize;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(1) || ops < 200 {
-        op(ops);
-        ops += 1;
-    }
-    start.elapsed().as_secs_f64() / ops as f64
-}
 
 /// The floor's parts, seconds each: (handshake crypto, CSR check + certificate signature).
 fn floor(ca: &Authority, csrs: &[String], td: &TrustDomain) -> (f64, f64) {
@@ -101,23 +77,7 @@ fn floor(ca: &Authority, csrs: &[String], td: &TrustDomain) -> (f64, f64) {
         std::hint::black_box(server_key.sign(&rng, &transcript).unwrap());
     });
     std::hint::black_box(server_key.public_key());
-    let zone = Zone::parse("bench").unwrap();
-    let device_id = DeviceId::random(&system_rng()).unwrap();
-    let now = SystemClock.now();
-    let issue = per_op(|i| {
-        let key = check_csr_pem(&csrs[i % csrs.len()]).unwrap();
-        let serial = Serial::random(&system_rng()).unwrap();
-        let spec = DeviceCertificateSpec {
-            device_id: &device_id,
-            trust_domain: td,
-            zone: &zone,
-            serial: &serial,
-            now,
-            lifetime: time::Duration::hours(24),
-            crl_url: "https://localhost/v1/crl",
-        };
-        std::hint::black_box(issue_device_certificate(ca, &spec, &key).unwrap());
-    });
+    let issue = issue_cost(ca, csrs, td);
     (handshake, issue)
 }
 
@@ -261,16 +221,8 @@ fn main() {
     let n = env_usize("VOUCH_BENCH_N", 5_000);
     let concurrency = env_usize("VOUCH_BENCH_CONCURRENCY", 64).min(n).max(1);
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let server_runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("vouch-server")
-        .build()
-        .unwrap();
-    let load_runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name(LOAD_THREADS)
-        .build()
-        .unwrap();
+    let server_runtime = runtime("vouch-server");
+    let load_runtime = runtime(LOAD_THREADS);
 
     let dir = tempfile::tempdir().unwrap();
     let data_dir = DataDir::new(dir.path().join("data"));
@@ -278,13 +230,7 @@ fn main() {
     app::init_ca(&data_dir, &td, SystemClock.now()).unwrap();
     eprintln!("preparing {n} CSRs...");
     let csrs: Vec<String> = (0..n).map(|_| csr()).collect();
-    let files = CaFiles {
-        root_cert_pem: std::fs::read_to_string(data_dir.file(DataFile::RootCert)).unwrap(),
-        root_key_pem: None,
-        issuing_cert_pem: std::fs::read_to_string(data_dir.file(DataFile::IssuingCert)).unwrap(),
-        issuing_key_pem: std::fs::read_to_string(data_dir.file(DataFile::IssuingKey)).unwrap(),
-    };
-    let ca = Authority::load(&files).unwrap();
+    let ca = authority(&data_dir);
     let (handshake, issue) = floor(&ca, &csrs, &td);
     let floor_per_enrollment = 2.0 * handshake + issue;
     let make_credential = {

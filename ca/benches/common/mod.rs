@@ -1,4 +1,15 @@
-//! What the benchmarks share: their size from the environment, and the CPU the process used.
+//! What the benchmarks share: their size from the environment, the CPU the process used,
+//! runtimes, CSRs and the raw cost of issuing a certificate.
+// Each benchmark uses some of these.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+use vouch_ca::clock::{Clock, SystemClock};
+use vouch_ca::datadir::{DataDir, DataFile};
+use vouch_ca::ids::{system_rng, DeviceId, Serial, TrustDomain, Zone};
+use vouch_ca::pki::authority::{Authority, CaFiles};
+use vouch_ca::pki::csr::check_csr_pem;
+use vouch_ca::pki::profile::{issue_device_certificate, DeviceCertificateSpec};
 
 /// `name` from the environment as a number, else `default`.
 pub fn env_usize(name: &str, default: usize) -> usize {
@@ -9,7 +20,6 @@ pub fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// CPU seconds (user + system) used by this process so far, from `/proc/self/stat`.
-#[allow(dead_code)] // Not every benchmark reads the whole process's CPU.
 pub fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let after_name = stat.rsplit_once(')')?.1;
@@ -21,7 +31,6 @@ pub fn cpu_seconds() -> Option<f64> {
 
 /// CPU seconds used so far by each of this process's threads, by thread name, from
 /// `/proc/self/task/*/stat` (threads that have ended are not counted).
-#[allow(dead_code)] // Not every benchmark splits its CPU.
 pub fn cpu_seconds_by_thread() -> Option<Vec<(String, f64)>> {
     let mut threads = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").ok()? {
@@ -43,4 +52,71 @@ pub fn cpu_seconds_by_thread() -> Option<Vec<(String, f64)>> {
 /// ratio to that floor, and the target with whether it is met.
 pub fn result(bench: &str, figure: &str, value: &str, floor: &str, ratio: &str, target: &str) {
     println!("RESULT\t{bench}\t{figure}\t{value}\t{floor}\t{ratio}\t{target}");
+}
+
+/// A multi-threaded runtime whose threads are named `name` (so their CPU can be told apart).
+pub fn runtime(name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(name)
+        .build()
+        .unwrap()
+}
+
+/// A PKCS#10 CSR for a new P-256 key, PEM.
+pub fn csr() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    rcgen::CertificateParams::new(vec![])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+/// The issuing CA of a data directory.
+pub fn authority(data_dir: &DataDir) -> Authority {
+    let read = |f| std::fs::read_to_string(data_dir.file(f)).unwrap();
+    Authority::load(&CaFiles {
+        root_cert_pem: read(DataFile::RootCert),
+        root_key_pem: None,
+        issuing_cert_pem: read(DataFile::IssuingCert),
+        issuing_key_pem: read(DataFile::IssuingKey),
+    })
+    .unwrap()
+}
+
+/// Seconds per call of `op` on one core (at least one second and 200 calls, after a warm-up).
+pub fn per_op(mut op: impl FnMut(usize)) -> f64 {
+    for i in 0..20 {
+        op(i);
+    }
+    let mut ops = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) || ops < 200 {
+        op(ops);
+        ops += 1;
+    }
+    start.elapsed().as_secs_f64() / ops as f64
+}
+
+/// Seconds per (CSR check + certificate signature) on one core.
+pub fn issue_cost(ca: &Authority, csrs: &[String], td: &TrustDomain) -> f64 {
+    let zone = Zone::parse("bench").unwrap();
+    let device_id = DeviceId::random(&system_rng()).unwrap();
+    let now = SystemClock.now();
+    per_op(|i| {
+        let key = check_csr_pem(&csrs[i % csrs.len()]).unwrap();
+        let serial = Serial::random(&system_rng()).unwrap();
+        let spec = DeviceCertificateSpec {
+            device_id: &device_id,
+            trust_domain: td,
+            zone: &zone,
+            serial: &serial,
+            now,
+            lifetime: time::Duration::hours(24),
+            crl_url: "https://localhost/v1/crl",
+        };
+        std::hint::black_box(issue_device_certificate(ca, &spec, &key).unwrap());
+    })
 }

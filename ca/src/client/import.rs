@@ -202,11 +202,7 @@ fn check_row(
 pub async fn import(args: &ImportArgs) -> Result<(), ClientError> {
     let (rows, mut bad) = read_rows(&args.file)?;
     let client = super::commands::connect(&args.remote)?;
-    let out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode_0600()
-        .open(&args.out)
+    let out = super::new_private_file(&args.out)
         .map_err(|e| ClientError::Usage(vec![format!("--out `{}`: {e}", args.out.display())]))?;
     let mut out = csv::Writer::from_writer(std::io::BufWriter::new(out));
     out.write_record(["line", "name", "zone", "token_id", "expires_at", "token"])
@@ -291,19 +287,6 @@ pub async fn import(args: &ImportArgs) -> Result<(), ClientError> {
             "{} rows were not imported (see the lines above)",
             bad.len()
         )))
-    }
-}
-
-/// `OpenOptions::mode(0o600)` on Unix.
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600);
-        self
     }
 }
 

@@ -171,6 +171,15 @@ impl Mode0700 for std::fs::DirBuilder {
     }
 }
 
+/// Creates `path` new, owner-only (0600 on Unix): for files that hold tokens.
+pub(crate) fn new_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 fn usage(e: String) -> ClientError {
     ClientError::Usage(vec![e])
 }

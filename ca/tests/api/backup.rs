@@ -91,6 +91,22 @@ impl Operator {
         Enrolled { body, key_pem }
     }
 
+    async fn revoke(&self, device: &Enrolled, reason: &str) {
+        let r = self
+            .client
+            .post(format!(
+                "{}/v1/devices/{}/revoke",
+                self.base,
+                device.device_id()
+            ))
+            .bearer_auth(&self.admin)
+            .json(&json!({ "reason": reason }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
     async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .client
@@ -112,19 +128,7 @@ async fn a_backup_taken_while_serving_restores_the_ca_and_the_registry_of_its_mo
     let op = Operator::new(&server, &data);
     let kept = op.enroll().await;
     let revoked = op.enroll().await;
-    let r = op
-        .client
-        .post(format!(
-            "{}/v1/devices/{}/revoke",
-            op.base,
-            revoked.device_id()
-        ))
-        .bearer_auth(&op.admin)
-        .json(&json!({"reason": "lost"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    op.revoke(&revoked, "lost").await;
 
     // Taken beside the running server.
     let backup = d.join("backup");
@@ -169,17 +173,7 @@ async fn a_backup_taken_while_serving_restores_the_ca_and_the_registry_of_its_mo
     // the backup's number.
     let later = op.enroll().await;
     let extra = op.enroll().await;
-    op.client
-        .post(format!(
-            "{}/v1/devices/{}/revoke",
-            op.base,
-            extra.device_id()
-        ))
-        .bearer_auth(&op.admin)
-        .json(&json!({"reason": "after the backup"}))
-        .send()
-        .await
-        .unwrap();
+    op.revoke(&extra, "after the backup").await;
     let live_crl = crl_number(&op).await;
     drop(server);
 
