@@ -144,12 +144,26 @@ REGIONAL_TOKEN=$(token regional server)
 ok "vouch token create: two for zone sensors, one for edge, one for regional"
 
 bold "2. three sidecars enroll: a TPM sensor, a sensor without a TPM, an edge gateway"
-BROKER_PORT=$(free_port)
-printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$BROKER_PORT" > mosquitto.conf
-"$MOSQUITTO" -c mosquitto.conf >/dev/null 2>&1 &
-PIDS+=($!)
+# A port found free may be taken before mosquitto binds it: then it exits, and another is tried.
+for _ in $(seq 1 10); do
+    BROKER_PORT=$(free_port)
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$BROKER_PORT" > mosquitto.conf
+    "$MOSQUITTO" -c mosquitto.conf >/dev/null 2>&1 &
+    BROKER_PID=$!
+    for _ in $(seq 1 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null && break
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    if kill -0 "$BROKER_PID" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null; then
+        PIDS+=("$BROKER_PID")
+        break
+    fi
+    kill "$BROKER_PID" 2>/dev/null || true
+    BROKER_PID=
+done
+[ -n "${BROKER_PID:-}" ] || fail "mosquitto to listen"
 MQTT=mqtt://127.0.0.1:$BROKER_PORT
-until_true 10 "mosquitto to listen" bash -c "exec 3<>/dev/tcp/127.0.0.1/$BROKER_PORT"
 say "MQTT broker (mosquitto) at $MQTT"
 
 mkdir -p tpm

@@ -40,7 +40,7 @@
 mod common;
 #[path = "../tests/common/tpm_fleet.rs"]
 mod tpm_fleet;
-use common::{cpu_seconds, cpu_seconds_by_thread, env_usize};
+use common::{cpu_seconds, cpu_seconds_by_thread, env_usize, serve_config};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -304,19 +304,12 @@ fn main() {
 
     let (server, fleet, root) = server_runtime.block_on(async {
         let config = ServeConfig {
-            data_dir: data_dir.clone(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            public_url: None,
-            database_url: app::default_database_url(&data_dir),
-            hostnames: vec!["127.0.0.1".into()],
-            max_connections: 8,
-            settings: Settings::default(),
             policy: PolicyConfig {
                 dir: Some(policies.clone()),
                 shadow_dir: None,
                 poll: None,
             },
-            sweep_every: Duration::from_secs(3600),
+            ..serve_config(&data_dir, Settings::default())
         };
         let server = app::start(&config, Arc::new(SystemClock)).await.unwrap();
         let base = format!("https://127.0.0.1:{}", server.addr.port());

@@ -25,14 +25,14 @@
 )]
 
 mod common;
-use common::{authority, cpu_seconds, csr, env_usize, issue_cost};
+use common::{authority, cpu_seconds, csr, env_usize, issue_cost, serve_config};
 
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use vouch_ca::api::Settings;
-use vouch_ca::app::{self, ServeConfig};
+use vouch_ca::app;
 use vouch_ca::clock::{Clock, SystemClock};
 use vouch_ca::datadir::{DataDir, DataFile};
 use vouch_ca::ids::TrustDomain;
@@ -61,17 +61,7 @@ fn main() {
     let ceiling = raw_per_core * cores as f64;
 
     let rate = runtime.block_on(async {
-        let config = ServeConfig {
-            data_dir: data_dir.clone(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            public_url: None,
-            database_url: app::default_database_url(&data_dir),
-            hostnames: vec!["127.0.0.1".into()],
-            max_connections: 8,
-            settings: Settings::default(),
-            policy: Default::default(),
-            sweep_every: std::time::Duration::from_secs(3600),
-        };
+        let config = serve_config(&data_dir, Settings::default());
         let server = app::start(&config, Arc::new(SystemClock)).await.unwrap();
         let base = format!("https://127.0.0.1:{}", server.addr.port());
         let root = std::fs::read(data_dir.file(DataFile::RootCert)).unwrap();

@@ -37,16 +37,17 @@
 mod common;
 use common::{
     authority, cpu_seconds_by_thread, csr, env_usize, issue_cost, per_op, result, runtime,
+    serve_config,
 };
 
 use ring::signature::KeyPair;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use vouch_attestor::testing::{rsa_ek_key, SoftwareTpmIdentity};
 use vouch_ca::api::Settings;
-use vouch_ca::app::{self, ServeConfig};
+use vouch_ca::app;
 use vouch_ca::clock::{Clock, SystemClock};
 use vouch_ca::datadir::{DataDir, DataFile};
 use vouch_ca::ids::TrustDomain;
@@ -247,21 +248,14 @@ fn main() {
     let tpm_floor = 3.0 * handshake + make_credential + issue;
 
     let server = server_runtime.block_on(async {
-        let config = ServeConfig {
-            data_dir: data_dir.clone(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            public_url: None,
-            database_url: app::default_database_url(&data_dir),
-            hostnames: vec!["127.0.0.1".into()],
-            max_connections: 8,
-            // Software TPMs have no manufacturer EK certificate.
-            settings: Settings {
+        // Software TPMs have no manufacturer EK certificate.
+        let config = serve_config(
+            &data_dir,
+            Settings {
                 tpm_trust_on_first_use: true,
                 ..Settings::default()
             },
-            policy: Default::default(),
-            sweep_every: Duration::from_secs(3600),
-        };
+        );
         app::start(&config, Arc::new(SystemClock)).await.unwrap()
     });
     let base = format!("https://127.0.0.1:{}", server.addr.port());

@@ -36,18 +36,9 @@ fn io(path: &Path, e: impl std::fmt::Display) -> String {
     format!("`{}`: {e}", path.display())
 }
 
-#[cfg(unix)]
+/// Creates `path` 0700, or says why not.
 fn create_private_dir(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| io(path, e))
-}
-
-#[cfg(not(unix))]
-fn create_private_dir(path: &Path) -> Result<(), String> {
-    std::fs::create_dir(path).map_err(|e| io(path, e))
+    crate::datadir::create_private_dir(path).map_err(|e| e.to_string())
 }
 
 /// Copies `from` to a new file `to` with `mode`.
@@ -57,14 +48,41 @@ fn copy_new(from: &Path, to: &Path, mode: u32) -> Result<(), String> {
 }
 
 fn write_new(to: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    let mut file = options.open(to).map_err(|e| io(to, e))?;
-    file.write_all(bytes).map_err(|e| io(to, e))?;
-    file.sync_all().map_err(|e| io(to, e))
+    crate::datadir::write_new(to, bytes, mode).map_err(|e| e.to_string())
+}
+
+/// `path` with `suffix` appended to its file name, beside it: where a directory is built
+/// before it is renamed into place, so a failure leaves nothing at `path`.
+fn staging(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Builds a directory at `staged` with `build`, then renames it to `target` (which must not
+/// exist, or be an empty directory); on any failure removes what was built.
+async fn build_then_rename<F, Fut>(staged: &Path, target: &Path, build: F) -> Result<Report, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Report, String>>,
+{
+    if staged.exists() {
+        return Err(format!(
+            "`{}` exists (left by an interrupted run?): remove it first",
+            staged.display()
+        ));
+    }
+    create_private_dir(staged)?;
+    let built = match build().await {
+        Ok(report) => std::fs::rename(staged, target)
+            .map(|()| report)
+            .map_err(|e| io(target, e)),
+        Err(e) => Err(e),
+    };
+    if built.is_err() {
+        let _ = std::fs::remove_dir_all(staged);
+    }
+    built
 }
 
 fn sha256_hex(path: &Path) -> Result<String, String> {
@@ -92,7 +110,21 @@ pub async fn backup(data_dir: &DataDir, database_url: &str, out: &Path) -> Resul
             data_dir.path().display()
         ));
     }
-    create_private_dir(out)?;
+    if out.exists() {
+        return Err(format!(
+            "`{}` exists: a backup goes into a new directory",
+            out.display()
+        ));
+    }
+    let staged = staging(out, ".partial");
+    build_then_rename(&staged, out, || {
+        backup_into(data_dir, database_url, &staged)
+    })
+    .await
+}
+
+/// Writes the backup into the directory `out` (created, empty).
+async fn backup_into(data_dir: &DataDir, database_url: &str, out: &Path) -> Result<Report, String> {
     let mut report = Report::default();
     let mut manifest = String::new();
     for file in FILES {
@@ -141,7 +173,8 @@ pub async fn backup(data_dir: &DataDir, database_url: &str, out: &Path) -> Resul
 }
 
 /// Restores the backup in `from` into `data_dir`, which must not exist or be empty: every
-/// file is checked against the manifest before anything is written.
+/// file is checked against the manifest before anything is written, and the data directory
+/// is built beside it and renamed into place, so a failure leaves nothing.
 ///
 /// Sidecars keep the newest CRL number they have seen and ignore lower ones, and the live
 /// server may have signed CRLs after the backup. So the restored registry's CRL number is
@@ -184,24 +217,28 @@ pub async fn restore(from: &Path, data_dir: &DataDir, now_ms: i64) -> Result<Rep
                 ));
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_private_dir(root)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(root, e)),
     }
-    let mut report = Report::default();
-    for file in entries {
-        let mode = match file {
-            DataFile::RootCert | DataFile::IssuingCert | DataFile::TrustDomain => 0o644,
-            _ => 0o600,
-        };
-        copy_new(&from.join(file.file_name()), &data_dir.file(file), mode)?;
-        if file == DataFile::Database {
-            renumber_crls(&data_dir.file(file), now_ms).await?;
-            report.database = true;
-        } else {
-            report.files.push(file.file_name().to_owned());
+    let staged = DataDir::new(staging(root, ".restoring"));
+    build_then_rename(staged.path(), root, || async {
+        let mut report = Report::default();
+        for file in entries {
+            let mode = match file {
+                DataFile::RootCert | DataFile::IssuingCert | DataFile::TrustDomain => 0o644,
+                _ => 0o600,
+            };
+            copy_new(&from.join(file.file_name()), &staged.file(file), mode)?;
+            if file == DataFile::Database {
+                renumber_crls(&staged.file(file), now_ms).await?;
+                report.database = true;
+            } else {
+                report.files.push(file.file_name().to_owned());
+            }
         }
-    }
-    Ok(report)
+        Ok(report)
+    })
+    .await
 }
 
 /// Raises the CRL number of the SQLite registry at `path` to at least `floor` and drops its

@@ -93,11 +93,7 @@ impl DataDir {
 
     /// Creates the directory (mode 0700) if it does not exist.
     pub fn create(&self) -> Result<(), DataDirError> {
-        fs::create_dir_all(&self.root).map_err(|source| DataDirError::Io {
-            path: self.root.clone(),
-            source,
-        })?;
-        set_mode(&self.root, 0o700)
+        create_private_dir(&self.root)
     }
 
     /// Whether a file exists.
@@ -157,7 +153,17 @@ pub(crate) fn replace_secret(path: &Path, contents: &[u8]) -> Result<(), DataDir
     })
 }
 
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirError> {
+/// Creates the directory `path` (and its parents) with mode 0700.
+pub(crate) fn create_private_dir(path: &Path) -> Result<(), DataDirError> {
+    fs::create_dir_all(path).map_err(|source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    set_mode(path, 0o700)
+}
+
+/// Writes a new file at `path` with `mode`; never overwrites.
+pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), DataDirError> {
     let io = |source| DataDirError::Io {
         path: path.to_owned(),
         source,

@@ -18,26 +18,9 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn every_command_has_help_with_an_example() {
-    fn walk(command: &clap::Command, path: &mut Vec<String>, missing: &mut Vec<String>) {
-        let subcommands: Vec<&clap::Command> = command.get_subcommands().collect();
-        if subcommands.is_empty() {
-            let help = command
-                .get_after_help()
-                .map(|h| h.to_string())
-                .unwrap_or_default();
-            if !help.contains("Example") {
-                missing.push(path.join(" "));
-            }
-        }
-        for sub in subcommands {
-            path.push(sub.get_name().to_owned());
-            walk(sub, path, missing);
-            path.pop();
-        }
-    }
-    let mut missing = Vec::new();
-    let cli = <vouch_agent::config::Cli as clap::CommandFactory>::command();
-    walk(&cli, &mut vec!["vouch-agent".into()], &mut missing);
+    let missing = crate::help_examples::leaves_without_an_example(
+        &<vouch_agent::config::Cli as clap::CommandFactory>::command(),
+    );
     assert!(
         missing.is_empty(),
         "without an example in --help: {missing:?}"

@@ -255,20 +255,8 @@ async fn decisions_made_offline_reach_the_log_once_although_the_agent_is_killed_
     assert_eq!(count(&log, "sender", &g, "deny"), 10, "{log:?}");
     assert_eq!(count(&log, "receiver", &r, "allow"), 41, "{log:?}");
     assert_eq!(log.len(), 92, "nothing else, nothing twice: {log:?}");
-    // The batch the killed agent never saw answered came again and was answered as already
-    // recorded.
-    let agent_log = gateway.process.log();
-    let already: u64 = agent_log
-        .split("already=")
-        .skip(1)
-        .filter_map(|rest| {
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum();
-    assert!(
-        already > 0,
-        "the retried batch was answered as already recorded:\n{agent_log}"
-    );
+    // Which of the killed agent's uploads reached the server before the kill depends on the
+    // relay's timing, so the counts above are the check: every decision once, none twice.
+    // That the server answers a batch it has as already recorded is
+    // `ca/tests/api/policy/uploads.rs::a_retried_upload_is_recorded_once_with_where_each_decision_was_made`.
 }

@@ -13,6 +13,8 @@ mod decision_spool;
 mod docs;
 mod e2e;
 mod fake;
+#[path = "../../../ca/tests/common/help_examples.rs"]
+mod help_examples;
 mod lifecycle;
 mod messaging;
 mod policy_feed;

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
+use vouch_ca::api::Settings;
+use vouch_ca::app::{self, ServeConfig};
 use vouch_ca::clock::{Clock, SystemClock};
 use vouch_ca::datadir::{DataDir, DataFile};
 use vouch_ca::ids::{system_rng, DeviceId, Serial, TrustDomain, Zone};
@@ -119,4 +121,20 @@ pub fn issue_cost(ca: &Authority, csrs: &[String], td: &TrustDomain) -> f64 {
         };
         std::hint::black_box(issue_device_certificate(ca, &spec, &key).unwrap());
     })
+}
+
+/// A server on a loopback port of its own over the data directory's SQLite registry, with
+/// `settings`, no policy directory and no sweep during the run.
+pub fn serve_config(data_dir: &DataDir, settings: Settings) -> ServeConfig {
+    ServeConfig {
+        data_dir: data_dir.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
+        database_url: app::default_database_url(data_dir),
+        hostnames: vec!["127.0.0.1".into()],
+        max_connections: 8,
+        settings,
+        policy: Default::default(),
+        sweep_every: Duration::from_secs(3600),
+    }
 }

@@ -180,11 +180,7 @@ fn print(
 
 /// `/v1/devices/{id}{suffix}`, with the id checked first (it becomes part of a URL).
 fn device_path(id: &str, suffix: &str) -> Result<String, ClientError> {
-    if id.len() != 32
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if vouch_proto::ids::DeviceId::parse(id).is_none() {
         return Err(ClientError::Usage(vec![format!(
             "device id `{id}` must be 32 lowercase hex digits"
         )]));
@@ -469,7 +465,9 @@ async fn crl_show(remote: &Remote) -> Result<(), ClientError> {
         .iter_revoked_certificates()
         .map(|r| {
             json!({
-                "serial": serial_hex(r.raw_serial()),
+                // As the registry writes it; a serial not of Vouch's 128 bits as its DER hex.
+                "serial": vouch_proto::ids::Serial::from_der_bytes(r.raw_serial())
+                    .map_or_else(|| hex::encode(r.raw_serial()), |s| s.to_hex()),
                 "revoked_at": r.revocation_date.timestamp(),
                 "reason": r.reason_code().map(|(_, c)| c.to_string()),
             })
@@ -506,28 +504,4 @@ async fn crl_show(remote: &Remote) -> Result<(), ClientError> {
         }
         Ok(text)
     })
-}
-
-/// A serial as the registry writes it: the DER integer's value without its sign padding,
-/// in 16 bytes (Vouch's serials are 128 bits) or more, hex.
-fn serial_hex(raw: &[u8]) -> String {
-    let value: Vec<u8> = raw.iter().copied().skip_while(|b| *b == 0).collect();
-    format!("{:0>32}", hex::encode(value))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn serials_print_as_the_registry_writes_them() {
-        let high = [
-            0x00, 0xd2, 0x74, 0x4e, 0xb0, 0xf8, 0x7c, 0x55, 0xbe, 0x80, 0x7e, 0x55, 0x00, 0xce,
-            0x94, 0x92, 0xdf,
-        ];
-        assert_eq!(super::serial_hex(&high), "d2744eb0f87c55be807e5500ce9492df");
-        let short = [0x0a, 0x01];
-        assert_eq!(
-            super::serial_hex(&short),
-            "00000000000000000000000000000a01"
-        );
-    }
 }

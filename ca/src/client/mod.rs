@@ -145,29 +145,12 @@ impl ClientConfig {
     /// token in it is a credential.
     pub fn write(&self, path: &Path) -> Result<(), ClientError> {
         let text = toml::to_string(self).map_err(|e| ClientError::Other(e.to_string()))?;
-        let fail = |e: std::io::Error| ClientError::Other(format!("`{}`: {e}", path.display()));
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode_0700()
-                .create(dir)
-                .map_err(fail)?;
+            crate::datadir::create_private_dir(dir)
+                .map_err(|e| ClientError::Other(e.to_string()))?;
         }
         crate::datadir::replace_secret(path, text.as_bytes())
             .map_err(|e| ClientError::Other(e.to_string()))
-    }
-}
-
-/// `DirBuilder::mode` on Unix, a no-op elsewhere.
-trait Mode0700 {
-    fn mode_0700(&mut self) -> &mut Self;
-}
-
-impl Mode0700 for std::fs::DirBuilder {
-    fn mode_0700(&mut self) -> &mut Self {
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(self, 0o700);
-        self
     }
 }
 

@@ -194,6 +194,45 @@ async fn a_backup_taken_while_serving_restores_the_ca_and_the_registry_of_its_mo
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("operator-token.key"));
     assert!(!d.join("t").exists(), "nothing written");
+    // A backup that checks out but whose registry does not open: the restore fails after
+    // copying, and leaves nothing behind, not even its staging directory.
+    let broken = d.join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    for entry in std::fs::read_dir(&backup).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), broken.join(entry.file_name())).unwrap();
+    }
+    let junk = b"not a SQLite database, but listed as one";
+    std::fs::write(broken.join("vouch.db"), junk).unwrap();
+    let manifest: String = std::fs::read_to_string(broken.join("MANIFEST.sha256"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.ends_with("  vouch.db") {
+                format!(
+                    "{}  vouch.db\n",
+                    hex::encode(ring::digest::digest(&ring::digest::SHA256, junk))
+                )
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(broken.join("MANIFEST.sha256"), manifest).unwrap();
+    let half = d.join("half");
+    let failed = vouch(&[
+        "restore",
+        broken.to_str().unwrap(),
+        "--data-dir",
+        half.to_str().unwrap(),
+    ]);
+    assert!(!failed.status.success());
+    assert!(!half.exists(), "a failed restore leaves no data directory");
+    assert!(
+        !d.join("half.restoring").exists(),
+        "nor its staging directory"
+    );
+
     let into_used = vouch(&[
         "restore",
         backup.to_str().unwrap(),

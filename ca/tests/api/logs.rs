@@ -32,12 +32,16 @@ async fn json_logs_carry_the_request_id_the_answer_names() {
         .build()
         .unwrap();
 
+    // A client's own id is never taken: it could forge or confuse log lines.
     let ok = client
         .get(format!("{}/healthz", server.base))
+        .header("x-request-id", "forged")
         .send()
         .await
         .unwrap();
     let ok_id = ok.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(ok_id, "forged");
+    assert_eq!(ok.headers().get_all("x-request-id").iter().count(), 1);
     let refused = client
         .get(format!("{}/v1/devices", server.base))
         .bearer_auth("not-a-token")

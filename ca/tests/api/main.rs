@@ -17,6 +17,8 @@ mod connections;
 mod crl_feed;
 mod deploy;
 mod enroll;
+#[path = "../common/help_examples.rs"]
+mod help_examples;
 mod hostile;
 mod impersonation;
 mod interop;

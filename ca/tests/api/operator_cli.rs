@@ -402,28 +402,8 @@ async fn completions_cover_the_commands_and_every_command_has_an_example() {
     );
 
     // Every leaf command's help shows an example.
-    fn walk(command: &clap::Command, path: &mut Vec<String>, missing: &mut Vec<String>) {
-        let leaves: Vec<&clap::Command> = command.get_subcommands().collect();
-        if leaves.is_empty() {
-            let help = command
-                .get_after_help()
-                .map(|h| h.to_string())
-                .unwrap_or_default();
-            if !help.contains("Example") {
-                missing.push(path.join(" "));
-            }
-        }
-        for sub in leaves {
-            path.push(sub.get_name().to_owned());
-            walk(sub, path, missing);
-            path.pop();
-        }
-    }
-    let mut missing = Vec::new();
-    walk(
+    let missing = crate::help_examples::leaves_without_an_example(
         &<vouch_ca::config::Cli as clap::CommandFactory>::command(),
-        &mut vec!["vouch".into()],
-        &mut missing,
     );
     assert!(
         missing.is_empty(),

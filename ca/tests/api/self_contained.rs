@@ -127,9 +127,19 @@ fn no_file_names_a_path_outside_the_repository() {
             .unwrap_or(file)
             .display()
             .to_string();
+        // A `#[path]` attribute is resolved from the file's own directory, not its crate's.
+        let file_depth = file
+            .parent()
+            .and_then(|d| d.strip_prefix(&root).ok())
+            .map_or(0, |d| d.components().count());
         for (n, line) in text.lines().enumerate() {
+            let from = if line.trim_start().starts_with("#[path") {
+                file_depth
+            } else {
+                depth
+            };
             for token in dotdot_tokens(line) {
-                if escapes(token, depth) {
+                if escapes(token, from) {
                     problems.push(format!(
                         "{shown}:{}: `{token}` leaves the repository",
                         n + 1

@@ -12,14 +12,7 @@ async fn a_revocation_reaches_a_running_sidecar_by_long_poll() {
     let gateway = Sidecar::start(
         &server,
         "edge",
-        &[
-            "--refresh".into(),
-            "1h".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--advertise".into(),
-            format!("https://127.0.0.1:{port}"),
-        ],
+        &[&["--refresh".into(), "1h".into()][..], &listen_args(port)].concat(),
     )
     .await;
     let sensor = Sidecar::start(&server, "sensors", &[]).await;
@@ -251,19 +244,9 @@ async fn cut_off_from_the_server_sidecars_hand_each_other_the_newest_crl() {
     // The regional node reaches the server through a link the test cuts.
     let link = Partitionable::to(&server.base).await;
     let token = server.token(json!({"zone": "regional"})).await;
-    let regional = Sidecar::launch_via(
-        &link.base(),
-        &token,
-        None,
-        &[
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--advertise".into(),
-            format!("https://127.0.0.1:{port}"),
-        ],
-    )
-    .ready()
-    .await;
+    let regional = Sidecar::launch_via(&link.base(), &token, None, &listen_args(port))
+        .ready()
+        .await;
     let gateway = Sidecar::start(&server, "edge", &[]).await;
     let other = Sidecar::start(&server, "edge", &[]).await;
     let endpoint = format!("https://127.0.0.1:{port}");
@@ -352,14 +335,7 @@ async fn a_revocation_on_one_replica_reaches_a_sidecar_on_another_postgres() {
         &b.base,
         &token,
         None,
-        &[
-            "--refresh".into(),
-            "1h".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--advertise".into(),
-            format!("https://127.0.0.1:{port}"),
-        ],
+        &[&["--refresh".into(), "1h".into()][..], &listen_args(port)].concat(),
     )
     .ready()
     .await;
