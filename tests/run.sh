@@ -50,6 +50,9 @@ if ! cmp -s tests/interop/requirements.txt "$venv/requirements.txt"; then
 fi
 export VOUCH_PYTHON="$PWD/$venv/bin/python"
 
+# A one-shot build gains nothing from incremental state, which is as large as the build itself.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "== disk before the build: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -68,4 +71,5 @@ set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
+echo "== disk after the run: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free, target/ $(du -sh target | cut -f1)"
 exit "$status"
