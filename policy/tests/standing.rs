@@ -85,6 +85,47 @@ mod local {
         assert!(!refused.allowed, "{refused:?}");
     }
 
+    /// The entities built for a set of facts are kept and used again (a sidecar decides for
+    /// the same two devices message after message): the decision still follows the facts
+    /// given each time, through more distinct sets than are kept.
+    #[test]
+    fn kept_entities_follow_the_facts_given() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+        let policy = LocalPolicy::from_files(read_dir_files(&dir).unwrap()).unwrap();
+        let context: MessageContext = serde_json::from_value(serde_json::json!({
+            "data_type": "telemetry", "protocol": "mqtt", "tls": false, "mtls": false, "size": 256
+        }))
+        .unwrap();
+        let to = Target::Device("gw".into());
+        for round in 0..3 {
+            for i in 0..200_i64 {
+                let status = if (i + round) % 3 == 0 {
+                    "quarantined"
+                } else {
+                    "active"
+                };
+                let devices = BTreeMap::from([
+                    (
+                        "s1".to_owned(),
+                        DeviceFacts {
+                            last_attested: i,
+                            ..facts("sensors", status)
+                        },
+                    ),
+                    ("gw".to_owned(), facts("edge", "active")),
+                ]);
+                let decided = policy
+                    .decide("s1", "send", &to, &context, &devices)
+                    .unwrap();
+                assert_eq!(
+                    decided.allowed,
+                    status == "active",
+                    "round {round}, set {i}"
+                );
+            }
+        }
+    }
+
     /// Every fact a device carries reaches the policy: its attributes, its zone as parent,
     /// and its labels as tags.
     #[test]

@@ -267,8 +267,12 @@ async fn upload_decisions(
     loop {
         tokio::time::sleep(pause).await;
         pause = IDLE;
-        if let Err(e) = spool.sync() {
-            tracing::warn!(error = %e, "cannot sync the decision spool");
+        // The fsync runs on the blocking pool: messages go on meanwhile.
+        let syncing = Arc::clone(&spool);
+        match tokio::task::spawn_blocking(move || syncing.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot sync the decision spool"),
+            Err(e) => tracing::warn!(error = %e, "the decision spool sync did not finish"),
         }
         let batch = match spool.batch(vouch_proto::policy::MAX_UPLOADED_DECISIONS) {
             Ok(Some(batch)) => batch,
@@ -428,7 +432,9 @@ pub async fn run(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            syncing.sync_inbox();
+            // On the blocking pool: receipts go on being appended while the disk catches up.
+            let messenger = Arc::clone(&syncing);
+            let _ = tokio::task::spawn_blocking(move || messenger.sync_inbox()).await;
         }
     });
     tokio::spawn(follow_policy(

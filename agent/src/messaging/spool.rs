@@ -275,14 +275,23 @@ impl Spool {
         self.lock().map_or(0, |i| i.dropped)
     }
 
-    /// Syncs what was appended to disk.
+    /// Syncs what was appended to disk. The sync runs on a second handle without the lock,
+    /// so decisions go on being appended while the disk catches up (they are synced next
+    /// time). It blocks: call it off the async runtime's threads.
     pub fn sync(&self) -> io::Result<()> {
-        let mut inner = self.lock()?;
-        if inner.unsynced {
-            inner.file.sync_data()?;
+        let file = {
+            let mut inner = self.lock()?;
+            if !inner.unsynced {
+                return Ok(());
+            }
             inner.unsynced = false;
-        }
-        Ok(())
+            inner.file.try_clone()?
+        };
+        file.sync_data().inspect_err(|_| {
+            if let Ok(mut inner) = self.lock() {
+                inner.unsynced = true;
+            }
+        })
     }
 
     /// The oldest waiting decisions, at most `max`; `None` when nothing waits. A line that

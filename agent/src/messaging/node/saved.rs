@@ -59,12 +59,13 @@ impl KeptInbox {
         emptied
     }
 
-    fn sync(&mut self) -> std::io::Result<()> {
-        if let (true, Some(file)) = (self.unsynced, &self.file) {
-            file.sync_data()?;
+    /// A second handle to sync, if anything was appended since the last sync (the sync then
+    /// runs without the lock: appends go on meanwhile).
+    fn take_unsynced(&mut self) -> Option<std::io::Result<std::fs::File>> {
+        if !std::mem::take(&mut self.unsynced) {
+            return None;
         }
-        self.unsynced = false;
-        Ok(())
+        self.file.as_ref().map(std::fs::File::try_clone)
     }
 }
 
@@ -183,10 +184,16 @@ impl Messenger {
 
     /// Syncs the kept inbox to disk if anything was appended since the last sync (called
     /// each second by the sidecar).
+    /// It blocks: call it off the async runtime's threads.
     pub fn sync_inbox(&self) {
-        if let Ok(mut kept) = self.kept.lock() {
-            if let Err(e) = kept.sync() {
-                tracing::error!(error = %e, "cannot sync the kept inbox");
+        let file = match self.kept.lock() {
+            Ok(mut kept) => kept.take_unsynced(),
+            Err(_) => None,
+        };
+        if let Some(Err(e)) = file.map(|f| f.and_then(|f| f.sync_data())) {
+            tracing::error!(error = %e, "cannot sync the kept inbox");
+            if let Ok(mut kept) = self.kept.lock() {
+                kept.unsynced = true;
             }
         }
     }
