@@ -13,6 +13,7 @@ use crate::pki::authority::{self, Authority, CaFiles};
 use crate::pki::PkiError;
 use crate::server::{self, TlsSetupError};
 use crate::store::{Registry, StoreError};
+use crate::tickets::{TicketKeys, TicketSecret};
 use crate::tokens::{random_jti, OperatorClaims, Role, TokenKey, ISSUER, OPERATOR_AUDIENCE};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -168,6 +169,8 @@ pub struct Loaded {
     pub operator_key: TokenKey,
     /// Attestation nonce key.
     pub nonce_key: NonceKey,
+    /// What TLS session tickets are keyed from (`crate::tickets`).
+    pub ticket_secret: TicketSecret,
 }
 
 fn text(data_dir: &DataDir, file: DataFile, secret: bool) -> Result<String, AppError> {
@@ -235,6 +238,8 @@ pub fn load(data_dir: &DataDir) -> Result<Loaded, AppError> {
         bootstrap_key: TokenKey::from_bytes(&bootstrap),
         operator_key: token_key(data_dir, DataFile::OperatorTokenKey)?,
         nonce_key,
+        // Like the nonce key, derived from the bootstrap-token key (`crate::tickets`).
+        ticket_secret: TicketSecret::derive(&bootstrap),
     })
 }
 
@@ -389,7 +394,8 @@ pub async fn run_sweep(state: &AppState, replica: &str) -> Option<crate::store::
 pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningServer, AppError> {
     let loaded = load(&config.data_dir)?;
     let registry = Registry::connect(&config.database_url, config.max_connections).await?;
-    let tls = server::tls_config(&loaded.ca, &config.hostnames, clock.now())?;
+    let tickets = std::sync::Arc::new(TicketKeys::new(loaded.ticket_secret.clone(), clock.clone()));
+    let tls = server::tls_config(&loaded.ca, &config.hostnames, clock.now(), tickets)?;
     let policy = PolicyService::load(
         config.policy.dir.as_deref(),
         config.policy.shadow_dir.as_deref(),
@@ -464,6 +470,7 @@ pub async fn start(config: &ServeConfig, clock: SharedClock) -> Result<RunningSe
             idle: state.settings.idle_timeout,
             request_body: state.settings.request_body_timeout,
         },
+        state.metrics.handshakes.clone(),
         async move {
             let _ = rx.await;
         },

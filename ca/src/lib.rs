@@ -32,4 +32,5 @@ pub mod nonce;
 pub mod pki;
 pub mod server;
 pub mod store;
+pub mod tickets;
 pub mod tokens;

@@ -14,6 +14,26 @@ pub(crate) struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Label of a TLS handshake: `full` or `resumed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabels {
+    /// The kind.
+    pub kind: &'static str,
+}
+
+/// Counts the TLS handshakes the listener completes, by kind; clones count into the same
+/// family (the listener holds one).
+#[derive(Clone, Debug, Default)]
+pub struct HandshakeCounter(Family<KindLabels, Counter>);
+
+impl HandshakeCounter {
+    /// Counts a completed handshake: `resumed` from a session ticket, or full.
+    pub fn count(&self, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.0.get_or_create(&KindLabels { kind }).inc();
+    }
+}
+
 /// The server's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -26,6 +46,8 @@ pub struct Metrics {
     decisions: Family<OutcomeLabels, Counter>,
     shadow_differences: Counter,
     attestations: Family<OutcomeLabels, Counter>,
+    /// TLS handshakes completed.
+    pub handshakes: HandshakeCounter,
 }
 
 impl Default for Metrics {
@@ -72,7 +94,14 @@ impl Metrics {
             "Quotes verified, by outcome (`pass`, `fail`)",
             attestations.clone(),
         );
+        let handshakes = HandshakeCounter::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed, by `kind` (`full`, `resumed` from a session ticket)",
+            handshakes.0.clone(),
+        );
         Self {
+            handshakes,
             registry,
             decisions,
             shadow_differences,

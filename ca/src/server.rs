@@ -9,9 +9,11 @@
 
 use crate::api::auth::PeerCertificate;
 use crate::ids::TrustDomain;
+use crate::metrics::HandshakeCounter;
 use crate::pki::authority::Authority;
 use crate::pki::profile::issue_server_certificate;
 use crate::pki::PkiError;
+use crate::tickets::TicketKeys;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -69,10 +71,14 @@ pub enum TlsSetupError {
 
 /// Builds the server's TLS configuration. The server certificate is issued by the issuing CA
 /// at start-up for `hostnames`; client certificates are verified against the issuing CA.
+/// Sessions resume with `tickets`, which every replica of the data directory opens: a
+/// returning device skips the full handshake and its chain's verification (its certificate's
+/// standing is still checked on every request).
 pub(crate) fn tls_config(
     ca: &Authority,
     hostnames: &[String],
     now: OffsetDateTime,
+    tickets: Arc<TicketKeys>,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (cert, key) = issue_server_certificate(ca, hostnames, now, time::Duration::days(30))?;
@@ -91,6 +97,7 @@ pub(crate) fn tls_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = tickets;
     Ok(Arc::new(config))
 }
 
@@ -101,6 +108,7 @@ pub async fn serve(
     trust_domain: TrustDomain,
     router: Router,
     limits: ConnectionLimits,
+    handshakes: HandshakeCounter,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -131,8 +139,17 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let router = router.clone();
         let trust_domain = trust_domain.clone();
+        let handshakes = handshakes.clone();
         tokio::spawn(async move {
-            let served = serve_connection(acceptor, tcp, peer, &trust_domain, router, limits);
+            let served = serve_connection(
+                acceptor,
+                tcp,
+                peer,
+                &trust_domain,
+                router,
+                limits,
+                &handshakes,
+            );
             if let Err(e) = served.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -148,9 +165,11 @@ async fn serve_connection(
     trust_domain: &TrustDomain,
     router: Router,
     limits: ConnectionLimits,
+    handshakes: &HandshakeCounter,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await??;
+    handshakes.count(tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
     let peer_cert = PeerCertificate::from_chain(tls.get_ref().1.peer_certificates(), trust_domain);
     let activity = Activity::new();
     let seen = activity.clone();

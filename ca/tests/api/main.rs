@@ -29,6 +29,7 @@ mod peers;
 mod policy;
 mod processes;
 mod renew_revoke;
+mod resumption;
 mod roles;
 mod schema_equality;
 mod self_contained;
