@@ -31,6 +31,7 @@ benches=(
     "enroll|vouch-ca|VOUCH_BENCH_N=500|"
     "enroll_fresh|vouch-ca|VOUCH_BENCH_N=300|"
     "attest|vouch-ca|VOUCH_BENCH_N=500 VOUCH_BENCH_DEVICES=32|"
+    "attest_fleet|vouch-ca|VOUCH_BENCH_REGISTRY=20000 VOUCH_BENCH_DEVICES=200|"
     "sweep|vouch-ca|VOUCH_BENCH_DEVICES=10000|"
     "decide|vouch-policy|VOUCH_BENCH_QUICK=1|"
     "seal_open|vouch-envelope|VOUCH_BENCH_QUICK=1|"

@@ -40,63 +40,22 @@
 mod common;
 #[path = "../tests/common/tpm_fleet.rs"]
 mod tpm_fleet;
-use common::{cpu_seconds, cpu_seconds_by_thread, env_usize, serve_config};
+use common::{
+    cpu_seconds, cpu_seconds_by_thread, device_tls_config, env_usize, serve_config, LOAD_THREADS,
+};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use vouch_attestor::quote::{verify_quote, Evidence, Expected};
-use vouch_attestor::reference::{evaluate, ReferenceValues};
-use vouch_attestor::testing::{
-    boot_events, ek_qualified_name, expected_pcrs, policy_dir_with_references, SoftwareAk, QUOTED,
-};
-use vouch_attestor::tpm::{PcrSelection, Public};
+use std::time::Instant;
+use vouch_attestor::reference::ReferenceValues;
+use vouch_attestor::testing::{boot_events, policy_dir_with_references, SoftwareAk};
 use vouch_ca::api::Settings;
 use vouch_ca::app::{self, PolicyConfig, ServeConfig};
 use vouch_ca::clock::{Clock, SystemClock};
 use vouch_ca::datadir::{DataDir, DataFile};
 use vouch_ca::ids::TrustDomain;
 use vouch_ca::tokens::Role;
-
-/// Seconds per verification (everything the server checks in a quote) on one core.
-fn raw_cost(references: &ReferenceValues, log: &[u8]) -> f64 {
-    let soft = SoftwareAk::new();
-    let (ak, ek) = (
-        Public::parse(&soft.ak_public).unwrap(),
-        Public::parse(&soft.ek_public).unwrap(),
-    );
-    let parent = ek_qualified_name(&ek);
-    let values = expected_pcrs("fw-1", "cfg-a");
-    let nonce = [7u8; 32];
-    let (attest, signature) = soft.quote(&nonce, &values);
-    let class = &references.device_classes["sensor"];
-    let mut ops = 0usize;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(1) || ops < 1000 {
-        // As the server does it: the keys come from the registry row as bytes.
-        let ak = Public::parse(&ak.raw).unwrap();
-        let selection = PcrSelection::sha256(&QUOTED);
-        let verified = verify_quote(
-            &Expected {
-                ak: &ak,
-                parent_qualified_name: &parent,
-                nonce: &nonce,
-                selection: &selection,
-            },
-            &Evidence {
-                attest: &attest,
-                signature: &signature,
-                pcr_values: &values,
-                event_log: Some(log),
-            },
-        )
-        .unwrap();
-        assert_eq!(evaluate(class, &verified).unwrap(), "fw-1");
-        ops += 1;
-    }
-    start.elapsed().as_secs_f64() / ops as f64
-}
 
 /// The load generator's HTTP/1.1 client: one mTLS keep-alive connection, one write per
 /// request, the answer read by its Content-Length. Agents run on their own devices; here they
@@ -164,32 +123,6 @@ impl Connection {
         (status, self.buf[head_len..head_len + body_len].to_vec())
     }
 }
-
-/// A device's TLS client settings: the CA's root, and its certificate and key (PEM).
-fn client_config(root_pem: &[u8], identity_pem: &[u8]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &root_pem[..]) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let chain: Vec<_> = rustls_pemfile::certs(&mut &identity_pem[..])
-        .map(Result::unwrap)
-        .collect();
-    let key = rustls_pemfile::private_key(&mut &identity_pem[..])
-        .unwrap()
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-/// Name of the load generator's threads.
-const LOAD_THREADS: &str = "load-gen";
 
 /// CPU seconds so far of the load generator, of the server's runtime, and of everything else
 /// (the database: SQLite's connection threads and the group-commit writers).
@@ -298,7 +231,7 @@ fn main() {
         ReferenceValues::parse(&std::fs::read(policies.join("reference-values.json")).unwrap())
             .unwrap();
     let log = vouch_attestor::eventlog::write_log(&boot_events("fw-1", "cfg-a"));
-    let raw = raw_cost(&references, &log);
+    let raw = tpm_fleet::raw_verification_cost(&references, &log);
     let raw_per_core = 1.0 / raw;
     let ceiling = raw_per_core * cores as f64;
 
@@ -334,7 +267,7 @@ fn main() {
         // Every device opens its mTLS connection first (handshakes are not measured).
         let mut opening = Vec::new();
         for device in fleet {
-            let config = client_config(&root, &device.identity);
+            let config = Arc::new(device_tls_config(&root, &device.identity, &[b"http/1.1"]));
             opening.push(tokio::spawn(async move {
                 (Connection::open(addr, config).await, device.ak)
             }));

@@ -36,15 +36,13 @@
 
 mod common;
 use common::{
-    authority, cpu_seconds_by_thread, csr, env_usize, issue_cost, per_op, result, runtime,
-    serve_config,
+    authority, csr, env_usize, issue_cost, per_op, result, runtime, serve_config, timed,
+    LOAD_THREADS,
 };
 
 use ring::signature::KeyPair;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use vouch_attestor::testing::{rsa_ek_key, SoftwareTpmIdentity};
 use vouch_ca::api::Settings;
 use vouch_ca::app;
@@ -53,9 +51,6 @@ use vouch_ca::datadir::{DataDir, DataFile};
 use vouch_ca::ids::TrustDomain;
 use vouch_ca::pki::authority::Authority;
 use vouch_ca::tokens::Role;
-
-/// Name of the load generator's threads.
-const LOAD_THREADS: &str = "load-gen";
 
 /// The floor's parts, seconds each: (handshake crypto, CSR check + certificate signature).
 fn floor(ca: &Authority, csrs: &[String], td: &TrustDomain) -> (f64, f64) {
@@ -80,20 +75,6 @@ fn floor(ca: &Authority, csrs: &[String], td: &TrustDomain) -> (f64, f64) {
     std::hint::black_box(server_key.public_key());
     let issue = issue_cost(ca, csrs, td);
     (handshake, issue)
-}
-
-/// CPU seconds so far of the load generator and of everything else (the server: its
-/// runtime, SQLite's threads and the group-commit writer).
-fn cpu_split() -> Option<(f64, f64)> {
-    let mut split = (0.0, 0.0);
-    for (name, seconds) in cpu_seconds_by_thread()? {
-        if name.starts_with(LOAD_THREADS) {
-            split.0 += seconds;
-        } else {
-            split.1 += seconds;
-        }
-    }
-    Some(split)
 }
 
 /// A new client trusting only `root` (PEM), as the agent builds for each call.
@@ -177,45 +158,6 @@ async fn enroll_tpm_like_an_agent(
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
     let _ = r.bytes().await.unwrap();
-}
-
-/// Runs `work` (one enrollment per item) `concurrency` at a time on the load generator's
-/// runtime; the rate and the CPU per item (load generator, server).
-async fn timed<T: Send + Sync + 'static, F, Fut>(
-    work: Vec<T>,
-    concurrency: usize,
-    one: F,
-) -> (f64, Option<(f64, f64)>)
-where
-    F: Fn(Arc<Vec<T>>, usize) -> Fut + Send + Sync + 'static + Clone,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let n = work.len();
-    let work = Arc::new(work);
-    let next = Arc::new(AtomicUsize::new(0));
-    let cpu_start = cpu_split();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (work, next, one) = (work.clone(), next.clone(), one.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= work.len() {
-                    break;
-                }
-                one(work.clone(), i).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let split = cpu_start
-        .zip(cpu_split())
-        .map(|(a, b)| ((b.0 - a.0) / n as f64, (b.1 - a.1) / n as f64));
-    (n as f64 / elapsed, split)
 }
 
 fn main() {

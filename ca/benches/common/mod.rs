@@ -1,8 +1,11 @@
 //! What the benchmarks share: their size from the environment, the CPU the process used,
-//! runtimes, CSRs and the raw cost of issuing a certificate.
+//! runtimes, CSRs, the raw cost of issuing a certificate, and running operations at a set
+//! concurrency with the CPU they took by side (load generator, server).
 // Each benchmark uses some of these.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vouch_ca::api::Settings;
 use vouch_ca::app::{self, ServeConfig};
@@ -137,4 +140,88 @@ pub fn serve_config(data_dir: &DataDir, settings: Settings) -> ServeConfig {
         policy: Default::default(),
         sweep_every: Duration::from_secs(3600),
     }
+}
+
+/// Name of the load generator's threads (its runtime's, see [`runtime`]).
+pub const LOAD_THREADS: &str = "load-gen";
+
+/// CPU seconds so far of the load generator and of everything else (the server: its
+/// runtime, SQLite's threads and the group-commit writer).
+pub fn cpu_split() -> Option<(f64, f64)> {
+    let mut split = (0.0, 0.0);
+    for (name, seconds) in cpu_seconds_by_thread()? {
+        if name.starts_with(LOAD_THREADS) {
+            split.0 += seconds;
+        } else {
+            split.1 += seconds;
+        }
+    }
+    Some(split)
+}
+
+/// Runs `work` (one operation per item) `concurrency` at a time on the load generator's
+/// runtime; the rate and the CPU per item (load generator, server).
+pub async fn timed<T: Send + Sync + 'static, F, Fut>(
+    work: Vec<T>,
+    concurrency: usize,
+    one: F,
+) -> (f64, Option<(f64, f64)>)
+where
+    F: Fn(Arc<Vec<T>>, usize) -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let n = work.len();
+    let work = Arc::new(work);
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu_start = cpu_split();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (work, next, one) = (work.clone(), next.clone(), one.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= work.len() {
+                    break;
+                }
+                one(work.clone(), i).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let split = cpu_start
+        .zip(cpu_split())
+        .map(|(a, b)| ((b.0 - a.0) / n as f64, (b.1 - a.1) / n as f64));
+    (n as f64 / elapsed, split)
+}
+
+/// A device's TLS client settings: the CA's root (PEM), its certificate, chain and key (PEM),
+/// and the ALPN protocols it offers. Clones share one session store (its tickets).
+pub fn device_tls_config(
+    root_pem: &[u8],
+    identity_pem: &[u8],
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &root_pem[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = rustls_pemfile::certs(&mut &identity_pem[..])
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut &identity_pem[..])
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
 }

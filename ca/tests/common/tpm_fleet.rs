@@ -2,14 +2,21 @@
 //! registry half of a TPM enrollment (the API half, credential activation, is tested against
 //! swtpm). Each attests with quotes its [`SoftwareAk`] signs over the boot `fw-1`/`cfg-a`, which
 //! the reference values of [`policy_dir`] accept. Shared by the attestation benchmark and the
-//! fault scenarios (`#[path]` modules; each uses part of it).
+//! fault scenarios (`#[path]` modules; each uses part of it), with the raw cost of verifying
+//! one quote, the floor the attestation benchmarks measure against.
 #![allow(dead_code)]
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::path::Path;
-use vouch_attestor::testing::{boot_events, expected_pcrs, policy_dir_with_references, SoftwareAk};
+use std::time::{Duration, Instant};
+use vouch_attestor::quote::{verify_quote, Evidence, Expected};
+use vouch_attestor::reference::{evaluate, ReferenceValues};
+use vouch_attestor::testing::{
+    boot_events, ek_qualified_name, expected_pcrs, policy_dir_with_references, SoftwareAk, QUOTED,
+};
+use vouch_attestor::tpm::{PcrSelection, Public};
 use vouch_ca::api::AppState;
 use vouch_ca::app::RunningServer;
 use vouch_ca::clock::{Clock, SystemClock};
@@ -180,4 +187,43 @@ impl QuoteParts {
             self.event_log
         )
     }
+}
+
+/// Seconds per verification (everything the server checks in a quote) on one core.
+pub fn raw_verification_cost(references: &ReferenceValues, log: &[u8]) -> f64 {
+    let soft = SoftwareAk::new();
+    let (ak, ek) = (
+        Public::parse(&soft.ak_public).unwrap(),
+        Public::parse(&soft.ek_public).unwrap(),
+    );
+    let parent = ek_qualified_name(&ek);
+    let values = expected_pcrs("fw-1", "cfg-a");
+    let nonce = [7u8; 32];
+    let (attest, signature) = soft.quote(&nonce, &values);
+    let class = &references.device_classes["sensor"];
+    let mut ops = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) || ops < 1000 {
+        // As the server does it: the keys come from the registry row as bytes.
+        let ak = Public::parse(&ak.raw).unwrap();
+        let selection = PcrSelection::sha256(&QUOTED);
+        let verified = verify_quote(
+            &Expected {
+                ak: &ak,
+                parent_qualified_name: &parent,
+                nonce: &nonce,
+                selection: &selection,
+            },
+            &Evidence {
+                attest: &attest,
+                signature: &signature,
+                pcr_values: &values,
+                event_log: Some(log),
+            },
+        )
+        .unwrap();
+        assert_eq!(evaluate(class, &verified).unwrap(), "fw-1");
+        ops += 1;
+    }
+    start.elapsed().as_secs_f64() / ops as f64
 }
