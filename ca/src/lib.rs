@@ -34,3 +34,4 @@ pub mod server;
 pub mod store;
 pub mod tickets;
 pub mod tokens;
+pub(crate) mod verified_chains;

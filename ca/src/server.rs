@@ -14,10 +14,12 @@ use crate::pki::authority::Authority;
 use crate::pki::profile::issue_server_certificate;
 use crate::pki::PkiError;
 use crate::tickets::TicketKeys;
+use crate::verified_chains::{CachingClientVerifier, VERIFIED_CHAINS_CAPACITY};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -74,6 +76,8 @@ pub enum TlsSetupError {
 /// Sessions resume with `tickets`, which every replica of the data directory opens: a
 /// returning device skips the full handshake and its chain's verification (its certificate's
 /// standing is still checked on every request).
+/// A chain that verified is remembered until one of its certificates expires, so a device's
+/// full handshakes verify its chain once per certificate ([`CachingClientVerifier`]).
 pub(crate) fn tls_config(
     ca: &Authority,
     hostnames: &[String],
@@ -87,11 +91,10 @@ pub(crate) fn tls_config(
         CertificateDer::from(ca.issuing_der().to_vec()),
     ];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let mut roots = RootCertStore::empty();
-    roots.add(CertificateDer::from(ca.issuing_der().to_vec()))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    let verifier = Arc::new(CachingClientVerifier::new(
+        client_verifier(ca, provider.clone())?,
+        VERIFIED_CHAINS_CAPACITY,
+    ));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -99,6 +102,21 @@ pub(crate) fn tls_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ticketer = tickets;
     Ok(Arc::new(config))
+}
+
+/// The verifier of client certificates: optional, and when sent, chaining to this server's
+/// issuing CA (its only trust anchor for clients) for client authentication.
+pub(crate) fn client_verifier(
+    ca: &Authority,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsSetupError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(ca.issuing_der().to_vec()))?;
+    Ok(
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated()
+            .build()?,
+    )
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` completes, within `limits`.

@@ -12,6 +12,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use vouch_envelope::certificate_sha256;
+use vouch_proto::validity::{insert_bounded, Validity};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Largest certificate considered, bytes.
@@ -70,37 +71,6 @@ pub struct VerifiedKeyAgreement {
     pub not_after: i64,
 }
 
-/// The Unix seconds (both ends included, as webpki checks them) in which a chain that verified
-/// stays verified: the intersection of the leaf's and the issuing CA's validity. Nothing else
-/// the chain check reads depends on the time (webpki checks no validity of the trust anchor).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Validity {
-    not_before: i64,
-    not_after: i64,
-}
-
-impl Validity {
-    fn of(cert: &X509Certificate<'_>) -> Self {
-        Self {
-            not_before: cert.validity().not_before.timestamp(),
-            not_after: cert.validity().not_after.timestamp(),
-        }
-    }
-
-    fn within(self, outer: Validity) -> Self {
-        Self {
-            not_before: self.not_before.max(outer.not_before),
-            not_after: self.not_after.min(outer.not_after),
-        }
-    }
-
-    /// Whether a verification at `now` would see the same validity checks pass. A negative
-    /// `now` is never served from the cache (the chain check reads it as 0).
-    fn contains(self, now: i64) -> bool {
-        now >= 0 && self.not_before <= now && now <= self.not_after
-    }
-}
-
 /// What the cache holds: only results that checked out, each with the time window in which
 /// it holds.
 #[derive(Default)]
@@ -117,22 +87,6 @@ struct Verified {
 struct VerifiedCache {
     capacity: usize,
     entries: Arc<Mutex<Verified>>,
-}
-
-/// Inserts `value` under `key`, first emptying `map` if it is full and `key` is new.
-fn insert_bounded<K: std::hash::Hash + Eq, V>(
-    map: &mut HashMap<K, V>,
-    capacity: usize,
-    key: K,
-    value: V,
-) {
-    if capacity == 0 {
-        return;
-    }
-    if map.len() >= capacity && !map.contains_key(&key) {
-        map.clear();
-    }
-    map.insert(key, value);
 }
 
 impl VerifiedCache {
