@@ -134,3 +134,45 @@ async fn a_request_body_that_stops_arriving_is_answered_408_and_the_connection_f
         );
     }
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_client_hello_is_closed_after_the_handshake_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(
+        Db::Sqlite,
+        vouch_ca::api::Settings {
+            max_client_connections: 1,
+            handshake_timeout: Duration::from_millis(300),
+            // Longer than the test waits: only the handshake timeout can free the connection.
+            idle_timeout: Duration::from_secs(3600),
+            ..settings()
+        },
+    )
+    .await;
+    let root = app.root_pem();
+    // Two attackers in turn: one connects and sends nothing, one sends the first bytes of a
+    // TLS record (a handshake record header announcing a ClientHello) and stops.
+    for opening in [&[][..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {
+        let mut silent = tokio::net::TcpStream::connect(app.server.addr)
+            .await
+            .unwrap();
+        silent.write_all(opening).await.unwrap();
+        // The server closes it: the read ends (EOF or reset) instead of waiting forever.
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "a connection without a handshake was kept (opening {opening:?}): {closed:?}"
+        );
+        // And the one connection the server serves is free for a real client.
+        let client = client_for(&root, None);
+        let served = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.get(app.url("/healthz")).send(),
+        )
+        .await
+        .expect("the silent connection still held the only slot");
+        assert_eq!(served.unwrap().status(), StatusCode::OK);
+        drop(client);
+    }
+}

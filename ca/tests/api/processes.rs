@@ -284,7 +284,8 @@ fn bad_configuration_exits_64_with_every_problem() {
 
     let out = vouch(&["admin-token", "--data-dir", data_dir, "--role", "root"]);
     assert_eq!(out.status.code(), Some(64));
-    // An operator token cannot be revoked, so none may outlive a week.
+    // An operator token lives at most a week, even though an admin can revoke it (POST
+    // /v1/operator-tokens/revoke): a leaked one nobody notices must not stay good for long.
     let out = vouch(&[
         "admin-token",
         "--data-dir",

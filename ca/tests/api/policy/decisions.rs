@@ -124,6 +124,16 @@ async fn hostile_decision_requests_get_problems_and_log_nothing() {
     long_id["principal"] = json!("x".repeat(10_000));
     let mut wrong_type = good.clone();
     wrong_type["context"]["size"] = json!("large");
+    // Each string goes into the append-only decision log, so each is bounded (issue 11,
+    // finding 5): a protocol has at most 64 characters, a data type 1 to 128.
+    let mut long_protocol = good.clone();
+    long_protocol["context"]["protocol"] = json!("p".repeat(65));
+    let mut huge_protocol = good.clone();
+    huge_protocol["context"]["protocol"] = json!("p".repeat(60_000));
+    let mut long_data_type = good.clone();
+    long_data_type["context"]["data_type"] = json!("d".repeat(129));
+    let mut empty_data_type = good.clone();
+    empty_data_type["context"]["data_type"] = json!("");
 
     let cases: Vec<(&str, Value, StatusCode, ProblemCode)> = vec![
         (
@@ -168,6 +178,30 @@ async fn hostile_decision_requests_get_problems_and_log_nothing() {
             StatusCode::UNPROCESSABLE_ENTITY,
             ProblemCode::InvalidRequest,
         ),
+        (
+            "protocol of 65 characters",
+            long_protocol,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemCode::InvalidRequest,
+        ),
+        (
+            "protocol of 60,000 characters",
+            huge_protocol,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemCode::InvalidRequest,
+        ),
+        (
+            "data type of 129 characters",
+            long_data_type,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemCode::InvalidRequest,
+        ),
+        (
+            "empty data type",
+            empty_data_type,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemCode::InvalidRequest,
+        ),
     ];
     for (name, body, want_status, want_code) in cases {
         let r = app.post("/v1/authorize", Some(&app.admin), &body).await;
@@ -198,6 +232,13 @@ async fn hostile_decision_requests_get_problems_and_log_nothing() {
         ProblemCode::InvalidQuery.as_str()
     );
     assert_eq!(decision_count(&app).await, 0);
+
+    // At the bounds, the same request is decided and logged.
+    let mut at_bounds = good.clone();
+    at_bounds["context"]["protocol"] = json!("p".repeat(64));
+    at_bounds["context"]["data_type"] = json!("d".repeat(128));
+    authorize(&app, &at_bounds).await;
+    assert_eq!(decision_count(&app).await, 1);
 }
 
 #[tokio::test]

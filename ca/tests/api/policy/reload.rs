@@ -202,10 +202,29 @@ async fn an_uncommitted_change_is_reported_dirty_with_its_content_hash() {
     // Committed: the commit id again.
     git(repo.path(), &["commit", "-q", "-am", "renamed"]);
     let third = git(repo.path(), &["rev-parse", "HEAD"]);
-    wait_for_status(&app, "commit not picked up", |s| {
+    let s = wait_for_status(&app, "commit not picked up", |s| {
         s["active"]["version"]["id"] == third.as_str()
     })
     .await;
+    let loaded_hash = s["active"]["version"]["content_hash"].clone();
+
+    // HEAD and the files disagree, as between the steps of a checkout: HEAD is moved back to
+    // the second commit while the files are still the third's. HEAD's tree is compared with
+    // the files actually read, so the version never names a commit whose files were not the
+    // ones loaded: it is the second commit, dirty, with the hash of what was loaded.
+    git(repo.path(), &["reset", "-q", "--soft", &second]);
+    let s = wait_for_status(&app, "moved HEAD not picked up", |s| {
+        s["active"]["version"]["commit"] == format!("{second}+dirty").as_str()
+    })
+    .await;
+    assert_eq!(s["active"]["version"]["content_hash"], loaded_hash);
+    assert_eq!(
+        s["active"]["version"]["id"],
+        format!("{second}+dirty:sha256:{}", loaded_hash.as_str().unwrap()).as_str()
+    );
+    let d = authorize(&app, &to_cloud).await;
+    assert_eq!(d["policies"], json!(["sensor-to-cloud-edited"]));
+    assert_eq!(d["policy_version"], s["active"]["version"]["id"]);
 }
 
 #[tokio::test]
