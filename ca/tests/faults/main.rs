@@ -201,6 +201,8 @@ struct Ledger {
     statuses: BTreeMap<u16, usize>,
     /// Requests that got no answer (connection refused or cut by the kill).
     unanswered: usize,
+    /// Why the storm's requests got no answer, by the innermost error's text.
+    transport_errors: BTreeMap<String, usize>,
     /// What must not happen.
     violations: Vec<String>,
 }
@@ -657,6 +659,23 @@ async fn postgres_restarted_under_load_answers_503_then_recovers() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+/// What kind of failure left a request without an answer: connecting, timing out, or else,
+/// with the innermost error's text (e.g. a reset while the TLS handshake was under way).
+fn transport_error(e: &reqwest::Error) -> String {
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    let stage = if e.is_connect() {
+        "connect"
+    } else if e.is_timeout() {
+        "timeout"
+    } else {
+        "request"
+    };
+    format!("{stage}: {inner}")
+}
+
 /// N devices enroll at once, each on a new TLS connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enrollment_storm_on_new_connections_enrolls_everyone_once() {
@@ -692,8 +711,12 @@ async fn an_enrollment_storm_on_new_connections_enrolls_everyone_once() {
                     .await;
                 let r = match sent {
                     Ok(r) => r,
-                    Err(_) => {
-                        note(&ledger, |l| l.unanswered += 1);
+                    Err(e) => {
+                        let why = transport_error(&e);
+                        note(&ledger, |l| {
+                            l.unanswered += 1;
+                            *l.transport_errors.entry(why).or_default() += 1;
+                        });
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -736,6 +759,10 @@ async fn an_enrollment_storm_on_new_connections_enrolls_everyone_once() {
     attempts.sort_unstable();
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     summary(&format!("storm of {devices}"), &ledger);
+    eprintln!(
+        "storm: requests without an answer, by cause: {:?}",
+        ledger.transport_errors
+    );
     eprintln!(
         "storm: {devices} devices enrolled in {elapsed:.1?} ({:.0}/s); attempts per device: median {}, most {}",
         devices as f64 / elapsed.as_secs_f64(),
