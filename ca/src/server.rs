@@ -84,7 +84,7 @@ pub(crate) fn tls_config(
     now: OffsetDateTime,
     tickets: Arc<TicketKeys>,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(vouch_proto::tls::crypto_provider());
     let (cert, key) = issue_server_certificate(ca, hostnames, now, time::Duration::days(30))?;
     let chain = vec![
         CertificateDer::from(cert.der),
@@ -100,6 +100,7 @@ pub(crate) fn tls_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     config.ticketer = tickets;
     Ok(Arc::new(config))
 }

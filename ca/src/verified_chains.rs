@@ -193,7 +193,7 @@ mod tests {
     }
 
     fn verifier(ca: &Authority) -> CachingClientVerifier {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(vouch_proto::tls::crypto_provider());
         CachingClientVerifier::new(crate::server::client_verifier(ca, provider).unwrap(), 4)
     }
 

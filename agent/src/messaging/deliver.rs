@@ -189,7 +189,7 @@ pub fn server_config_with(
     root: &[u8],
 ) -> Result<Arc<ServerConfig>, DeliveryError> {
     let tls = |e: &dyn std::fmt::Display| DeliveryError::Tls(e.to_string());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(vouch_proto::tls::crypto_provider());
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from(root.to_vec()))
@@ -203,6 +203,7 @@ pub fn server_config_with(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(current);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -281,7 +282,7 @@ pub fn client_config(
     anchors: &TrustAnchors,
     expected: &str,
 ) -> Result<ClientConfig, DeliveryError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(vouch_proto::tls::crypto_provider());
     let (chain, key) = chain_and_key(cert_pem, key_pem)?;
     let verifier = Arc::new(PeerVerifier {
         anchors: anchors.clone(),

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod peer;
 pub mod policy;
 pub mod problem;
+pub mod tls;
 pub mod validity;
 pub mod workload;
 

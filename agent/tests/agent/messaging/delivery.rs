@@ -136,3 +136,41 @@ async fn a_message_crosses_mutual_tls_once_and_only_to_the_peer_meant() {
     assert!(anonymous.is_err(), "{anonymous:?}");
     assert_eq!(accepted.lock().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_server_chooses_aes_128_gcm_sha256_whatever_the_client_lists_first() {
+    let server = RealServer::start(&[]).await;
+    let (a, b) = (enroll(&server).await, enroll(&server).await);
+    let (endpoint, _accepted, _stop) = receiving(&server, b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("a.pem");
+    let key = dir.path().join("a.key");
+    std::fs::write(&cert, a.body["certificate_pem"].as_str().unwrap()).unwrap();
+    std::fs::write(&key, &a.key_pem).unwrap();
+    let address = endpoint.trim_start_matches("https://").to_owned();
+    // OpenSSL lists AES-256-GCM-SHA384 first, as rustls clients do.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &address, "-tls1_3", "-brief"])
+            .args([
+                "-ciphersuites",
+                "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+            ])
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl is installed by tests/run.sh")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let suite = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Ciphersuite: "))
+        .unwrap_or_else(|| panic!("no cipher suite in:\n{text}"));
+    // SHA-256 runs on the CPU's SHA instructions, SHA-384 does not (vouch_proto::tls).
+    assert_eq!(suite.trim(), "TLS_AES_128_GCM_SHA256");
+}
