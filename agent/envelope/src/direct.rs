@@ -8,7 +8,7 @@
 //! narrower profile on top.
 
 use crate::cache::SharedSecretCache;
-use crate::cbor;
+use crate::cbor::{self, Item};
 use crate::kdf::{self, KdfContext, PartyInfo};
 use crate::keys::{parse_public_key, KeyAgreementKey, SEC1_UNCOMPRESSED_LEN};
 use crate::labels;
@@ -323,8 +323,29 @@ impl DirectEncrypt {
     /// empty recipient ciphertext, only known header parameters, no trailing bytes. The caller
     /// bounds the input's size ([`crate::Envelope::parse`] does for the envelope).
     pub fn parse(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let encrypt = CoseEncrypt::from_tagged_slice(bytes)
-            .map_err(|_| EnvelopeError::Malformed("not a tagged COSE_Encrypt"))?;
+        let malformed = || EnvelopeError::Malformed("not a tagged COSE_Encrypt");
+        // As coset's `from_tagged_slice`, with the ciphertext copied once (exactly sized).
+        let [protected, unprotected, ciphertext, recipients] =
+            cbor::tagged_array::<4>(bytes, CoseEncrypt::TAG).ok_or_else(malformed)?;
+        let Item::Other(Value::Array(recipients)) = recipients else {
+            return Err(malformed());
+        };
+        let encrypt = CoseEncrypt {
+            protected: ProtectedHeader::from_cbor_bstr(protected.into_value())
+                .map_err(|_| malformed())?,
+            unprotected: Header::from_cbor_value(unprotected.into_value())
+                .map_err(|_| malformed())?,
+            ciphertext: match ciphertext {
+                Item::Bytes(c) => Some(c.to_vec()),
+                Item::Other(Value::Null) => None,
+                Item::Other(_) => return Err(malformed()),
+            },
+            recipients: recipients
+                .into_iter()
+                .map(CoseRecipient::from_cbor_value)
+                .collect::<Result<_, _>>()
+                .map_err(|_| malformed())?,
+        };
         Self::from_cose(encrypt)
     }
 
@@ -524,7 +545,9 @@ pub(crate) fn seal_a256gcm(
     let key = content_key(algorithm, &cek)?;
     let content_protected_bytes = content_protected.original_data.clone().unwrap_or_default();
     let aad = cbor::enc_structure(&content_protected_bytes, s.external_aad);
-    let mut ciphertext = s.plaintext.to_vec();
+    // Room for the tag: appending it to an exactly-sized copy would copy the payload again.
+    let mut ciphertext = Vec::with_capacity(s.plaintext.len() + key.algorithm().tag_len());
+    ciphertext.extend_from_slice(s.plaintext);
     key.seal_in_place_append_tag(
         aead::Nonce::assume_unique_for_key(s.iv),
         aead::Aad::from(aad.as_slice()),
@@ -549,7 +572,16 @@ pub(crate) fn seal_a256gcm(
             recipients: Vec::new(),
         }],
     };
-    encrypt
-        .to_tagged_vec()
-        .map_err(|_| EnvelopeError::EncodingFailed)
+    // The ciphertext plus headers, identities and the certificate: room for all of it.
+    let capacity = s.plaintext.len()
+        + s.external_aad.len()
+        + s.party_u_identity.len()
+        + s.party_v_identity.len()
+        + s.sender_certificate.map_or(0, <[u8]>::len)
+        + ENCODING_OVERHEAD;
+    cbor::to_tagged_vec(encrypt, capacity)
 }
+
+/// More than the CBOR heads, labels, algorithm ids, key ids, salt, IV and tags of an envelope
+/// take beyond its variable-length parts: a size hint, never a limit.
+pub(crate) const ENCODING_OVERHEAD: usize = 512;

@@ -2,7 +2,7 @@
 //! steps, so the caller can run its own checks (chain, revocation, replay, policy) in between.
 
 use crate::cache::SharedSecretCache;
-use crate::cbor;
+use crate::cbor::{self, Item};
 use crate::direct::{label_text, ContentAlgorithm, DirectEncrypt};
 use crate::keys::{certificate_sha256, KeyAgreementKey, SEC1_UNCOMPRESSED_LEN};
 use crate::labels::{
@@ -11,8 +11,8 @@ use crate::labels::{
 use crate::EnvelopeError;
 use coset::cbor::value::Value;
 use coset::{
-    iana, Algorithm, ContentType, CoseSign1, Header, Label, RegisteredLabelWithPrivate,
-    TaggedCborSerializable,
+    iana, Algorithm, AsCborValue, ContentType, CoseSign1, Header, Label, ProtectedHeader,
+    RegisteredLabelWithPrivate, TaggedCborSerializable,
 };
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
 
@@ -110,26 +110,37 @@ impl Envelope {
                 max: max_len,
             });
         }
-        let sign1 = CoseSign1::from_tagged_slice(bytes)
-            .map_err(|_| EnvelopeError::Malformed("not a tagged COSE_Sign1"))?;
-        let protected = sign1
-            .protected
+        let malformed = || EnvelopeError::Malformed("not a tagged COSE_Sign1");
+        // The payload stays in `bytes` until it is copied once, into the Sig_structure.
+        let [protected, unprotected, payload, signature] =
+            cbor::tagged_array::<4>(bytes, CoseSign1::TAG).ok_or_else(malformed)?;
+        let protected =
+            ProtectedHeader::from_cbor_bstr(protected.into_value()).map_err(|_| malformed())?;
+        let unprotected =
+            Header::from_cbor_value(unprotected.into_value()).map_err(|_| malformed())?;
+        let payload = match payload {
+            Item::Bytes(payload) => Some(payload),
+            Item::Other(Value::Null) => None,
+            Item::Other(_) => return Err(malformed()),
+        };
+        let Item::Bytes(signature) = signature else {
+            return Err(malformed());
+        };
+        let protected_bytes = protected
             .original_data
             .filter(|p| !p.is_empty())
             .ok_or(EnvelopeError::Malformed("protected header missing"))?;
-        let header = outer_header(sign1.protected.header)?;
-        let certificates = outer_unprotected(sign1.unprotected)?;
-        let payload = sign1
-            .payload
-            .ok_or(EnvelopeError::Malformed("payload missing"))?;
-        let signature = <[u8; 64]>::try_from(sign1.signature.as_slice())
+        let header = outer_header(protected.header)?;
+        let certificates = outer_unprotected(unprotected)?;
+        let payload = payload.ok_or(EnvelopeError::Malformed("payload missing"))?;
+        let signature = <[u8; 64]>::try_from(signature)
             .map_err(|_| EnvelopeError::Malformed("signature is not 64 bytes"))?;
-        let inner = DirectEncrypt::parse(&payload)?;
+        let inner = DirectEncrypt::parse(payload)?;
         let sender_key_agreement_key_id = inner_profile(&inner)?;
         let parsed = ParsedEnvelope {
+            to_be_signed: cbor::sig_structure1(&protected_bytes, payload),
             header,
-            protected,
-            payload,
+            protected: protected_bytes,
             signature,
             certificates,
             inner,
@@ -368,7 +379,9 @@ fn inner_profile(inner: &DirectEncrypt) -> Result<[u8; CERT_HASH_LEN], EnvelopeE
 pub struct ParsedEnvelope {
     header: EnvelopeHeader,
     protected: Vec<u8>,
-    payload: Vec<u8>,
+    /// The COSE Sig_structure of the protected header and the payload: what the signature
+    /// covers, and the only copy of the payload kept.
+    to_be_signed: Vec<u8>,
     signature: [u8; 64],
     certificates: Vec<Vec<u8>>,
     inner: DirectEncrypt,
@@ -439,9 +452,8 @@ impl ParsedEnvelope {
                 "device public key is not an uncompressed P-256 point",
             ));
         }
-        let to_be_signed = cbor::sig_structure1(&self.protected, &self.payload);
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, sender_device_public_key)
-            .verify(&to_be_signed, &self.signature)
+            .verify(&self.to_be_signed, &self.signature)
             .map_err(|_| EnvelopeError::BadSignature)?;
         Ok(SignedEnvelope { parsed: self })
     }

@@ -10,7 +10,7 @@ use crate::EnvelopeError;
 use coset::cbor::value::Value;
 use coset::{
     iana, Algorithm, ContentType, CoseSign1, Header, Label, ProtectedHeader,
-    RegisteredLabelWithPrivate, TaggedCborSerializable,
+    RegisteredLabelWithPrivate,
 };
 
 /// Everything one envelope says. Time and the session id come from the caller; the claim id,
@@ -162,12 +162,19 @@ pub fn seal(
             .rest
             .push((Label::Int(labels::X5CHAIN), cbor::certificates_value(chain)));
     }
-    CoseSign1 {
-        protected,
-        unprotected,
-        payload: Some(inner),
-        signature: signature.as_ref().to_vec(),
-    }
-    .to_tagged_vec()
-    .map_err(|_| EnvelopeError::EncodingFailed)
+    let chain_len = if request.include_chain {
+        sender.device_certificate().len() + sender.issuers().iter().map(Vec::len).sum::<usize>()
+    } else {
+        0
+    };
+    let capacity = inner.len() + protected_bytes.len() + chain_len + direct::ENCODING_OVERHEAD;
+    cbor::to_tagged_vec(
+        CoseSign1 {
+            protected,
+            unprotected,
+            payload: Some(inner),
+            signature: signature.as_ref().to_vec(),
+        },
+        capacity,
+    )
 }

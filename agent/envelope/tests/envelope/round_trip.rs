@@ -159,3 +159,55 @@ fn every_envelope_draws_fresh_randomness() {
     assert_ne!(one.inner().iv(), two.inner().iv());
     assert_ne!(one.inner().ciphertext(), two.inner().ciphertext());
 }
+
+/// The envelope's own reader of the COSE_Sign1 and COSE_Encrypt skeletons (which borrows
+/// their byte strings instead of copying them) accepts nothing coset's decoder refuses: every
+/// byte of two envelopes changed three ways, every truncation, a byte appended.
+#[test]
+fn the_borrowing_reader_accepts_nothing_coset_refuses() {
+    use coset::{CoseEncrypt, CoseSign1, TaggedCborSerializable};
+    let f = fleet();
+    let payload = pattern(300);
+    let coset_accepts = |bytes: &[u8]| {
+        CoseSign1::from_tagged_slice(bytes)
+            .ok()
+            .and_then(|s| s.payload)
+            .is_some_and(|inner| CoseEncrypt::from_tagged_slice(&inner).is_ok())
+    };
+    let (mut parsed, mut refused) = (0, 0);
+    for include_chain in [false, true] {
+        let bytes = seal_from(
+            &f.a,
+            &f.b,
+            &Message {
+                payload: &payload,
+                include_chain,
+                ..Message::default()
+            },
+        );
+        assert!(Envelope::parse(&bytes, MAX_LEN).is_ok() && coset_accepts(&bytes));
+        let mut variants = vec![[bytes.as_slice(), &[0x00]].concat()];
+        for i in 0..bytes.len() {
+            for mask in [0x01u8, 0x20, 0xff] {
+                let mut changed = bytes.clone();
+                changed[i] ^= mask;
+                variants.push(changed);
+            }
+            variants.push(bytes[..i].to_vec());
+        }
+        for changed in &variants {
+            match Envelope::parse(changed, MAX_LEN) {
+                Ok(_) => {
+                    parsed += 1;
+                    assert!(coset_accepts(changed), "accepted what coset refuses");
+                }
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    // Changes inside the ciphertext, salt or signature still parse; framing changes do not.
+    assert!(
+        parsed > 0 && refused > 0,
+        "{parsed} parsed, {refused} refused"
+    );
+}
