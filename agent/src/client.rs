@@ -306,14 +306,21 @@ impl HttpApi {
     }
 
     /// `POST /v1/policy/decisions` (mTLS): hands spooled decisions to the decision log.
+    /// `body` is a [`vouch_proto::policy::DecisionUpload`] already encoded as JSON (the
+    /// sidecar encodes it off its runtime thread).
     pub async fn upload_decisions(
         &self,
         identity: &ClientIdentity,
-        decisions: &[vouch_proto::policy::AgentDecision],
+        body: Vec<u8>,
     ) -> Result<vouch_proto::policy::DecisionUploadOutcome, ApiError> {
-        let body = serde_json::json!({ "decisions": decisions });
-        self.post(&self.mtls(identity)?, "/v1/policy/decisions", &body)
-            .await
+        const PATH: &str = "/v1/policy/decisions";
+        let request = self
+            .mtls(identity)?
+            .post(url(&self.server, PATH))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let bytes = answer(request).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Protocol(format!("{PATH}: {e}")))
     }
 
     /// `GET /v1/peers/{device_id}` (mTLS): what the server says of a peer. The answer is

@@ -23,6 +23,9 @@ use vouch_proto::workload::SendResponse;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_vouch-agent");
 
+/// The name of the threads of a server started by [`Server::start_apart`].
+pub const SERVER_THREAD: &str = "bench-server";
+
 /// The benches' one policy: edge may send to regional, with no `@rate_limit` to throttle
 /// them.
 pub const POLICY: &str = r#"@id("bench-edge-to-regional")
@@ -174,6 +177,50 @@ impl Server {
             admin,
             client,
         }
+    }
+
+    /// Starts the server on a runtime of its own whose threads are named [`SERVER_THREAD`]
+    /// (SQLite's worker threads are sqlx's `sqlx-sqlite-worker-N`), so that a bench can tell
+    /// them from its own and lower their priority with [`Server::renice`]. The runtime lives
+    /// until the process ends.
+    pub async fn start_apart(dir: &Path, policy_dir: &Path) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(SERVER_THREAD)
+            .enable_all()
+            .build()
+            .unwrap();
+        let runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(runtime));
+        let (dir, policy_dir) = (dir.to_owned(), policy_dir.to_owned());
+        runtime
+            .spawn(async move { Self::start(&dir, &policy_dir).await })
+            .await
+            .unwrap()
+    }
+
+    /// Moves every thread of a server started by [`Server::start_apart`] (its runtime's
+    /// and SQLite's; threads they start later inherit it) to `SCHED_IDLE` with `chrt`: they
+    /// run only when nothing else wants these cores, as if the server were another
+    /// machine. How many threads.
+    pub fn idle_priority(&self) -> usize {
+        let mut threads = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap();
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.starts_with(SERVER_THREAD) || comm.starts_with("sqlx-sqlite") {
+                threads.push(task.file_name().to_string_lossy().into_owned());
+            }
+        }
+        assert!(!threads.is_empty(), "no server thread found");
+        for thread in &threads {
+            let status = Command::new("chrt")
+                .args(["--idle", "-p", "0", thread])
+                .stdout(Stdio::null())
+                .status()
+                .expect("chrt (util-linux) runs");
+            assert!(status.success(), "chrt failed");
+        }
+        threads.len()
     }
 
     pub async fn token(&self, zone: &str) -> String {

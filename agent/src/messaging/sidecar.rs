@@ -246,6 +246,36 @@ async fn follow_policy(
     }
 }
 
+/// A batch of spooled decisions ready to upload: its encoded body (`None` when the batch
+/// held only damaged lines) and where it ends in the spool.
+struct Upload {
+    body: Option<Vec<u8>>,
+    end: u64,
+}
+
+/// Syncs the spool and encodes its oldest waiting decisions for upload; `None` when nothing
+/// waits. Blocks on the disk: run it on the blocking pool.
+fn next_upload(spool: &Spool) -> std::io::Result<Option<Upload>> {
+    if let Err(e) = spool.sync() {
+        tracing::warn!(error = %e, "cannot sync the decision spool");
+    }
+    let Some(batch) = spool.batch(vouch_proto::policy::MAX_UPLOADED_DECISIONS)? else {
+        return Ok(None);
+    };
+    let body = if batch.decisions.is_empty() {
+        None
+    } else {
+        let upload = vouch_proto::policy::DecisionUpload {
+            decisions: batch.decisions,
+        };
+        Some(serde_json::to_vec(&upload).map_err(std::io::Error::other)?)
+    };
+    Ok(Some(Upload {
+        body,
+        end: batch.end,
+    }))
+}
+
 /// Uploads the spooled decisions to the server's decision log, in batches, as long as the
 /// sidecar runs: at once while more wait, each second when idle, backing off up to `every`
 /// while the server cannot be reached. The spool is synced to disk before each look.
@@ -267,18 +297,19 @@ async fn upload_decisions(
     loop {
         tokio::time::sleep(pause).await;
         pause = IDLE;
-        // The fsync runs on the blocking pool: messages go on meanwhile.
-        let syncing = Arc::clone(&spool);
-        match tokio::task::spawn_blocking(move || syncing.sync()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot sync the decision spool"),
-            Err(e) => tracing::warn!(error = %e, "the decision spool sync did not finish"),
-        }
-        let batch = match spool.batch(vouch_proto::policy::MAX_UPLOADED_DECISIONS) {
-            Ok(Some(batch)) => batch,
-            Ok(None) => continue,
-            Err(e) => {
+        // The disk sync, reading the batch and encoding its body run on the blocking pool:
+        // the runtime's one thread goes on handling messages meanwhile (done on it, a batch
+        // of 500 held every message for milliseconds once a second).
+        let reading = Arc::clone(&spool);
+        let batch = match tokio::task::spawn_blocking(move || next_upload(&reading)).await {
+            Ok(Ok(Some(batch))) => batch,
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the decision spool");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the decision spool did not finish");
                 continue;
             }
         };
@@ -286,12 +317,9 @@ async fn upload_decisions(
             continue;
         };
         let identity = crate::lifecycle::ClientIdentity::from(&enrolled);
-        let answer = if batch.decisions.is_empty() {
-            Ok(None) // only damaged lines: nothing to send, move past them
-        } else {
-            api.upload_decisions(&identity, &batch.decisions)
-                .await
-                .map(Some)
+        let answer = match batch.body {
+            None => Ok(None), // only damaged lines: nothing to send, move past them
+            Some(body) => api.upload_decisions(&identity, body).await.map(Some),
         };
         match answer {
             Ok(outcome) => {
@@ -302,8 +330,16 @@ async fn upload_decisions(
                         "decisions uploaded"
                     );
                 }
-                if let Err(e) = spool.uploaded(batch.end) {
-                    tracing::error!(error = %e, "cannot move the decision spool's cursor (the batch will be sent again)");
+                let confirming = Arc::clone(&spool);
+                let end = batch.end;
+                match tokio::task::spawn_blocking(move || confirming.uploaded(end)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot move the decision spool's cursor (the batch will be sent again)");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "moving the decision spool's cursor did not finish (the batch will be sent again)");
+                    }
                 }
                 backoff = IDLE;
                 if spool.depth() > 0 {

@@ -120,6 +120,10 @@ pub struct Spool {
     max: usize,
     when_full: WhenFull,
     inner: Mutex<Inner>,
+    /// Held while the cursor file is written (two fsyncs), never together with a wait on
+    /// `inner`: decisions go on being appended meanwhile, and each write saves the cursor
+    /// as it is when the write starts, so the last one written is the newest.
+    saving: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -199,6 +203,7 @@ impl Spool {
                 dropped: cursor.dropped,
                 unsynced: false,
             }),
+            saving: Mutex::new(()),
         })
     }
 
@@ -220,10 +225,19 @@ impl Spool {
             .map_err(|_| io::Error::other("the decision spool's lock is poisoned"))
     }
 
-    fn save_cursor(&self, inner: &Inner) -> io::Result<()> {
-        let cursor = Cursor {
-            offset: inner.offset,
-            dropped: inner.dropped,
+    /// Saves the cursor as it is now. Call it without holding `inner`: it blocks on the
+    /// disk.
+    fn save_cursor(&self) -> io::Result<()> {
+        let _saving = self
+            .saving
+            .lock()
+            .map_err(|_| io::Error::other("the decision spool's cursor lock is poisoned"))?;
+        let cursor = {
+            let inner = self.lock()?;
+            Cursor {
+                offset: inner.offset,
+                dropped: inner.dropped,
+            }
         };
         let text = serde_json::to_vec(&cursor).map_err(io::Error::other)?;
         self.state
@@ -235,33 +249,41 @@ impl Spool {
     pub fn record(&self, decision: &AgentDecision) -> Result<(), SpoolError> {
         let mut line = serde_json::to_vec(decision).map_err(io::Error::other)?;
         line.push(b'\n');
-        let mut inner = self.lock()?;
-        if inner.ends.len() >= self.max {
-            match self.when_full {
-                WhenFull::Refuse => return Err(SpoolError::Full(inner.ends.len())),
-                WhenFull::DropOldest => {
-                    if let Some(end) = inner.ends.pop_front() {
-                        inner.offset = end;
-                        inner.dropped += 1;
-                        self.save_cursor(&inner)?;
-                        tracing::warn!(
-                            dropped = inner.dropped,
-                            "the decision spool is full: the oldest decision is dropped"
-                        );
+        let mut dropped = false;
+        {
+            let mut inner = self.lock()?;
+            if inner.ends.len() >= self.max {
+                match self.when_full {
+                    WhenFull::Refuse => return Err(SpoolError::Full(inner.ends.len())),
+                    WhenFull::DropOldest => {
+                        if let Some(end) = inner.ends.pop_front() {
+                            inner.offset = end;
+                            inner.dropped += 1;
+                            dropped = true;
+                            tracing::warn!(
+                                dropped = inner.dropped,
+                                "the decision spool is full: the oldest decision is dropped"
+                            );
+                        }
                     }
                 }
             }
+            if let Err(e) = inner.file.write_all(&line) {
+                // A partial write is cut off again so that the next line starts clean.
+                let len = inner.len;
+                let _ = inner.file.set_len(len);
+                return Err(e.into());
+            }
+            inner.len += line.len() as u64;
+            let end = inner.len;
+            inner.ends.push_back(end);
+            inner.unsynced = true;
         }
-        if let Err(e) = inner.file.write_all(&line) {
-            // A partial write is cut off again so that the next line starts clean.
-            let len = inner.len;
-            let _ = inner.file.set_len(len);
-            return Err(e.into());
+        // A crash before the cursor is saved leaves the dropped decision waiting: it is
+        // uploaded after all (the server records it once).
+        if dropped {
+            self.save_cursor()?;
         }
-        inner.len += line.len() as u64;
-        let end = inner.len;
-        inner.ends.push_back(end);
-        inner.unsynced = true;
         Ok(())
     }
 
@@ -321,24 +343,28 @@ impl Spool {
     }
 
     /// The server has recorded everything up to `end`: it no longer waits. Once nothing
-    /// waits, a long file starts over.
+    /// waits, a long file starts over. It blocks on the disk (the cursor is saved with two
+    /// fsyncs, without holding the lock appends take): call it off the async runtime's
+    /// threads.
     pub fn uploaded(&self, end: u64) -> io::Result<()> {
-        let mut inner = self.lock()?;
-        if end <= inner.offset {
-            return Ok(()); // already confirmed (or dropped meanwhile)
+        {
+            let mut inner = self.lock()?;
+            if end <= inner.offset {
+                return Ok(()); // already confirmed (or dropped meanwhile)
+            }
+            while inner.ends.front().is_some_and(|e| *e <= end) {
+                inner.ends.pop_front();
+            }
+            inner.offset = end;
+            if inner.ends.is_empty() && inner.len >= COMPACT_AT {
+                // Truncated first: a crash before the cursor is saved leaves a cursor past
+                // the end, which `open` reads as "everything waits" of an empty file.
+                inner.file.set_len(0)?;
+                inner.len = 0;
+                inner.offset = 0;
+            }
         }
-        while inner.ends.front().is_some_and(|e| *e <= end) {
-            inner.ends.pop_front();
-        }
-        inner.offset = end;
-        if inner.ends.is_empty() && inner.len >= COMPACT_AT {
-            // Truncated first: a crash before the cursor is saved leaves a cursor past the
-            // end, which `open` reads as "everything waits" of an empty file.
-            inner.file.set_len(0)?;
-            inner.len = 0;
-            inner.offset = 0;
-        }
-        self.save_cursor(&inner)
+        self.save_cursor()
     }
 }
 
