@@ -277,8 +277,8 @@ fn next_upload(spool: &Spool) -> std::io::Result<Option<Upload>> {
 }
 
 /// Uploads the spooled decisions to the server's decision log, in batches, as long as the
-/// sidecar runs: at once while more wait, each second when idle, backing off up to `every`
-/// while the server cannot be reached. The spool is synced to disk before each look.
+/// sidecar runs: at once while a full batch waits, otherwise each second, backing off up to
+/// `every` while the server cannot be reached. The spool is synced to disk before each look.
 async fn upload_decisions(
     spool: Arc<Spool>,
     server: String,
@@ -342,7 +342,11 @@ async fn upload_decisions(
                     }
                 }
                 backoff = IDLE;
-                if spool.depth() > 0 {
+                // At once while a full batch waits (a backlog); otherwise in a second, with
+                // what gathered meanwhile. (Going on at once while anything waited kept a
+                // busy sidecar uploading a few decisions at a time, each upload with its
+                // sync, many times a second.)
+                if spool.depth() >= vouch_proto::policy::MAX_UPLOADED_DECISIONS {
                     pause = Duration::ZERO;
                 }
             }

@@ -35,6 +35,8 @@ pub const CURSOR_FILE: &str = "decisions.sent.json";
 pub const DEFAULT_MAX_SPOOLED: usize = 100_000;
 /// Once everything is uploaded and the file is at least this long, it starts over.
 const COMPACT_AT: u64 = 1024 * 1024;
+/// Most confirmed decisions the saved cursor may lag behind (see [`Spool::uploaded`]).
+pub const CURSOR_LAG: u64 = 5_000;
 
 /// What to do with a new decision when the spool is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -136,6 +138,8 @@ struct Inner {
     len: u64,
     dropped: u64,
     unsynced: bool,
+    /// Decisions confirmed since the cursor was last saved.
+    unsaved: u64,
 }
 
 fn open_append(path: &PathBuf) -> io::Result<File> {
@@ -202,6 +206,7 @@ impl Spool {
                 len: complete,
                 dropped: cursor.dropped,
                 unsynced: false,
+                unsaved: 0,
             }),
             saving: Mutex::new(()),
         })
@@ -233,7 +238,8 @@ impl Spool {
             .lock()
             .map_err(|_| io::Error::other("the decision spool's cursor lock is poisoned"))?;
         let cursor = {
-            let inner = self.lock()?;
+            let mut inner = self.lock()?;
+            inner.unsaved = 0;
             Cursor {
                 offset: inner.offset,
                 dropped: inner.dropped,
@@ -343,17 +349,23 @@ impl Spool {
     }
 
     /// The server has recorded everything up to `end`: it no longer waits. Once nothing
-    /// waits, a long file starts over. It blocks on the disk (the cursor is saved with two
-    /// fsyncs, without holding the lock appends take): call it off the async runtime's
-    /// threads.
+    /// waits, a long file starts over.
+    ///
+    /// The cursor is saved (a file written with two fsyncs, without holding the lock appends
+    /// take) when nothing waits any more, when more than [`CURSOR_LAG`] decisions were
+    /// confirmed since the last save, and when the spool is dropped: under a steady stream
+    /// of uploads, once per drained backlog instead of per batch. A crash in between offers
+    /// the confirmed decisions again, which the server records once. It blocks on the disk:
+    /// call it off the async runtime's threads.
     pub fn uploaded(&self, end: u64) -> io::Result<()> {
-        {
+        let save = {
             let mut inner = self.lock()?;
             if end <= inner.offset {
                 return Ok(()); // already confirmed (or dropped meanwhile)
             }
             while inner.ends.front().is_some_and(|e| *e <= end) {
                 inner.ends.pop_front();
+                inner.unsaved += 1;
             }
             inner.offset = end;
             if inner.ends.is_empty() && inner.len >= COMPACT_AT {
@@ -363,8 +375,23 @@ impl Spool {
                 inner.len = 0;
                 inner.offset = 0;
             }
+            inner.ends.is_empty() || inner.unsaved > CURSOR_LAG
+        };
+        if save {
+            self.save_cursor()?;
         }
-        self.save_cursor()
+        Ok(())
+    }
+}
+
+impl Drop for Spool {
+    /// Saves a cursor that lags behind what was confirmed.
+    fn drop(&mut self) {
+        if self.lock().is_ok_and(|inner| inner.unsaved > 0) {
+            if let Err(e) = self.save_cursor() {
+                tracing::warn!(error = %e, "cannot save the decision spool's cursor");
+            }
+        }
     }
 }
 
@@ -422,6 +449,10 @@ mod tests {
         assert_eq!(rest.decisions[0].id, decision(3).id);
         spool.uploaded(rest.end).unwrap();
         assert!(spool.batch(100).unwrap().is_none());
+        // Nothing waits: the cursor is saved at once, a crash now offers nothing again.
+        std::mem::forget(spool);
+        let spool = Spool::open(&state, 10, WhenFull::Refuse).unwrap();
+        assert_eq!(spool.depth(), 0);
         let mode = std::fs::metadata(state.file(SPOOL_FILE)).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);
@@ -496,5 +527,42 @@ mod tests {
         let spool = Spool::open(&state, 100_000, WhenFull::Refuse).unwrap();
         let batch = spool.batch(10).unwrap().unwrap();
         assert_eq!(ids(&batch), vec![decision(7).id]);
+    }
+
+    #[test]
+    fn the_cursor_lags_behind_confirmations_by_a_bounded_count_and_a_crash_offers_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let spool = Spool::open(&state, 100_000, WhenFull::Refuse).unwrap();
+        let total = 2 * CURSOR_LAG + 10;
+        for n in 0..total {
+            spool.record(&decision(u32::try_from(n).unwrap())).unwrap();
+        }
+        // Confirmed in batches of 100 until 10 wait: the cursor was saved once more than
+        // CURSOR_LAG were confirmed since the last save.
+        while spool.depth() > 10 {
+            let batch = spool.batch(100).unwrap().unwrap();
+            spool.uploaded(batch.end).unwrap();
+        }
+        // Killed without dropping the spool: what was confirmed after the last save waits
+        // again, at most CURSOR_LAG of it.
+        std::mem::forget(spool);
+        let spool = Spool::open(&state, 100_000, WhenFull::Refuse).unwrap();
+        let waiting = spool.depth() as u64;
+        assert!(
+            waiting > 10,
+            "nothing confirmed since the last save is offered again"
+        );
+        assert!(
+            waiting <= 10 + CURSOR_LAG,
+            "{waiting} waiting: the saved cursor lags by more than {CURSOR_LAG}"
+        );
+        // A clean stop saves it.
+        let batch = spool.batch(100).unwrap().unwrap();
+        spool.uploaded(batch.end).unwrap();
+        let left = spool.depth();
+        drop(spool);
+        let spool = Spool::open(&state, 100_000, WhenFull::Refuse).unwrap();
+        assert_eq!(spool.depth(), left);
     }
 }

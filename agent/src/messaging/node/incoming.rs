@@ -118,9 +118,16 @@ impl Messenger {
                 },
                 &context,
             );
-            tracing::info!(from = %sender.device_id, data_type, protocol = %transport.protocol,
-                allowed = verdict.allowed, policies = ?verdict.policies, version = %verdict.version,
-                "ingress decision");
+            // As at egress: a denial at `info`, an allowed message at `debug`.
+            if verdict.allowed {
+                tracing::debug!(from = %sender.device_id, data_type, protocol = %transport.protocol,
+                    allowed = true, policies = ?verdict.policies, version = %verdict.version,
+                    "ingress decision");
+            } else {
+                tracing::info!(from = %sender.device_id, data_type, protocol = %transport.protocol,
+                    allowed = false, policies = ?verdict.policies, version = %verdict.version,
+                    "ingress decision");
+            }
             self.spool_decision(
                 DecisionSide::Receiver,
                 &sender.device_id,
@@ -160,7 +167,7 @@ impl Messenger {
             tracing::warn!(reason = e.reason(), error = %e, protocol = %transport.protocol, "message refused");
             (e.reason(), e.to_string())
         })?;
-        tracing::info!(from = %delivered.sender.device_id, data_type = %delivered.data_type,
+        tracing::debug!(from = %delivered.sender.device_id, data_type = %delivered.data_type,
             message_id = %delivered.message_id, "message accepted");
         let cti = hex::decode(&delivered.message_id).unwrap_or_default();
         let receipt = receipt::sign(

@@ -36,8 +36,15 @@ impl Messenger {
             },
             &context,
         );
-        tracing::info!(to = %to, data_type, protocol = %transport.protocol, allowed = verdict.allowed,
-            policies = ?verdict.policies, version = %verdict.version, "egress decision");
+        // Every decision is in the decision log; a denial is logged at `info`, an allowed
+        // message at `debug` (a line per message would cost a write per message).
+        if verdict.allowed {
+            tracing::debug!(to = %to, data_type, protocol = %transport.protocol, allowed = true,
+                policies = ?verdict.policies, version = %verdict.version, "egress decision");
+        } else {
+            tracing::info!(to = %to, data_type, protocol = %transport.protocol, allowed = false,
+                policies = ?verdict.policies, version = %verdict.version, "egress decision");
+        }
         self.spool_decision(DecisionSide::Sender, &own.device_id, to, &context, &verdict)
             .map_err(MessagingError::Spool)?;
         if !verdict.allowed {
