@@ -478,7 +478,7 @@ async fn run(settings: &Settings) -> i32 {
     );
     result(
         "sidecar",
-        "send→deliver latency added by two sidecars, p99 (1 KiB, server reniced as if remote)",
+        "send→deliver latency added by two sidecars, p99 (1 KiB, server at idle priority as if remote)",
         &format!("{added99:.3} ms"),
         &format!("{p99:.3} ms plain HTTP/1.1 round trip on loopback"),
         &format!("{:.1}x", apart.p99 / p99),
