@@ -129,7 +129,8 @@ impl Device {
         let envelope = self
             .outbox
             .seal(&self.peer, "aggregated_metrics", b"probe", now, true)
-            .unwrap();
+            .unwrap()
+            .envelope;
         deliver::deliver(&self.endpoint, envelope, self.tls.clone()).await
     }
 }

@@ -181,7 +181,7 @@ impl Server {
 
     /// Starts the server on a runtime of its own whose threads are named [`SERVER_THREAD`]
     /// (SQLite's worker threads are sqlx's `sqlx-sqlite-worker-N`), so that a bench can tell
-    /// them from its own and lower their priority with [`Server::renice`]. The runtime lives
+    /// them from its own and lower their priority with [`Server::idle_priority`]. The runtime lives
     /// until the process ends.
     pub async fn start_apart(dir: &Path, policy_dir: &Path) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()

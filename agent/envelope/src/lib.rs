@@ -35,4 +35,4 @@ pub use error::EnvelopeError;
 pub use keys::{certificate_sha256, KeyAgreementKey, RecipientKeys, SenderKeys};
 pub use open::{Claims, Envelope, EnvelopeHeader, ParsedEnvelope, RecipientOpen, SignedEnvelope};
 pub use random::RandomSource;
-pub use seal::{seal, SealRequest};
+pub use seal::{seal, seal_with_id, SealRequest};

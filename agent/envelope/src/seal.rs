@@ -113,6 +113,16 @@ pub fn seal(
     rng: &dyn RandomSource,
     cache: &SharedSecretCache,
 ) -> Result<Vec<u8>, EnvelopeError> {
+    seal_with_id(request, rng, cache).map(|(envelope, _)| envelope)
+}
+
+/// [`seal`], with the message's claim id (`cti`), which the sender needs to match the
+/// receipt (saves parsing the envelope again).
+pub fn seal_with_id(
+    request: &SealRequest<'_>,
+    rng: &dyn RandomSource,
+    cache: &SharedSecretCache,
+) -> Result<(Vec<u8>, [u8; CTI_LEN]), EnvelopeError> {
     check(request)?;
     let mut cti = [0u8; CTI_LEN];
     rng.fill(&mut cti)?;
@@ -177,4 +187,5 @@ pub fn seal(
         },
         capacity,
     )
+    .map(|envelope| (envelope, cti))
 }

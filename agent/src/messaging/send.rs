@@ -7,7 +7,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::sync::atomic::{AtomicU64, Ordering};
 use vouch_envelope::{
-    seal, EnvelopeError, KeyAgreementKey, RecipientKeys, SealRequest, SenderKeys, SharedSecretCache,
+    seal_with_id, EnvelopeError, KeyAgreementKey, RecipientKeys, SealRequest, SenderKeys,
+    SharedSecretCache,
 };
 
 /// How long a message is valid after it is sealed, seconds.
@@ -37,6 +38,14 @@ pub struct Credentials<'a> {
     pub ka_key_pem: &'a str,
     /// The key-agreement certificate (first block).
     pub ka_cert_pem: &'a str,
+}
+
+/// A sealed message: the envelope, its claim id (`cti`) and its sequence number.
+#[derive(Debug)]
+pub struct Sealed {
+    pub envelope: Vec<u8>,
+    pub cti: [u8; 16],
+    pub seq: u64,
 }
 
 /// Seals messages from this device.
@@ -108,10 +117,10 @@ impl Outbox {
         payload: &[u8],
         now: u64,
         include_chain: bool,
-    ) -> Result<Vec<u8>, SendError> {
+    ) -> Result<Sealed, SendError> {
         let recipient = RecipientKeys::new(&peer.device.spiffe_id, &peer.key_agreement.public_key)?;
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        Ok(seal(
+        let (envelope, cti) = seal_with_id(
             &SealRequest {
                 sender: &self.sender,
                 recipient: &recipient,
@@ -125,6 +134,7 @@ impl Outbox {
             },
             &self.rng,
             &self.cache,
-        )?)
+        )?;
+        Ok(Sealed { envelope, cti, seq })
     }
 }

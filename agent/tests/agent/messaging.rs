@@ -459,10 +459,12 @@ async fn a_sender_seals_to_what_the_directory_says_and_the_receiver_opens_it() {
     let outbox = Outbox::new(&a.credentials()).unwrap();
     let first = outbox
         .seal(&peer, "telemetry", b"t=1", now() as u64, true)
-        .unwrap();
+        .unwrap()
+        .envelope;
     let second = outbox
         .seal(&peer, "telemetry", b"t=2", now() as u64, false)
-        .unwrap();
+        .unwrap()
+        .envelope;
     let mut inbox = Inbox::new(&server, b).await;
     let mut replay = ReplayGuard::in_memory();
     assert_eq!(inbox.open(&first, &mut replay).unwrap().payload, b"t=1");

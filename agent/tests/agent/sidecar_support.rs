@@ -323,7 +323,8 @@ impl HandSealer {
         let envelope = self
             .outbox
             .seal(&self.peer, data_type, payload, now, true)
-            .unwrap();
+            .unwrap()
+            .envelope;
         (envelope, self.tls.clone())
     }
 }

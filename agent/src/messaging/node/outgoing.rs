@@ -73,11 +73,8 @@ impl Messenger {
     ) -> Result<(Vec<u8>, [u8; 16], u64), MessagingError> {
         let at = u64::try_from(self.now()).unwrap_or(0);
         // The receiver may not know this device yet: the certificates ride along.
-        let envelope = own.outbox.seal(peer, data_type, payload, at, true)?;
-        let (cti, seq) = Envelope::parse(&envelope, usize::MAX)
-            .map(|p| (*p.header().claims().cti(), p.header().seq()))
-            .map_err(SendError::Envelope)?;
-        Ok((envelope, cti, seq))
+        let sealed = own.outbox.seal(peer, data_type, payload, at, true)?;
+        Ok((sealed.envelope, sealed.cti, sealed.seq))
     }
 
     /// Seals `payload` of `data_type` to device `to` for a workload that carries it over

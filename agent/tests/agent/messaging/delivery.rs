@@ -84,7 +84,8 @@ async fn a_message_crosses_mutual_tls_once_and_only_to_the_peer_meant() {
     let outbox = Outbox::new(&a.credentials()).unwrap();
     let envelope = outbox
         .seal(&peer, "telemetry", b"t=21.5", now() as u64, true)
-        .unwrap();
+        .unwrap()
+        .envelope;
     let receipt = deliver::deliver(
         &endpoint,
         envelope.clone(),
@@ -117,7 +118,8 @@ async fn a_message_crosses_mutual_tls_once_and_only_to_the_peer_meant() {
     // A sender that means C does not talk to B: the handshake fails, nothing is sent.
     let to_c = outbox
         .seal(&peer, "telemetry", b"t=22", now() as u64, true)
-        .unwrap();
+        .unwrap()
+        .envelope;
     let wrong = deliver::deliver(&endpoint, to_c, sender_tls(&a, &anchors, &c.spiffe_id)).await;
     assert!(
         matches!(wrong, Err(DeliveryError::Unreachable(_))),
