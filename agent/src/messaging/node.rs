@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use vouch_envelope::{certificate_sha256, Envelope, KeyAgreementKey, SharedSecretCache};
+use vouch_envelope::{certificate_sha256, KeyAgreementKey, ParsedEnvelope, SharedSecretCache};
 use vouch_policy::model::MessageContext;
 use vouch_proto::policy::DecisionSide;
 use vouch_proto::ProblemCode;

@@ -8,7 +8,9 @@
 use super::replay::{Replay, ReplayGuard};
 use super::revocation::{CrlError, RevocationList};
 use super::trust::{TrustAnchors, TrustError, VerifiedDevice};
-use vouch_envelope::{Envelope, EnvelopeError, KeyAgreementKey, RecipientOpen, SharedSecretCache};
+use vouch_envelope::{
+    Envelope, EnvelopeError, KeyAgreementKey, ParsedEnvelope, RecipientOpen, SharedSecretCache,
+};
 
 /// Limits a receiver applies.
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +137,14 @@ impl Refusal {
     }
 }
 
+/// The first two checks of an incoming envelope: the size limit, then its structure.
+pub fn parse(bytes: &[u8], limits: &Limits) -> Result<ParsedEnvelope, Refusal> {
+    if bytes.len() > limits.max_len {
+        return Err(Refusal::TooLarge(limits.max_len));
+    }
+    Envelope::parse(bytes, limits.max_len).map_err(Refusal::Malformed)
+}
+
 impl Receiver<'_> {
     /// Checks `bytes` at `now` (Unix seconds), asks `policy` whether the verified sender may
     /// send this data type (and payload size, from the ciphertext) to me, and returns the
@@ -146,10 +156,23 @@ impl Receiver<'_> {
         replay: &mut ReplayGuard,
         policy: &dyn Fn(&VerifiedDevice, &str, usize) -> Result<(), String>,
     ) -> Result<Delivered, Refusal> {
-        if bytes.len() > self.limits.max_len {
-            return Err(Refusal::TooLarge(self.limits.max_len));
-        }
-        let parsed = Envelope::parse(bytes, self.limits.max_len).map_err(Refusal::Malformed)?;
+        self.receive_parsed(self.parse(bytes)?, now, replay, policy)
+    }
+
+    /// The first two checks of [`Self::receive`]: see [`parse`].
+    pub fn parse(&self, bytes: &[u8]) -> Result<ParsedEnvelope, Refusal> {
+        parse(bytes, &self.limits)
+    }
+
+    /// [`Self::receive`] of an envelope [`Self::parse`] took (so that a caller that looked
+    /// at it first does not parse it twice).
+    pub fn receive_parsed(
+        &self,
+        parsed: ParsedEnvelope,
+        now: i64,
+        replay: &mut ReplayGuard,
+        policy: &dyn Fn(&VerifiedDevice, &str, usize) -> Result<(), String>,
+    ) -> Result<Delivered, Refusal> {
         let x5t = *parsed.header().sender_certificate_sha256();
         let device_der = match parsed.certificates().first() {
             Some(der) => der.clone(),

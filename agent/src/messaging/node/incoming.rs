@@ -7,8 +7,7 @@ use super::*;
 impl Messenger {
     /// Who an envelope claims to be from, if its certificate chains to this fleet: used only
     /// to fetch the sender's facts before the checks (which verify everything again).
-    fn claimed_sender(&self, bytes: &[u8], at: i64) -> Option<VerifiedDevice> {
-        let parsed = Envelope::parse(bytes, self.limits.max_len).ok()?;
+    fn claimed_sender(&self, parsed: &ParsedEnvelope, at: i64) -> Option<VerifiedDevice> {
         let x5t = *parsed.header().sender_certificate_sha256();
         let der = match parsed.certificates().first() {
             Some(der) => der.clone(),
@@ -83,7 +82,13 @@ impl Messenger {
         let own = self.own();
         let at = self.now();
         // The facts policy needs, fetched before the (synchronous) checks.
-        let (sender_peer, me_peer) = match self.claimed_sender(bytes, at) {
+        // Parsed once: the claimed sender is read from it, then every check runs on it.
+        let parsed = crate::messaging::receive::parse(bytes, &self.limits);
+        let claimed = parsed
+            .as_ref()
+            .ok()
+            .and_then(|parsed| self.claimed_sender(parsed, at));
+        let (sender_peer, me_peer) = match claimed {
             Some(claimed) => (
                 self.peer(&claimed.device_id).await.ok(),
                 self.peer(&own.device_id).await.ok(),
@@ -161,7 +166,7 @@ impl Messenger {
                 .replay
                 .lock()
                 .map_err(|_| refused("lock_poisoned", "a lock was poisoned"))?;
-            receiver.receive(bytes, at, &mut replay, &policy)
+            parsed.and_then(|parsed| receiver.receive_parsed(parsed, at, &mut replay, &policy))
         };
         let delivered = delivered.map_err(|e| {
             tracing::warn!(reason = e.reason(), error = %e, protocol = %transport.protocol, "message refused");
