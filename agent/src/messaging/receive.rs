@@ -156,15 +156,10 @@ impl Receiver<'_> {
         replay: &mut ReplayGuard,
         policy: &dyn Fn(&VerifiedDevice, &str, usize) -> Result<(), String>,
     ) -> Result<Delivered, Refusal> {
-        self.receive_parsed(self.parse(bytes)?, now, replay, policy)
+        self.receive_parsed(parse(bytes, &self.limits)?, now, replay, policy)
     }
 
-    /// The first two checks of [`Self::receive`]: see [`parse`].
-    pub fn parse(&self, bytes: &[u8]) -> Result<ParsedEnvelope, Refusal> {
-        parse(bytes, &self.limits)
-    }
-
-    /// [`Self::receive`] of an envelope [`Self::parse`] took (so that a caller that looked
+    /// [`Self::receive`] of an envelope [`parse`] took (so that a caller that looked
     /// at it first does not parse it twice).
     pub fn receive_parsed(
         &self,
