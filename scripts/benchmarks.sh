@@ -26,6 +26,11 @@ done
 
 logs=target/benchmarks
 mkdir -p "$logs"
+# The sidecar benches run the agent as devices run it: the `dist` build (Cargo.toml).
+echo "== building vouch-agent (--profile dist)"
+cargo build -q --profile dist -p vouch-agent --bin vouch-agent
+VOUCH_BENCH_AGENT="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/dist/vouch-agent"
+export VOUCH_BENCH_AGENT
 # name | package | environment (quick) | environment (full)
 benches=(
     "enroll|vouch-ca|VOUCH_BENCH_N=500|"

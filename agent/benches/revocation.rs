@@ -68,7 +68,7 @@ impl Device {
     /// Enrolls a device with `token` in `dir` (a blocking call: a process runs).
     fn enroll(server_base: &str, token: &str, dir: &Path) -> PathBuf {
         let state = dir.join("state");
-        let status = std::process::Command::new(AGENT)
+        let status = std::process::Command::new(agent())
             .args(["run", "--once", "--server", server_base, "--state-dir"])
             .arg(&state)
             .args(["--join-token", token])

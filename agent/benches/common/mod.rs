@@ -21,7 +21,12 @@ use vouch_ca::datadir::{DataDir, DataFile};
 use vouch_ca::tokens::Role;
 use vouch_proto::workload::SendResponse;
 
-pub const AGENT: &str = env!("CARGO_BIN_EXE_vouch-agent");
+/// The `vouch-agent` binary the benches run: `VOUCH_BENCH_AGENT` if set (scripts/benchmarks.sh
+/// sets it to the `dist` build, the one devices run), else the bench profile's build.
+pub fn agent() -> String {
+    std::env::var("VOUCH_BENCH_AGENT")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_vouch-agent").to_string())
+}
 
 /// The name of the threads of a server started by [`Server::start_apart`].
 pub const SERVER_THREAD: &str = "bench-server";
@@ -292,7 +297,7 @@ impl Sidecar {
             ]);
         }
         args.extend(extra.iter().cloned());
-        let child = Command::new(AGENT)
+        let child = Command::new(agent())
             .args(&args)
             .env("TSS2_LOG", "all+NONE")
             .env_remove("VOUCH_JOIN_TOKEN")
@@ -358,6 +363,30 @@ impl Sidecar {
             anon: field("RssAnon:"),
             file: field("RssFile:"),
         }
+    }
+
+    /// MiB of its RSS that are pages of its own binary (code, read-only data), from
+    /// `/proc/<pid>/smaps`; the rest of `file` is shared libraries.
+    pub fn binary_rss(&self) -> f64 {
+        let smaps =
+            std::fs::read_to_string(format!("/proc/{}/smaps", self.child.id())).unwrap_or_default();
+        let binary = std::fs::canonicalize(agent()).unwrap_or_default();
+        let mut in_binary = false;
+        let mut kib = 0.0;
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            let first = words.next().unwrap_or_default();
+            if first == "Rss:" && in_binary {
+                kib += words
+                    .next()
+                    .and_then(|kb| kb.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            } else if !first.ends_with(':') {
+                // A mapping's header: range, permissions, offset, device, inode, path.
+                in_binary = words.nth(4).map(std::path::Path::new) == Some(binary.as_path());
+            }
+        }
+        kib / 1024.0
     }
 
     /// CPU seconds (user + system) it has used, from `/proc/<pid>/stat`.
