@@ -26,11 +26,15 @@ done
 
 logs=target/benchmarks
 mkdir -p "$logs"
-# The sidecar benches run the agent as devices run it: the `dist` build (Cargo.toml).
-echo "== building vouch-agent (--profile dist)"
-cargo build -q --profile dist -p vouch-agent --bin vouch-agent
-VOUCH_BENCH_AGENT="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/dist/vouch-agent"
-export VOUCH_BENCH_AGENT
+# The sidecar benches run the agent as devices run it: the `dist` build (Cargo.toml). Smoke
+# runs keep the bench profile's build: they check that every bench works, and the whole
+# program build of the dist profile would add minutes to every test run.
+if [ "$quick" = 0 ]; then
+    echo "== building vouch-agent (--profile dist)"
+    cargo build -q --profile dist -p vouch-agent --bin vouch-agent
+    VOUCH_BENCH_AGENT="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/dist/vouch-agent"
+    export VOUCH_BENCH_AGENT
+fi
 # name | package | environment (quick) | environment (full)
 benches=(
     "enroll|vouch-ca|VOUCH_BENCH_N=500|"

@@ -20,6 +20,9 @@ command -v tpm2_quote >/dev/null || need+=(tpm2-tools)
 pkg-config --exists tss2-esys 2>/dev/null || need+=(libtss2-dev)
 # `promtool check metrics` checks /metrics (the interop tests).
 command -v promtool >/dev/null || need+=(prometheus)
+# vouch-agent links with lld when it is installed, which lays out the code a sidecar runs
+# side by side (agent/build.rs).
+command -v ld.lld >/dev/null || need+=(lld)
 # The sidecars' MQTT delivery is tested against a real broker (started by the tests).
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 # `systemd-analyze verify` checks the systemd units in deploy/ (the deployment tests).

@@ -4,10 +4,11 @@
 #   docker run -v agent-state:/var/lib/vouch-agent -v agent-run:/run/vouch-agent \
 #     -e VOUCH_JOIN_TOKEN=... vouch-agent run --server https://vouch.example:8443
 FROM rust:1-bookworm AS build
-# tss-esapi links the TPM2 Software Stack.
+# tss-esapi links the TPM2 Software Stack; lld lays out the code the sidecar runs side by
+# side (agent/build.rs).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libtss2-dev \
+    && apt-get install -y --no-install-recommends libtss2-dev lld \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
