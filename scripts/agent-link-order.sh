@@ -51,5 +51,9 @@ fi
 # Every function that ran or was called, kept if the binary defines it (not libc's).
 grep -h -E '^c?fn=' "$work"/callgrind.* | sed -E 's/^c?fn=//' | LC_ALL=C sort -u >"$work/ran"
 nm --defined-only "$agent" | awk '{print $3}' | LC_ALL=C sort -u >"$work/defined"
-LC_ALL=C comm -12 "$work/ran" "$work/defined" >agent/link/hot-functions.txt
-echo "agent/link/hot-functions.txt: $(wc -l <agent/link/hot-functions.txt) functions of $(wc -l <"$work/defined") symbols"
+# The first line names the compiler: the names' hashes change with it (agent/build.rs).
+{
+    echo "# $(rustc --version)"
+    LC_ALL=C comm -12 "$work/ran" "$work/defined"
+} >agent/link/hot-functions.txt
+echo "agent/link/hot-functions.txt: $(($(wc -l <agent/link/hot-functions.txt) - 1)) functions of $(wc -l <"$work/defined") symbols"

@@ -16,6 +16,7 @@ mod fake;
 #[path = "../../../ca/tests/common/help_examples.rs"]
 mod help_examples;
 mod lifecycle;
+mod link_order;
 mod messaging;
 mod policy_feed;
 mod scenario;
