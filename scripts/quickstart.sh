@@ -24,7 +24,7 @@ fi
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "build vouch and vouch-agent (release)"
-cargo build --release --bin vouch --bin vouch-agent
+cargo build --release --bin vouch --bin vouch-agent --bin vouch-agent-tpm
 VOUCH=$PWD/target/release/vouch
 AGENT=$PWD/target/release/vouch-agent
 

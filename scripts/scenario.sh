@@ -51,7 +51,7 @@ if [ -n "${VOUCH_BIN_DIR:-}" ]; then
     BIN=$(cd "$VOUCH_BIN_DIR" && pwd)
 else
     bold "build vouch and vouch-agent (release)"
-    cargo build --release --bin vouch --bin vouch-agent
+    cargo build --release --bin vouch --bin vouch-agent --bin vouch-agent-tpm
     BIN=$REPO/target/release
 fi
 VOUCH=$BIN/vouch

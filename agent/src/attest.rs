@@ -1,8 +1,9 @@
 //! Remote attestation, every `--attest-every`: a challenge from the server, a quote of the
 //! PCRs it names with the AK over its nonce, and the verdict, recorded in `identity.json`.
 
-use crate::lifecycle::{with_tpm, Agent, AgentError, Api, ClientIdentity};
+use crate::lifecycle::{Agent, AgentError, Api, ClientIdentity};
 use crate::state::{rfc3339, Enrolled, LastAttestation, StateError};
+use crate::tpm_helper::{HelperError, Reply, Request};
 use time::OffsetDateTime;
 use vouch_proto::attest::{AttestOutcome, QuoteSubmission};
 use vouch_proto::ProblemCode;
@@ -66,8 +67,15 @@ impl<A: Api> Agent<A> {
             what: "attestation challenge",
             source: crate::client::ApiError::Protocol(format!("nonce is not hex: {e}")),
         })?;
-        let (quoted_nonce, pcrs) = (nonce.clone(), challenge.pcrs.clone());
-        let quoted = with_tpm(&tcti, move |tpm| tpm.quote(&ak, &quoted_nonce, &pcrs)).await?;
+        let request = Request::Quote {
+            ak,
+            nonce: nonce.clone(),
+            pcrs: challenge.pcrs.clone(),
+        };
+        let quoted = match self.settings.tpm_call(&tcti, request).await? {
+            Reply::Quoted(quoted) => quoted,
+            _ => return Err(HelperError::Mismatch.into()),
+        };
         // Read after the quote: the log then holds at least what the quoted PCRs measured.
         let event_log = match &self.settings.event_log {
             Some(path) => Some(read_event_log(path).await?),

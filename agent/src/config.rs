@@ -1,5 +1,5 @@
 //! The command line and the config file. The file is TOML with the flags' names as keys
-//! (`server`, `state-dir`, `join-token`, `tpm`, `attest-every`, `event-log`,
+//! (`server`, `state-dir`, `join-token`, `tpm`, `tpm-helper`, `attest-every`, `event-log`,
 //! `max-retry-delay`, `once`, `advertise`, `listen`, `socket`, `workload-port`, `mqtt`,
 //! `refresh`, `max-crl-age`, `max-policy-age`, `decision-spool-max`, `when-spool-full`);
 //! a flag given on the command line wins over the file. Every problem is collected and
@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// Without it the device enrolls with a plain key: trust level low.
     #[arg(long, value_name = "TCTI")]
     pub tpm: Option<String>,
+    /// The TPM helper that runs every TPM operation (with --tpm), so that the TSS and
+    /// OpenSSL are never loaded into the agent itself [default: `vouch-agent-tpm` in the
+    /// directory of this executable].
+    #[arg(long, value_name = "FILE")]
+    pub tpm_helper: Option<PathBuf>,
     /// Time between attestations (with --tpm), e.g. `30m`, `2s` [default: 30m].
     #[arg(long, value_name = "DURATION")]
     pub attest_every: Option<String>,
@@ -185,6 +190,9 @@ pub struct ConfigFile {
     pub join_token: Option<String>,
     /// `tpm`.
     pub tpm: Option<String>,
+    /// `tpm-helper`.
+    #[serde(alias = "tpm_helper")]
+    pub tpm_helper: Option<PathBuf>,
     /// `attest-every`.
     #[serde(alias = "attest_every")]
     pub attest_every: Option<String>,
@@ -290,6 +298,17 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
         .or(file.join_token)
         .filter(|t| !t.trim().is_empty());
     let tpm = args.tpm.or(file.tpm).filter(|t| !t.is_empty());
+    let tpm_helper = args
+        .tpm_helper
+        .or(file.tpm_helper)
+        .unwrap_or_else(crate::tpm_helper::default_path);
+    if tpm.is_some() && !tpm_helper.is_file() {
+        errors.push(format!(
+            "`tpm-helper`: {} is not a file (the TPM helper, vouch-agent-tpm, is installed \
+             beside vouch-agent; --tpm-helper FILE gives another place)",
+            tpm_helper.display()
+        ));
+    }
     let attest_every = args
         .attest_every
         .or(file.attest_every)
@@ -372,6 +391,7 @@ pub fn settings(args: RunArgs) -> Result<Settings, Vec<String>> {
         state_dir,
         join_token,
         tpm,
+        tpm_helper,
         attest_every,
         event_log,
         advertise,

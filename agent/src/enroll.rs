@@ -7,9 +7,10 @@
 //! issued the certificate; `identity.json` is saved last.
 
 use crate::credentials::{csr_pem, new_key};
-use crate::lifecycle::{with_tpm, Agent, AgentError, Api, Retry};
+use crate::lifecycle::{Agent, AgentError, Api, Retry};
 use crate::state::Enrolled;
 use crate::tpm::AkBlobs;
+use crate::tpm_helper::{HelperError, Reply, Request};
 use vouch_proto::encoding::base64;
 use vouch_proto::enroll::{EnrollRequest, TpmEnrollStart, TpmProof};
 
@@ -73,12 +74,10 @@ impl<A: Api> Agent<A> {
     /// Steps 1 and 2 of TPM enrollment: a new AK, the server's credential for it, and the
     /// TPM's activation of that credential.
     async fn activate(&self, tcti: &str, token: &str) -> Result<(TpmProof, AkBlobs), AgentError> {
-        let (endorsement, ak) = with_tpm(tcti, |tpm| {
-            let endorsement = tpm.endorsement()?;
-            let ak = tpm.create_ak()?;
-            Ok((endorsement, ak))
-        })
-        .await?;
+        let (endorsement, ak) = match self.settings.tpm_call(tcti, Request::CreateAk).await? {
+            Reply::CreatedAk { endorsement, ak } => (endorsement, ak),
+            _ => return Err(HelperError::Mismatch.into()),
+        };
         tracing::info!(
             ek_certificate = endorsement.certificate.is_some(),
             "created the attestation key; asking the server for a credential"
@@ -99,11 +98,15 @@ impl<A: Api> Agent<A> {
                 what: "TPM enrollment",
                 source: crate::client::ApiError::Protocol(format!("credential is not base64: {e}")),
             })?;
-        let blobs = ak.clone();
-        let secret = with_tpm(tcti, move |tpm| {
-            tpm.activate_credential(&blobs, &id_object, &encrypted_secret)
-        })
-        .await?;
+        let request = Request::Activate {
+            ak: ak.clone(),
+            id_object,
+            encrypted_secret,
+        };
+        let secret = match self.settings.tpm_call(tcti, request).await? {
+            Reply::Activated { secret } => secret,
+            _ => return Err(HelperError::Mismatch.into()),
+        };
         Ok((
             TpmProof {
                 activation_id: challenge.activation_id,

@@ -1,6 +1,7 @@
 //! Vouch agent: the device side of Vouch.
 //!
-//! - [`tpm`]: the TPM (tss-esapi): EK, AK, credential activation, quotes.
+//! - [`tpm`]: the TPM (tss-esapi): EK, AK, credential activation, quotes; run only in the
+//!   `vouch-agent-tpm` helper process, which [`tpm_helper`] starts for each operation.
 //! - [`state`]: the state directory (0700), written atomically.
 //! - [`client`]: HTTPS to the server: CA pinning, then mutual TLS.
 //! - [`lifecycle`]: the schedule; [`enroll`], [`renew`] and [`attest`]: its steps, retried
@@ -26,3 +27,4 @@ pub mod state;
 pub mod status;
 pub mod token;
 pub mod tpm;
+pub mod tpm_helper;

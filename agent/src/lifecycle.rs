@@ -10,7 +10,7 @@ use crate::credentials::CredentialError;
 use crate::schedule::{renewal_time, until, Backoff, Clock, Random, RetryPolicy};
 use crate::state::{rfc3339, Enrolled, LastAttestation, StateDir, StateError};
 use crate::token::{JoinToken, TokenError};
-use crate::tpm::{Tpm, TpmError};
+use crate::tpm_helper::{HelperError, Request, TpmHelper};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,6 +102,8 @@ pub struct Settings {
     pub join_token: Option<String>,
     /// The TPM's TCTI; with it the device enrolls with its TPM and attests.
     pub tpm: Option<String>,
+    /// The TPM helper (`vouch-agent-tpm`), which runs every TPM operation.
+    pub tpm_helper: PathBuf,
     /// Time between attestations.
     pub attest_every: Duration,
     /// The firmware's event log, sent with every quote.
@@ -126,6 +128,7 @@ impl std::fmt::Debug for Settings {
                 &self.join_token.as_ref().map(|_| "<redacted>"),
             )
             .field("tpm", &self.tpm)
+            .field("tpm_helper", &self.tpm_helper)
             .field("attest_every", &self.attest_every)
             .field("event_log", &self.event_log)
             .field("advertise", &self.advertise)
@@ -170,9 +173,9 @@ pub enum AgentError {
     /// Keys or certificates.
     #[error(transparent)]
     Credential(#[from] CredentialError),
-    /// The TPM failed.
+    /// The TPM failed, or its helper could not be run.
     #[error(transparent)]
-    Tpm(#[from] TpmError),
+    Tpm(#[from] HelperError),
     /// The certificate expired: mutual TLS can no longer prove who the device is.
     #[error("the device certificate expired at {0}; enroll again with a new join token and an empty state directory")]
     Expired(String),
@@ -214,18 +217,20 @@ impl AgentError {
     }
 }
 
-/// Runs `f` on the TPM at `tcti` in the blocking pool (a TPM command takes milliseconds to
-/// seconds); the connection is opened for the call and closed after it.
-pub async fn with_tpm<T: Send + 'static>(
-    tcti: &str,
-    f: impl FnOnce(&mut Tpm) -> Result<T, TpmError> + Send + 'static,
-) -> Result<T, AgentError> {
-    let tcti = tcti.to_owned();
-    let task = tokio::task::spawn_blocking(move || {
-        let mut tpm = Tpm::open(&tcti)?;
-        f(&mut tpm)
-    });
-    Ok(task.await.map_err(|e| AgentError::Task(e.to_string()))??)
+impl Settings {
+    /// Runs one TPM operation on the TPM at `tcti`, in a helper process (see
+    /// [`crate::tpm_helper`]).
+    pub async fn tpm_call(
+        &self,
+        tcti: &str,
+        request: Request,
+    ) -> Result<crate::tpm_helper::Reply, AgentError> {
+        let helper = TpmHelper {
+            path: self.tpm_helper.clone(),
+            tcti: tcti.to_owned(),
+        };
+        Ok(helper.call(request).await?)
+    }
 }
 
 /// Starts the agent for real, over HTTPS: see [`Agent::start`]; beside it (unless

@@ -13,11 +13,6 @@ use vouch_agent::status::Status;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    // libtss2 logs its own errors to stderr; the agent reports them itself, in one line.
-    // Set before any thread exists (nothing else reads the environment concurrently yet).
-    if std::env::var_os("TSS2_LOG").is_none() {
-        std::env::set_var("TSS2_LOG", "all+NONE");
-    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
@@ -67,6 +62,9 @@ fn main() -> ExitCode {
                     "  TPM         {}",
                     s.tpm.as_deref().unwrap_or("none (trust level low)")
                 );
+                if s.tpm.is_some() {
+                    println!("  TPM helper  {}", s.tpm_helper.display());
+                }
                 println!(
                     "  join token  {}",
                     if s.join_token.is_some() {

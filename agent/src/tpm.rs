@@ -73,11 +73,13 @@ impl<T> Context2<T> for Result<T, tss_esapi::Error> {
 }
 
 /// The endorsement key's public parts, as sent at enrollment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endorsement {
     /// Marshalled `TPMT_PUBLIC` of the RSA-2048 EK (no size prefix).
+    #[serde(with = "b64")]
     pub public: Vec<u8>,
     /// The EK certificate (DER) from NV, if the manufacturer provisioned one.
+    #[serde(with = "b64_option")]
     pub certificate: Option<Vec<u8>>,
 }
 
@@ -93,11 +95,13 @@ pub struct AkBlobs {
 }
 
 /// A quote with the PCR values it covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quoted {
     /// Marshalled `TPMS_ATTEST` (no size prefix).
+    #[serde(with = "b64")]
     pub attest: Vec<u8>,
     /// Marshalled `TPMT_SIGNATURE`.
+    #[serde(with = "b64")]
     pub signature: Vec<u8>,
     /// The SHA-256 values of the quoted PCRs, by index.
     pub pcr_values: BTreeMap<u8, [u8; 32]>,
@@ -452,8 +456,9 @@ mod tests {
     }
 }
 
-/// The AK blobs are kept in the state directory as standard base64 strings.
-mod b64 {
+/// The AK blobs are kept in the state directory as standard base64 strings (and cross to
+/// the TPM helper as such).
+pub(crate) mod b64 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -463,5 +468,23 @@ mod b64 {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         vouch_proto::encoding::from_base64(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An optional byte string as standard base64, or null.
+pub(crate) mod b64_option {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => super::b64::serialize(bytes, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| vouch_proto::encoding::from_base64(&text).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }

@@ -13,10 +13,11 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 # The dist profile: optimised for size as a whole program (Cargo.toml says why).
-RUN cargo build --profile dist --locked -p vouch-agent --bin vouch-agent
+# vouch-agent-tpm is the TPM helper: the only program that links the TSS.
+RUN cargo build --profile dist --locked -p vouch-agent --bin vouch-agent --bin vouch-agent-tpm
 
 FROM debian:bookworm-slim
-# The TSS libraries the agent links (ESYS and the TCTI loader); security updates arrive
+# The TSS libraries the TPM helper links (ESYS and the TCTI loader); security updates arrive
 # through the unpinned packages, and the image is rebuilt for them.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -26,7 +27,7 @@ RUN apt-get update \
     && mkdir -p /run/vouch-agent \
     && chown 10002:10002 /run/vouch-agent \
     && chmod 0700 /var/lib/vouch-agent
-COPY --from=build /src/target/dist/vouch-agent /usr/local/bin/vouch-agent
+COPY --from=build /src/target/dist/vouch-agent /src/target/dist/vouch-agent-tpm /usr/local/bin/
 USER 10002:10002
 VOLUME ["/var/lib/vouch-agent", "/run/vouch-agent"]
 ENTRYPOINT ["/usr/local/bin/vouch-agent"]

@@ -19,6 +19,7 @@ fn settings(server: &Server, dir: &Path, tpm: Option<String>, once: bool) -> Set
         state_dir: dir.to_owned(),
         join_token: Some(server.token.clone()),
         tpm,
+        tpm_helper: env!("CARGO_BIN_EXE_vouch-agent-tpm").into(),
         attest_every: Duration::from_secs(1),
         event_log: None,
         advertise: Vec::new(),

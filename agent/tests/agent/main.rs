@@ -25,3 +25,4 @@ mod sidecar_support;
 mod sidecars;
 mod support;
 mod tpm;
+mod tpm_helper;
